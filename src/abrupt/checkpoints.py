@@ -1,0 +1,212 @@
+"""Checkpoints: safetensors weights + JSON side file, written atomically, loaded without pickle.
+
+Layout inside `RUN/checkpoints/`:
+    step_<N>.safetensors        model weights
+    step_<N>.optim.safetensors  Adam moments and the data-generator state (newest few only)
+    step_<N>.json               step, metrics, file sizes and SHA-256 sums; written last
+
+A checkpoint counts only once its JSON exists and the sums match, so a run killed in the middle
+of a write falls back to the previous complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .model import MatrixBert, build_model
+
+_STEP_RE = re.compile(r"^step_(\d+)\.json$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: Path  # the JSON side file
+    meta: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.path.with_name(f"step_{self.step}.safetensors")
+
+    @property
+    def optim(self) -> Path:
+        return self.path.with_name(f"step_{self.step}.optim.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _optim_tensors(model: MatrixBert, optim: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for group in optim.param_groups:
+        for p in group["params"]:
+            state = optim.state.get(p)
+            if not state:
+                continue
+            for key, value in state.items():
+                out[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).clone()
+    return out
+
+
+def save(
+    ckpt_dir: Path,
+    step: int,
+    model: MatrixBert,
+    optim: torch.optim.Optimizer | None,
+    data_rng: torch.Generator | None,
+    meta: dict[str, Any],
+) -> Checkpoint:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    weights = ckpt_dir / f"step_{step}.safetensors"
+    _atomic_save_tensors(weights, model.state_dict(), {"step": str(step)})
+    files = {weights.name: {"bytes": weights.stat().st_size, "sha256": _sha256(weights)}}
+    if optim is not None and data_rng is not None:
+        state = _optim_tensors(model, optim)
+        state["__data_rng__"] = data_rng.get_state()
+        optim_path = ckpt_dir / f"step_{step}.optim.safetensors"
+        _atomic_save_tensors(optim_path, state, {"step": str(step)})
+        files[optim_path.name] = {"bytes": optim_path.stat().st_size, "sha256": _sha256(optim_path)}
+    side = ckpt_dir / f"step_{step}.json"
+    atomic_write_json(side, {"step": step, "files": files, **meta})
+    return Checkpoint(step, side, json.loads(side.read_text()))
+
+
+def prune_optim(ckpt_dir: Path, keep: int) -> None:
+    """Delete optimizer state of all but the newest `keep` checkpoints (weights stay)."""
+    with_state = [c for c in list_checkpoints(ckpt_dir, verify=False) if c.optim.exists()]
+    for ckpt in with_state[:-keep]:
+        ckpt.meta["files"].pop(ckpt.optim.name, None)
+        atomic_write_json(ckpt.path, ckpt.meta)
+        ckpt.optim.unlink()
+
+
+def list_checkpoints(ckpt_dir: Path, verify: bool = True) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first. With verify, files are checked against their sums."""
+    found = []
+    if not ckpt_dir.is_dir():
+        return found
+    for p in ckpt_dir.iterdir():
+        m = _STEP_RE.match(p.name)
+        if not m:
+            continue
+        try:
+            meta = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        ckpt = Checkpoint(int(m.group(1)), p, meta)
+        if verify and not _intact(ckpt):
+            continue
+        found.append(ckpt)
+    return sorted(found, key=lambda c: c.step)
+
+
+def _intact(ckpt: Checkpoint) -> bool:
+    for name, info in ckpt.meta.get("files", {}).items():
+        f = ckpt.path.with_name(name)
+        if not f.exists() or f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
+            return False
+    return ckpt.weights.name in ckpt.meta.get("files", {})
+
+
+def find(run_dir: Path, step: int | None = None) -> Checkpoint:
+    """The checkpoint at `step` (default: the last one) of a run, verified."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    all_ckpts = list_checkpoints(ckpt_dir, verify=False)
+    if step is None:
+        if not all_ckpts:
+            raise CheckpointError(f"no checkpoints in {ckpt_dir}")
+        ckpt = all_ckpts[-1]
+    else:
+        matches = [c for c in all_ckpts if c.step == step]
+        if not matches:
+            have = ", ".join(str(c.step) for c in all_ckpts) or "none"
+            raise CheckpointError(f"no checkpoint at step {step} in {ckpt_dir} (saved steps: {have})")
+        ckpt = matches[0]
+    if not _intact(ckpt):
+        raise CheckpointError(f"checkpoint {ckpt.weights} is incomplete or corrupt (size or SHA-256 mismatch)")
+    return ckpt
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
+    model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed)
+    try:
+        model.load_state_dict(_load_tensors(ckpt.weights))
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt.weights} does not match the run's model configuration: {e}") from None
+    return model.to(device).eval()
+
+
+def load_training_state(
+    ckpt: Checkpoint, model: MatrixBert, optim: torch.optim.Optimizer, data_rng: torch.Generator
+) -> None:
+    """Restore model weights, Adam moments and the data generator from a checkpoint in place."""
+    if not ckpt.optim.exists() or ckpt.optim.name not in ckpt.meta.get("files", {}):
+        raise CheckpointError(f"checkpoint at step {ckpt.step} has no optimizer state to resume from")
+    model.load_state_dict(_load_tensors(ckpt.weights))
+    state = _load_tensors(ckpt.optim)
+    data_rng.set_state(state.pop("__data_rng__"))
+    params = dict(model.named_parameters())
+    for key, value in state.items():
+        name, _, field = key.partition("::")
+        p = params[name]
+        optim.state[p][field] = value.to(p.device) if field != "step" else value

@@ -1,0 +1,110 @@
+"""Low-rank matrices, masks and the paper's tokenization.
+
+A batch is X = U V^T (U: m x r, V: n x r, i.i.d. factors), each entry hidden independently with
+probability p_mask, flattened row-major (position p = n*i + j). Tokens: MASK = 0, value x ->
+1 + round(100 x) + 1000, so -10.00 .. 10.00 map to ids 1 .. 2001. Targets are the rounded matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import VOCAB_MAX, DataConfig
+
+MASK_ID = 0
+VOCAB_SIZE = 2002  # MASK + 2001 value tokens
+_OFFSET = 1001  # id of the value 0.00
+_STEPS = int(round(VOCAB_MAX * 100))  # 1000 hundredths either side of 0
+
+
+class VocabularyRangeError(ValueError):
+    """An entry lies outside the token vocabulary's [-10, 10]."""
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # (B, m*n) int64; MASK_ID where hidden
+    target: torch.Tensor  # (B, m*n) float32, the rounded full matrix
+    mask: torch.Tensor  # (B, m*n) bool, True where hidden
+    matrix: torch.Tensor  # (B, m, n) float32, unrounded X
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.tokens, self.target, self.mask, self.matrix)))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def round_values(x: torch.Tensor) -> torch.Tensor:
+    """Round to the vocabulary's 0.01 grid (half away from zero is not needed: ties have measure 0)."""
+    return torch.round(x * 100) / 100
+
+
+def value_to_id(x: torch.Tensor, clip: bool = False) -> torch.Tensor:
+    """Token ids of values; raises VocabularyRangeError outside [-10, 10] unless clip=True."""
+    hundredths = torch.round(x.double() * 100).long()
+    if clip:
+        hundredths = hundredths.clamp(-_STEPS, _STEPS)
+    elif hundredths.numel() and hundredths.abs().max().item() > _STEPS:
+        worst = x.flatten()[hundredths.abs().flatten().argmax()].item()
+        raise VocabularyRangeError(
+            f"value {worst:.4g} is outside the vocabulary [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; "
+            "narrow the factor distribution or set data.clip=true"
+        )
+    return hundredths + _OFFSET
+
+
+def id_to_value(ids: torch.Tensor) -> torch.Tensor:
+    """Values of value-token ids; MASK_ID is rejected (it has no value)."""
+    if (ids < 1).any() or (ids >= VOCAB_SIZE).any():
+        raise ValueError(f"token ids must be value tokens in [1, {VOCAB_SIZE - 1}]")
+    return (ids - _OFFSET).double().div(100).float()
+
+
+def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator) -> torch.Tensor:
+    shape = (batch, rows, cfg.rank)
+    if cfg.distribution == "uniform":
+        return cfg.low + (cfg.high - cfg.low) * torch.rand(shape, generator=gen)
+    if cfg.distribution == "gaussian":
+        return cfg.sigma * torch.randn(shape, generator=gen)
+    if cfg.distribution == "laplace":
+        # Inverse CDF on our own generator: torch.distributions cannot take one.
+        u = torch.rand(shape, generator=gen) - 0.5
+        u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
+        return -cfg.scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+    raise ValueError(f"unknown distribution '{cfg.distribution}'")
+
+
+def sample_matrices(cfg: DataConfig, batch: int, gen: torch.Generator) -> torch.Tensor:
+    u = sample_factors(cfg, batch, cfg.m, gen)
+    v = sample_factors(cfg, batch, cfg.n, gen)
+    return u @ v.transpose(1, 2)
+
+
+def sample_mask(cfg: DataConfig, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, m*n) bool, True = hidden, each entry independently with probability p_mask."""
+    return torch.rand((batch, cfg.m * cfg.n), generator=gen) < cfg.p_mask
+
+
+def make_batch(matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False) -> Batch:
+    """Tokenize given matrices (B, m, n) under a given hidden-mask (B, m*n)."""
+    flat = matrix.reshape(matrix.shape[0], -1)
+    if clip:
+        flat = flat.clamp(-VOCAB_MAX, VOCAB_MAX)
+    ids = value_to_id(flat, clip=clip)
+    tokens = torch.where(mask, torch.full_like(ids, MASK_ID), ids)
+    return Batch(tokens=tokens, target=round_values(flat).float(), mask=mask, matrix=matrix.float())
+
+
+def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator) -> Batch:
+    matrix = sample_matrices(cfg, batch, gen)
+    mask = sample_mask(cfg, batch, gen)
+    return make_batch(matrix, mask, clip=cfg.clip)
+
+
+def generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

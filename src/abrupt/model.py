@@ -1,0 +1,205 @@
+"""A small, readable BERT encoder with named hook points, and a scalar read-out at every position.
+
+Numerically it is HuggingFace's `BertModel` (post-LayerNorm, erf GELU, learned absolute
+positions, dropout 0) without token-type embeddings, followed by `Linear(hidden, 1)`; a test holds
+it to that. Every intermediate activation analyses need passes through a `HookPoint`, an identity
+module: read it with `run_with_cache`, overwrite it with `hooks(...)` (a forward hook that returns
+a tensor replaces the activation). Hook names:
+
+    hook_tok_embed, hook_pos_embed         (B, T, d), (1, T, d)  before the sum
+    hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of layer 0
+    blocks.{l}.hook_resid_pre              (B, T, d)
+    blocks.{l}.attn.hook_q / hook_k / hook_v   (B, H, T, dh)
+    blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when hooked)
+    blocks.{l}.attn.hook_z                 (B, T, H, dh) per-head output before the output projection
+    blocks.{l}.hook_attn_out               (B, T, d)  after the output projection
+    blocks.{l}.hook_resid_mid              (B, T, d)  LayerNorm(resid_pre + attn_out)
+    blocks.{l}.hook_mlp_out                (B, T, d)
+    blocks.{l}.hook_resid_post             (B, T, d)  LayerNorm(resid_mid + mlp_out)
+    hook_out                               (B, T)     predictions
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .data import MASK_ID, VOCAB_SIZE
+
+HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
+
+
+class HookPoint(nn.Module):
+    """Identity; the place where forward hooks read or replace an activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def active(self) -> bool:
+        return bool(self._forward_hooks)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.head_dim = cfg.hidden // cfg.heads
+        self.q = nn.Linear(cfg.hidden, cfg.hidden)
+        self.k = nn.Linear(cfg.hidden, cfg.hidden)
+        self.v = nn.Linear(cfg.hidden, cfg.hidden)
+        self.o = nn.Linear(cfg.hidden, cfg.hidden)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.hook_q(self._split(self.q(x)))
+        k = self.hook_k(self._split(self.k(x)))
+        v = self.hook_v(self._split(self.v(x)))
+        if self.hook_pattern.active:
+            # Exact path: materialise the pattern so hooks can read or replace it.
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            pattern = self.hook_pattern(scores.softmax(dim=-1))
+            z = pattern @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v)
+        z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
+        return self.o(z.reshape(z.shape[0], z.shape[1], -1))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.ln_attn = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.mlp_in = nn.Linear(cfg.hidden, cfg.mlp)
+        self.mlp_out = nn.Linear(cfg.mlp, cfg.hidden)
+        self.ln_mlp = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x))))
+        mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x))))
+        return self.hook_resid_post(self.ln_mlp(x + mlp))
+
+
+class MatrixBert(nn.Module):
+    def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seq_len = seq_len
+        # padding_idx keeps the MASK row at zero and out of training, as in the reference
+        # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
+        self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.hidden, padding_idx=MASK_ID)
+        self.pos_embed = nn.Embedding(seq_len, cfg.hidden)
+        self.ln_embed = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.readout = nn.Linear(cfg.hidden, 1)
+        self.hook_tok_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_embed = HookPoint()
+        self.hook_out = HookPoint()
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint):
+                module.name = name
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.tok_embed.weight, std=std)
+        nn.init.normal_(self.pos_embed.weight, std=self.cfg.pos_init_std or std)
+        with torch.no_grad():
+            self.tok_embed.weight[MASK_ID].zero_()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) int64 -> predictions (B, T) float."""
+        if tokens.shape[1] != self.seq_len:
+            raise ValueError(f"expected sequences of length {self.seq_len}, got {tokens.shape[1]}")
+        tok = self.hook_tok_embed(self.tok_embed(tokens))
+        pos = self.hook_pos_embed(self.pos_embed.weight.unsqueeze(0))
+        x = self.hook_embed(self.ln_embed(tok + pos))
+        for block in self.blocks:
+            x = block(x)
+        return self.hook_out(self.readout(x).squeeze(-1))
+
+    # --- hook helpers -------------------------------------------------------------------------
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+
+    def _resolve(self, names: Iterable[str] | Callable[[str], bool] | None) -> list[HookPoint]:
+        points = self.hook_points()
+        if names is None:
+            return list(points.values())
+        if callable(names):
+            return [p for n, p in points.items() if names(n)]
+        names = list(names)
+        unknown = [n for n in names if n not in points]
+        if unknown:
+            raise KeyError(f"unknown hook point(s) {unknown}; see MatrixBert.hook_points()")
+        return [points[n] for n in names]
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator["MatrixBert"]:
+        """Temporarily attach `fn(activation, hook_point) -> replacement or None` to hook points."""
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                (point,) = self._resolve([name])
+                handles.append(point.register_forward_hook(lambda mod, inp, out, fn=fn: fn(out, mod)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run_with_cache(
+        self,
+        tokens: torch.Tensor,
+        names: Iterable[str] | Callable[[str], bool] | None = None,
+        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass that also returns the (detached) activations at the chosen hook points.
+
+        Caching a `hook_pattern` switches that layer to the exact attention path.
+        """
+        cache: dict[str, torch.Tensor] = {}
+
+        def store(x: torch.Tensor, point: HookPoint) -> None:
+            cache[point.name] = x.detach()
+
+        points = self._resolve(names)
+        with self.hooks(list(fwd_hooks) + [(p.name, store) for p in points]):
+            out = self(tokens)
+        return out, cache
+
+
+def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> MatrixBert:
+    torch.manual_seed(seed)
+    return MatrixBert(cfg, seq_len)
