@@ -1,0 +1,48 @@
+import pytest
+
+from abrupt.config import PRESETS, Config, ConfigError, apply_overrides, preset
+
+
+def test_presets_resolve_and_validate():
+    for name in PRESETS:
+        cfg = preset(name)
+        assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_paper_preset_is_the_paper():
+    c = preset("paper")
+    assert (c.model.layers, c.model.heads, c.model.hidden, c.model.mlp) == (4, 8, 768, 3072)
+    assert (c.train.lr, c.train.batch_size, c.train.steps, c.train.warmup) == (1e-4, 256, 50_000, 0)
+    assert (c.data.m, c.data.n, c.data.rank, c.data.p_mask) == (7, 7, 2, 0.3)
+    assert c.model.init_std == 0.02
+
+
+def test_overrides_are_typed():
+    c = apply_overrides(preset("cpu"), ["data.m=5", "train.lr=3e-3", "data.clip=true", "train.steps=1e3"])
+    assert c.data.m == 5 and c.train.lr == 3e-3 and c.data.clip is True and c.train.steps == 1000
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.bogus=1", "unknown key 'data.bogus'"),
+    ("nonsense=1", "unknown key 'nonsense'"),
+    ("data.m=seven", "data.m: expected an integer"),
+    ("data.m=2.5", "data.m: expected an integer"),
+    ("data.rank=8", r"data.rank: must be in \[1, min\(m, n\)\]"),
+    ("data.p_mask=1.0", r"data.p_mask: must be in \[0, 1\)"),
+    ("data.p_mask=-0.1", r"data.p_mask: must be in \[0, 1\)"),
+    ("data.high=3", "beyond the vocabulary"),
+    ("data.distribution=cauchy", "data.distribution: must be one of"),
+    ("model.heads=3", "model.heads: must divide model.hidden"),
+    ("train.steps=0", "train.steps: must be >= 1"),
+    ("train.lr=-1", "train.lr: must be a positive number"),
+    ("train.bf16=maybe", "train.bf16: expected true/false"),
+    ("train.device=tpu", "train.device"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(preset("cpu"), [override])
+
+
+def test_clip_allows_wide_ranges():
+    c = apply_overrides(preset("cpu"), ["data.high=3", "data.clip=true"])
+    assert c.data.high == 3.0

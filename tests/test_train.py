@@ -1,0 +1,97 @@
+"""Training, run directory, determinism and resume."""
+
+import json
+
+import pytest
+import torch
+
+from abrupt import checkpoints
+from abrupt.cli import main
+from abrupt.config import apply_overrides, preset
+from abrupt.train import TrainingError, checkpoint_steps, read_metrics, train
+
+RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "loss.png", "checkpoints"}
+METRIC_KEYS = {"step", "loss", "loss_obs", "loss_mask", "mask_value", "eval_loss", "eval_loss_mask", "grad_norm", "time"}
+
+
+def tiny(*overrides):
+    return apply_overrides(preset("tiny"), list(overrides))
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+def test_run_directory_contract(tmp_path):
+    summary = train(tiny(), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+    rows = read_metrics(run)
+    assert METRIC_KEYS <= set(rows[0])
+    assert [r["step"] for r in rows] == [1, 10, 20, 30, 40, 50, 60]
+    assert set(json.loads((run / "summary.json").read_text())) >= {
+        "plateau_loss_mask", "plateau_start", "drop_step", "final_loss", "final_loss_mask", "steps", "seconds"}
+    assert summary["steps"] == 60
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["preset"] == "tiny" and cfg["model"]["hidden"] == 32 and "torch" in cfg["versions"]
+    steps = [c.step for c in checkpoints.list_checkpoints(run / "checkpoints")]
+    assert steps == sorted(checkpoint_steps(tiny()) | {0})
+    # training learned to copy the observed entries
+    assert rows[-1]["eval_loss_obs"] < 0.5 * rows[0]["eval_loss_obs"]
+
+
+def test_checkpoint_schedule():
+    cfg = tiny("train.steps=5000", "train.ckpt_every=1000", "train.ckpt_log_points=3")
+    assert sorted(checkpoint_steps(cfg)) == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]
+    cfg = tiny("train.steps=2500", "train.ckpt_every=1000", "train.ckpt_log_points=0")
+    assert sorted(checkpoint_steps(cfg)) == [1000, 2000, 2500]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    train(tiny("train.steps=30"), tmp_path / "a", progress=False)
+    train(tiny("train.steps=30"), tmp_path / "b", progress=False)
+    other = tiny("train.steps=30")
+    other.seed = 1
+    train(other, tmp_path / "c", progress=False)
+    a, b, c = (strip_time(read_metrics(tmp_path / x)) for x in "abc")
+    assert a == b
+    assert a != c
+
+
+def test_resume_gives_identical_metrics(tmp_path):
+    train(tiny(), tmp_path / "full", progress=False)
+    # A run that stopped at step 40 (as if killed after its checkpoint) and is resumed to 60.
+    train(tiny("train.steps=40"), tmp_path / "part", progress=False)
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 41, "loss": 1.0')  # a line cut by the kill
+    cfg = tiny()
+    train(cfg, tmp_path / "part", resume=True, progress=False)
+    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(read_metrics(tmp_path / "full"))
+    full = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "full"))
+    part = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "part"))
+    for (n, p), (_, q) in zip(full.state_dict().items(), part.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_resume_falls_back_past_a_torn_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(tiny("train.steps=40"), run, progress=False)
+    # Kill during the write of step 40: its weights file is truncated.
+    weights = run / "checkpoints" / "step_40.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    usable = [c.step for c in checkpoints.list_checkpoints(run / "checkpoints") if c.optim.exists()]
+    assert usable == [20]
+    train(tiny(), run, resume=True, progress=False)
+    assert read_metrics(run)[-1]["step"] == 60
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at step 7"):
+        checkpoints.find(run, 7)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="loss became"):
+        train(tiny("train.lr=1e6"), run, progress=False)
+    assert checkpoints.list_checkpoints(run / "checkpoints")
+    for c in checkpoints.list_checkpoints(run / "checkpoints"):
+        model = checkpoints.load_model(tiny(), c)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
