@@ -91,5 +91,5 @@ def test_unknown_hook_name(small_model):
 
 
 def test_wrong_sequence_length(small_model):
-    with pytest.raises(ValueError, match="length 49"):
-        small_model(torch.ones(2, 25, dtype=torch.long))
+    with pytest.raises(ValueError, match="length 1..49"):
+        small_model(torch.ones(2, 50, dtype=torch.long))

@@ -60,6 +60,7 @@ def _sha256(path: Path) -> str:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -210,3 +211,21 @@ def load_training_state(
         name, _, field = key.partition("::")
         p = params[name]
         optim.state[p][field] = value.to(p.device) if field != "step" else value
+
+
+def read_config(run_dir: Path) -> Config:
+    """The resolved configuration a run wrote to its config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a valid run configuration: {e}") from None
+
+
+def load_run(run_dir: Path, step: int | None = None, device: str | torch.device = "cpu") -> tuple[Config, MatrixBert, Checkpoint]:
+    """A run's configuration and its model at `step` (default: the last checkpoint)."""
+    cfg = read_config(run_dir)
+    ckpt = find(run_dir, step)
+    return cfg, load_model(cfg, ckpt, device), ckpt

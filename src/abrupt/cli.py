@@ -37,20 +37,54 @@ def _parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plot", help="redraw loss.png and summary.json from metrics.jsonl")
     pl.add_argument("run", type=Path)
+
+    b = sub.add_parser("baseline", help="complete seeded matrices with nuclear-norm minimization")
+    b.add_argument("--p-mask", type=float, default=0.3)
+    b.add_argument("--n", type=int, default=512, help="number of matrices")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--solver", choices=("torch", "cvxpy"), default="torch")
+    b.add_argument("--lambdas", type=_floats, default=baselines_lambdas(), help="regularization weights, comma-separated ('' for none)")
+    b.add_argument("--json", action="store_true", help="one JSON object per method on standard output")
+    b.add_argument("overrides", nargs="*", metavar="data.key=value", help="other data settings (data.m, data.rank, ...)")
+
+    for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask"),
+                           ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("run", type=Path)
+        c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
+        c.add_argument("--n", type=int, default=512, help="matrices per setting")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--solver", choices=("torch", "cvxpy"), default="torch")
+        if name == "compare":
+            c.add_argument("--p-masks", type=_floats, default=None, help="comma-separated (default 0.10,0.15,...,0.60)")
+            c.add_argument("--lambdas", type=_floats, default=(), help="also regularized forms, comma-separated")
     return p
+
+
+def baselines_lambdas() -> tuple[float, ...]:
+    from .baselines import PAPER_LAMBDAS
+
+    return PAPER_LAMBDAS
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .train import load_config, train
+    from .train import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
             raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
-        cfg = load_config(args.resume)
+        cfg = checkpoints.read_config(args.resume)
         for item in args.overrides:
             key, _, value = item.partition("=")
             if key.strip() != "train.steps":
@@ -89,7 +123,86 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "presets": _cmd_presets, "plot": _cmd_plot}
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .compare import methods_on_batch, seeded_batch
+    from .config import DataConfig, validate_data
+
+    if args.n < 1:
+        raise UsageError(f"--n: must be >= 1, got {args.n}")
+    if any(lam <= 0 for lam in args.lambdas):
+        raise UsageError("--lambdas: each must be > 0")
+    cfg = preset(DEFAULT_PRESET)
+    cfg.data = DataConfig()
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("data."):
+            raise UsageError(f"'{item}': only data.key=value overrides apply here")
+        set_key(cfg, key, value)
+    set_key(cfg, "data.p_mask", args.p_mask)
+    validate_data(cfg.data)
+    batch = seeded_batch(cfg.data, args.n, args.seed)
+    rows = methods_on_batch(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
+    for row in rows:
+        row.update(n=args.n, p_mask=args.p_mask)
+        if args.json:
+            print(json.dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures")}))
+        else:
+            print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
+                  f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else ""))
+    return 0
+
+
+def _analysis_dir(run: Path, name: str) -> Path:
+    out = run / "analysis" / name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import FIG3_P_MASKS, fig3, plot_fig3
+
+    if args.n < 1:
+        raise UsageError(f"--n: must be >= 1, got {args.n}")
+    p_masks = args.p_masks or FIG3_P_MASKS
+    if not all(0 <= p < 1 for p in p_masks):
+        raise UsageError("--p-masks: each must be in [0, 1)")
+    cfg, model, ckpt = checkpoints.load_run(args.run, args.step)
+    print(f"compare: {args.run} at step {ckpt.step}, {args.n} matrices per p_mask, solver {args.solver}")
+    result = fig3(model, cfg.data, p_masks, args.n, args.seed, args.lambdas, args.solver, progress=True)
+    result["step"] = ckpt.step
+    out = _analysis_dir(args.run, "compare")
+    checkpoints.atomic_write_json(out / "results.json", result)
+    plot_fig3(result, out / "fig3.png")
+    print(f"BERT below nuclear-norm minimization (L_mask) at p_mask {result['flips']['bert_better_at']}; "
+          f"ordering flips at {result['flips']['flips_at']}")
+    print(f"wrote {out}/results.json and fig3.png")
+    return 0
+
+
+def _cmd_ood(args: argparse.Namespace) -> int:
+    from .ood import plot_ood, run_ood
+
+    if args.n < 1:
+        raise UsageError(f"--n: must be >= 1, got {args.n}")
+    cfg, model, ckpt = checkpoints.load_run(args.run, args.step)
+    print(f"ood: {args.run} at step {ckpt.step}, {args.n} matrices per setting, solver {args.solver}")
+    result = run_ood(model, cfg.data, count=args.n, seed=args.seed, solver=args.solver, progress=True)
+    result["step"] = ckpt.step
+    out = _analysis_dir(args.run, "ood")
+    checkpoints.atomic_write_json(out / "results.json", result)
+    plot_ood(result, out / "ood.png")
+    print(f"wrote {out}/results.json and ood.png")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "presets": _cmd_presets,
+    "plot": _cmd_plot,
+    "baseline": _cmd_baseline,
+    "compare": _cmd_compare,
+    "ood": _cmd_ood,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

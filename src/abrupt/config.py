@@ -228,14 +228,13 @@ def max_abs_entry(d: DataConfig) -> float:
     return math.inf
 
 
-def validate(cfg: Config) -> None:
-    d, m, t = cfg.data, cfg.model, cfg.train
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
 
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
 
-    need(cfg.seed >= 0, f"seed: must be >= 0, got {cfg.seed}")
+def validate_data(d: DataConfig) -> None:
+    need = _need
     need(d.m >= 1, f"data.m: must be >= 1, got {d.m}")
     need(d.n >= 1, f"data.n: must be >= 1, got {d.n}")
     need(1 <= d.rank <= min(d.m, d.n), f"data.rank: must be in [1, min(m, n)] = [1, {min(d.m, d.n)}], got {d.rank}")
@@ -252,6 +251,13 @@ def validate(cfg: Config) -> None:
             f"data.low/data.high: rank {d.rank} products of U[{d.low}, {d.high}] reach |x| = {bound:g}, "
             f"beyond the vocabulary's [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; narrow the range or set data.clip=true",
         )
+
+
+def validate(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    need = _need
+    need(cfg.seed >= 0, f"seed: must be >= 0, got {cfg.seed}")
+    validate_data(cfg.data)
     need(m.hidden >= 1, f"model.hidden: must be >= 1, got {m.hidden}")
     need(m.layers >= 1, f"model.layers: must be >= 1, got {m.layers}")
     need(m.heads >= 1, f"model.heads: must be >= 1, got {m.heads}")

@@ -139,15 +139,30 @@ class MatrixBert(nn.Module):
             self.tok_embed.weight[MASK_ID].zero_()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) int64 -> predictions (B, T) float."""
-        if tokens.shape[1] != self.seq_len:
-            raise ValueError(f"expected sequences of length {self.seq_len}, got {tokens.shape[1]}")
+        """tokens (B, T) int64 -> predictions (B, T) float.
+
+        T may be shorter than the trained length (fewer rows, or fewer columns read row-major):
+        positions 0..T-1 are used, as in the reference model.
+        """
+        t = tokens.shape[1]
+        if not 1 <= t <= self.seq_len:
+            raise ValueError(f"expected sequences of length 1..{self.seq_len}, got {t}")
         tok = self.hook_tok_embed(self.tok_embed(tokens))
-        pos = self.hook_pos_embed(self.pos_embed.weight.unsqueeze(0))
+        pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
         for block in self.blocks:
             x = block(x)
         return self.hook_out(self.readout(x).squeeze(-1))
+
+    @torch.no_grad()
+    def predict(self, tokens: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+        """Predictions in evaluation mode, in chunks, without gradients."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = torch.cat([self(tokens[i : i + chunk].to(device)).float().cpu() for i in range(0, len(tokens), chunk)])
+        self.train(was_training)
+        return out
 
     # --- hook helpers -------------------------------------------------------------------------
 

@@ -56,13 +56,9 @@ def losses(pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     }
 
 
-@torch.no_grad()
-def evaluate(model: MatrixBert, batch: Batch, chunk: int = 512) -> dict[str, float]:
-    """Losses of `model` on `batch`, in chunks; returns plain floats."""
-    was_training = model.training
-    model.eval()
-    preds = torch.cat([model(batch.tokens[i : i + chunk]) for i in range(0, len(batch), chunk)])
-    model.train(was_training)
+def evaluate(model: MatrixBert, batch: Batch) -> dict[str, float]:
+    """Losses of `model` on `batch` (evaluation mode, no gradients) as plain floats."""
+    preds = model.predict(batch.tokens).to(batch.target.device)
     return {k: v.item() for k, v in losses(preds, batch).items()}
 
 
@@ -101,13 +97,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break  # a line cut by a kill: everything before it is good
     return rows
-
-
-def load_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise TrainingError(f"{run_dir} is not a run directory (no config.json)")
-    return Config.from_dict(json.loads(path.read_text()))
 
 
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
