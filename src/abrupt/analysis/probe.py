@@ -1,0 +1,124 @@
+"""Linear probes on hidden states (Fig. 6): what each layer stores about the input matrix.
+
+Per layer (0 = embeddings, l = output of block l), a least-squares linear map with bias from each
+token's hidden state to:
+  row      the token's row of the masked input (hidden entries as 0)        MSE, mean |cosine|
+  value    the token's true value, reported on masked and observed tokens   MSE, R^2
+  singular the top right singular vector of the true matrix (sign fixed so   MSE, mean |cosine|
+           its largest entry is positive; the cosine is sign-invariant)
+Fit on a seeded set of matrices, scored on held-out matrices (a split by matrix, not by token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from ..config import DataConfig  # noqa: E402
+from ..model import MatrixBert  # noqa: E402
+from .common import seeded  # noqa: E402
+
+
+def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
+    """(layers + 1, B, T, d): the embedding output and each block's output."""
+    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(len(model.blocks))]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names=names)
+    return torch.stack([cache[n] for n in names])
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
+    """Least squares with bias (tiny ridge for rank-deficient features): (N, d), (N, k) -> (d+1, k)."""
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double()
+    gram = xb.T @ xb + ridge * torch.eye(xb.shape[1], dtype=torch.float64) * len(xb)
+    return torch.linalg.solve(gram, xb.T @ y.double())
+
+
+def apply_probe(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double() @ w
+
+
+def mean_abs_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
+    cos = torch.nn.functional.cosine_similarity(pred, target.double(), dim=1, eps=1e-12)
+    return cos.abs().mean().item()
+
+
+def targets(batch, m: int, n: int) -> dict[str, torch.Tensor]:
+    """Per-token targets, flattened to (B*T, k)."""
+    b, t = batch.tokens.shape
+    masked_input = torch.where(batch.mask, torch.zeros_like(batch.target), batch.target).reshape(b, m, n)
+    rows = masked_input[:, torch.arange(t) // n, :].reshape(b * t, n)  # each token's own row
+    _, _, vh = torch.linalg.svd(batch.matrix.double())
+    v1 = vh[:, 0, :]
+    sign = torch.sign(v1.gather(1, v1.abs().argmax(1, keepdim=True)))
+    v1 = (v1 * sign).float()
+    return {
+        "row": rows,
+        "value": batch.target.reshape(b * t, 1),
+        "singular": v1[:, None, :].expand(b, t, n).reshape(b * t, n),
+    }
+
+
+def run(
+    models: dict[int, MatrixBert],
+    data: DataConfig,
+    seed: int = 0,
+    n: int = 1024,
+    holdout: float = 0.25,
+    ridge: float = 1e-6,
+) -> dict[str, Any]:
+    batch = seeded(data, n, seed)
+    t = data.m * data.n
+    n_test = max(1, int(round(n * holdout)))
+    split = torch.arange(n * t) < (n - n_test) * t  # first matrices train, last ones test
+    tg = targets(batch, data.m, data.n)
+    hidden_tok = batch.mask.reshape(-1)
+    rows = []
+    for step, model in models.items():
+        states = hidden_states(model, batch.tokens)  # (L+1, B, T, d)
+        for layer in range(states.shape[0]):
+            x = states[layer].reshape(n * t, -1)
+            row: dict[str, Any] = {"step": step, "layer": layer}
+            for name, y in tg.items():
+                w = fit_probe(x[split], y[split], ridge)
+                pred = apply_probe(w, x[~split])
+                err = ((pred - y[~split].double()) ** 2).mean(dim=1)
+                if name == "value":
+                    h = hidden_tok[~split]
+                    for part, sel in (("masked", h), ("observed", ~h)):
+                        yt = y[~split][sel].double()
+                        mse = err[sel].mean().item()
+                        row[f"value_{part}_mse"] = mse
+                        row[f"value_{part}_r2"] = 1 - mse / yt.var().item() if len(yt) > 1 and yt.var() > 0 else float("nan")
+                else:
+                    row[f"{name}_mse"] = err.mean().item()
+                    row[f"{name}_abs_cos"] = mean_abs_cosine(pred, y[~split])
+            rows.append(row)
+    return {"rows": rows, "seed": seed, "n": n, "holdout": holdout}
+
+
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    rows = result["rows"]
+    steps = sorted({r["step"] for r in rows})
+    panels = [("row_abs_cos", "row of masked input: mean |cos|"), ("value_masked_r2", "true value, masked tokens: R²"),
+              ("value_observed_r2", "true value, observed tokens: R²"), ("singular_abs_cos", "top singular vector: mean |cos|")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), dpi=110)
+    for ax, (key, title) in zip(axes, panels):
+        for step in steps:
+            sel = [r for r in rows if r["step"] == step]
+            ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", label=f"step {step}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "probe.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
