@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compare":
             c.add_argument("--p-masks", type=_floats, default=None, help="comma-separated (default 0.10,0.15,...,0.60)")
             c.add_argument("--lambdas", type=_floats, default=(), help="also regularized forms, comma-separated")
+
+    a = sub.add_parser("analyze", help="run the interpretability analyses on a trained run")
+    a.add_argument("run", type=Path, nargs="?")
+    a.add_argument("--only", help="comma-separated analyses (default all): copying,attention,probe,embeddings,patching,ablation,switching")
+    a.add_argument("--steps", help="comma-separated checkpoint steps (default: a plateau and a post-drop checkpoint)")
+    a.add_argument("--set", action="append", default=[], metavar="analysis.option=value",
+                   help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
+    a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
+
+    r = sub.add_parser("report", help="write RUN/report.html from the run's results")
+    r.add_argument("run", type=Path)
     return p
 
 
@@ -195,7 +206,54 @@ def _cmd_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.registry import ANALYSES, analyze, options, parse_option
+
+    if args.options:
+        for name, opts in options().items():
+            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+        return 0
+    if args.run is None:
+        raise UsageError("analyze: give a run directory (or --options)")
+    only = [x.strip() for x in args.only.split(",")] if args.only else None
+    try:
+        steps = [int(x) for x in args.steps.split(",")] if args.steps else None
+    except ValueError:
+        raise UsageError(f"--steps: expected comma-separated integers, got '{args.steps}'") from None
+    opts: dict = {}
+    try:
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            name, dot, option = key.partition(".")
+            if not sep or not dot:
+                raise UsageError(f"--set '{item}': expected analysis.option=value")
+            opts.setdefault(name, {})[option] = parse_option(name, option, value)
+        if only and [n for n in only if n not in ANALYSES]:
+            raise UsageError(f"--only: unknown analysis in {only}; choose from {', '.join(ANALYSES)}")
+        print(f"analyze: {args.run}")
+        analyze(args.run, only, steps, opts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"done; `abrupt report {args.run}` writes the page")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build
+
+    if not (args.run / "config.json").exists():
+        raise UsageError(f"{args.run} is not a run directory (no config.json)")
+    try:
+        path = build(args.run)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {
+    "analyze": _cmd_analyze,
+    "report": _cmd_report,
     "train": _cmd_train,
     "presets": _cmd_presets,
     "plot": _cmd_plot,
