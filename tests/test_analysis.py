@@ -1,0 +1,266 @@
+"""Analyses on tiny models with hand-set weights or stand-ins where the right answer is known."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
+from abrupt.analysis.common import choose_pre_post, parse_heads, seeded
+from abrupt.config import DataConfig, ModelConfig
+from abrupt.data import MASK_ID, id_to_value
+from abrupt.model import MatrixBert
+
+from conftest import randomize
+
+DATA = DataConfig()
+
+
+class CopyModel:
+    """Predicts each observed entry's own value and 0 at MASK: the plateau solution, by hand."""
+
+    def predict(self, tokens):
+        vals = id_to_value(tokens.clamp_min(1))
+        return torch.where(tokens == MASK_ID, torch.zeros_like(vals), vals)
+
+
+def test_copying_model_copies_substitutes():
+    res = copying.run({7: CopyModel()}, DATA, n=64, substitutes=(0.44, -0.24))
+    assert len(res["rows"]) == 2 * 3
+    for row in res["rows"]:
+        assert row["mse_to_substitute"] == pytest.approx(0.0, abs=1e-10)
+        assert row["loss_obs"] == pytest.approx(0.0, abs=1e-10)
+    # predicting 0 at hidden entries costs L_mask = E[X^2] on low-rank inputs, 2/9 in expectation
+    mask_row = next(r for r in res["rows"] if r["input"] == "low-rank" and r["substitute"] == "MASK")
+    assert mask_row["loss_mask"] == pytest.approx(2 / 9, rel=0.15)
+
+
+def test_substitution_replaces_only_hidden_tokens():
+    batch = seeded(DATA, 8, 0)
+    sub = copying.substituted(batch, 0.44)
+    assert (sub.tokens[batch.mask] == 1045).all()
+    assert torch.equal(sub.tokens[~batch.mask], batch.tokens[~batch.mask])
+
+
+def row_pattern(m, n, batch=2, heads=1):
+    rel = attention.relation_masks(m, n)["row"].float()
+    pat = rel / rel.sum(-1, keepdim=True)
+    return pat.expand(1, batch, heads, m * n, m * n)
+
+
+def test_pattern_on_the_row_has_row_mass_one():
+    hidden = torch.zeros(2, 49, dtype=torch.bool)
+    masses = attention.head_masses(row_pattern(7, 7), hidden, 7, 7)
+    assert masses["row"].item() == pytest.approx(1.0)
+    assert masses["column"].item() == pytest.approx(0.0)
+    assert masses["observed"].item() == pytest.approx(1.0)
+    assert attention.classify(masses, 0.4) == {"row_heads": ["0:0"], "column_heads": []}
+
+
+def hand_set_row_head() -> MatrixBert:
+    """One layer whose single head attends within the query's row: positions one-hot by row, Q = K = 20 I."""
+    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.ln_embed.weight.fill_(1.0)
+        model.pos_embed.weight.copy_(torch.nn.functional.one_hot(torch.arange(49) // 7, 8).float())
+        attn = model.blocks[0].attn
+        attn.q.weight.copy_(20 * torch.eye(8))
+        attn.k.weight.copy_(20 * torch.eye(8))
+        model.blocks[0].ln_attn.weight.fill_(1.0)
+        model.blocks[0].ln_mlp.weight.fill_(1.0)
+    return model
+
+
+def test_hand_set_row_head_is_found():
+    res = attention.run({1: hand_set_row_head()}, DATA, n=16)
+    masses = res["steps"][1]["random"]
+    # the query's 6 row-mates and itself share the weight: 6/7 on the row, 1/7 on itself
+    assert masses["row"][0][0] == pytest.approx(6 / 7, abs=1e-3)
+    assert masses["self"][0][0] == pytest.approx(1 / 7, abs=1e-3)
+    assert res["steps"][1]["row_heads"] == ["0:0"] and res["steps"][1]["column_heads"] == []
+    # under a structured row mask every query still attends to its own row
+    assert res["steps"][1]["rows"]["row"][0][0] == pytest.approx(6 / 7, abs=1e-3)
+
+
+def test_structured_masks():
+    rows = attention.structured_mask(DATA, 3, "rows", (1, 3), keep=2)[0].reshape(7, 7)
+    assert rows[1].tolist() == [True, True, False, True, True, True, True] and rows[3].sum() == 6 and rows.sum() == 12
+    cols = attention.structured_mask(DATA, 3, "columns", (0,), keep=4)[0].reshape(7, 7)
+    assert cols[:, 0].tolist() == [True] * 4 + [False] + [True] * 2 and cols.sum() == 6
+    with pytest.raises(ValueError, match="outside"):
+        attention.structured_mask(DATA, 1, "rows", (9,), keep=0)
+
+
+def test_probe_recovers_a_target_contained_in_the_state():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(400, 7, generator=g)
+    x = torch.cat([y @ torch.randn(7, 7, generator=g), torch.randn(400, 5, generator=g)], dim=1)
+    w = probe.fit_probe(x[:300], y[:300])
+    pred = probe.apply_probe(w, x[300:])
+    assert ((pred - y[300:].double()) ** 2).mean().item() < 1e-6  # the tiny ridge shrinks a little
+    assert probe.mean_abs_cosine(pred, y[300:]) == pytest.approx(1.0, abs=1e-6)
+    # a pure-noise state predicts nothing: held-out R^2 near 0 or below
+    noise = torch.randn(400, 12, generator=g)
+    w2 = probe.fit_probe(noise[:300], y[:300, :1])
+    mse = ((probe.apply_probe(w2, noise[300:]) - y[300:, :1].double()) ** 2).mean().item()
+    assert mse > 0.8 * y[300:, 0].var().item()
+
+
+def test_probe_targets_are_the_row_and_sign_fixed_singular_vector():
+    batch = seeded(DATA, 4, 0)
+    tg = probe.targets(batch, 7, 7)
+    masked = torch.where(batch.mask, 0.0, batch.target).reshape(4, 7, 7)
+    assert torch.equal(tg["row"][2 * 49 + 10], masked[2, 1])  # matrix 2, position 10 = row 1
+    v = tg["singular"][0]
+    assert v[v.abs().argmax()] > 0 and v.norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_knn_purity():
+    x = np.array([[0, 0], [0, 0.1], [5, 5], [5, 5.1]], dtype=float)
+    assert embeddings.knn_purity(x, np.array([0, 0, 1, 1]), k=1) == 1.0
+    assert embeddings.knn_purity(x, np.array([0, 1, 0, 1]), k=1) == 0.0
+
+
+def test_patching_plumbing(small_model):
+    model = randomize(small_model, 3)
+    batch = seeded(DATA, 16, 1)
+    none = patching.patch(model, batch, [])
+    assert none["recovery_hidden"] == 0.0 and none["recovery_observed"] == 0.0
+    every = parse_heads("all", 2, 4)
+    corrupt = patching.negated(batch)
+    names = [f"blocks.{l}.attn.hook_z" for l in range(2)]
+    _, clean_cache = model.run_with_cache(batch.tokens, names=names)
+    clean_z = {l: clean_cache[names[l]] for l in range(2)}
+    everywhere = torch.ones_like(batch.mask)
+    with model.hooks(patching.patch_hooks(clean_z, every, everywhere)):
+        _, patched = model.run_with_cache(corrupt.tokens, names=names)
+    for n in names:  # every head of every layer now carries exactly the clean output
+        torch.testing.assert_close(patched[n], clean_cache[n])
+    # only the chosen head and positions change
+    only = patching.position_selector("0,5", batch)
+    with model.hooks(patching.patch_hooks(clean_z, [(1, 2)], only)):
+        _, part = model.run_with_cache(corrupt.tokens, names=names)
+    _, corrupt_cache = model.run_with_cache(corrupt.tokens, names=names)
+    z = part[names[1]]
+    torch.testing.assert_close(z[:, [0, 5], 2], clean_cache[names[1]][:, [0, 5], 2])
+    torch.testing.assert_close(z[:, 1:5], corrupt_cache[names[1]][:, 1:5])
+    torch.testing.assert_close(z[:, [0, 5]][:, :, [0, 1, 3]], corrupt_cache[names[1]][:, [0, 5]][:, :, [0, 1, 3]])
+
+
+def test_recovery_fraction():
+    clean, corrupt = torch.tensor([[1.0, 2.0]]), torch.tensor([[-1.0, -2.0]])
+    sel = torch.ones(1, 2, dtype=torch.bool)
+    assert patching.recovery(clean, clean, corrupt, sel) == pytest.approx(1.0)
+    assert patching.recovery(corrupt, clean, corrupt, sel) == pytest.approx(0.0)
+    assert patching.recovery(torch.zeros(1, 2), clean, corrupt, sel) == pytest.approx(0.5)
+
+
+def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
+    model = randomize(small_model, 4)
+    batch = seeded(DATA, 32, 2)
+    base = ablation.evaluate_with_hooks(model, batch)
+    for mode in ablation.MODES:
+        assert ablation.ablate(model, batch, [], mode) == base
+        assert ablation.ablate(model, batch, [(0, 1)], mode) != base
+    names = ["blocks.1.attn.hook_pattern"]
+    with model.hooks(ablation.ablation_hooks([(1, 3)], "uniform")):
+        _, cache = model.run_with_cache(batch.tokens, names=names)
+    p = cache[names[0]]
+    assert torch.allclose(p[:, 3], torch.full_like(p[:, 3], 1 / 49))
+    with model.hooks(ablation.ablation_hooks([(1, 0)], "mean")):
+        _, cache = model.run_with_cache(batch.tokens, names=names)
+    p = cache[names[0]][:, 0]
+    assert torch.allclose(p, p[:1].expand_as(p))  # the same pattern for every input
+    with pytest.raises(ValueError, match="unknown ablation mode"):
+        ablation.ablation_hooks([(0, 0)], "random")
+
+
+def test_switching_groups_partition_the_parameters(small_model):
+    names = set(small_model.state_dict())
+    attn = set(switching.group_names(small_model, "attention"))
+    rest = set(switching.group_names(small_model, "rest"))
+    assert attn and rest and attn | rest == names and not attn & rest
+    singles = [set(switching.group_names(small_model, g)) for g in ("qkv", "attn_out", "mlp", "layernorm", "embeddings", "readout")]
+    assert set().union(*singles) == names and sum(map(len, singles)) == len(names)
+    a, b = randomize(small_model, 1), randomize(MatrixBert(small_model.cfg, 49), 2)
+    both = switching.transplant(switching.transplant(a, b, "attention"), b, "rest")
+    for n, p in both.state_dict().items():
+        assert torch.equal(p, b.state_dict()[n])
+
+
+def test_choose_pre_post():
+    steps = [0, 1, 10, 100, 500, 1000, 1500, 2000]
+    assert choose_pre_post(steps, {"drop_step": 1200, "plateau_start": 50})[:2] == (1000, 2000)
+    pre, post, note = choose_pre_post(steps, {"drop_step": None})
+    assert (pre, post) == (1, 2000) and "no drop" in note
+
+
+def test_parse_heads():
+    assert parse_heads("1:0,2:*", 4, 2) == [(1, 0), (2, 0), (2, 1)]
+    assert len(parse_heads("all", 4, 8)) == 32
+    with pytest.raises(ValueError, match="out of range"):
+        parse_heads("4:0", 4, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from abrupt.config import apply_overrides, preset
+    from abrupt.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(apply_overrides(preset("tiny"), []), run, progress=False)
+    return run
+
+
+def strip(d):
+    return {k: v for k, v in d.items() if k != "seconds"}
+
+
+def test_analyze_and_report_end_to_end(tiny_run):
+    from abrupt.cli import main
+
+    assert main(["analyze", str(tiny_run)]) == 0
+    for name in ("copying", "attention", "probe", "embeddings", "patching", "ablation", "switching"):
+        res = json.loads((tiny_run / "analysis" / name / "results.json").read_text())
+        assert res["figures"] and all((tiny_run / "analysis" / name / f).exists() for f in res["figures"])
+        assert "no drop" in res["selection"]
+    first = strip(json.loads((tiny_run / "analysis" / "probe" / "results.json").read_text()))
+    assert main(["analyze", str(tiny_run), "--only", "probe,copying", "--steps", "20,60", "--set", "copying.substitutes=0.5"]) == 0
+    assert main(["analyze", str(tiny_run), "--only", "probe"]) == 0
+    assert strip(json.loads((tiny_run / "analysis" / "probe" / "results.json").read_text())) == first  # seeded
+    cop = json.loads((tiny_run / "analysis" / "copying" / "results.json").read_text())
+    assert {r["substitute"] for r in cop["rows"]} == {"MASK", 0.5} and {r["step"] for r in cop["rows"]} == {20, 60}
+    assert main(["report", str(tiny_run)]) == 0
+    page = (tiny_run / "report.html").read_text()
+    for title in ("Copying before the drop", "Attention maps", "Linear probes", "Embeddings", "Activation patching", "Attention ablation", "Switching"):
+        assert title in page
+    assert main(["analyze", str(tiny_run), "--set", "patching.heads=9:0"]) == 2
+    assert main(["analyze", str(tiny_run), "--only", "nonsense"]) == 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (installed by .ci/run)")
+def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    from abrupt.cli import main
+
+    assert main(["analyze", str(tiny_run), "--only", "copying,attention"]) == 0
+    assert main(["report", str(tiny_run)]) == 0
+    url = (tiny_run / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0
+    images = dom.stdout.split('data-images="')[1].split('"')[0]
+    loaded, total = map(int, images.split("/"))
+    assert total >= 5 and loaded == total
+    assert "CONSOLE" not in dom.stderr, dom.stderr
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
