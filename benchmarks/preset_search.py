@@ -1,11 +1,12 @@
 """Run one trial of the CPU preset search: `python benchmarks/preset_search.py NAME MINUTES key=value ...`.
 
 Each trial trains with one thread under runs/search/NAME for at most MINUTES of wall time (then
-it is interrupted, which keeps metrics and summary) and appends one row to
+it is interrupted like Ctrl-C: a checkpoint is saved and the run can be resumed) and appends one row to
 runs/search/results.jsonl: configuration, seconds per step, drop step and time, final L_mask.
 """
 
 import json
+import os
 import signal
 import sys
 import time
@@ -22,7 +23,8 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = apply_overrides(preset("cpu"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides])
     out = Path("runs/search") / name
-    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # At the time limit, ask training to stop as SIGINT would: it saves a checkpoint and returns.
+    signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     signal.alarm(int(minutes * 60))
     t0 = time.time()
     try:

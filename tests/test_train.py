@@ -95,3 +95,25 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     for c in checkpoints.list_checkpoints(run / "checkpoints"):
         model = checkpoints.load_model(tiny(), c)
         assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
+    import os
+    import signal
+    import threading
+
+    run = tmp_path / "run"
+    cfg = tiny("train.steps=100000", "train.ckpt_every=100000", "train.ckpt_log_points=0", "train.log_every=5")
+    threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, progress=False)
+    last = checkpoints.list_checkpoints(run / "checkpoints")[-1]
+    assert last.step > 0 and last.optim.exists()
+    assert (run / "summary.json").exists()
+    # it resumes from there to the same numbers as a run that was never stopped
+    stop_at = last.step
+    cfg_to = tiny("train.steps=100000", "train.ckpt_every=100000", "train.ckpt_log_points=0", "train.log_every=5")
+    cfg_to.train.steps = stop_at + 10
+    train(cfg_to, run, resume=True, progress=False)
+    train(cfg_to, tmp_path / "straight", progress=False)
+    assert strip_time(read_metrics(run)) == strip_time(read_metrics(tmp_path / "straight"))

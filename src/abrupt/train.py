@@ -10,8 +10,11 @@ Run directory contract (scripts rely on these names):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +112,30 @@ def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     return summary
 
 
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGINT/SIGTERM set a flag the loop checks between steps (so the state it saves is whole);
+    a second signal interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir`; returns the summary."""
     validate(cfg)
@@ -153,7 +180,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     step = start_step
     drop_seen_at = None
     try:
-        with open(metrics_path, "a") as mf:
+        with open(metrics_path, "a") as mf, _stop_requests() as stop_requested:
             for step in range(start_step + 1, cfg.train.steps + 1):
                 lr = cfg.train.lr * min(1.0, step / cfg.train.warmup) if cfg.train.warmup else cfg.train.lr
                 for group in optim.param_groups:
@@ -194,8 +221,10 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                         drop_seen_at = step
                 bar.update(1)
                 stop = drop_seen_at is not None and step >= drop_seen_at + cfg.train.stop_after_drop
-                if step in ckpt_at or stop:
+                if step in ckpt_at or stop or stop_requested.is_set():
                     save(step)
+                if stop_requested.is_set():
+                    raise KeyboardInterrupt
                 if stop:
                     break
     except (KeyboardInterrupt, TrainingError):
