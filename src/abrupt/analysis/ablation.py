@@ -15,7 +15,7 @@ import torch
 from ..config import DataConfig
 from ..data import Batch
 from ..model import MatrixBert
-from .common import evaluate_with_hooks, parse_heads, plot_head_tables, seeded
+from .common import evaluate_with_hooks, group_by_layer, parse_heads, plot_head_tables, seeded
 
 MODES = ("mean", "uniform", "zero")
 
@@ -23,11 +23,8 @@ MODES = ("mean", "uniform", "zero")
 def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str):
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode '{mode}'; use one of {', '.join(MODES)}")
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
     hooks = []
-    for layer, hs in by_layer.items():
+    for layer, hs in group_by_layer(heads).items():
         if mode == "zero":
             def fn(z, point, hs=hs):
                 z = z.clone()

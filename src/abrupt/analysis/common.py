@@ -74,6 +74,13 @@ def evaluate_with_hooks(model: MatrixBert, batch: Batch, fwd_hooks=()) -> dict[s
         return loss_dict(model.predict(batch.tokens), batch)
 
 
+def group_by_layer(heads: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> dict[int, list[int]]:
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    return by_layer
+
+
 def parse_heads(spec: str, layers: int, heads: int) -> list[tuple[int, int]]:
     """'all', or 'L:H' pairs separated by commas, with '*' for every layer or head: '1:0,2:*'."""
     if spec.strip() in ("all", "*", "*:*"):

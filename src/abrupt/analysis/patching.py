@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from ..config import DataConfig  # noqa: E402
 from ..data import Batch, make_batch  # noqa: E402
 from ..model import MatrixBert  # noqa: E402
-from .common import parse_heads, plot_head_tables, seeded  # noqa: E402
+from .common import group_by_layer, parse_heads, plot_head_tables, seeded  # noqa: E402
 
 
 def negated(batch: Batch) -> Batch:
@@ -52,11 +52,8 @@ def position_selector(spec: str, batch: Batch) -> torch.Tensor:
 
 def patch_hooks(clean_z: dict[int, torch.Tensor], heads: Sequence[tuple[int, int]], positions: torch.Tensor):
     """Forward hooks writing clean hook_z values of (layer, head) pairs where `positions` (B, T) holds."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
     hooks = []
-    for layer, hs in by_layer.items():
+    for layer, hs in group_by_layer(heads).items():
         def fn(z, point, layer=layer, hs=hs):
             sel = torch.zeros(z.shape[:3], dtype=torch.bool)
             sel[:, :, hs] = True
