@@ -18,7 +18,21 @@ from abrupt.config import apply_overrides, preset
 from abrupt.train import read_metrics, train
 
 
+def table() -> None:
+    """Print runs/search/results.jsonl as the markdown table kept in docs/preset-search.md."""
+    print("| trial | overrides of `cpu` | s/step | steps run | plateau L_mask | drop step (wall) | final L_mask |")
+    print("|---|---|---|---|---|---|---|")
+    for line in Path("runs/search/results.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        drop = f"{r['drop_step']} ({r['drop_seconds'] / 60:.1f} min)" if r["drop_step"] else f"none by step {r['steps_run']}"
+        print(f"| {r['name']} | {' '.join(r['overrides'])} | {r['sec_per_step']:.3f} | {r['steps_run']} | "
+              f"{r['plateau_loss_mask']:.4f} | {drop} | {r['final_loss_mask']:.4f} |")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--table"]:
+        table()
+        return
     name, minutes, overrides = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
     torch.set_num_threads(1)
     cfg = apply_overrides(preset("cpu"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides])

@@ -69,3 +69,38 @@ def test_resume_of_a_non_run_and_corrupt_checkpoints(tmp_path, capsys):
         f.write_bytes(b"garbage")
     assert main(["train", "--resume", str(out), "--quiet"]) == 1
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_paper_preset_starts_on_cpu(tmp_path):
+    # the paper's full-size model (85M parameters), a couple of small steps
+    out = tmp_path / "paper"
+    assert main(["train", "--preset", "paper", "--out", str(out), "--quiet", "train.steps=2", "train.batch_size=4",
+                 "train.eval_size=8", "train.device=cpu", "train.ckpt_log_points=0", "train.keep_optim=1"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["hidden"] == 768 and cfg["train"]["lr"] == 1e-4
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_baseline_json_and_compare_ood(tmp_path, capsys):
+    assert main(["baseline", "--p-mask", "0.3", "--n", "16", "--json", "--lambdas", "1e-3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["method"] for r in rows] == ["nuclear_norm", "nuclear_norm_reg_0.001"]
+    for r in rows:
+        assert set(r) >= {"method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds"}
+        assert r["n"] == 16 and r["p_mask"] == 0.3 and 0 < r["loss_mask"] < 0.2
+    assert rows[0]["loss_obs"] == 0.0  # exact completion keeps observed entries
+    assert main(["baseline", "--n", "0"]) == 2
+    assert main(["baseline", "model.hidden=3"]) == 2
+    assert main(["baseline", "data.rank=9"]) == 2
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "train.steps=20"]) == 0
+    assert main(["compare", str(run), "--n", "16", "--p-masks", "0.2,0.4"]) == 0
+    res = json.loads((run / "analysis" / "compare" / "results.json").read_text())
+    assert {(r["p_mask"], r["method"]) for r in res["rows"]} == {(p, m) for p in (0.2, 0.4) for m in ("bert", "nuclear_norm")}
+    assert (run / "analysis" / "compare" / "fig3.png").exists()
+    assert main(["ood", str(run), "--n", "8"]) == 0
+    ood = json.loads((run / "analysis" / "ood" / "results.json").read_text())
+    assert {r["family"] for r in ood["rows"]} == {"rank", "rows", "columns", "distribution", "p_mask"}
+    assert (run / "analysis" / "ood" / "ood.png").exists()
+    assert main(["compare", str(tmp_path / "nope")]) == 1
