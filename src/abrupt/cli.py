@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -278,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("abrupt: interrupted; resume with `abrupt train --resume DIR`", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # output piped into e.g. `head`, which closed early: not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":
