@@ -55,6 +55,7 @@ class TrainConfig:
     beta2: float = 0.999
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast (CUDA only)
+    compile: bool = False  # torch.compile the training forward (about 1.14x on the cpu preset, after ~1 min of compiling)
     log_every: int = 50
     eval_size: int = 1024  # fixed, seeded evaluation batch
     ckpt_every: int = 1000  # fixed checkpoint interval ...

@@ -166,6 +166,8 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
     evalset = eval_batch(cfg).to(device)
     ckpt_at = checkpoint_steps(cfg)
     use_bf16 = cfg.train.bf16 and device.type == "cuda"
+    # Compiled for the training step only: evaluation and checkpoints use the plain module.
+    forward = torch.compile(model) if cfg.train.compile else model
     rows = read_metrics(out_dir)
     t0 = time.perf_counter() - time_offset
     model.train()
@@ -187,7 +189,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                     group["lr"] = lr
                 batch = sample_batch(cfg.data, cfg.train.batch_size, data_rng).to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    pred = model(batch.tokens)
+                    pred = forward(batch.tokens)
                 parts = losses(pred, batch)
                 loss = parts["loss"]
                 if not torch.isfinite(loss):
