@@ -7,6 +7,8 @@ MSE gap, printed as ratios (target: >= 100x faster, MSE within 5%).
 import argparse
 import warnings
 
+import torch
+
 from abrupt import baselines as B
 from abrupt.compare import seeded_batch
 from abrupt.config import DataConfig
@@ -18,7 +20,9 @@ def main() -> None:
     p.add_argument("--p-mask", type=float, default=0.3)
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="regularized form (default: exact)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (CVXPY's solver runs on one)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     batch = seeded_batch(DataConfig(p_mask=args.p_mask), args.n, args.seed)
     a, hidden = batch.target.reshape(-1, 7, 7).double(), batch.mask.reshape(-1, 7, 7)
     warnings.simplefilter("ignore")
