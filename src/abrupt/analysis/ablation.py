@@ -51,7 +51,7 @@ def run(
     models: dict[int, MatrixBert],
     data: DataConfig,
     seed: int = 0,
-    n: int = 512,
+    n: int = 256,
     heads: str = "all",
     modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
