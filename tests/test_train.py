@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from abrupt import checkpoints
-from abrupt.cli import main
 from abrupt.config import apply_overrides, preset
 from abrupt.train import TrainingError, checkpoint_steps, read_metrics, train
 

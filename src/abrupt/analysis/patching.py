@@ -10,20 +10,15 @@ distances of the patched output to X and to -X. A layer x head table patches eac
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..config import DataConfig  # noqa: E402
-from ..data import Batch, make_batch  # noqa: E402
-from ..model import MatrixBert  # noqa: E402
-from .common import group_by_layer, parse_heads, plot_head_tables, seeded  # noqa: E402
+from ..config import DataConfig
+from ..data import Batch, make_batch
+from ..model import MatrixBert
+from .common import group_by_layer, parse_heads, plot_head_tables, seeded
 
 
 def negated(batch: Batch) -> Batch:
