@@ -124,7 +124,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "train.lr": 3e-3,
             "train.warmup": 200,
             "train.batch_size": 128,
-            "train.steps": 14_000,
+            "train.steps": 20_000,
             "train.ckpt_every": 500,
         },
     ),
