@@ -132,6 +132,9 @@ def test_patching_plumbing(small_model):
     none = patching.patch(model, batch, [])
     assert none["recovery_hidden"] == 0.0 and none["recovery_observed"] == 0.0
     every = parse_heads("all", 2, 4)
+    # Hidden positions hold MASK in both runs, so they differ only through attention: patching every
+    # head of every layer recovers the clean output there exactly.
+    assert patching.patch(model, batch, every)["recovery_hidden"] == pytest.approx(1.0, abs=1e-5)
     corrupt = patching.negated(batch)
     names = [f"blocks.{l}.attn.hook_z" for l in range(2)]
     _, clean_cache = model.run_with_cache(batch.tokens, names=names)
@@ -198,6 +201,10 @@ def test_choose_pre_post():
     assert choose_pre_post(steps, {"drop_step": 1200, "plateau_start": 50})[:2] == (1000, 2000)
     pre, post, note = choose_pre_post(steps, {"drop_step": None})
     assert (pre, post) == (1, 2000) and "no drop" in note
+    # a slide before the detected halving: the last checkpoint still within 10% of the plateau
+    rows = [{"step": s, "eval_loss_mask": v} for s, v in ((100, 0.11), (500, 0.109), (1000, 0.08), (1500, 0.07))]
+    summary = {"drop_step": 1200, "plateau_start": 50, "plateau_loss_mask": 0.11}
+    assert choose_pre_post(steps, summary, rows)[:2] == (500, 2000)
 
 
 def test_parse_heads():

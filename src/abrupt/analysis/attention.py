@@ -96,12 +96,14 @@ def run(
     data: DataConfig,
     seed: int = 0,
     n: int = 256,
-    lines: tuple[int, ...] = (1, 3, 5),
+    lines: tuple[int, ...] = (),
     keep: int = 0,
     head_threshold: float = 0.4,
     across: dict[int, MatrixBert] | None = None,
 ) -> dict[str, Any]:
-    """`models`: the checkpoints drawn in full; `across`: checkpoints for the per-head curves."""
+    """`models`: the checkpoints drawn in full; `across`: checkpoints for the per-head curves.
+    `lines`: rows (columns) hidden by the structured masks; default every other one, 1, 3, ..."""
+    lines = lines or tuple(range(1, min(data.m, data.n), 2))
     g = generator(seed)
     matrices = sample_matrices(data, n, g)
     masks = {

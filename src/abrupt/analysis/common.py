@@ -14,7 +14,7 @@ from .. import checkpoints
 from ..config import Config, DataConfig
 from ..data import Batch, generator, sample_batch
 from ..model import MatrixBert
-from ..train import losses
+from ..train import losses, read_metrics
 
 
 @dataclass
@@ -40,20 +40,27 @@ def open_run(path: Path) -> RunView:
         raise checkpoints.CheckpointError(f"no checkpoints in {path / 'checkpoints'}")
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    pre, post, note = choose_pre_post(steps, summary)
+    pre, post, note = choose_pre_post(steps, summary, read_metrics(path))
     return RunView(path, cfg, steps, pre, post, note)
 
 
-def choose_pre_post(steps: list[int], summary: dict[str, Any]) -> tuple[int, int, str]:
-    """Plateau checkpoint: the last one before the drop (on the plateau when one was saved there);
+def choose_pre_post(
+    steps: list[int], summary: dict[str, Any], rows: list[dict[str, Any]] | None = None
+) -> tuple[int, int, str]:
+    """Plateau checkpoint: the last one before the drop whose evaluation L_mask is still within 10%
+    of the plateau level (a drop can start with a slow slide before the detected halving);
     post-drop: the last one. Without a drop: the earliest trained and the last checkpoint."""
     trained = [s for s in steps if s > 0] or steps
-    drop, start = summary.get("drop_step"), summary.get("plateau_start")
+    drop, start, level = summary.get("drop_step"), summary.get("plateau_start"), summary.get("plateau_loss_mask")
     if drop is not None:
         before = [s for s in trained if s < drop]
         on_plateau = [s for s in before if start is None or s >= start]
+        if rows and level:
+            logged = {r["step"]: r.get("eval_loss_mask", r.get("loss_mask")) for r in rows}
+            flat = [s for s in on_plateau if logged.get(s) is not None and logged[s] >= 0.9 * level]
+            on_plateau = flat or on_plateau
         pre = (on_plateau or before or trained)[-1]
-        return pre, trained[-1], f"pre-drop step {pre} (drop detected at step {drop}), post-drop step {trained[-1]}"
+        return pre, trained[-1], f"pre-drop step {pre} (on the plateau; drop detected at step {drop}), post-drop step {trained[-1]}"
     return trained[0], trained[-1], (
         f"no drop detected in this run: comparing the earliest trained checkpoint (step {trained[0]}) "
         f"with the last (step {trained[-1]})"
