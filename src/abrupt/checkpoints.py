@@ -148,13 +148,14 @@ def list_checkpoints(ckpt_dir: Path, verify: bool = True) -> list[Checkpoint]:
         except (OSError, json.JSONDecodeError):
             continue
         ckpt = Checkpoint(int(m.group(1)), p, meta)
-        if verify and not _intact(ckpt):
+        if verify and not is_intact(ckpt):
             continue
         found.append(ckpt)
     return sorted(found, key=lambda c: c.step)
 
 
-def _intact(ckpt: Checkpoint) -> bool:
+def is_intact(ckpt: Checkpoint) -> bool:
+    """Every file the side file lists exists with its recorded size and SHA-256."""
     for name, info in ckpt.meta.get("files", {}).items():
         f = ckpt.path.with_name(name)
         if not f.exists() or f.stat().st_size != info["bytes"] or _sha256(f) != info["sha256"]:
@@ -176,7 +177,7 @@ def find(run_dir: Path, step: int | None = None) -> Checkpoint:
             have = ", ".join(str(c.step) for c in all_ckpts) or "none"
             raise CheckpointError(f"no checkpoint at step {step} in {ckpt_dir} (saved steps: {have})")
         ckpt = matches[0]
-    if not _intact(ckpt):
+    if not is_intact(ckpt):
         raise CheckpointError(f"checkpoint {ckpt.weights} is incomplete or corrupt (size or SHA-256 mismatch)")
     return ckpt
 

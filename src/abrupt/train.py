@@ -150,10 +150,11 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
 
     start_step, time_offset = 0, 0.0
     if resume:
-        usable = [c for c in checkpoints.list_checkpoints(ckpt_dir) if c.optim.exists()]
-        if not usable:
+        # newest first, hashing only until an intact one is found (checkpoints can be large)
+        candidates = [c for c in checkpoints.list_checkpoints(ckpt_dir, verify=False) if c.optim.exists()]
+        ckpt = next((c for c in reversed(candidates) if checkpoints.is_intact(c)), None)
+        if ckpt is None:
             raise TrainingError(f"nothing to resume in {out_dir}: no complete checkpoint with optimizer state")
-        ckpt = usable[-1]
         checkpoints.load_training_state(ckpt, model, optim, data_rng)
         start_step, time_offset = ckpt.step, float(ckpt.meta.get("time", 0.0))
         kept = [r for r in read_metrics(out_dir) if r["step"] <= start_step]
