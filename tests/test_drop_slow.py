@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from abrupt.config import apply_overrides, preset
+from abrupt.config import preset
 from abrupt.train import train
 
 
@@ -19,8 +19,9 @@ def one_thread():
 
 @pytest.mark.slow
 def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
-    cfg = apply_overrides(preset("small"), ["train.stop_after_drop=500"])
-    summary = train(cfg, tmp_path / "run", progress=False)
+    # The whole preset (about 15 minutes): stopping early can catch a noisy log above 10x.
+    summary = train(preset("small"), tmp_path / "run", progress=False)
     assert summary["plateau_loss_mask"] == pytest.approx(0.111, rel=0.1)  # copying: E[X^2] for rank 1
     assert summary["drop_step"] == 5050
     assert summary["dropped"]  # final L_mask at least 10x below the plateau
+    assert summary["final_loss_mask"] == pytest.approx(0.00774, rel=1e-3)  # the README's run
