@@ -1,6 +1,7 @@
 """Train the default preset (or another) and print the drop step, its wall time and the final L_mask.
 
     python benchmarks/time_to_drop.py                      # default preset, seed 0
+    python benchmarks/time_to_drop.py --preset small --threads 1     # the README's run
     python benchmarks/time_to_drop.py --preset cpu --seed 1 train.steps=30000
 
 Training stops 1000 steps after L_mask first falls 10x below its plateau (train.stop_after_drop).
@@ -11,6 +12,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from abrupt.config import DEFAULT_PRESET, apply_overrides, preset
 from abrupt.train import read_metrics, train
 
@@ -20,8 +23,11 @@ def main() -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
+    p.add_argument("--threads", type=int, help="torch threads (1 reproduces the README's small run)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = preset(args.preset)
     cfg.seed = args.seed
     apply_overrides(cfg, ["train.stop_after_drop=1000", *args.overrides])
