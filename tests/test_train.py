@@ -116,3 +116,17 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
     train(cfg_to, run, resume=True, progress=False)
     train(cfg_to, tmp_path / "straight", progress=False)
     assert strip_time(read_metrics(run)) == strip_time(read_metrics(tmp_path / "straight"))
+
+
+def test_curriculum_off_is_bit_identical_and_on_changes_only_training_data(tmp_path):
+    train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
+    train(tiny("train.steps=20", "curriculum.mean=0", "curriculum.hold=10"), tmp_path / "zero", progress=False)
+    train(tiny("train.steps=20", "curriculum.mean=0.5", "curriculum.hold=10"), tmp_path / "shift", progress=False)
+    plain, zero, shift = (strip_time(read_metrics(tmp_path / x)) for x in ("plain", "zero", "shift"))
+    assert plain == zero
+    assert plain[1]["loss"] != shift[1]["loss"]
+
+
+def test_curriculum_schedule():
+    c = tiny("curriculum.mean=0.5", "curriculum.hold=100", "curriculum.decay=100").curriculum
+    assert [c.shift(s) for s in (1, 100, 150, 200, 201)] == [0.5, 0.5, 0.25, 0.0, 0.0]

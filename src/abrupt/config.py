@@ -65,12 +65,31 @@ class TrainConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    """Training-data curriculum (an intervention; off by default). The evaluation batch always
+    comes from the target distribution in `data`."""
+
+    mean: float = 0.0  # factor-mean shift: training factors are U[low, high] + mean ...
+    hold: int = 0  # ... for this many steps ...
+    decay: int = 0  # ... then fall linearly to 0 over this many steps
+
+    def shift(self, step: int) -> float:
+        """The factor-mean shift of the training batch at `step` (1-based)."""
+        if not self.mean or step > self.hold + self.decay:
+            return 0.0
+        if step <= self.hold:
+            return self.mean
+        return self.mean * (1.0 - (step - self.hold) / self.decay)
+
+
+@dataclass
 class Config:
     preset: str = "paper"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +100,7 @@ class Config:
         for key in ("preset", "seed"):
             if key in d:
                 setattr(cfg, key, d[key])
-        for section in ("data", "model", "train"):
+        for section in ("data", "model", "train", "curriculum"):
             for k, v in d.get(section, {}).items():
                 set_key(cfg, f"{section}.{k}", v)
         validate(cfg)
@@ -159,7 +178,7 @@ def preset(name: str) -> Config:
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
-    return {"data": cfg.data, "model": cfg.model, "train": cfg.train}
+    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "curriculum": cfg.curriculum}
 
 
 def all_keys() -> list[str]:
@@ -303,3 +322,12 @@ def validate(cfg: Config) -> None:
     need(t.ckpt_log_points >= 0, f"train.ckpt_log_points: must be >= 0, got {t.ckpt_log_points}")
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
+    c = cfg.curriculum
+    need(math.isfinite(c.mean), f"curriculum.mean: must be finite, got {c.mean}")
+    need(c.hold >= 0 and c.decay >= 0, "curriculum.hold/decay: must be >= 0")
+    need(not c.mean or cfg.data.distribution == "uniform", "curriculum.mean: only for data.distribution=uniform")
+    if c.mean:
+        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean)
+        bound = max_abs_entry(shifted)
+        need(shifted.clip or bound <= VOCAB_MAX,
+             f"curriculum.mean: shifted factors reach |x| = {bound:g}, beyond the vocabulary; lower it or set data.clip=true")

@@ -63,10 +63,11 @@ def id_to_value(ids: torch.Tensor) -> torch.Tensor:
     return (ids - _OFFSET).double().div(100).float()
 
 
-def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator) -> torch.Tensor:
+def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator, shift: float = 0.0) -> torch.Tensor:
     shape = (batch, rows, cfg.rank)
     if cfg.distribution == "uniform":
-        return cfg.low + (cfg.high - cfg.low) * torch.rand(shape, generator=gen)
+        # `shift` (a curriculum) is added to the bounds so that shift 0 draws bit-identical factors
+        return (cfg.low + shift) + (cfg.high - cfg.low) * torch.rand(shape, generator=gen)
     if cfg.distribution == "gaussian":
         return cfg.sigma * torch.randn(shape, generator=gen)
     if cfg.distribution == "laplace":
@@ -77,9 +78,9 @@ def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator)
     raise ValueError(f"unknown distribution '{cfg.distribution}'")
 
 
-def sample_matrices(cfg: DataConfig, batch: int, gen: torch.Generator) -> torch.Tensor:
-    u = sample_factors(cfg, batch, cfg.m, gen)
-    v = sample_factors(cfg, batch, cfg.n, gen)
+def sample_matrices(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0) -> torch.Tensor:
+    u = sample_factors(cfg, batch, cfg.m, gen, shift)
+    v = sample_factors(cfg, batch, cfg.n, gen, shift)
     return u @ v.transpose(1, 2)
 
 
@@ -98,8 +99,8 @@ def make_batch(matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False) -> 
     return Batch(tokens=tokens, target=round_values(flat).float(), mask=mask, matrix=matrix.float())
 
 
-def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator) -> Batch:
-    matrix = sample_matrices(cfg, batch, gen)
+def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0) -> Batch:
+    matrix = sample_matrices(cfg, batch, gen, shift)
     mask = sample_mask(cfg, batch, gen)
     return make_batch(matrix, mask, clip=cfg.clip)
 

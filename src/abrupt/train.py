@@ -188,7 +188,7 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
                 lr = cfg.train.lr * min(1.0, step / cfg.train.warmup) if cfg.train.warmup else cfg.train.lr
                 for group in optim.param_groups:
                     group["lr"] = lr
-                batch = sample_batch(cfg.data, cfg.train.batch_size, data_rng).to(device)
+                batch = sample_batch(cfg.data, cfg.train.batch_size, data_rng, cfg.curriculum.shift(step)).to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     pred = forward(batch.tokens)
                 parts = losses(pred, batch)
