@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from abrupt.config import apply_overrides, preset
-from abrupt.train import read_metrics, train
+from abrupt.rundir import read_metrics
+from abrupt.train import train
 
 
 def table() -> None:

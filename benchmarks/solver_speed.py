@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from abrupt import baselines as B
-from abrupt.compare import seeded_batch
+from abrupt.data import seeded_batch
 from abrupt.config import DataConfig
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     fast = B.complete(a, ~hidden, args.lam)
     ref = B.complete(a, ~hidden, args.lam, solver="cvxpy")
-    s_fast, s_ref = B.score(fast.x, a, hidden), B.score(ref.x, a, hidden)
+    s_fast, s_ref = B.score(fast.x, batch), B.score(ref.x, batch)
     form = "exact" if args.lam is None else f"regularized, lambda={args.lam:g}"
     print(f"{args.n} problems, 7x7 rank 2, p_mask {args.p_mask}, {form}")
     print(f"torch ADMM : {args.n / fast.seconds:9.1f} matrices/s  ({fast.seconds:.2f} s, {fast.iterations} iterations, "

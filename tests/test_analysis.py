@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
-from abrupt.analysis.common import choose_pre_post, parse_heads, seeded
+from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
+from abrupt.data import seeded_batch as seeded
 from abrupt.config import DataConfig, ModelConfig
 from abrupt.data import MASK_ID, id_to_value
+from abrupt.losses import evaluate
 from abrupt.model import MatrixBert
 
 from conftest import randomize
@@ -28,7 +30,7 @@ class CopyModel:
 
 
 def test_copying_model_copies_substitutes():
-    res = copying.run({7: CopyModel()}, DATA, n=64, substitutes=(0.44, -0.24))
+    res = copying.run(Inputs({7: CopyModel()}, DATA), n=64, substitutes=(0.44, -0.24)).numbers
     assert len(res["rows"]) == 2 * 3
     for row in res["rows"]:
         assert row["mse_to_substitute"] == pytest.approx(0.0, abs=1e-10)
@@ -77,7 +79,7 @@ def hand_set_row_head() -> MatrixBert:
 
 
 def test_hand_set_row_head_is_found():
-    res = attention.run({1: hand_set_row_head()}, DATA, n=16)
+    res = attention.run(Inputs({1: hand_set_row_head()}, DATA), n=16).numbers
     masses = res["steps"][1]["random"]
     # the query's 6 row-mates and itself share the weight: 6/7 on the row, 1/7 on itself
     assert masses["row"][0][0] == pytest.approx(6 / 7, abs=1e-3)
@@ -166,7 +168,7 @@ def test_recovery_fraction():
 def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
     model = randomize(small_model, 4)
     batch = seeded(DATA, 32, 2)
-    base = ablation.evaluate_with_hooks(model, batch)
+    base = evaluate(model, batch)
     for mode in ablation.MODES:
         assert ablation.ablate(model, batch, [], mode) == base
         assert ablation.ablate(model, batch, [(0, 1)], mode) != base
@@ -179,7 +181,7 @@ def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
         _, cache = model.run_with_cache(batch.tokens, names=names)
     p = cache[names[0]][:, 0]
     assert torch.allclose(p, p[:1].expand_as(p))  # the same pattern for every input
-    with pytest.raises(ValueError, match="unknown ablation mode"):
+    with pytest.raises(ValueError, match="use one or more of mean, uniform, zero"):
         ablation.ablation_hooks([(0, 0)], "random")
 
 

@@ -61,7 +61,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 
 def test_resume_of_a_non_run_and_corrupt_checkpoints(tmp_path, capsys):
-    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     out = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--out", str(out), "--quiet", "train.steps=2"]) == 0
@@ -103,4 +103,4 @@ def test_baseline_json_and_compare_ood(tmp_path, capsys):
     ood = json.loads((run / "analysis" / "ood" / "results.json").read_text())
     assert {r["family"] for r in ood["rows"]} == {"rank", "rows", "columns", "distribution", "p_mask"}
     assert (run / "analysis" / "ood" / "ood.png").exists()
-    assert main(["compare", str(tmp_path / "nope")]) == 1
+    assert main(["compare", str(tmp_path / "nope")]) == 2

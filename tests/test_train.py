@@ -7,7 +7,8 @@ import torch
 
 from abrupt import checkpoints
 from abrupt.config import apply_overrides, preset
-from abrupt.train import TrainingError, checkpoint_steps, read_metrics, train
+from abrupt.rundir import read_metrics
+from abrupt.train import TrainingError, checkpoint_steps, train
 
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "loss.png", "checkpoints"}
 METRIC_KEYS = {"step", "loss", "loss_obs", "loss_mask", "mask_value", "eval_loss", "eval_loss_mask", "grad_norm", "time"}

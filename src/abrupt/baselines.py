@@ -19,10 +19,15 @@ returns 0. Problems that do not converge are counted, never silently returned as
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .data import Batch
+from .losses import as_floats, losses
 
 PAPER_LAMBDAS = (5e-4, 1e-3, 1.5e-3, 1.75e-3, 2e-3, 5e-3, 1e-2)
 CVXPY_SOLVER = "CLARABEL"
@@ -39,7 +44,6 @@ class Completion:
     converged: torch.Tensor  # (B,) bool
     iterations: int = 0
     seconds: float = 0.0
-    info: dict = field(default_factory=dict)
 
     @property
     def failures(self) -> int:
@@ -131,8 +135,7 @@ def torch_admm(
         factor = torch.where(r > 10 * s, 2.0, torch.where(s > 10 * r, 0.5, 1.0)).to(torch.float64)
         rho_t[active] = rho_t[active] * factor
         u = u / factor.reshape(-1, 1, 1)
-    info = {"method": "admm", "lam": lam, "tol": tol, "max_iter": max_iter}
-    return Completion(z_out, done, it, time.perf_counter() - t0, info)
+    return Completion(z_out, done, it, time.perf_counter() - t0)
 
 
 def _cvxpy_problem(m: int, n: int, lam: float | None):
@@ -175,8 +178,7 @@ def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = Non
     result = torch.from_numpy(out)
     if lam is None:  # the constraint holds to solver tolerance; make it exact as in the torch solver
         result = torch.where(obs, b, result)
-    return Completion(result, torch.ones(bsz, dtype=torch.bool), 0, time.perf_counter() - t0,
-                      {"method": f"cvxpy-{solver}", "lam": lam, "tol": tol})
+    return Completion(result, torch.ones(bsz, dtype=torch.bool), 0, time.perf_counter() - t0)
 
 
 def complete(
@@ -210,13 +212,26 @@ def method_name(lam: float | None) -> str:
     return "nuclear_norm" if lam is None else f"nuclear_norm_reg_{lam:g}"
 
 
-def score(x: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> dict[str, float]:
-    """L, L_obs, L_mask against the (rounded) target and the mean nuclear norm; (B, m, n) inputs."""
-    sq = (x.double() - target.double()) ** 2
-    h = hidden.bool()
-    return {
-        "loss": sq.mean().item(),
-        "loss_obs": sq[~h].mean().item() if (~h).any() else float("nan"),
-        "loss_mask": sq[h].mean().item() if h.any() else float("nan"),
-        "nuclear_norm": nuclear_norm(x).mean().item(),
-    }
+def score(x: torch.Tensor, batch: Batch) -> dict[str, float]:
+    """L, L_obs, L_mask of completions (B, m, n) against the batch (the one loss definition, in
+    float64) and their mean nuclear norm."""
+    parts = as_floats(losses(x.double(), batch))
+    return {k: parts[k] for k in ("loss", "loss_obs", "loss_mask")} | {"nuclear_norm": nuclear_norm(x).mean().item()}
+
+
+def score_methods(batch: Batch, m: int, n: int, model=None, lambdas: Sequence[float] = (), solver: str = "torch") -> list[dict[str, Any]]:
+    """Score BERT (if given), exact nuclear-norm minimization and each regularized form on one batch.
+    Every method sees what BERT sees: the rounded values at observed entries."""
+    target = batch.target.reshape(-1, m, n)
+    observed = ~batch.mask.reshape(-1, m, n)
+    rows = []
+    if model is not None:
+        t0 = time.perf_counter()
+        pred = model.predict(batch.tokens).reshape(-1, m, n)
+        rows.append({"method": "bert", **score(pred, batch), "seconds": time.perf_counter() - t0, "failures": 0})
+    exact = complete(target, observed, None, solver=solver)
+    rows.append({"method": method_name(None), **score(exact.x, batch), "seconds": exact.seconds, "failures": exact.failures})
+    for lam in lambdas:
+        reg = complete(target, observed, lam, solver=solver, exact=exact.x)
+        rows.append({"method": method_name(lam), **score(reg.x, batch), "seconds": reg.seconds, "failures": reg.failures})
+    return rows

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .model import MatrixBert, build_model
+from .rundir import RunDirError, atomic_write_json, read_json
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
 
@@ -57,30 +58,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # the same mode as the JSON side files: results are meant to be shared
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -218,11 +201,12 @@ def read_config(run_dir: Path) -> Config:
     """The resolved configuration a run wrote to its config.json."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+        raise RunDirError(f"{run_dir} is not a run directory (no config.json)")
+    raw = read_json(path)
     try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid run configuration: {e}") from None
+        return Config.from_dict({k: v for k, v in raw.items() if k != "versions"})
+    except (AttributeError, ValueError) as e:
+        raise RunDirError(f"{path} is not a valid run configuration: {e}") from None
 
 
 def load_run(run_dir: Path, step: int | None = None, device: str | torch.device = "cpu") -> tuple[Config, MatrixBert, Checkpoint]:

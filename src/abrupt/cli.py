@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
 from . import checkpoints
-from .config import DEFAULT_PRESET, PRESETS, ConfigError, all_keys, apply_overrides, preset, set_key, validate
+from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, all_keys, apply_overrides, preset, set_key, validate
+from .rundir import dumps
 
 
 class UsageError(Exception):
@@ -48,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="one JSON object per method on standard output")
     b.add_argument("overrides", nargs="*", metavar="data.key=value", help="other data settings (data.m, data.rank, ...)")
 
-    for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask"),
-                           ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution")):
+    for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask (= analyze --only compare)"),
+                           ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution (= analyze --only ood)")):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("run", type=Path)
         c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="run the interpretability analyses on a trained run")
     a.add_argument("run", type=Path, nargs="?")
-    a.add_argument("--only", help="comma-separated analyses (default all): copying,attention,probe,embeddings,patching,ablation,switching")
+    a.add_argument("--only", help="comma-separated analyses (default all; `--options` lists them)")
     a.add_argument("--steps", help="comma-separated checkpoint steps (default: a plateau and a post-drop checkpoint)")
     a.add_argument("--set", action="append", default=[], metavar="analysis.option=value",
                    help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
@@ -81,18 +83,40 @@ def baselines_lambdas() -> tuple[float, ...]:
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
+    return values
+
+
+MAX_MATRICES = 1_000_000  # baseline/compare/ood: beyond this the batched solver's memory is the limit
+
+
+def _check_count_and_seed(n: int, seed: int) -> None:
+    if not 1 <= n <= MAX_MATRICES:
+        raise UsageError(f"--n: must be in [1, {MAX_MATRICES}], got {n}")
+    if not 0 <= seed < MAX_SEED:
+        raise UsageError(f"--seed: must be in [0, 2^62), got {seed}")
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is None:
+        return
+    limit = 4 * (os.cpu_count() or 1)
+    if not 1 <= threads <= limit:
+        raise UsageError(f"--threads: must be in [1, {limit}] on this machine ({os.cpu_count()} cores), got {threads}")
+    torch.set_num_threads(threads)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
+    from .rundir import unique_dir
+    from .train import resume_point, train
 
-    from .train import train
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
             raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
@@ -103,15 +127,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise UsageError(f"--resume: only train.steps may be overridden, got '{key}'")
             set_key(cfg, "train.steps", value)
         validate(cfg)
+        last = resume_point(args.resume)
+        if last is not None and last.step >= cfg.train.steps:
+            raise UsageError(f"{args.resume} is already at step {last.step}; give train.steps=N with N > {last.step} to extend it "
+                             "(nothing was changed)")
         out = args.resume
     else:
         cfg = preset(args.preset)
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
         apply_overrides(cfg, args.overrides)
-        out = args.out or Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (out / "config.json").exists():
-            raise UsageError(f"{out} already holds a run; use --resume {out} or another --out")
+        out = args.out if args.out is not None else unique_dir(Path("runs"), f"{cfg.preset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out}")
@@ -127,7 +153,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .train import finish, read_metrics
+    from .rundir import finish, read_metrics
 
     if not read_metrics(args.run):
         raise UsageError(f"{args.run}: no metrics.jsonl with logged steps")
@@ -136,11 +162,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    from .compare import methods_on_batch, seeded_batch
+    from .baselines import score_methods
     from .config import DataConfig, validate_data
+    from .data import seeded_batch
 
-    if args.n < 1:
-        raise UsageError(f"--n: must be >= 1, got {args.n}")
+    _check_count_and_seed(args.n, args.seed)
     if any(lam <= 0 for lam in args.lambdas):
         raise UsageError("--lambdas: each must be > 0")
     cfg = preset(DEFAULT_PRESET)
@@ -153,62 +179,40 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     set_key(cfg, "data.p_mask", args.p_mask)
     validate_data(cfg.data)
     batch = seeded_batch(cfg.data, args.n, args.seed)
-    rows = methods_on_batch(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
+    rows = score_methods(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
     for row in rows:
         row.update(n=args.n, p_mask=args.p_mask)
         if args.json:
-            print(json.dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures")}))
+            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures")}))
         else:
             print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
                   f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else ""))
     return 0
 
 
-def _analysis_dir(run: Path, name: str) -> Path:
-    out = run / "analysis" / name
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
+    """`abrupt compare|ood RUN [flags]`: the same as `abrupt analyze RUN --only NAME --steps STEP --set ...`."""
+    _check_count_and_seed(args.n, args.seed)
+    opts = {"n": args.n, "seed": args.seed, "solver": args.solver}
+    if args.command == "compare":
+        if args.p_masks is not None:
+            opts["p_masks"] = args.p_masks
+        opts["lambdas"] = args.lambdas
+    steps = [args.step] if args.step is not None else [_last_step(args.run)]
+    return _analyze(args.run, [args.command], steps, {args.command: opts})
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import FIG3_P_MASKS, fig3, plot_fig3
-
-    if args.n < 1:
-        raise UsageError(f"--n: must be >= 1, got {args.n}")
-    p_masks = args.p_masks or FIG3_P_MASKS
-    if not all(0 <= p < 1 for p in p_masks):
-        raise UsageError("--p-masks: each must be in [0, 1)")
-    cfg, model, ckpt = checkpoints.load_run(args.run, args.step)
-    print(f"compare: {args.run} at step {ckpt.step}, {args.n} matrices per p_mask, solver {args.solver}")
-    result = fig3(model, cfg.data, p_masks, args.n, args.seed, args.lambdas, args.solver, progress=True)
-    result["step"] = ckpt.step
-    out = _analysis_dir(args.run, "compare")
-    checkpoints.atomic_write_json(out / "results.json", result)
-    plot_fig3(result, out / "fig3.png")
-    print(f"BERT below nuclear-norm minimization (L_mask) at p_mask {result['flips']['bert_better_at']}; "
-          f"ordering flips at {result['flips']['flips_at']}")
-    print(f"wrote {out}/results.json and fig3.png")
-    return 0
-
-
-def _cmd_ood(args: argparse.Namespace) -> int:
-    from .ood import plot_ood, run_ood
-
-    if args.n < 1:
-        raise UsageError(f"--n: must be >= 1, got {args.n}")
-    cfg, model, ckpt = checkpoints.load_run(args.run, args.step)
-    print(f"ood: {args.run} at step {ckpt.step}, {args.n} matrices per setting, solver {args.solver}")
-    result = run_ood(model, cfg.data, count=args.n, seed=args.seed, solver=args.solver, progress=True)
-    result["step"] = ckpt.step
-    out = _analysis_dir(args.run, "ood")
-    checkpoints.atomic_write_json(out / "results.json", result)
-    plot_ood(result, out / "ood.png")
-    print(f"wrote {out}/results.json and ood.png")
-    return 0
+def _last_step(run: Path) -> int:
+    ckpts = checkpoints.list_checkpoints(Path(run) / "checkpoints", verify=False)
+    if not (Path(run) / "config.json").exists():
+        raise UsageError(f"{run} is not a run directory (no config.json)")
+    if not ckpts:
+        raise UsageError(f"{run} has no checkpoints")
+    return ckpts[-1].step
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.registry import ANALYSES, analyze, options, parse_option
+    from .analysis.registry import options, parse_option
 
     if args.options:
         for name, opts in options().items():
@@ -216,26 +220,33 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     if args.run is None:
         raise UsageError("analyze: give a run directory (or --options)")
-    only = [x.strip() for x in args.only.split(",")] if args.only else None
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     try:
         steps = [int(x) for x in args.steps.split(",")] if args.steps else None
     except ValueError:
         raise UsageError(f"--steps: expected comma-separated integers, got '{args.steps}'") from None
     opts: dict = {}
-    try:
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            name, dot, option = key.partition(".")
-            if not sep or not dot:
-                raise UsageError(f"--set '{item}': expected analysis.option=value")
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise UsageError(f"--set '{item}': expected analysis.option=value")
+        try:
             opts.setdefault(name, {})[option] = parse_option(name, option, value)
-        if only and [n for n in only if n not in ANALYSES]:
-            raise UsageError(f"--only: unknown analysis in {only}; choose from {', '.join(ANALYSES)}")
-        print(f"analyze: {args.run}")
-        analyze(args.run, only, steps, opts)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return _analyze(args.run, only, steps, opts)
+
+
+def _analyze(run: Path, only: list[str] | None, steps: list[int] | None, opts: dict) -> int:
+    from .analysis.registry import analyze
+
+    print(f"analyze: {run}")
+    try:
+        analyze(run, only, steps, opts)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    print(f"done; `abrupt report {args.run}` writes the page")
+    print(f"done; `abrupt report {run}` writes the page")
     return 0
 
 
@@ -244,11 +255,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if not (args.run / "config.json").exists():
         raise UsageError(f"{args.run} is not a run directory (no config.json)")
-    try:
-        path = build(args.run)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
-    print(f"wrote {path}")
+    print(f"wrote {build(args.run)}")
     return 0
 
 
@@ -259,18 +266,19 @@ COMMANDS = {
     "presets": _cmd_presets,
     "plot": _cmd_plot,
     "baseline": _cmd_baseline,
-    "compare": _cmd_compare,
-    "ood": _cmd_ood,
+    "compare": _cmd_compare_or_ood,
+    "ood": _cmd_compare_or_ood,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .rundir import RunDirError
     from .train import TrainingError
 
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, UsageError) as e:
+    except (ConfigError, UsageError, RunDirError) as e:
         print(f"abrupt: error: {e}", file=sys.stderr)
         return 2
     except (TrainingError, checkpoints.CheckpointError) as e:

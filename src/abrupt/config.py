@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
+MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
+MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace")
 
 
@@ -107,6 +110,20 @@ class Config:
         return cfg
 
 
+# The CPU-sized recipe (docs/preset-search.md): the paper's model family at width 64, with the
+# paper's initialisation scaled to that width (0.02 * sqrt(768 / 64) = 0.07) and a short warm-up.
+_CPU_RECIPE: dict[str, Any] = {
+    "model.hidden": 64,
+    "model.layers": 4,
+    "model.heads": 4,
+    "model.mlp": 256,
+    "model.init_std": 0.07,
+    "train.lr": 3e-3,
+    "train.warmup": 200,
+    "train.batch_size": 128,
+    "train.steps": 20_000,
+}
+
 # Presets: (one-line description, overrides applied to the defaults above, which are the paper's).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": (
@@ -115,37 +132,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "cpu": (
         "default: the paper's model family and procedure at CPU size on 7x7 rank 2 (docs/preset-search.md)",
-        {
-            "model.hidden": 64,
-            "model.layers": 4,
-            "model.heads": 4,
-            "model.mlp": 256,
-            "model.init_std": 0.07,  # 0.02 * sqrt(768 / 64): the paper's init relative to width
-            "train.lr": 3e-3,
-            "train.warmup": 200,
-            "train.batch_size": 128,
-            "train.steps": 20_000,
-            "train.ckpt_every": 1000,
-        },
+        {**_CPU_RECIPE, "train.ckpt_every": 1000},
     ),
     "small": (
         "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that drops 10x on a 2-core CPU",
-        {
-            "data.m": 4,
-            "data.n": 4,
-            "data.rank": 1,
-            "data.p_mask": 0.2,
-            "model.hidden": 64,
-            "model.layers": 4,
-            "model.heads": 4,
-            "model.mlp": 256,
-            "model.init_std": 0.07,
-            "train.lr": 3e-3,
-            "train.warmup": 200,
-            "train.batch_size": 128,
-            "train.steps": 20_000,
-            "train.ckpt_every": 500,
-        },
+        {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "train.ckpt_every": 500},
     ),
     "tiny": (
         "seconds-long smoke run (tests, demos): 2 layers, width 32; shows no drop",
@@ -283,8 +274,13 @@ def validate_data(d: DataConfig) -> None:
     need(d.distribution in DISTRIBUTIONS, f"data.distribution: must be one of {', '.join(DISTRIBUTIONS)}, got '{d.distribution}'")
     if d.distribution == "uniform":
         need(d.low < d.high, f"data.low/data.high: need low < high, got [{d.low}, {d.high}]")
-    need(d.sigma > 0, f"data.sigma: must be > 0, got {d.sigma}")
-    need(d.scale > 0, f"data.scale: must be > 0, got {d.scale}")
+    need(math.isfinite(d.low) and math.isfinite(d.high), f"data.low/data.high: must be finite, got [{d.low}, {d.high}]")
+    need(0 < d.sigma < math.inf, f"data.sigma: must be a positive number, got {d.sigma}")
+    need(0 < d.scale < math.inf, f"data.scale: must be a positive number, got {d.scale}")
+    need(d.m * d.n <= MAX_POSITIONS, f"data.m x data.n: at most {MAX_POSITIONS} entries (a sequence of m*n tokens), got {d.m}x{d.n}")
+    need(d.distribution == "uniform" or d.clip,
+         f"data.distribution={d.distribution} has unbounded support, so some entries fall outside the vocabulary "
+         f"[-{VOCAB_MAX:g}, {VOCAB_MAX:g}]: set data.clip=true to clip them (recorded in config.json)")
     bound = max_abs_entry(d)
     if math.isfinite(bound) and not d.clip:
         need(
@@ -297,25 +293,23 @@ def validate_data(d: DataConfig) -> None:
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
-    need(cfg.seed >= 0, f"seed: must be >= 0, got {cfg.seed}")
+    need(0 <= cfg.seed < MAX_SEED, f"seed: must be in [0, 2^62), got {cfg.seed}")
     validate_data(cfg.data)
     need(m.hidden >= 1, f"model.hidden: must be >= 1, got {m.hidden}")
     need(m.layers >= 1, f"model.layers: must be >= 1, got {m.layers}")
     need(m.heads >= 1, f"model.heads: must be >= 1, got {m.heads}")
     need(m.hidden % m.heads == 0, f"model.heads: must divide model.hidden ({m.hidden}), got {m.heads}")
     need(m.mlp >= 1, f"model.mlp: must be >= 1, got {m.mlp}")
-    need(m.init_std > 0, f"model.init_std: must be > 0, got {m.init_std}")
-    need(m.pos_init_std >= 0, f"model.pos_init_std: must be >= 0 (0 = init_std), got {m.pos_init_std}")
-    need(m.ln_eps > 0, f"model.ln_eps: must be > 0, got {m.ln_eps}")
+    need(0 < m.init_std < math.inf, f"model.init_std: must be a positive number, got {m.init_std}")
+    need(0 <= m.pos_init_std < math.inf, f"model.pos_init_std: must be a number >= 0 (0 = init_std), got {m.pos_init_std}")
+    need(0 < m.ln_eps < 1, f"model.ln_eps: must be in (0, 1), got {m.ln_eps}")
     need(t.steps >= 1, f"train.steps: must be >= 1, got {t.steps}")
     need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     need(t.lr > 0 and math.isfinite(t.lr), f"train.lr: must be a positive number, got {t.lr}")
     need(t.warmup >= 0, f"train.warmup: must be >= 0, got {t.warmup}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
-    need(
-        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-        f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'",
-    )
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+         f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'")
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
     need(t.eval_size >= 1, f"train.eval_size: must be >= 1, got {t.eval_size}")
     need(t.ckpt_every >= 1, f"train.ckpt_every: must be >= 1, got {t.ckpt_every}")

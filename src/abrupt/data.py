@@ -14,9 +14,9 @@ import torch
 from .config import VOCAB_MAX, DataConfig
 
 MASK_ID = 0
-VOCAB_SIZE = 2002  # MASK + 2001 value tokens
-_OFFSET = 1001  # id of the value 0.00
 _STEPS = int(round(VOCAB_MAX * 100))  # 1000 hundredths either side of 0
+_OFFSET = MASK_ID + 1 + _STEPS  # id of the value 0.00 (1001)
+VOCAB_SIZE = _OFFSET + _STEPS + 1  # MASK + 2001 value tokens (2002)
 
 
 class VocabularyRangeError(ValueError):
@@ -103,6 +103,13 @@ def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float
     matrix = sample_matrices(cfg, batch, gen, shift)
     mask = sample_mask(cfg, batch, gen)
     return make_batch(matrix, mask, clip=cfg.clip)
+
+
+def seeded_batch(cfg: DataConfig, count: int, seed: int) -> Batch:
+    """The one seeded batch every analysis and baseline uses: matrices then masks from one stream
+    seeded by `seed`, so batches that differ only in p_mask share their matrices and have nested
+    masks. Clipping follows `cfg.clip`: pass a copy with clip=True to evaluate out of distribution."""
+    return sample_batch(cfg, count, generator(seed))
 
 
 def generator(seed: int) -> torch.Generator:

@@ -4,7 +4,7 @@ Numerically it is HuggingFace's `BertModel` (post-LayerNorm, erf GELU, learned a
 positions, dropout 0) without token-type embeddings, followed by `Linear(hidden, 1)`; a test holds
 it to that. Every intermediate activation analyses need passes through a `HookPoint`, an identity
 module: read it with `run_with_cache`, overwrite it with `hooks(...)` (a forward hook that returns
-a tensor replaces the activation). Hook names:
+a tensor replaces the activation); the plumbing lives in `hooks.py`. Hook names (`hooks.act_name`):
 
     hook_tok_embed, hook_pos_embed         (B, T, d), (1, T, d)  before the sum
     hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of layer 0
@@ -21,9 +21,7 @@ a tensor replaces the activation). Hook names:
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,24 +29,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .data import MASK_ID, VOCAB_SIZE
-
-HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
-
-
-class HookPoint(nn.Module):
-    """Identity; the place where forward hooks read or replace an activation."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.name = ""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @property
-    def active(self) -> bool:
-        return bool(self._forward_hooks)
-
+from .hooks import HookedModule, HookPoint
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -103,7 +84,7 @@ class Block(nn.Module):
         return self.hook_resid_post(self.ln_mlp(x + mlp))
 
 
-class MatrixBert(nn.Module):
+class MatrixBert(HookedModule):
     def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -119,9 +100,7 @@ class MatrixBert(nn.Module):
         self.hook_pos_embed = HookPoint()
         self.hook_embed = HookPoint()
         self.hook_out = HookPoint()
-        for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
-                module.name = name
+        self.name_hook_points()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -163,56 +142,6 @@ class MatrixBert(nn.Module):
         out = torch.cat([self(tokens[i : i + chunk].to(device)).float().cpu() for i in range(0, len(tokens), chunk)])
         self.train(was_training)
         return out
-
-    # --- hook helpers -------------------------------------------------------------------------
-
-    def hook_points(self) -> dict[str, HookPoint]:
-        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
-
-    def _resolve(self, names: Iterable[str] | Callable[[str], bool] | None) -> list[HookPoint]:
-        points = self.hook_points()
-        if names is None:
-            return list(points.values())
-        if callable(names):
-            return [p for n, p in points.items() if names(n)]
-        names = list(names)
-        unknown = [n for n in names if n not in points]
-        if unknown:
-            raise KeyError(f"unknown hook point(s) {unknown}; see MatrixBert.hook_points()")
-        return [points[n] for n in names]
-
-    @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator["MatrixBert"]:
-        """Temporarily attach `fn(activation, hook_point) -> replacement or None` to hook points."""
-        handles = []
-        try:
-            for name, fn in fwd_hooks:
-                (point,) = self._resolve([name])
-                handles.append(point.register_forward_hook(lambda mod, inp, out, fn=fn: fn(out, mod)))
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    def run_with_cache(
-        self,
-        tokens: torch.Tensor,
-        names: Iterable[str] | Callable[[str], bool] | None = None,
-        fwd_hooks: Iterable[tuple[str, HookFn]] = (),
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass that also returns the (detached) activations at the chosen hook points.
-
-        Caching a `hook_pattern` switches that layer to the exact attention path.
-        """
-        cache: dict[str, torch.Tensor] = {}
-
-        def store(x: torch.Tensor, point: HookPoint) -> None:
-            cache[point.name] = x.detach()
-
-        points = self._resolve(names)
-        with self.hooks(list(fwd_hooks) + [(p.name, store) for p in points]):
-            out = self(tokens)
-        return out, cache
 
 
 def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> MatrixBert:

@@ -1,9 +1,11 @@
-"""Figures drawn from a run's metrics (no model needed)."""
+"""Every figure goes through here: matplotlib set up once (files only, no display), and the
+save-and-close tail written once in `figure`. Also the loss curves drawn from a run's metrics."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import matplotlib
 
@@ -11,8 +13,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+@contextlib.contextmanager
+def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+    """`with figure(path, 1, 3, figsize=...) as (fig, axes):` draw; on exit the figure is laid
+    out, saved to `path` and closed. `axes` is always a 2-D array (squeeze=False)."""
+    kwargs.setdefault("dpi", 110)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, **kwargs)
+    try:
+        yield fig, axes
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    with figure(path, figsize=(6.4, 4.0), dpi=120) as (fig, axes):
+        _draw_losses(axes[0][0], rows, summary)
+
+
+def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     steps = [r["step"] for r in rows]
     prefix = "eval_" if rows and "eval_loss" in rows[0] else ""
     for key, label, color in (
@@ -30,6 +52,3 @@ def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path)
     ax.set_ylabel("MSE (fixed evaluation batch)" if prefix else "MSE (training batch)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -1,17 +1,15 @@
-"""The paper's training procedure: Adam on fresh batches, MSE over all entries, into a run directory.
+"""The paper's training procedure: Adam on fresh batches, MSE over all entries, into a run directory
+(the files are listed in rundir.py, the checkpoints in checkpoints.py).
 
-Run directory contract (scripts rely on these names):
-    config.json        full resolved configuration, with library versions
-    metrics.jsonl      one JSON object per logged step
-    checkpoints/       see checkpoints.py
-    summary.json       plateau and drop (transition.py) and final losses
-    loss.png           L, L_obs, L_mask against step, the transition marked
+`train()` holds the run directory's lock for its whole life and drives a `Trainer`, whose parts
+each read alone: set-up (`__init__`), a fresh start or a resume, one optimisation step, a log row,
+a checkpoint, and the loop that ties them together with signals and early stopping.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import platform
 import signal
 import threading
@@ -22,10 +20,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, plots, transition
+from . import __version__, checkpoints, transition
 from .config import Config, validate
 from .data import Batch, generator, sample_batch
-from .model import MatrixBert, build_model
+from .losses import as_floats, evaluate, losses
+from .model import build_model
+from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -44,29 +44,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def losses(pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-    """L (all entries), L_obs, L_mask and the mean |prediction| at hidden entries, as tensors."""
-    sq = (pred.float() - batch.target) ** 2
-    hidden = batch.mask.float()
-    observed = 1.0 - hidden
-    n_hidden = hidden.sum().clamp_min(1.0)
-    n_obs = observed.sum().clamp_min(1.0)
-    return {
-        "loss": sq.mean(),
-        "loss_obs": (sq * observed).sum() / n_obs,
-        "loss_mask": (sq * hidden).sum() / n_hidden,
-        "mask_value": (pred.float().abs() * hidden).sum() / n_hidden,
-    }
-
-
-def evaluate(model: MatrixBert, batch: Batch) -> dict[str, float]:
-    """Losses of `model` on `batch` (evaluation mode, no gradients) as plain floats."""
-    preds = model.predict(batch.tokens).to(batch.target.device)
-    return {k: v.item() for k, v in losses(preds, batch).items()}
-
-
 def eval_batch(cfg: Config) -> Batch:
-    """The run's fixed, seeded evaluation batch."""
+    """The run's fixed, seeded evaluation batch (always the target distribution, never a curriculum's)."""
     return sample_batch(cfg.data, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM))
 
 
@@ -83,33 +62,16 @@ def checkpoint_steps(cfg: Config) -> set[int]:
     return {s for s in steps if s <= t.steps}
 
 
-def versions() -> dict[str, str]:
-    return {"abrupt": __version__, "torch": torch.__version__, "python": platform.python_version()}
+def runtime() -> dict[str, Any]:
+    """Library versions and the torch thread count: both change floating-point trajectories."""
+    return {"abrupt": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads()}
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything before it is good
-    return rows
-
-
-def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
-    """(Re)write summary.json and loss.png from metrics.jsonl."""
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
-    summary = transition.summarize(rows, seconds)
-    checkpoints.atomic_write_json(run_dir / "summary.json", summary)
-    plots.plot_losses(rows, summary, run_dir / "loss.png")
-    return summary
+def resume_point(out_dir: Path) -> checkpoints.Checkpoint | None:
+    """The newest intact checkpoint with optimizer state (hashing newest first: they can be large)."""
+    candidates = [c for c in checkpoints.list_checkpoints(Path(out_dir) / "checkpoints", verify=False) if c.optim.exists()]
+    return next((c for c in reversed(candidates) if checkpoints.is_intact(c)), None)
 
 
 @contextlib.contextmanager
@@ -136,103 +98,144 @@ def _stop_requests():
             signal.signal(sig, h)
 
 
-def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a run in `out_dir`; returns the summary."""
-    validate(cfg)
-    out_dir = Path(out_dir)
-    device = resolve_device(cfg.train.device)
-    seq_len = cfg.data.m * cfg.data.n
-    model = build_model(cfg.model, seq_len, seed=cfg.seed).to(device)
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-    data_rng = generator(cfg.seed + _TRAIN_STREAM)
-    ckpt_dir = out_dir / "checkpoints"
-    metrics_path = out_dir / "metrics.jsonl"
+class Trainer:
+    """One run's model, optimizer, data stream and run directory."""
 
-    start_step, time_offset = 0, 0.0
-    if resume:
-        # newest first, hashing only until an intact one is found (checkpoints can be large)
-        candidates = [c for c in checkpoints.list_checkpoints(ckpt_dir, verify=False) if c.optim.exists()]
-        ckpt = next((c for c in reversed(candidates) if checkpoints.is_intact(c)), None)
+    def __init__(self, cfg: Config, out_dir: Path, progress: bool = True) -> None:
+        self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
+        self.device = resolve_device(cfg.train.device)
+        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed).to(self.device)
+        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
+        self.data_rng = generator(cfg.seed + _TRAIN_STREAM)
+        self.evalset = eval_batch(cfg).to(self.device)
+        self.ckpt_at = checkpoint_steps(cfg)
+        self.use_bf16 = cfg.train.bf16 and self.device.type == "cuda"
+        # Compiled for the training step only: evaluation and checkpoints use the plain module.
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.rows: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start_fresh(self) -> int:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(self.out_dir, [])
+        self._write_config()
+        self.save(0)
+        return 0
+
+    def resume(self) -> int:
+        ckpt = resume_point(self.out_dir)
         if ckpt is None:
-            raise TrainingError(f"nothing to resume in {out_dir}: no complete checkpoint with optimizer state")
-        checkpoints.load_training_state(ckpt, model, optim, data_rng)
-        start_step, time_offset = ckpt.step, float(ckpt.meta.get("time", 0.0))
-        kept = [r for r in read_metrics(out_dir) if r["step"] <= start_step]
-        checkpoints.atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("")
-    checkpoints.atomic_write_json(out_dir / "config.json", {**cfg.to_dict(), "versions": versions()})
+            if checkpoints.list_checkpoints(self.out_dir / "checkpoints", verify=False):
+                raise TrainingError(f"nothing to resume in {self.out_dir}: no complete checkpoint with optimizer state")
+            # killed before its first checkpoint: nothing was learned yet, so start over
+            return self.start_fresh()
+        if ckpt.step >= self.cfg.train.steps:
+            raise TrainingError(f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that")
+        checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
+        self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
+        write_metrics(self.out_dir, self.rows)
+        self._write_config()
+        self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
+        return ckpt.step
 
-    evalset = eval_batch(cfg).to(device)
-    ckpt_at = checkpoint_steps(cfg)
-    use_bf16 = cfg.train.bf16 and device.type == "cuda"
-    # Compiled for the training step only: evaluation and checkpoints use the plain module.
-    forward = torch.compile(model) if cfg.train.compile else model
-    rows = read_metrics(out_dir)
-    t0 = time.perf_counter() - time_offset
-    model.train()
+    def _write_config(self) -> None:
+        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": runtime()})
 
-    def save(step: int) -> None:
-        checkpoints.save(ckpt_dir, step, model, optim, data_rng, {"time": time.perf_counter() - t0})
-        checkpoints.prune_optim(ckpt_dir, cfg.train.keep_optim)
+    # --- one step, one log row, one checkpoint ----------------------------------------------------
 
-    if start_step == 0:
-        save(0)
-    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not progress, desc="train", unit="step")
-    step = start_step
-    drop_seen_at = None
-    try:
-        with open(metrics_path, "a") as mf, _stop_requests() as stop_requested:
-            for step in range(start_step + 1, cfg.train.steps + 1):
-                lr = cfg.train.lr * min(1.0, step / cfg.train.warmup) if cfg.train.warmup else cfg.train.lr
-                for group in optim.param_groups:
-                    group["lr"] = lr
-                batch = sample_batch(cfg.data, cfg.train.batch_size, data_rng, cfg.curriculum.shift(step)).to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    pred = forward(batch.tokens)
-                parts = losses(pred, batch)
-                loss = parts["loss"]
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step}; stopped. The last good checkpoint is kept "
-                        "in checkpoints/; lower train.lr or enable train.warmup"
-                    )
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                log_now = step == 1 or step % cfg.train.log_every == 0 or step == cfg.train.steps
-                if log_now:
-                    grad_norm = torch.linalg.vector_norm(
-                        torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
-                    ).item()
-                optim.step()
-                if log_now:
-                    ev = evaluate(model, evalset)
-                    row = {
-                        "step": step,
-                        **{k: v.item() for k, v in parts.items()},
-                        **{f"eval_{k}": v for k, v in ev.items()},
-                        "grad_norm": grad_norm,
-                        "lr": lr,
-                        "time": round(time.perf_counter() - t0, 3),
-                    }
-                    mf.write(json.dumps(row) + "\n")
-                    mf.flush()
-                    rows.append(row)
-                    bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{ev['loss_mask']:.4f}", refresh=False)
-                    if cfg.train.stop_after_drop and drop_seen_at is None and transition.detect(rows)["dropped"]:
-                        drop_seen_at = step
-                bar.update(1)
-                stop = drop_seen_at is not None and step >= drop_seen_at + cfg.train.stop_after_drop
-                if step in ckpt_at or stop or stop_requested.is_set():
-                    save(step)
-                if stop_requested.is_set():
-                    raise KeyboardInterrupt
-                if stop:
-                    break
-    except (KeyboardInterrupt, TrainingError):
+    def lr_at(self, step: int) -> float:
+        t = self.cfg.train
+        return t.lr * min(1.0, step / t.warmup) if t.warmup else t.lr
+
+    def step(self, step: int, want_grad_norm: bool) -> tuple[dict[str, torch.Tensor], float | None]:
+        """One Adam step on a fresh batch; the batch's losses (tensors) and, if asked, the gradient norm."""
+        for group in self.optim.param_groups:
+            group["lr"] = self.lr_at(step)
+        batch = sample_batch(self.cfg.data, self.cfg.train.batch_size, self.data_rng,
+                             self.cfg.curriculum.shift(step)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            pred = self.forward(batch.tokens)
+        parts = losses(pred, batch)
+        if not torch.isfinite(parts["loss"]):
+            raise TrainingError(self._divergence(step, f"the training loss became {parts['loss'].item()}"))
+        self.optim.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        grad_norm = None
+        if want_grad_norm:
+            grads = [p.grad.norm() for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(grads)).item()
+        self.optim.step()
+        return parts, grad_norm
+
+    def log(self, step: int, parts: dict[str, torch.Tensor], grad_norm: float | None, out) -> dict[str, Any]:
+        ev = evaluate(self.model, self.evalset)
+        if not math.isfinite(ev["loss"]):
+            raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
+        row = {"step": step, **as_floats(parts), **{f"eval_{k}": v for k, v in ev.items()},
+               "grad_norm": grad_norm, "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
+        out.write(dumps(row) + "\n")
+        out.flush()
+        self.rows.append(row)
+        return row
+
+    def save(self, step: int) -> None:
+        """A checkpoint, only of finite weights: a diverged state is never kept to resume from."""
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise TrainingError(self._divergence(step, "the weights became non-finite"))
+        checkpoints.save(self.out_dir / "checkpoints", step, self.model, self.optim, self.data_rng,
+                         {"time": time.perf_counter() - self.t0})
+        checkpoints.prune_optim(self.out_dir / "checkpoints", self.cfg.train.keep_optim)
+
+    def _divergence(self, step: int, what: str) -> str:
+        last = resume_point(self.out_dir)
+        kept = f"the last good checkpoint (step {last.step}) is kept" if last else "no checkpoint was kept"
+        t = self.cfg.train
+        advice = (f"train.lr={t.lr:g} is far too large; try 1e-4 to 3e-3" if t.lr > 0.1
+                  else "lower train.lr or lengthen train.warmup" + ("" if t.warmup else " (it is 0)"))
+        return f"training diverged at step {step}: {what}; {kept}. {advice}, and start a new run"
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, start: int) -> dict[str, Any]:
+        t = self.cfg.train
+        bar = tqdm(total=t.steps, initial=start, disable=not self.progress, desc="train", unit="step")
+        drop_seen_at = None
+        try:
+            with open(self.out_dir / "metrics.jsonl", "a") as mf, _stop_requests() as stop_requested:
+                for step in range(start + 1, t.steps + 1):
+                    log_now = step == 1 or step % t.log_every == 0 or step == t.steps
+                    parts, grad_norm = self.step(step, log_now)
+                    if log_now:
+                        row = self.log(step, parts, grad_norm, mf)
+                        bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False)
+                        if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows)["dropped"]:
+                            drop_seen_at = step
+                    bar.update(1)
+                    stop = drop_seen_at is not None and step >= drop_seen_at + t.stop_after_drop
+                    if step in self.ckpt_at or stop or stop_requested.is_set():
+                        self.save(step)
+                    if stop_requested.is_set():
+                        raise KeyboardInterrupt
+                    if stop:
+                        break
+        except (KeyboardInterrupt, TrainingError):
+            bar.close()
+            finish(self.out_dir, time.perf_counter() - self.t0)
+            raise
         bar.close()
-        finish(out_dir, time.perf_counter() - t0)
-        raise
-    bar.close()
-    return finish(out_dir, time.perf_counter() - t0)
+        return finish(self.out_dir, time.perf_counter() - self.t0)
+
+
+def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
+    validate(cfg)
+    with RunLock(out_dir):
+        if resume and not (Path(out_dir) / "config.json").exists():
+            raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
+        if not resume:
+            check_fresh(out_dir)
+        trainer = Trainer(cfg, out_dir, progress)
+        start = trainer.resume() if resume else trainer.start_fresh()
+        return trainer.run(start)

@@ -10,18 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-
-from ..config import DataConfig
-from ..data import Batch
+from ..data import Batch, seeded_batch
+from ..hooks import act_name
+from ..losses import evaluate
 from ..model import MatrixBert
-from .common import evaluate_with_hooks, group_by_layer, parse_heads, plot_head_tables, seeded
+from .common import Inputs, Result, Table, Text, group_by_layer, loss_cells, parse_heads, plot_head_tables
+
+TITLE = "Attention ablation"
+PAPER = ("Replacing attention patterns by input-independent (batch-mean) or uniform ones raises the "
+         "loss after the drop: the model needs input-dependent attention.")
+ORDER = 60
 
 MODES = ("mean", "uniform", "zero")
 
 
+def check_modes(modes: Sequence[str]) -> None:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"ablation modes {list(modes)}: use one or more of {', '.join(MODES)}")
+
+
 def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str):
-    if mode not in MODES:
-        raise ValueError(f"unknown ablation mode '{mode}'; use one of {', '.join(MODES)}")
+    check_modes([mode])
     hooks = []
     for layer, hs in group_by_layer(heads).items():
         if mode == "zero":
@@ -29,7 +39,7 @@ def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str):
                 z = z.clone()
                 z[:, :, hs] = 0
                 return z
-            hooks.append((f"blocks.{layer}.attn.hook_z", fn))
+            hooks.append((act_name("z", layer), fn))
         else:
             def fn(p, point, hs=hs, mode=mode):
                 p = p.clone()
@@ -38,45 +48,45 @@ def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str):
                 else:
                     p[:, hs] = 1.0 / p.shape[-1]
                 return p
-            hooks.append((f"blocks.{layer}.attn.hook_pattern", fn))
+            hooks.append((act_name("pattern", layer), fn))
     return hooks
 
 
 def ablate(model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], mode: str) -> dict[str, float]:
-    return evaluate_with_hooks(model, batch, ablation_hooks(heads, mode))
+    return evaluate(model, batch, ablation_hooks(heads, mode))
 
 
-def run(
-    models: dict[int, MatrixBert],
-    data: DataConfig,
-    seed: int = 0,
-    n: int = 256,
-    heads: str = "all",
-    modes: tuple[str, ...] = MODES,
-) -> dict[str, Any]:
+def run(inputs: Inputs, seed: int = 0, n: int = 256, heads: str = "all", modes: tuple[str, ...] = MODES) -> Result:
     """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
-    for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown ablation mode '{mode}'; use one of {', '.join(MODES)}")
-    batch = seeded(data, n, seed)
-    result: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "modes": list(modes), "steps": {}}
-    for step, model in models.items():
+    check_modes(modes)
+    batch = seeded_batch(inputs.data, n, seed)
+    numbers: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "modes": list(modes), "steps": {}}
+    for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
-        entry: dict[str, Any] = {"none": evaluate_with_hooks(model, batch), "chosen": {}, "per_head_loss_mask": {}}
+        entry: dict[str, Any] = {"none": evaluate(model, batch), "chosen": {}, "per_head_loss_mask": {}}
         chosen = parse_heads(heads, layers, nheads)
         for mode in modes:
             entry["chosen"][mode] = ablate(model, batch, chosen, mode)
             entry["per_head_loss_mask"][mode] = [
                 [ablate(model, batch, [(l, h)], mode)["loss_mask"] for h in range(nheads)] for l in range(layers)
             ]
-        result["steps"][step] = entry
-    return result
+        numbers["steps"][step] = entry
+    return Result(numbers)
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
+def plot(result: Result, out: Path) -> list[Path]:
     tables = {}
-    for step, entry in result["steps"].items():
+    for step, entry in result.numbers["steps"].items():
         for mode, table in entry["per_head_loss_mask"].items():
             base = entry["none"]["loss_mask"]
             tables[f"step {step}, {mode}: L_mask / unablated"] = [[v / base for v in row] for row in table]
     return [plot_head_tables(tables, out / "ablation_per_head.png", "L_mask with one head ablated, relative to the intact model", center=1.0)]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    rows = []
+    for step, e in r["steps"].items():
+        rows.append([step, "none", *loss_cells(e["none"])])
+        for mode, v in e["chosen"].items():
+            rows.append([step, f"{mode} ({r['heads']})", *loss_cells(v)])
+    return [Table(["step", "ablation", "L", "L_obs", "L_mask"], rows)]

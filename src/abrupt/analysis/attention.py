@@ -9,18 +9,23 @@ a row (column) head.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from ..config import DataConfig
+from ..data import Batch, make_batch, seeded_batch
+from ..hooks import act_name
+from ..model import MatrixBert
+from ..plots import figure, plt
+from .common import Inputs, Result, Table, Text
 
-from ..config import DataConfig  # noqa: E402
-from ..data import Batch, generator, make_batch, sample_mask, sample_matrices  # noqa: E402
-from ..model import MatrixBert  # noqa: E402
+TITLE = "Attention maps (Fig. 4, 5)"
+PAPER = ("After the drop some heads attend to the query's row (e.g. layer 2 head 1) or column "
+         "(layer 2 head 2) and to observed entries; before it the patterns are trivial (Fig. 4, 5).")
+ORDER = 20
 
 
 def structured_mask(data: DataConfig, count: int, mode: str, lines: tuple[int, ...], keep: int) -> torch.Tensor:
@@ -56,7 +61,7 @@ def relation_masks(m: int, n: int) -> dict[str, torch.Tensor]:
 
 def patterns(model: MatrixBert, batch: Batch) -> torch.Tensor:
     """(layers, B, heads, T, T) attention patterns."""
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(len(model.blocks))]
+    names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens, names=names)
     return torch.stack([cache[n] for n in names])
@@ -92,54 +97,56 @@ def classify(masses: dict[str, torch.Tensor], threshold: float) -> dict[str, lis
 
 
 def run(
-    models: dict[int, MatrixBert],
-    data: DataConfig,
+    inputs: Inputs,
     seed: int = 0,
     n: int = 256,
     lines: tuple[int, ...] = (),
     keep: int = 0,
     head_threshold: float = 0.4,
-    across: dict[int, MatrixBert] | None = None,
-) -> dict[str, Any]:
-    """`models`: the checkpoints drawn in full; `across`: checkpoints for the per-head curves.
+) -> Result:
+    """Maps and masses at the chosen checkpoints; row/column masses at every checkpoint.
     `lines`: rows (columns) hidden by the structured masks; default every other one, 1, 3, ..."""
+    data = dataclasses.replace(inputs.data, clip=True)
     lines = lines or tuple(range(1, min(data.m, data.n), 2))
-    g = generator(seed)
-    matrices = sample_matrices(data, n, g)
-    masks = {
-        "random": sample_mask(data, n, g),
-        "rows": structured_mask(data, n, "rows", lines, keep),
-        "columns": structured_mask(data, n, "columns", lines, keep),
-    }
-    batches = {k: make_batch(matrices, v, clip=True) for k, v in masks.items()}
-    result: dict[str, Any] = {"seed": seed, "n": n, "lines": list(lines), "keep": keep,
-                              "head_threshold": head_threshold, "chance": {
-                                  "row": (data.n - 1) / (data.m * data.n), "column": (data.m - 1) / (data.m * data.n),
-                                  "observed": 1 - data.p_mask}, "steps": {}, "_maps": {}}
-    for step, model in models.items():
+    random = seeded_batch(data, n, seed)
+    batches = {"random": random}
+    for mode in ("rows", "columns"):
+        batches[mode] = make_batch(random.matrix, structured_mask(data, n, mode, lines, keep), clip=True)
+    numbers: dict[str, Any] = {"seed": seed, "n": n, "lines": list(lines), "keep": keep, "head_threshold": head_threshold,
+                               "chance": {"row": (data.n - 1) / (data.m * data.n), "column": (data.m - 1) / (data.m * data.n),
+                                          "observed": 1 - data.p_mask}, "steps": {}}
+    maps, random_masses = {}, {}
+    for step, model in inputs.models.items():
         entry = {}
         for mode, batch in batches.items():
             pats = patterns(model, batch)
-            result["_maps"][f"{mode}@{step}"] = pats.mean(dim=1)  # (L, H, T, T), kept for plotting
+            maps[(mode, step)] = pats.mean(dim=1)  # (L, H, T, T)
             masses = head_masses(pats, batch.mask, data.m, data.n)
             entry[mode] = {k: v.tolist() for k, v in masses.items()}
             if mode == "random":
+                random_masses[step] = masses
                 entry.update(classify(masses, head_threshold))
-        result["steps"][step] = entry
-    result["across"] = {}
-    for step, model in (across or {}).items():
-        pats = patterns(model, batches["random"])
-        masses = head_masses(pats, batches["random"].mask, data.m, data.n)
-        result["across"][step] = {k: masses[k].tolist() for k in ("row", "column", "observed")}
-    return result
+        numbers["steps"][step] = entry
+    numbers["across"] = {}
+    for step, model in inputs.all_checkpoints().items():
+        if step not in random_masses:
+            random_masses[step] = head_masses(patterns(model, random), random.mask, data.m, data.n)
+        numbers["across"][step] = {k: random_masses[step][k].tolist() for k in ("row", "column", "observed")}
+    return Result(numbers, {"maps": maps})
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
-    paths = []
-    for key, maps in result["_maps"].items():
-        mode, step = key.split("@")
-        layers, heads = maps.shape[:2]
-        fig, axes = plt.subplots(layers, heads, figsize=(1.6 * heads, 1.6 * layers), dpi=100, squeeze=False)
+def plot(result: Result, out: Path) -> list[Path]:
+    paths = [_plot_map(maps, mode, step, out) for (mode, step), maps in result.figure_data["maps"].items()]
+    if result.numbers["across"]:
+        paths.append(_plot_across(result.numbers, out))
+    return paths
+
+
+def _plot_map(maps: torch.Tensor, mode: str, step: int, out: Path) -> Path:
+    layers, heads = maps.shape[:2]
+    path = out / f"maps_{mode}_step{step}.png"
+    title = f"attention, {mode} masks, step {step} (query x key)"
+    with figure(path, layers, heads, title=title, figsize=(1.6 * heads, 1.6 * layers), dpi=100) as (fig, axes):
         for l in range(layers):
             for h in range(heads):
                 ax = axes[l][h]
@@ -150,33 +157,42 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
                     ax.set_title(f"head {h}", fontsize=8)
                 if h == 0:
                     ax.set_ylabel(f"layer {l}", fontsize=8)
-        fig.suptitle(f"attention, {mode} masks, step {step} (query x key)", fontsize=9)
-        fig.tight_layout()
-        path = out / f"maps_{mode}_step{step}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    if result["across"]:
-        steps = sorted(result["across"], key=int)
-        row = torch.tensor([result["across"][s]["row"] for s in steps])  # (S, L, H)
-        col = torch.tensor([result["across"][s]["column"] for s in steps])
-        layers, heads = row.shape[1:]
-        fig, axes = plt.subplots(1, layers, figsize=(3.6 * layers, 3.2), dpi=100, squeeze=False)
-        xs = [max(int(s), 1) for s in steps]
+    return path
+
+
+def _plot_across(numbers: dict[str, Any], out: Path) -> Path:
+    steps = sorted(numbers["across"], key=int)
+    row = torch.tensor([numbers["across"][s]["row"] for s in steps])  # (S, L, H)
+    col = torch.tensor([numbers["across"][s]["column"] for s in steps])
+    layers, heads = row.shape[1:]
+    xs = [max(int(s), 1) for s in steps]
+    path = out / "masses_across_training.png"
+    with figure(path, 1, layers, figsize=(3.6 * layers, 3.2), dpi=100) as (fig, axes):
         for l in range(layers):
             ax = axes[0][l]
             for h in range(heads):
                 ax.plot(xs, row[:, l, h], color=plt.cm.tab10(h % 10), lw=1.2, label=f"h{h} row")
                 ax.plot(xs, col[:, l, h], color=plt.cm.tab10(h % 10), lw=1.2, ls="--", label=f"h{h} column")
-            ax.axhline(result["chance"]["row"], color="gray", lw=0.6, ls=":")
+            ax.axhline(numbers["chance"]["row"], color="gray", lw=0.6, ls=":")
             ax.set_xscale("log")
             ax.set_title(f"layer {l}: row (solid) / column (dashed) mass", fontsize=8)
             ax.set_xlabel("step")
             ax.set_ylim(0, 1)
         axes[0][-1].legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        path = out / "masses_across_training.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return path
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    out: list[Table | Text] = [Text(
+        f"Chance masses: row {r['chance']['row']:.3f}, column {r['chance']['column']:.3f}, observed {r['chance']['observed']:.2f}. "
+        f"A head with mass ≥ {r['head_threshold']} on the query's row (column) is listed as a row (column) head.")]
+    rows = []
+    for step, e in r["steps"].items():
+        masses = e["random"]
+        for l, (row_l, col_l, obs_l) in enumerate(zip(masses["row"], masses["column"], masses["observed"])):
+            for h in range(len(row_l)):
+                rows.append([step, f"{l}:{h}", row_l[h], col_l[h], obs_l[h], masses["row_hidden"][l][h], masses["column_hidden"][l][h]])
+        out.append(Text(f"Step {step}: row heads {', '.join(e['row_heads']) or 'none'}; "
+                        f"column heads {', '.join(e['column_heads']) or 'none'}."))
+    out.append(Table(["step", "layer:head", "row mass", "column mass", "observed mass", "row (hidden q)", "column (hidden q)"], rows))
+    return out

@@ -1,20 +1,83 @@
-"""What every analysis shares: choosing checkpoints, seeded batches, losses of predictions."""
+"""What every analysis shares: its inputs and result types, choosing checkpoints, head specs.
+
+An analysis is one module in this package with:
+    TITLE, PAPER, ORDER     its heading, the paper's finding (for the report), its place in it
+    run(inputs, **options) -> Result     options typed by their annotations (`--set name.option=v`)
+    plot(result, out) -> list[Path]      figures written into `out`
+    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped there)
+The registry finds such modules by themselves: a new analysis is one new file.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .. import checkpoints
 from ..config import Config, DataConfig
-from ..data import Batch, generator, sample_batch
 from ..model import MatrixBert
-from ..train import losses, read_metrics
+from ..plots import figure
+from ..rundir import RunDirError, read_json, read_metrics
+
+
+@dataclass
+class Text:
+    """A paragraph of the report (plain text: the report escapes it)."""
+
+    text: str
+
+
+@dataclass
+class Table:
+    """A table of the report: a header and rows of plain values (floats shown to 4 digits)."""
+
+    header: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Result:
+    """What an analysis returns: `numbers` (plain JSON values, written to results.json and read by
+    the report) and `figure_data` (arrays its `plot` draws, never written)."""
+
+    numbers: dict[str, Any]
+    figure_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Inputs:
+    """What an analysis runs on: the chosen checkpoints' models (step -> model, ascending), the
+    run's data configuration and, for analyses that follow a quantity across training, a loader
+    of every checkpoint (by default the chosen ones)."""
+
+    models: dict[int, MatrixBert]
+    data: DataConfig
+    load_all: Callable[[], dict[int, MatrixBert]] | None = None
+    _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("an analysis needs at least one model")
+        self.models = dict(sorted(self.models.items()))
+
+    @property
+    def pre(self) -> tuple[int, MatrixBert]:
+        step = min(self.models)
+        return step, self.models[step]
+
+    @property
+    def post(self) -> tuple[int, MatrixBert]:
+        step = max(self.models)
+        return step, self.models[step]
+
+    def all_checkpoints(self) -> dict[int, MatrixBert]:
+        if self._all is None:
+            self._all = dict(sorted((self.load_all() if self.load_all else self.models).items()))
+        return self._all
 
 
 @dataclass
@@ -31,6 +94,10 @@ class RunView:
     def model(self, step: int) -> MatrixBert:
         return checkpoints.load_model(self.cfg, checkpoints.find(self.path, step))
 
+    def inputs(self, steps: list[int]) -> Inputs:
+        models = {s: self.model(s) for s in steps}
+        return Inputs(models, self.cfg.data, lambda: {s: models.get(s) or self.model(s) for s in self.steps})
+
 
 def open_run(path: Path) -> RunView:
     path = Path(path)
@@ -39,7 +106,9 @@ def open_run(path: Path) -> RunView:
     if not steps:
         raise checkpoints.CheckpointError(f"no checkpoints in {path / 'checkpoints'}")
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_json(summary_path) if summary_path.exists() else {}
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{summary_path} does not hold a JSON object")
     pre, post, note = choose_pre_post(steps, summary, read_metrics(path))
     return RunView(path, cfg, steps, pre, post, note)
 
@@ -65,20 +134,6 @@ def choose_pre_post(
         f"no drop detected in this run: comparing the earliest trained checkpoint (step {trained[0]}) "
         f"with the last (step {trained[-1]})"
     )
-
-
-def seeded(data: DataConfig, count: int, seed: int) -> Batch:
-    return sample_batch(data, count, generator(seed))
-
-
-def loss_dict(pred: torch.Tensor, batch: Batch) -> dict[str, float]:
-    parts = losses(pred.to(batch.target.device), batch)
-    return {k: parts[k].item() for k in ("loss", "loss_obs", "loss_mask")}
-
-
-def evaluate_with_hooks(model: MatrixBert, batch: Batch, fwd_hooks=()) -> dict[str, float]:
-    with torch.no_grad(), model.hooks(fwd_hooks):
-        return loss_dict(model.predict(batch.tokens), batch)
 
 
 def group_by_layer(heads: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> dict[int, list[int]]:
@@ -109,26 +164,25 @@ def parse_heads(spec: str, layers: int, heads: int) -> list[tuple[int, int]]:
 
 def plot_head_tables(tables: dict[str, list[list[float]]], path: Path, title: str, center: float | None = None) -> Path:
     """One layer x head heatmap per entry of `tables`, numbers written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(tables), figsize=(0.9 + 0.75 * len(next(iter(tables.values()))[0]) * len(tables) + 1.2 * len(tables), 3.4), dpi=110, squeeze=False)
-    for ax, (name, table) in zip(axes[0], tables.items()):
-        arr = torch.tensor(table).numpy()
-        kw = {"cmap": "RdBu_r", "vmin": center - abs(arr - center).max(), "vmax": center + abs(arr - center).max()} if center is not None else {"cmap": "viridis"}
-        im = ax.imshow(arr, aspect="auto", **kw)
-        for (l, h), v in np.ndenumerate(arr):
-            ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if center is not None else "white")
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_xticks(range(arr.shape[1]))
-        ax.set_yticks(range(arr.shape[0]))
-        ax.set_title(name, fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    heads = len(next(iter(tables.values()))[0])
+    size = (0.9 + 0.75 * heads * len(tables) + 1.2 * len(tables), 3.4)
+    with figure(path, 1, len(tables), title=title, figsize=size) as (fig, axes):
+        for ax, (name, table) in zip(axes[0], tables.items()):
+            arr = np.array(table, dtype=float)
+            spread = np.nanmax(np.abs(arr - center)) if center is not None else 0.0
+            kw = {"cmap": "RdBu_r", "vmin": center - spread, "vmax": center + spread} if center is not None else {"cmap": "viridis"}
+            im = ax.imshow(arr, aspect="auto", **kw)
+            for (l, h), v in np.ndenumerate(arr):
+                ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if center is not None else "white")
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            ax.set_xticks(range(arr.shape[1]))
+            ax.set_yticks(range(arr.shape[0]))
+            ax.set_title(name, fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.05)
     return path
+
+
+def loss_cells(d: dict[str, float]) -> list[float]:
+    """L, L_obs, L_mask of a losses dict in that order (report tables never rely on dict order)."""
+    return [d["loss"], d["loss_obs"], d["loss_mask"]]

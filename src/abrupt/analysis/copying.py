@@ -12,16 +12,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from ..config import DataConfig
+from ..data import Batch, MASK_ID, generator, make_batch, sample_matrices, seeded_batch, value_to_id
+from ..losses import as_floats, losses
+from ..plots import figure
+from .common import Inputs, Result, Table, Text
 
-from ..config import DataConfig  # noqa: E402
-from ..data import Batch, MASK_ID, generator, make_batch, sample_mask, sample_matrices, value_to_id  # noqa: E402
-from ..model import MatrixBert  # noqa: E402
-from .common import loss_dict  # noqa: E402
+TITLE = "Copying before the drop (Table 1)"
+PAPER = ("Before the drop the model copies its input: with a value token put at hidden positions "
+         "its predictions there equal that value (MSE to the substitute near 0), on low-rank and random inputs "
+         "alike, while L_obs stays near 0 (Table 1).")
+ORDER = 10
 
 
 def full_rank_like(data: DataConfig, count: int, gen: torch.Generator) -> torch.Tensor:
@@ -40,56 +43,47 @@ def substituted(batch: Batch, value: float | None) -> Batch:
     return dataclasses.replace(batch, tokens=tokens)
 
 
-def run(
-    models: dict[int, MatrixBert],
-    data: DataConfig,
-    seed: int = 0,
-    n: int = 512,
-    substitutes: tuple[float, ...] = (0.44, -0.24),
-) -> dict[str, Any]:
-    g = generator(seed)
-    inputs = {
-        "low-rank": sample_matrices(data, n, g),
-        "full-rank": full_rank_like(data, n, g),
-    }
-    mask = sample_mask(data, n, g)
+def run(inputs: Inputs, seed: int = 0, n: int = 512, substitutes: tuple[float, ...] = (0.44, -0.24)) -> Result:
+    data = dataclasses.replace(inputs.data, clip=True)
+    low_rank = seeded_batch(data, n, seed)
+    full_rank = make_batch(full_rank_like(data, n, generator(seed + 1)), low_rank.mask, clip=True)
     rows = []
-    for step, model in models.items():
-        for kind, matrices in inputs.items():
-            base = make_batch(matrices, mask, clip=True)
+    for step, model in inputs.models.items():
+        for kind, base in (("low-rank", low_rank), ("full-rank", full_rank)):
             for value in (None, *substitutes):
                 batch = substituted(base, value)
                 pred = model.predict(batch.tokens)
                 sub = 0.0 if value is None else round(value, 2)
-                hidden = batch.mask
                 rows.append({
                     "step": step,
                     "input": kind,
                     "substitute": "MASK" if value is None else value,
-                    **loss_dict(pred, batch),
-                    "mse_to_substitute": ((pred[hidden] - sub) ** 2).mean().item(),
+                    **{k: v for k, v in as_floats(losses(pred, batch)).items() if k != "mask_value"},
+                    "mse_to_substitute": ((pred[batch.mask] - sub) ** 2).mean().item(),
                 })
-    return {"rows": rows, "n": n, "seed": seed, "mask_token": MASK_ID}
+    return Result({"rows": rows, "n": n, "seed": seed, "mask_token": MASK_ID})
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
-    rows = result["rows"]
+def plot(result: Result, out: Path) -> list[Path]:
+    rows = result.numbers["rows"]
     steps = sorted({r["step"] for r in rows})
     kinds = list(dict.fromkeys(r["input"] for r in rows))
     subs = list(dict.fromkeys(str(r["substitute"]) for r in rows))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 3.6), dpi=110, squeeze=False)
     width = 0.8 / len(steps)
-    for ax, kind in zip(axes[0], kinds):
-        for i, step in enumerate(steps):
-            vals = [next(r["mse_to_substitute"] for r in rows if r["step"] == step and r["input"] == kind and str(r["substitute"]) == s) for s in subs]
-            ax.bar([j + i * width for j in range(len(subs))], vals, width, label=f"step {step}")
-        ax.set_xticks([j + width * (len(steps) - 1) / 2 for j in range(len(subs))], subs)
-        ax.set_title(f"{kind} inputs: MSE(hidden prediction, substitute)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
     path = out / "copying.png"
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, 1, len(kinds), figsize=(5.5 * len(kinds), 3.6)) as (fig, axes):
+        for ax, kind in zip(axes[0], kinds):
+            for i, step in enumerate(steps):
+                vals = [next(r["mse_to_substitute"] for r in rows if r["step"] == step and r["input"] == kind and str(r["substitute"]) == s) for s in subs]
+                ax.bar([j + i * width for j in range(len(subs))], vals, width, label=f"step {step}")
+            ax.set_xticks([j + width * (len(steps) - 1) / 2 for j in range(len(subs))], subs)
+            ax.set_title(f"{kind} inputs: MSE(hidden prediction, substitute)")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
     return [path]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    rows = [[x["step"], x["input"], x["substitute"], x["loss_obs"], x["mse_to_substitute"], x["loss_mask"]] for x in r["rows"]]
+    return [Table(["step", "input", "at hidden", "L_obs", "MSE to substitute", "L_mask (vs truth)"], rows)]

@@ -15,10 +15,15 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import DataConfig
-from ..data import Batch, make_batch
+from ..data import Batch, make_batch, seeded_batch
+from ..hooks import act_name
 from ..model import MatrixBert
-from .common import group_by_layer, parse_heads, plot_head_tables, seeded
+from .common import Inputs, Result, Table, Text, group_by_layer, parse_heads, plot_head_tables
+
+TITLE = "Activation patching"
+PAPER = ("Writing clean attention-head outputs into the run on -X moves the output toward X: the "
+         "attention heads carry the information that completes the matrix.")
+ORDER = 50
 
 
 def negated(batch: Batch) -> Batch:
@@ -54,7 +59,7 @@ def patch_hooks(clean_z: dict[int, torch.Tensor], heads: Sequence[tuple[int, int
             sel[:, :, hs] = True
             sel &= positions[:, :, None]
             return torch.where(sel[..., None], clean_z[layer], z)
-        hooks.append((f"blocks.{layer}.attn.hook_z", fn))
+        hooks.append((act_name("z", layer), fn))
     return hooks
 
 
@@ -69,7 +74,7 @@ def patch(
     """Patch clean hook_z of `heads` into the -X run at `positions` ((B, T) bool, default all)."""
     positions = torch.ones_like(batch.mask) if positions is None else positions
     corrupt_batch = negated(batch)
-    names = [f"blocks.{l}.attn.hook_z" for l in range(len(model.blocks))]
+    names = [act_name("z", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         clean, cache = model.run_with_cache(batch.tokens, names=names)
         corrupt = model(corrupt_batch.tokens)
@@ -88,22 +93,15 @@ def patch(
     }
 
 
-def run(
-    models: dict[int, MatrixBert],
-    data: DataConfig,
-    seed: int = 0,
-    n: int = 256,
-    heads: str = "all",
-    positions: str = "all",
-) -> dict[str, Any]:
+def run(inputs: Inputs, seed: int = 0, n: int = 256, heads: str = "all", positions: str = "all") -> Result:
     """`heads`: 'all' or 'L:H,...' ('*' wildcards) patched together; `positions`: 'all', 'hidden',
     'observed' or comma-separated indices. The per-head table always patches each head alone."""
-    batch = seeded(data, n, seed)
-    result: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "positions": positions, "steps": {}}
-    for step, model in models.items():
+    batch = seeded_batch(inputs.data, n, seed)
+    numbers: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "positions": positions, "steps": {}}
+    pos = position_selector(positions, batch)
+    for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
         chosen = parse_heads(heads, layers, nheads)
-        pos = position_selector(positions, batch)
         table_hidden = [[0.0] * nheads for _ in range(layers)]
         table_observed = [[0.0] * nheads for _ in range(layers)]
         for l in range(layers):
@@ -111,18 +109,29 @@ def run(
                 r = patch(model, batch, [(l, h)], pos)
                 table_hidden[l][h] = r["recovery_hidden"]
                 table_observed[l][h] = r["recovery_observed"]
-        result["steps"][step] = {
+        numbers["steps"][step] = {
             "chosen": patch(model, batch, chosen, pos),
             "per_head_recovery_hidden": table_hidden,
             "per_head_recovery_observed": table_observed,
         }
-    return result
+    return Result(numbers)
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
+def plot(result: Result, out: Path) -> list[Path]:
     tables = {}
-    for step, entry in result["steps"].items():
+    for step, entry in result.numbers["steps"].items():
         tables[f"step {step}: hidden entries"] = entry["per_head_recovery_hidden"]
         tables[f"step {step}: observed entries"] = entry["per_head_recovery_observed"]
     return [plot_head_tables(tables, out / "patching_per_head.png",
                              "fraction of the way from the -X output to the X output when one head's clean output is patched in", center=0.0)]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    rows = []
+    for step, e in r["steps"].items():
+        c = e["chosen"]
+        best = max(((v, f"{l}:{h}") for l, row in enumerate(e["per_head_recovery_hidden"]) for h, v in enumerate(row)))
+        rows.append([step, r["heads"], r["positions"], c["recovery_hidden"], c["recovery_observed"], c["mse_to_X_hidden"],
+                     c["mse_to_minus_X_hidden"], f"{best[1]} ({best[0]:.3f})"])
+    return [Table(["step", "heads patched", "positions", "recovery (hidden)", "recovery (observed)", "MSE to X (hidden)",
+                   "MSE to −X (hidden)", "best single head (hidden)"], rows)]

@@ -14,20 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from ..data import seeded_batch
+from ..hooks import act_name
+from ..model import MatrixBert
+from ..plots import figure
+from .common import Inputs, Result, Table, Text
 
-from ..config import DataConfig  # noqa: E402
-from ..model import MatrixBert  # noqa: E402
-from .common import seeded  # noqa: E402
+TITLE = "Linear probes (Fig. 6)"
+PAPER = ("The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
+         "decodable from their hidden states after the drop, not before (Fig. 6).")
+ORDER = 30
 
 
 def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
     """(layers + 1, B, T, d): the embedding output and each block's output."""
-    names = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(len(model.blocks))]
+    names = [act_name("embed")] + [act_name("resid_post", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names)
     return torch.stack([cache[n] for n in names])
@@ -65,22 +68,16 @@ def targets(batch, m: int, n: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run(
-    models: dict[int, MatrixBert],
-    data: DataConfig,
-    seed: int = 0,
-    n: int = 1024,
-    holdout: float = 0.25,
-    ridge: float = 1e-6,
-) -> dict[str, Any]:
-    batch = seeded(data, n, seed)
+def run(inputs: Inputs, seed: int = 0, n: int = 1024, holdout: float = 0.25, ridge: float = 1e-6) -> Result:
+    data = inputs.data
+    batch = seeded_batch(data, n, seed)
     t = data.m * data.n
     n_test = max(1, int(round(n * holdout)))
     split = torch.arange(n * t) < (n - n_test) * t  # first matrices train, last ones test
     tg = targets(batch, data.m, data.n)
     hidden_tok = batch.mask.reshape(-1)
     rows = []
-    for step, model in models.items():
+    for step, model in inputs.models.items():
         states = hidden_states(model, batch.tokens)  # (L+1, B, T, d)
         for layer in range(states.shape[0]):
             x = states[layer].reshape(n * t, -1)
@@ -100,25 +97,28 @@ def run(
                     row[f"{name}_mse"] = err.mean().item()
                     row[f"{name}_abs_cos"] = mean_abs_cosine(pred, y[~split])
             rows.append(row)
-    return {"rows": rows, "seed": seed, "n": n, "holdout": holdout}
+    return Result({"rows": rows, "seed": seed, "n": n, "holdout": holdout})
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
-    rows = result["rows"]
+def plot(result: Result, out: Path) -> list[Path]:
+    rows = result.numbers["rows"]
     steps = sorted({r["step"] for r in rows})
     panels = [("row_abs_cos", "row of masked input: mean |cos|"), ("value_masked_r2", "true value, masked tokens: R²"),
               ("value_observed_r2", "true value, observed tokens: R²"), ("singular_abs_cos", "top singular vector: mean |cos|")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.3), dpi=110)
-    for ax, (key, title) in zip(axes, panels):
-        for step in steps:
-            sel = [r for r in rows if r["step"] == step]
-            ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", label=f"step {step}")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("layer (0 = embeddings)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
     path = out / "probe.png"
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, 1, len(panels), figsize=(4 * len(panels), 3.3)) as (fig, axes):
+        for ax, (key, title) in zip(axes[0], panels):
+            for step in steps:
+                sel = [r for r in rows if r["step"] == step]
+                ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", label=f"step {step}")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("layer (0 = embeddings)")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
     return [path]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    rows = [[x["step"], x["layer"], x["row_mse"], x["row_abs_cos"], x["value_masked_r2"], x["value_observed_r2"], x["singular_abs_cos"]]
+            for x in r["rows"]]
+    return [Table(["step", "layer", "row MSE", "row |cos|", "value R² (masked)", "value R² (observed)", "top singular vector |cos|"], rows)]

@@ -1,60 +1,59 @@
-"""Run analyses on a run directory: choose checkpoints, pass options, write results and figures.
+"""Find the analyses, type their options, run them on a run directory, write their results.
 
-Each analysis writes `RUN/analysis/<name>/results.json` and its PNG figures. Options reach the
-analysis functions as keyword arguments (`--set probe.n=2048`), typed from their signatures, so no
-experiment needs a code edit; `options()` lists them.
+An analysis is any module of this package with `TITLE`, `PAPER`, `ORDER`, `run`, `plot` and
+`render` (see common.py); `discover()` finds it, so `abrupt analyze --only NAME`, `--options` and
+the report pick it up without other edits. Options reach `run` as keyword arguments
+(`--set probe.n=2048`), typed from its signature. Each analysis writes
+`RUN/analysis/<name>/results.json` (strict JSON: its options, steps, seconds and numbers) and its
+PNG figures.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
-import json
+import pkgutil
 import time
 import typing
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
-import torch
-
-from ..checkpoints import atomic_write_json
-from . import ablation, attention, copying, embeddings, patching, probe, switching
+from ..rundir import atomic_write_json, read_json
 from .common import RunView, open_run
 
-ANALYSES = {
-    "copying": copying,
-    "attention": attention,
-    "probe": probe,
-    "embeddings": embeddings,
-    "patching": patching,
-    "ablation": ablation,
-    "switching": switching,
-}
-_FIXED = {"models", "data", "across", "pre", "post"}
+_PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
+
+
+def discover() -> dict[str, ModuleType]:
+    """{name: module} of every analysis in this package, in report order."""
+    found = []
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        mod = importlib.import_module(f"{__package__}.{info.name}")
+        if all(hasattr(mod, attr) for attr in _PROTOCOL):
+            found.append((mod.ORDER, info.name, mod))
+    return {name: mod for _, name, mod in sorted(found)}
 
 
 def options() -> dict[str, dict[str, Any]]:
     """{analysis: {option: default}} for every user-settable option."""
     out = {}
-    for name, mod in ANALYSES.items():
-        sig = inspect.signature(mod.run)
-        out[name] = {p.name: p.default for p in sig.parameters.values() if p.name not in _FIXED}
+    for name, mod in discover().items():
+        params = list(inspect.signature(mod.run).parameters.values())[1:]  # the first is the inputs
+        out[name] = {p.name: p.default for p in params}
     return out
 
 
 def parse_option(analysis: str, key: str, raw: str) -> Any:
-    if analysis not in ANALYSES:
-        raise ValueError(f"unknown analysis '{analysis}'; choose from {', '.join(ANALYSES)}")
-    hints = typing.get_type_hints(ANALYSES[analysis].run)
+    analyses = discover()
+    if analysis not in analyses:
+        raise ValueError(f"unknown analysis '{analysis}'; choose from {', '.join(analyses)}")
     if key not in options()[analysis]:
         raise ValueError(f"unknown option '{analysis}.{key}'; {analysis} takes: {', '.join(options()[analysis])}")
-    typ = hints[key]
+    typ = typing.get_type_hints(analyses[analysis].run)[key]
     try:
-        if typ is int:
-            return int(raw)
-        if typ is float:
-            return float(raw)
-        if typ is str:
-            return raw
+        if typ in (int, float, str):
+            return typ(raw)
         args = typing.get_args(typ)
         if typing.get_origin(typ) is tuple and args:
             conv: Callable[[str], Any] = {int: int, float: float, str: str}[args[0]]
@@ -62,18 +61,6 @@ def parse_option(analysis: str, key: str, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"option '{analysis}.{key}': cannot read '{raw}' as {typ}") from None
     raise ValueError(f"option '{analysis}.{key}' has an unsupported type {typ}")
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    return obj
 
 
 def analyze(
@@ -84,37 +71,30 @@ def analyze(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop checkpoints)."""
+    analyses = discover()
     view = open_run(run_dir)
-    names = only or list(ANALYSES)
-    unknown = [n for n in names if n not in ANALYSES]
+    names = only or list(analyses)
+    unknown = [n for n in names if n not in analyses]
     if unknown:
-        raise ValueError(f"unknown analysis {unknown}; choose from {', '.join(ANALYSES)}")
+        raise ValueError(f"unknown analysis {unknown}; choose from {', '.join(analyses)}")
     opts = opts or {}
     chosen = sorted(set(steps)) if steps else sorted({view.pre, view.post})
     missing = [s for s in chosen if s not in view.steps]
     if missing:
         raise ValueError(f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}")
-    models = {s: view.model(s) for s in chosen}
-    across_needed = any(n in ("attention", "embeddings") for n in names)
-    across = {s: (models[s] if s in models else view.model(s)) for s in view.steps} if across_needed else {}
+    inputs = view.inputs(chosen)
     written = {}
     for name in names:
         t0 = time.perf_counter()
-        mod = ANALYSES[name]
+        mod = analyses[name]
         kwargs = dict(opts.get(name, {}))
-        if name == "switching":
-            first, last = chosen[0], chosen[-1]
-            result = mod.run((first, models[first]), (last, models[last]), view.cfg.data, **kwargs)
-        elif name in ("attention", "embeddings"):
-            result = mod.run(models, view.cfg.data, across=across, **kwargs)
-        else:
-            result = mod.run(models, view.cfg.data, **kwargs)
+        result = mod.run(inputs, **kwargs)
         out = view.path / "analysis" / name
         out.mkdir(parents=True, exist_ok=True)
         figures = mod.plot(result, out)
         meta = {"analysis": name, "steps": chosen, "selection": _selection_note(view, steps), "options": {**options()[name], **kwargs},
                 "figures": [p.name for p in figures], "seconds": round(time.perf_counter() - t0, 2)}
-        atomic_write_json(out / "results.json", _jsonable({**meta, **result}))
+        atomic_write_json(out / "results.json", {**meta, **result.numbers})
         written[name] = out
         if progress:
             print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
@@ -126,9 +106,13 @@ def _selection_note(view: RunView, steps: list[int] | None) -> str:
 
 
 def load_results(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """{name: results} of every analysis that has written results for this run, in report order."""
     found = {}
-    for name in list(ANALYSES) + ["compare", "ood"]:
+    for name in discover():
         path = Path(run_dir) / "analysis" / name / "results.json"
         if path.exists():
-            found[name] = json.loads(path.read_text())
+            found[name] = read_json(path)
     return found
+
+
+

@@ -12,14 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from ..data import seeded_batch
+from ..losses import evaluate
+from ..model import MatrixBert
+from ..plots import figure
+from .common import Inputs, Result, Table, Text, loss_cells
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..config import DataConfig  # noqa: E402
-from ..model import MatrixBert  # noqa: E402
-from .common import evaluate_with_hooks, seeded  # noqa: E402
+TITLE = "Switching components"
+PAPER = ("Attention is the component that changes at the drop: moving the attention weights between "
+         "a plateau and a final model carries most of the difference in loss.")
+ORDER = 70
 
 GROUPS = {
     "qkv": r"^blocks\.\d+\.attn\.[qkv]\.",
@@ -51,42 +53,45 @@ def transplant(into: MatrixBert, donor: MatrixBert, group: str) -> MatrixBert:
     return out
 
 
-def run(
-    pre: tuple[int, MatrixBert],
-    post: tuple[int, MatrixBert],
-    data: DataConfig,
-    seed: int = 0,
-    n: int = 512,
-    groups: tuple[str, ...] = tuple(GROUPS),
-) -> dict[str, Any]:
-    batch = seeded(data, n, seed)
-    (pre_step, pre_model), (post_step, post_model) = pre, post
-    result: dict[str, Any] = {"seed": seed, "n": n, "pre_step": pre_step, "post_step": post_step,
-                              "pre": evaluate_with_hooks(pre_model, batch), "post": evaluate_with_hooks(post_model, batch),
-                              "pre_with_post": {}, "post_with_pre": {}}
+def run(inputs: Inputs, seed: int = 0, n: int = 512, groups: tuple[str, ...] = tuple(GROUPS)) -> Result:
+    """Between the first (plateau) and the last (post-drop) chosen checkpoint."""
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"switching groups {list(groups)}: use one or more of {', '.join(GROUPS)}")
+    batch = seeded_batch(inputs.data, n, seed)
+    (pre_step, pre_model), (post_step, post_model) = inputs.pre, inputs.post
+    numbers: dict[str, Any] = {"seed": seed, "n": n, "pre_step": pre_step, "post_step": post_step,
+                               "pre": evaluate(pre_model, batch), "post": evaluate(post_model, batch),
+                               "pre_with_post": {}, "post_with_pre": {}}
     for group in groups:
-        result["pre_with_post"][group] = evaluate_with_hooks(transplant(pre_model, post_model, group), batch)
-        result["post_with_pre"][group] = evaluate_with_hooks(transplant(post_model, pre_model, group), batch)
-    return result
+        numbers["pre_with_post"][group] = evaluate(transplant(pre_model, post_model, group), batch)
+        numbers["post_with_pre"][group] = evaluate(transplant(post_model, pre_model, group), batch)
+    return Result(numbers)
 
 
-def plot(result: dict[str, Any], out: Path) -> list[Path]:
-    groups = list(result["pre_with_post"])
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+def plot(result: Result, out: Path) -> list[Path]:
+    r = result.numbers
+    groups = list(r["pre_with_post"])
     xs = range(len(groups))
-    ax.bar([x - 0.2 for x in xs], [result["pre_with_post"][g]["loss_mask"] for g in groups], 0.4,
-           label=f"plateau model (step {result['pre_step']}) + group from step {result['post_step']}")
-    ax.bar([x + 0.2 for x in xs], [result["post_with_pre"][g]["loss_mask"] for g in groups], 0.4,
-           label=f"final model (step {result['post_step']}) + group from step {result['pre_step']}")
-    ax.axhline(result["pre"]["loss_mask"], color="tab:blue", ls=":", lw=1, label="plateau model as is")
-    ax.axhline(result["post"]["loss_mask"], color="tab:orange", ls=":", lw=1, label="final model as is")
-    ax.set_xticks(list(xs), groups)
-    ax.set_yscale("log")
-    ax.set_ylabel("L_mask")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
     path = out / "switching.png"
-    fig.savefig(path)
-    plt.close(fig)
+    with figure(path, figsize=(8, 3.6)) as (fig, axes):
+        ax = axes[0][0]
+        ax.bar([x - 0.2 for x in xs], [r["pre_with_post"][g]["loss_mask"] for g in groups], 0.4,
+               label=f"plateau model (step {r['pre_step']}) + group from step {r['post_step']}")
+        ax.bar([x + 0.2 for x in xs], [r["post_with_pre"][g]["loss_mask"] for g in groups], 0.4,
+               label=f"final model (step {r['post_step']}) + group from step {r['pre_step']}")
+        ax.axhline(r["pre"]["loss_mask"], color="tab:blue", ls=":", lw=1, label="plateau model as is")
+        ax.axhline(r["post"]["loss_mask"], color="tab:orange", ls=":", lw=1, label="final model as is")
+        ax.set_xticks(list(xs), groups)
+        ax.set_yscale("log")
+        ax.set_ylabel("L_mask")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     return [path]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    rows = [[f"plateau (step {r['pre_step']}) as is", *loss_cells(r["pre"])], [f"final (step {r['post_step']}) as is", *loss_cells(r["post"])]]
+    rows += [[f"plateau + final {g}", *loss_cells(v)] for g, v in r["pre_with_post"].items()]
+    rows += [[f"final + plateau {g}", *loss_cells(v)] for g, v in r["post_with_pre"].items()]
+    return [Table(["model", "L", "L_obs", "L_mask"], rows)]

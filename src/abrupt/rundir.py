@@ -1,0 +1,192 @@
+"""The files of a run directory: atomic writes, strict JSON, metrics rows, and one writer at a time.
+
+    config.json        full resolved configuration, with library versions and thread count
+    metrics.jsonl      one JSON object per logged step
+    checkpoints/       see checkpoints.py
+    summary.json       plateau and drop (transition.py) and final losses
+    loss.png           L, L_obs, L_mask against step, the transition marked
+    .lock              held (flock) by the one process writing the run
+
+JSON is strict everywhere: NaN and infinities are written as null, so every file parses with
+any JSON reader.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+LOCK_NAME = ".lock"
+
+
+class RunDirError(RuntimeError):
+    """A run directory is in use, unreadable, or not a run."""
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: tensors and numpy scalars as lists/numbers, NaN and inf as None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(jsonable(obj), allow_nan=False, **kwargs)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of the run, or a RunDirError naming it when it is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is not valid JSON ({e}); rewrite it or remove it") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl. A last line cut by a kill is dropped (it is an unfinished write); a
+    corrupt line anywhere else is skipped with a warning naming it, and every other row is kept."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(errors="replace").splitlines()
+    rows, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+            rows.append(row)
+        except ValueError:
+            if number < len(lines):
+                bad.append(number)
+    if bad:
+        warnings.warn(f"{path}: skipped corrupt line(s) {bad}; the other {len(rows)} rows are kept", stacklevel=2)
+    return rows
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(Path(run_dir) / "metrics.jsonl", "".join(dumps(r) + "\n" for r in rows).encode())
+
+
+class RunLock:
+    """An exclusive, non-blocking flock on RUN/.lock for the life of a writer. The kernel releases
+    it when the process dies however it dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        ensure_dir(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot write in {self.path.parent}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"{self.path.parent} is in use by another process (it holds {self.path}); "
+                              "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def ensure_dir(path: Path) -> None:
+    """Create `path` (and parents) or say in one line why it cannot be a run directory."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise RunDirError("give the run directory a name (not the current directory)")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write in {path}: permission denied")
+
+
+def check_fresh(run_dir: Path) -> None:
+    """A new run may only go into an empty directory (its own lock file aside)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.json").exists():
+        if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step_*.json")):
+            raise RunDirError(f"{run_dir} holds a run that stopped before its first checkpoint; "
+                              f"`abrupt train --resume {run_dir}` starts it again from step 0")
+        raise RunDirError(f"{run_dir} already holds a run; continue it with `abrupt train --resume {run_dir}` or choose another --out")
+    others = [p.name for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    if others:
+        raise RunDirError(f"{run_dir} is not empty and is not a run ({', '.join(sorted(others)[:3])}, ...); "
+                          "choose a new or empty directory")
+
+
+def unique_dir(parent: Path, stem: str) -> Path:
+    """Create and return parent/stem, or parent/stem-2, -3, ...: mkdir is atomic, so runs started
+    at the same moment never share a directory."""
+    ensure_dir(parent)
+    for i in range(1, 10_000):
+        path = Path(parent) / (stem if i == 1 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"no free directory name for {stem} in {parent}")
+
+
+def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
+    """(Re)write summary.json and loss.png from metrics.jsonl."""
+    from . import plots, transition
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    summary = transition.summarize(rows, seconds)
+    atomic_write_json(run_dir / "summary.json", summary)
+    plots.plot_losses(rows, summary, run_dir / "loss.png")
+    return summary
