@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,3 +275,66 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+PLUGIN = '''"""A demo analysis written by a test: one new file, nothing else edited."""
+from abrupt.analysis.common import Result, Table, Text
+from abrupt.losses import evaluate
+from abrupt.data import seeded_batch
+
+TITLE = "Demo analysis added as one file"
+PAPER = "Not in the paper."
+ORDER = 999
+
+
+def run(inputs, seed: int = 0, n: int = 8) -> Result:
+    batch = seeded_batch(inputs.data, n, seed)
+    return Result({"rows": [{"step": s, **evaluate(m, batch)} for s, m in inputs.models.items()]})
+
+
+def plot(result, out):
+    return []
+
+
+def render(r):
+    return [Text("demo rows:"), Table(["step", "L_mask"], [[x["step"], x["loss_mask"]] for x in r["rows"]])]
+'''
+
+
+def test_a_new_analysis_module_is_one_file(tiny_run):
+    import abrupt.analysis
+
+    path = Path(abrupt.analysis.__path__[0]) / "zz_demo_plugin.py"
+    path.write_text(PLUGIN)
+    try:
+        listed = subprocess.run([sys.executable, "-m", "abrupt.cli", "analyze", "--options"], capture_output=True, text=True)
+        assert "zz_demo_plugin: seed=0, n=8" in listed.stdout
+        r = subprocess.run([sys.executable, "-m", "abrupt.cli", "analyze", str(tiny_run), "--only", "zz_demo_plugin",
+                            "--set", "zz_demo_plugin.n=4"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        res = json.loads((tiny_run / "analysis" / "zz_demo_plugin" / "results.json").read_text())
+        assert res["options"] == {"seed": 0, "n": 4} and len(res["rows"]) == 2
+        r = subprocess.run([sys.executable, "-m", "abrupt.cli", "report", str(tiny_run)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        page = (tiny_run / "report.html").read_text()
+        assert "Demo analysis added as one file" in page and "demo rows:" in page
+    finally:
+        path.unlink()
+
+
+def test_hook_names_have_one_spelling(small_model):
+    from abrupt.hooks import act_name
+
+    assert act_name("pattern", 2) == "blocks.2.attn.hook_pattern"
+    assert act_name("resid_post", 0) == "blocks.0.hook_resid_post"
+    assert act_name("embed") == "hook_embed"
+    points = set(small_model.hook_points())
+    for layer in range(2):
+        for kind in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "q", "k", "v", "pattern", "z"):
+            assert act_name(kind, layer) in points
+    for kind in ("tok_embed", "pos_embed", "embed", "out"):
+        assert act_name(kind) in points
+    with pytest.raises(ValueError, match="per layer"):
+        act_name("z")
+    with pytest.raises(ValueError, match="unknown hook kind"):
+        act_name("nonsense", 0)
