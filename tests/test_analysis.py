@@ -235,7 +235,7 @@ def strip(d):
 def test_analyze_and_report_end_to_end(tiny_run):
     from abrupt.cli import main
 
-    assert main(["analyze", str(tiny_run)]) == 0
+    assert main(["analyze", str(tiny_run), "--set", "compare.n=16", "--set", "ood.n=8"]) == 0
     for name in ("copying", "attention", "probe", "embeddings", "patching", "ablation", "switching"):
         res = json.loads((tiny_run / "analysis" / name / "results.json").read_text())
         assert res["figures"] and all((tiny_run / "analysis" / name / f).exists() for f in res["figures"])

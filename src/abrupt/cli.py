@@ -23,9 +23,16 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line with exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (`abrupt: error: ...`), like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"abrupt: error: {self.prog.split()[-1]}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model into a run directory")
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`")
@@ -275,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     from .rundir import RunDirError
     from .train import TrainingError
 
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument already reported in one line
+        return int(e.code or 0)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, RunDirError) as e:

@@ -231,11 +231,15 @@ class Trainer:
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate(cfg)
+    if str(Path(out_dir)) == "." and not resume:
+        raise RunDirError("give the run directory a name (not the current directory)")
+    if not resume and Path(out_dir).is_dir():
+        check_fresh(out_dir)  # before taking the lock, so that a refused directory gets no lock file
     with RunLock(out_dir):
         if resume and not (Path(out_dir) / "config.json").exists():
             raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
         if not resume:
-            check_fresh(out_dir)
+            check_fresh(out_dir)  # again under the lock: another process may have started it meanwhile
         trainer = Trainer(cfg, out_dir, progress)
         start = trainer.resume() if resume else trainer.start_fresh()
         return trainer.run(start)

@@ -8,13 +8,15 @@ the head's output (its hook_z). A layer x head table ablates each head alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
+from ..config import Config
 from ..data import Batch, seeded_batch
 from ..hooks import act_name
 from ..losses import evaluate
 from ..model import MatrixBert
-from .common import Inputs, Result, Table, Text, group_by_layer, loss_cells, parse_heads, plot_head_tables
+from .common import (needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, group_by_layer, loss_cells, one_of, parse_heads,
+                     plot_head_tables)
 
 TITLE = "Attention ablation"
 PAPER = ("Replacing attention patterns by input-independent (batch-mean) or uniform ones raises the "
@@ -56,7 +58,16 @@ def ablate(model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], mo
     return evaluate(model, batch, ablation_hooks(heads, mode))
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 256, heads: str = "all", modes: tuple[str, ...] = MODES) -> Result:
+def check(options: dict[str, Any], cfg: Config) -> None:
+    parse_heads(options.get("heads", "all"), cfg.model.layers, cfg.model.heads)
+
+
+def unsupported(cfg: Config) -> str | None:
+    return needs_hidden(cfg)
+
+
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all",
+        modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES) -> Result:
     """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
     check_modes(modes)
     batch = seeded_batch(inputs.data, n, seed)

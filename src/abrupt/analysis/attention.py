@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from ..config import DataConfig
+from ..config import Config, DataConfig
 from ..data import Batch, make_batch, seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
 from ..plots import figure, plt
-from .common import Inputs, Result, Table, Text
+from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Attention maps (Fig. 4, 5)"
 PAPER = ("After the drop some heads attend to the query's row (e.g. layer 2 head 1) or column "
          "(layer 2 head 2) and to observed entries; before it the patterns are trivial (Fig. 4, 5).")
 ORDER = 20
+
+
+def unsupported(cfg: Config) -> str | None:
+    return "a row/column analysis needs at least a 2x2 matrix" if min(cfg.data.m, cfg.data.n) < 2 else None
+
+
+def check(options: dict[str, Any], cfg: Config) -> None:
+    lines = options.get("lines") or tuple(range(1, min(cfg.data.m, cfg.data.n), 2))
+    for mode in ("rows", "columns"):
+        structured_mask(cfg.data, 1, mode, lines, options.get("keep", 0))
 
 
 def structured_mask(data: DataConfig, count: int, mode: str, lines: tuple[int, ...], keep: int) -> torch.Tensor:
@@ -98,11 +108,11 @@ def classify(masses: dict[str, torch.Tensor], threshold: float) -> dict[str, lis
 
 def run(
     inputs: Inputs,
-    seed: int = 0,
-    n: int = 256,
+    seed: Seed = 0,
+    n: Count = 256,
     lines: tuple[int, ...] = (),
-    keep: int = 0,
-    head_threshold: float = 0.4,
+    keep: Annotated[int, at_least(0)] = 0,
+    head_threshold: Annotated[float, between(0, 1)] = 0.4,
 ) -> Result:
     """Maps and masses at the chosen checkpoints; row/column masses at every checkpoint.
     `lines`: rows (columns) hidden by the structured masks; default every other one, 1, 3, ..."""

@@ -2,7 +2,11 @@
 
 An analysis is one module in this package with:
     TITLE, PAPER, ORDER     its heading, the paper's finding (for the report), its place in it
-    run(inputs, **options) -> Result     options typed by their annotations (`--set name.option=v`)
+    run(inputs, **options) -> Result     options typed by their annotations (`--set name.option=v`),
+                                         with `Annotated[type, Check]` rules on their meaning
+and optionally:
+    check(options, cfg)                  raise ValueError for options that do not fit this run
+    unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
     render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped there)
 The registry finds such modules by themselves: a new analysis is one new file.
@@ -12,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+import math
+from typing import Annotated, Any, Callable
 
 import numpy as np
 import torch
@@ -22,6 +27,48 @@ from ..config import Config, DataConfig
 from ..model import MatrixBert
 from ..plots import figure
 from ..rundir import RunDirError, read_json, read_metrics
+
+
+@dataclass(frozen=True)
+class Check:
+    """A rule on an option's value, attached with `Annotated[type, check]` in an analysis's `run`
+    signature; the registry applies it to `--set` values before any analysis runs."""
+
+    ok: Callable[[Any], bool]
+    need: str
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(lo: float) -> Check:
+    return Check(lambda v: _finite(v) and v >= lo, f">= {lo:g}")
+
+
+def between(lo: float, hi: float, open_hi: bool = False, open_lo: bool = False) -> Check:
+    def ok(v: Any) -> bool:
+        return _finite(v) and (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)
+
+    return Check(ok, f"in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}")
+
+
+def one_of(*choices: str) -> Check:
+    return Check(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def each(check: Check) -> Check:
+    """A non-empty tuple whose every element passes `check`."""
+    return Check(lambda vs: len(vs) > 0 and all(check.ok(v) for v in vs), f"a non-empty comma-separated list, each {check.need}")
+
+
+def needs_hidden(cfg: Config) -> str | None:
+    """For `unsupported`: analyses measured on hidden entries cannot run without any."""
+    return "it is measured on hidden entries, and this run has none (data.p_mask = 0)" if cfg.data.p_mask == 0 else None
+
+
+Count = Annotated[int, at_least(1)]  # how many matrices an analysis evaluates
+Seed = Annotated[int, between(0, 2**62, open_hi=True)]
 
 
 @dataclass

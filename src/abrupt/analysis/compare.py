@@ -8,29 +8,34 @@ of its whole output matrix (observed entries included).
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from .. import baselines
 from ..data import seeded_batch
 from ..plots import figure
-from .common import Inputs, Result, Table, Text
+from .common import Check, Count, Inputs, Result, Seed, Table, Text, between, each, one_of
 
 TITLE = "BERT vs nuclear-norm minimization (Fig. 3)"
 PAPER = ("BERT reaches lower MSE than nuclear-norm minimization at its training p_mask and a different "
          "nuclear norm: it is not doing nuclear-norm minimization (Fig. 3).")
 ORDER = 80
 
+def unsupported(cfg) -> str | None:
+    return "nuclear-norm minimization needs at least a 2x2 matrix" if min(cfg.data.m, cfg.data.n) < 2 else None
+
+
 FIG3_P_MASKS = tuple(round(0.10 + 0.05 * i, 2) for i in range(11))  # 0.10, 0.15, ..., 0.60
 
 
 def run(
     inputs: Inputs,
-    seed: int = 0,
-    n: int = 512,
-    p_masks: tuple[float, ...] = FIG3_P_MASKS,
-    lambdas: tuple[float, ...] = (),
-    solver: str = "torch",
+    seed: Seed = 0,
+    n: Count = 512,
+    p_masks: Annotated[tuple[float, ...], each(between(0, 1, open_hi=True))] = FIG3_P_MASKS,
+    lambdas: Annotated[tuple[float, ...], Check(lambda vs: all(v > 0 and math.isfinite(v) for v in vs), "each > 0")] = (),
+    solver: Annotated[str, one_of("torch", "cvxpy")] = "torch",
 ) -> Result:
     """MSE and nuclear norm against p_mask for the last chosen checkpoint; the same matrices at
     every p_mask and for every method (one seeded stream: nested masks)."""

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
-from ..config import DataConfig
+from ..config import VOCAB_MAX, Config, DataConfig
 from ..data import Batch, MASK_ID, generator, make_batch, sample_matrices, seeded_batch, value_to_id
 from ..losses import as_floats, losses
 from ..plots import figure
-from .common import Inputs, Result, Table, Text
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, between, each
 
 TITLE = "Copying before the drop (Table 1)"
 PAPER = ("Before the drop the model copies its input: with a value token put at hidden positions "
          "its predictions there equal that value (MSE to the substitute near 0), on low-rank and random inputs "
          "alike, while L_obs stays near 0 (Table 1).")
 ORDER = 10
+
+
+def unsupported(cfg: Config) -> str | None:
+    return needs_hidden(cfg)
 
 
 def full_rank_like(data: DataConfig, count: int, gen: torch.Generator) -> torch.Tensor:
@@ -43,7 +47,8 @@ def substituted(batch: Batch, value: float | None) -> Batch:
     return dataclasses.replace(batch, tokens=tokens)
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 512, substitutes: tuple[float, ...] = (0.44, -0.24)) -> Result:
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 512,
+        substitutes: Annotated[tuple[float, ...], each(between(-VOCAB_MAX, VOCAB_MAX))] = (0.44, -0.24)) -> Result:
     data = dataclasses.replace(inputs.data, clip=True)
     low_rank = seeded_batch(data, n, seed)
     full_rank = make_batch(full_rank_like(data, n, generator(seed + 1)), low_rank.mask, clip=True)

@@ -13,26 +13,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
-from ..config import DataConfig, max_abs_entry
+from ..config import Config, DataConfig, max_abs_entry
 from ..data import id_to_value, seeded_batch, value_to_id
 from ..hooks import act_name
 from ..losses import evaluate
 from ..model import MatrixBert
 from ..plots import figure
-from .common import Inputs, Result, Table, Text, loss_cells
+from .common import Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells
 
 TITLE = "Embeddings (Fig. 7, 9, 10)"
 PAPER = ("Token-embedding norm depends on |value| (symmetric about 0); the first two principal "
          "components separate sign and magnitude; position embeddings cluster by column after the drop, and "
          "permuting them destroys the model's accuracy (Fig. 7, 9, 10).")
 ORDER = 40
+
+
+def unsupported(cfg: Config) -> str | None:
+    return "position embeddings need at least 4 positions (t-SNE, neighbours)" if cfg.data.m * cfg.data.n < 4 else None
+
+
+def check(options: dict[str, Any], cfg: Config) -> None:
+    t, k = cfg.data.m * cfg.data.n, options.get("k", 4)
+    if k > t - 1:
+        raise ValueError(f"embeddings.k={k}: a position has only {t - 1} neighbours in a {cfg.data.m}x{cfg.data.n} matrix")
 
 
 def value_range(data: DataConfig) -> float:
@@ -79,11 +89,11 @@ def _step_numbers(model: MatrixBert, data: DataConfig, seed: int, k: int, perple
 
 def run(
     inputs: Inputs,
-    seed: int = 0,
-    n: int = 512,
-    k: int = 4,
-    permutations: int = 5,
-    perplexity: float = 10.0,
+    seed: Seed = 0,
+    n: Count = 512,
+    k: Annotated[int, at_least(1)] = 4,
+    permutations: Annotated[int, at_least(1)] = 5,
+    perplexity: Annotated[float, at_least(1)] = 10.0,
 ) -> Result:
     data = inputs.data
     t = data.m * data.n

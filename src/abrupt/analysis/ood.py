@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ..baselines import score_methods
-from ..config import DataConfig, validate_data
+from ..config import Config, DataConfig, validate_data
 from ..data import seeded_batch
 from ..plots import figure
-from .common import Inputs, Result, Table, Text
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of
 
 TITLE = "Out of distribution (Fig. 18, 19)"
 PAPER = ("Out of distribution the model behaves close to nuclear-norm minimization, except when the number of "
          "columns changes, since position embeddings encode the column (Fig. 18, 19).")
 ORDER = 90
+
+
+def unsupported(cfg: Config) -> str | None:
+    if min(cfg.data.m, cfg.data.n) < 3:
+        return "its variants (fewer rows or columns, down to 3) need at least a 3x3 matrix"
+    return needs_hidden(cfg)
 
 
 def default_variants(train: DataConfig) -> list[tuple[str, str, dict[str, Any]]]:
@@ -46,7 +52,7 @@ def default_variants(train: DataConfig) -> list[tuple[str, str, dict[str, Any]]]
     return out
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 512, solver: str = "torch") -> Result:
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, solver: Annotated[str, one_of("torch", "cvxpy")] = "torch") -> Result:
     """Each variant of `default_variants` on the last chosen checkpoint, with its own seeded batch."""
     step, model = inputs.post
     rows = []

@@ -15,10 +15,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data import Batch, make_batch, seeded_batch
+from ..config import Config
+from ..data import Batch, make_batch, sample_batch, seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
-from .common import Inputs, Result, Table, Text, group_by_layer, parse_heads, plot_head_tables
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, group_by_layer, parse_heads, plot_head_tables
 
 TITLE = "Activation patching"
 PAPER = ("Writing clean attention-head outputs into the run on -X moves the output toward X: the "
@@ -93,7 +94,16 @@ def patch(
     }
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 256, heads: str = "all", positions: str = "all") -> Result:
+def check(options: dict[str, Any], cfg: Config) -> None:
+    parse_heads(options.get("heads", "all"), cfg.model.layers, cfg.model.heads)
+    position_selector(options.get("positions", "all"), sample_batch(cfg.data, 1, torch.Generator().manual_seed(0)))
+
+
+def unsupported(cfg: Config) -> str | None:
+    return needs_hidden(cfg)
+
+
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all", positions: str = "all") -> Result:
     """`heads`: 'all' or 'L:H,...' ('*' wildcards) patched together; `positions`: 'all', 'hidden',
     'observed' or comma-separated indices. The per-head table always patches each head alone."""
     batch = seeded_batch(inputs.data, n, seed)

@@ -12,15 +12,16 @@ Fit on a seeded set of matrices, scored on held-out matrices (a split by matrix,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
+from ..config import Config
 from ..data import seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
 from ..plots import figure
-from .common import Inputs, Result, Table, Text
+from .common import Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Linear probes (Fig. 6)"
 PAPER = ("The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
@@ -68,7 +69,16 @@ def targets(batch, m: int, n: int) -> dict[str, torch.Tensor]:
     }
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 1024, holdout: float = 0.25, ridge: float = 1e-6) -> Result:
+def check(options: dict[str, Any], cfg: Config) -> None:
+    n, holdout = options.get("n", 1024), options.get("holdout", 0.25)
+    n_test = max(1, int(round(n * holdout)))
+    if n - n_test < 1:
+        raise ValueError(f"probe.n={n} with probe.holdout={holdout} leaves no matrix to fit on; raise probe.n or lower probe.holdout")
+
+
+def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,
+        holdout: Annotated[float, between(0, 1, open_lo=True, open_hi=True)] = 0.25,
+        ridge: Annotated[float, at_least(0)] = 1e-6) -> Result:
     data = inputs.data
     batch = seeded_batch(data, n, seed)
     t = data.m * data.n

@@ -20,7 +20,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 from ..rundir import atomic_write_json, read_json
-from .common import RunView, open_run
+from ..config import Config
+from .common import Check, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
 
@@ -45,6 +46,7 @@ def options() -> dict[str, dict[str, Any]]:
 
 
 def parse_option(analysis: str, key: str, raw: str) -> Any:
+    """The typed value of `--set analysis.key=raw`, checked against the option's rules."""
     analyses = discover()
     if analysis not in analyses:
         raise ValueError(f"unknown analysis '{analysis}'; choose from {', '.join(analyses)}")
@@ -53,14 +55,57 @@ def parse_option(analysis: str, key: str, raw: str) -> Any:
     typ = typing.get_type_hints(analyses[analysis].run)[key]
     try:
         if typ in (int, float, str):
-            return typ(raw)
-        args = typing.get_args(typ)
-        if typing.get_origin(typ) is tuple and args:
-            conv: Callable[[str], Any] = {int: int, float: float, str: str}[args[0]]
-            return tuple(conv(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"option '{analysis}.{key}': cannot read '{raw}' as {typ}") from None
-    raise ValueError(f"option '{analysis}.{key}' has an unsupported type {typ}")
+            value = typ(raw)
+        elif typing.get_origin(typ) is tuple and typing.get_args(typ):
+            conv: Callable[[str], Any] = {int: int, float: float, str: str}[typing.get_args(typ)[0]]
+            value = tuple(conv(x.strip()) for x in raw.split(",") if x.strip())
+        else:
+            raise ValueError(f"option '{analysis}.{key}' has an unsupported type {typ}")
+    except ValueError as e:
+        if "unsupported type" in str(e):
+            raise
+        raise ValueError(f"option '{analysis}.{key}': cannot read '{raw}' as {_type_name(typ)}") from None
+    _check_rules(analysis, key, value)
+    return value
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is tuple:
+        return f"a comma-separated list of {typing.get_args(typ)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "text"}.get(typ, str(typ))
+
+
+def _check_rules(analysis: str, key: str, value: Any) -> None:
+    hint = typing.get_type_hints(discover()[analysis].run, include_extras=True)[key]
+    for rule in getattr(hint, "__metadata__", ()):
+        if isinstance(rule, Check) and not rule.ok(value):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            raise ValueError(f"option '{analysis}.{key}': must be {rule.need}, got '{shown}'")
+
+
+def plan(cfg: Config, names: list[str], opts: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """Validate every option of every chosen analysis against its rules and this run, before
+    anything runs; returns the analyses to run and {name: why} for those this run cannot support."""
+    analyses = discover()
+    unknown = [n for n in list(names) + list(opts) if n not in analyses]
+    if unknown:
+        raise ValueError(f"unknown analysis {sorted(set(unknown))}; choose from {', '.join(analyses)}")
+    skipped = {}
+    for name in names:
+        mod = analyses[name]
+        for key, value in opts.get(name, {}).items():
+            if key not in options()[name]:
+                raise ValueError(f"unknown option '{name}.{key}'; {name} takes: {', '.join(options()[name])}")
+            _check_rules(name, key, value)
+        why = mod.unsupported(cfg) if hasattr(mod, "unsupported") else None
+        if why:
+            skipped[name] = why
+        elif hasattr(mod, "check"):
+            try:
+                mod.check(opts.get(name, {}), cfg)
+            except ValueError as e:
+                raise ValueError(f"{name} options: {e}") from None
+    return [n for n in names if n not in skipped], skipped
 
 
 def analyze(
@@ -73,11 +118,13 @@ def analyze(
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop checkpoints)."""
     analyses = discover()
     view = open_run(run_dir)
-    names = only or list(analyses)
-    unknown = [n for n in names if n not in analyses]
-    if unknown:
-        raise ValueError(f"unknown analysis {unknown}; choose from {', '.join(analyses)}")
     opts = opts or {}
+    names, skipped = plan(view.cfg, only or list(analyses), opts)
+    for name, why in skipped.items():
+        if progress:
+            print(f"  {name:11s} skipped: {why}", flush=True)
+    if not names:
+        raise ValueError("none of the chosen analyses can run on this run: " + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
     chosen = sorted(set(steps)) if steps else sorted({view.pre, view.post})
     missing = [s for s in chosen if s not in view.steps]
     if missing:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from ..config import Config
 from ..data import seeded_batch
 from ..losses import evaluate
 from ..model import MatrixBert
 from ..plots import figure
-from .common import Inputs, Result, Table, Text, loss_cells
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, loss_cells, one_of
 
 TITLE = "Switching components"
 PAPER = ("Attention is the component that changes at the drop: moving the attention weights between "
@@ -53,7 +54,11 @@ def transplant(into: MatrixBert, donor: MatrixBert, group: str) -> MatrixBert:
     return out
 
 
-def run(inputs: Inputs, seed: int = 0, n: int = 512, groups: tuple[str, ...] = tuple(GROUPS)) -> Result:
+def unsupported(cfg: Config) -> str | None:
+    return needs_hidden(cfg)
+
+
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, groups: Annotated[tuple[str, ...], each(one_of(*GROUPS))] = tuple(GROUPS)) -> Result:
     """Between the first (plateau) and the last (post-drop) chosen checkpoint."""
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
