@@ -69,7 +69,6 @@ def unsupported(cfg: Config) -> str | None:
 def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all",
         modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES) -> Result:
     """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
-    check_modes(modes)
     batch = seeded_batch(inputs.data, n, seed)
     numbers: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "modes": list(modes), "steps": {}}
     for step, model in inputs.models.items():
