@@ -77,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
     a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
 
+    w = sub.add_parser("sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray")
+    w.add_argument("spec", nargs="?", type=Path, help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c")
+    w.add_argument("--preset", help="preset of every trial (default: the spec's, else small)")
+    w.add_argument("--out", help="sweep directory (default sweeps/<preset>-<time>)")
+    w.add_argument("--resume", type=Path, metavar="SWEEP", help="finish the trials a stopped sweep left")
+    w.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="trials at once (default: one per core)")
+    w.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1: trials do not oversubscribe)")
+    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray cluster")
+    w.add_argument("--gpus", type=float, default=0.0, help="GPUs per trial (Ray backend)")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("overrides", nargs="*", metavar="key=a,b,c", help="swept (several values) or fixed (one value) keys; seed=0,1,2")
+
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
     return p
@@ -266,7 +279,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .rundir import unique_dir
+    from .sweep import Sweep, spec_from_args, spec_from_file
+
+    if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
+        args.overrides.insert(0, str(args.spec))
+        args.spec = None
+    limit = 4 * (os.cpu_count() or 1)
+    if not 1 <= args.workers <= 1024:
+        raise UsageError(f"--workers: must be in [1, 1024], got {args.workers}")
+    if not 1 <= args.threads <= limit:
+        raise UsageError(f"--threads: must be in [1, {limit}], got {args.threads}")
+    if not 0 <= args.gpus < math.inf:
+        raise UsageError(f"--gpus: must be >= 0, got {args.gpus}")
+    if args.resume:
+        if args.spec or args.overrides or args.preset or args.out:
+            raise UsageError("--resume takes everything from the sweep's sweep.json; give only --workers, --backend, --address")
+        sweep = Sweep.open(args.resume)
+    else:
+        if args.spec:
+            spec = spec_from_file(args.spec, args.preset)
+            if args.overrides:
+                extra = spec_from_args(spec.preset, args.overrides)
+                spec.fixed.update(extra.fixed)
+                spec.grid.update(extra.grid)
+                spec.seeds = extra.seeds or spec.seeds
+        else:
+            spec = spec_from_args(args.preset or "small", args.overrides)
+        out = Path(args.out) if args.out is not None else unique_dir(Path("sweeps"), f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        sweep = Sweep.create(out, spec, args.threads)
+    print(f"sweep: {len(sweep.trials)} trials in {sweep.out} ({args.backend}, {args.workers} at once, {sweep.threads} thread(s) each)")
+    rows = sweep.run(args.backend, args.workers, args.gpus, args.address, progress=not args.quiet)
+    status = [r.get("status") for r in rows.values()]
+    print(f"done: {status.count('done')} finished, {status.count('failed')} failed; see {sweep.out / 'summary.md'}")
+    return 0
+
+
 COMMANDS = {
+    "sweep": _cmd_sweep,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
     "train": _cmd_train,

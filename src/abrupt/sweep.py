@@ -1,0 +1,464 @@
+"""Many trainings at once: a grid (or a spec file) of overrides, each trial an ordinary run directory.
+
+    SWEEP/sweep.json        the spec, the backend, and every trial (index, name, overrides)
+    SWEEP/<trial name>/     one ordinary run directory per trial, named by its swept overrides
+    SWEEP/results.jsonl     a row per finished trial: overrides, status, seconds, summary, error
+    SWEEP/summary.md        a table, and figures: drop step and final L_mask against each swept
+                            key, every trial's L_mask curve on one plot
+
+Trials run in separate processes (a model seeds the global RNG; training installs signal
+handlers), on a local process pool by default or as Ray tasks (`backend="ray"`). A failed trial
+is recorded with its error and the sweep goes on; Ctrl-C stops every trial at a step boundary
+with a checkpoint, and `--resume` finishes what is left. One sweep at a time per directory
+(the same flock as a run directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import re
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from .config import ConfigError, apply_overrides, preset
+from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json, read_metrics
+
+
+@dataclass
+class SweepSpec:
+    """What to sweep. `grid`: cartesian product of value lists; `zip`: lists walked together (all
+    the same length); `seeds`: every combination repeated with these seeds; `fixed`: overrides for
+    every trial."""
+
+    preset: str = "small"
+    fixed: dict[str, str] = field(default_factory=dict)
+    grid: dict[str, list[str]] = field(default_factory=dict)
+    zip: dict[str, list[str]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+
+    def swept_keys(self) -> list[str]:
+        return list(self.grid) + list(self.zip) + (["seed"] if self.seeds else [])
+
+
+@dataclass
+class Trial:
+    index: int
+    name: str
+    overrides: dict[str, str]  # the swept values and the fixed ones, as override strings
+
+
+def _values(key: str, raw: Any) -> list[str]:
+    values = raw if isinstance(raw, list) else [raw]
+    out = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
+    if not out or any(not v.strip() for v in out):
+        raise ConfigError(f"sweep: {key} needs a non-empty list of values")
+    return out
+
+
+def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
+    """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with seeds."""
+    spec = SweepSpec(preset=preset_name)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"sweep: '{item}' is not of the form key=value or key=a,b,c")
+        values = _values(key, [v.strip() for v in raw.split(",")])
+        if key == "seed":
+            spec.seeds = [_seed(v) for v in values]
+        elif len(values) > 1:
+            spec.grid[key] = values
+        else:
+            spec.fixed[key] = values[0]
+    return spec
+
+
+def _seed(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"sweep: seed '{raw}' is not an integer") from None
+
+
+def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
+    """A YAML spec file (see the README): preset, fixed, grid, zip, seeds (a list, or a count)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"sweep spec {path}: cannot read it ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep spec {path}: expected a mapping with preset, fixed, grid, zip, seeds")
+    unknown = set(raw) - {"preset", "fixed", "grid", "zip", "seeds"}
+    if unknown:
+        raise ConfigError(f"sweep spec {path}: unknown section(s) {sorted(unknown)}; use preset, fixed, grid, zip, seeds")
+    seeds = raw.get("seeds") or []
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list):
+        raise ConfigError(f"sweep spec {path}: seeds must be a list or a count")
+    sections = {}
+    for name in ("fixed", "grid", "zip"):
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"sweep spec {path}: {name} must map keys to values")
+        sections[name] = section
+    return SweepSpec(
+        preset=preset_name or str(raw.get("preset", "small")),
+        fixed={k: _values(k, v)[0] for k, v in sections["fixed"].items()},
+        grid={k: _values(k, v) for k, v in sections["grid"].items()},
+        zip={k: _values(k, v) for k, v in sections["zip"].items()},
+        seeds=[_seed(str(s)) for s in seeds],
+    )
+
+
+def _name(swept: dict[str, str]) -> str:
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()) or "trial"
+    return re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text)
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """Every trial of the spec, each validated as a full configuration (ConfigError names the trial)."""
+    lengths = {len(v) for v in spec.zip.values()}
+    if len(lengths) > 1:
+        raise ConfigError(f"sweep: zip lists must have one length, got {dict((k, len(v)) for k, v in spec.zip.items())}")
+    overlap = (set(spec.grid) & set(spec.zip)) | (set(spec.fixed) & (set(spec.grid) | set(spec.zip)))
+    if overlap:
+        raise ConfigError(f"sweep: key(s) {sorted(overlap)} given more than once")
+    zipped = [dict(zip(spec.zip, row)) for row in zip(*spec.zip.values())] if spec.zip else [{}]
+    grid = [dict(zip(spec.grid, combo)) for combo in itertools.product(*spec.grid.values())]
+    seeds = [{"seed": str(s)} for s in spec.seeds] or [{}]
+    trials = []
+    for g, z, s in itertools.product(grid, zipped, seeds):
+        swept = {**g, **z, **s}
+        trial = Trial(len(trials), _name(swept), {**spec.fixed, **swept})
+        try:
+            config_of(spec.preset, trial.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"sweep trial {trial.name}: {e}") from None
+        trials.append(trial)
+    if len({t.name for t in trials}) != len(trials):
+        raise ConfigError("sweep: two trials would share a directory name; make the swept values distinct")
+    return trials
+
+
+def config_of(preset_name: str, overrides: dict[str, str]):
+    return apply_overrides(preset(preset_name), [f"{k}={v}" for k, v in overrides.items()])
+
+
+# --- one trial, in its own process -------------------------------------------------------------------
+
+def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int) -> dict[str, Any]:
+    """Train (or finish) one trial's run directory; never raises: the row says what happened."""
+    import torch
+
+    from . import checkpoints
+    from .rundir import finish
+    from .train import resume_point, train
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"status": "done", "error": None}
+    try:
+        cfg = config_of(preset_name, overrides)
+        out = Path(out_dir)
+        started = (out / "config.json").exists()
+        last = resume_point(out) if started else None
+        if last is not None and last.step >= cfg.train.steps:
+            summary = finish(out)  # finished before the sweep was stopped
+        else:
+            summary = train(cfg, out, resume=started, progress=False)
+        row["summary"] = summary
+    except KeyboardInterrupt:
+        row.update(status="interrupted", summary=None)
+    except (Exception, checkpoints.CheckpointError) as e:  # a failed trial must not stop the sweep
+        row.update(status="failed", summary=None, error=f"{type(e).__name__}: {e}")
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _ignore_sigint_while_idle() -> None:
+    # Ctrl-C reaches every process of the group; an idle worker must not die of it (a training
+    # worker installs its own handler, which saves a checkpoint and stops at a step boundary).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --- backends ---------------------------------------------------------------------------------------
+
+class LocalBackend:
+    """A process pool on this machine (spawned processes: nothing inherited but the arguments)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_ignore_sigint_while_idle)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
+
+    def wait(self, pending: set, timeout: float) -> tuple[set, set]:
+        done, rest = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        return done, rest
+
+    @staticmethod
+    def result(handle: Any) -> dict[str, Any]:
+        return handle.result()
+
+    def interrupt(self) -> None:
+        """Ask every running trial to stop at its next step boundary (as Ctrl-C in a terminal does)."""
+        for proc in list(getattr(self.pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class RayBackend:
+    """Each trial a Ray task with its CPU (and GPU) request; `address` None starts a local cluster."""
+
+    def __init__(self, workers: int, threads: int, gpus: float, address: str | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray needs Ray: pip install 'abrupt[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                kwargs["address"] = address
+            else:
+                kwargs["num_cpus"] = workers * threads
+            ray.init(**kwargs)
+        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_trial)
+        self.running: list = []
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        return self.remote.remote(*args)
+
+    def wait(self, pending: set, timeout: float) -> tuple[set, set]:
+        self.running = list(pending)
+        done, rest = self.ray.wait(list(pending), num_returns=1, timeout=timeout)
+        return set(done), set(rest)
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        return self.ray.get(handle)
+
+    def interrupt(self) -> None:
+        for ref in self.running:
+            self.ray.cancel(ref)
+
+    def stop(self) -> None:
+        self.ray.shutdown()
+
+
+# --- the sweep ----------------------------------------------------------------------------------------
+
+@dataclass
+class Sweep:
+    out: Path
+    spec: SweepSpec
+    trials: list[Trial]
+    threads: int = 1
+
+    @classmethod
+    def create(cls, out: Path, spec: SweepSpec, threads: int = 1) -> "Sweep":
+        trials = expand(spec)
+        out = Path(out)
+        if (out / "sweep.json").exists():
+            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt sweep --resume {out}`")
+        if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+            raise RunDirError(f"{out} is not empty and is not a sweep; choose a new or empty directory")
+        ensure_dir(out)
+        sweep = cls(out, spec, trials, threads)
+        atomic_write_json(out / "sweep.json", {"spec": dataclasses.asdict(spec), "threads": threads,
+                                              "trials": [dataclasses.asdict(t) for t in trials]})
+        return sweep
+
+    @classmethod
+    def open(cls, out: Path) -> "Sweep":
+        out = Path(out)
+        if not (out / "sweep.json").exists():
+            raise RunDirError(f"{out} is not a sweep directory (no sweep.json)")
+        raw = read_json(out / "sweep.json")
+        try:
+            return cls(out, SweepSpec(**raw["spec"]), [Trial(**t) for t in raw["trials"]], int(raw.get("threads", 1)))
+        except (KeyError, TypeError) as e:
+            raise RunDirError(f"{out / 'sweep.json'} is not a valid sweep record ({e})") from None
+
+    def rows(self) -> dict[int, dict[str, Any]]:
+        """The latest row of each trial in results.jsonl."""
+        latest = {}
+        for row in read_results(self.out / "results.jsonl"):
+            latest[row["index"]] = row
+        return latest
+
+    def run(self, backend: str = "local", workers: int = 1, gpus: float = 0.0, address: str | None = None,
+            progress: bool = True) -> dict[int, dict[str, Any]]:
+        """Run every trial not yet done; returns the final row of each trial."""
+        with RunLock(self.out):
+            todo = [t for t in self.trials if self.rows().get(t.index, {}).get("status") != "done"]
+            engine = RayBackend(workers, self.threads, gpus, address) if backend == "ray" else LocalBackend(workers)
+            try:
+                self._drive(engine, todo, progress)
+            finally:
+                engine.stop()
+                self._rewrite_results()
+            rows = self.rows()
+        write_summary(self)
+        return rows
+
+    def _drive(self, engine: Any, todo: list[Trial], progress: bool) -> None:
+        bar = tqdm(total=len(self.trials), initial=len(self.trials) - len(todo), disable=not progress, desc="sweep", unit="trial")
+        pending = {engine.submit(run_trial, self.spec.preset, t.overrides, str((self.out / t.name).resolve()), self.threads): t
+                   for t in todo}
+        counts = {"failed": 0, "interrupted": 0}
+        best = math.inf
+        interrupted = False
+        try:
+            while pending:
+                try:
+                    done, _ = engine.wait(set(pending), timeout=1.0)
+                except KeyboardInterrupt:
+                    if not interrupted:  # the trials stop at a step boundary and report back
+                        interrupted = True
+                        engine.interrupt()
+                    continue
+                for handle in done:
+                    trial = pending.pop(handle)
+                    row = self._record(trial, engine.result(handle))
+                    if row["status"] in counts:
+                        counts[row["status"]] += 1
+                    final = (row.get("summary") or {}).get("final_loss_mask")
+                    best = min(best, final) if isinstance(final, (int, float)) else best
+                    bar.update(1)
+                    bar.set_postfix(running=len(pending), failed=counts["failed"], best_L_mask=f"{best:.4g}", refresh=False)
+        finally:
+            bar.close()
+        if interrupted or counts["interrupted"]:
+            raise KeyboardInterrupt
+
+    def _record(self, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
+        row = {"index": trial.index, "trial": trial.name, "overrides": trial.overrides, **result}
+        with open(self.out / "results.jsonl", "a") as f:
+            f.write(dumps(row) + "\n")
+        return row
+
+    def _rewrite_results(self) -> None:
+        """One row per trial, in trial order: the same file however often the sweep was resumed."""
+        rows = self.rows()
+        text = "".join(dumps(rows[i]) + "\n" for i in sorted(rows))
+        atomic_write_bytes(self.out / "results.jsonl", text.encode())
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """JSON lines of a sweep's results (a line cut by a kill is skipped)."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("index"), int):
+            rows.append(row)
+    return rows
+
+
+# --- summary and figures ------------------------------------------------------------------------------
+
+def _number(v: str) -> float | str:
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+
+def write_summary(sweep: Sweep) -> Path:
+    """summary.md with a table of every trial and, per swept key, a figure of drop step and final
+    L_mask against its value; and one figure of every trial's L_mask curve."""
+    from .plots import figure, plt
+
+    rows = sweep.rows()
+    keys = sweep.spec.swept_keys()
+    lines = [f"# Sweep `{sweep.out.name}`", "", f"Preset `{sweep.spec.preset}`; fixed: "
+             + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
+             "| trial | " + " | ".join(keys) + " | status | drop step | dropped 10x | plateau L_mask | final L_mask | seconds |",
+             "|---" * (len(keys) + 7) + "|"]
+    for t in sweep.trials:
+        r = rows.get(t.index, {"status": "not run"})
+        s = r.get("summary") or {}
+        cells = [t.overrides.get(k, "") for k in keys]
+        lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('drop_step')} | {s.get('dropped')} | "
+                     + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(s.get("final_loss_mask")) + f" | {r.get('seconds', '')} |")
+    failed = [r for r in rows.values() if r.get("status") == "failed"]
+    if failed:
+        lines += ["", "Failed trials:", ""] + [f"- {r['trial']}: {r['error']}" for r in failed]
+    lines += ["", _drop_stats(rows.values()), ""]
+    figures = []
+    for key in keys:
+        path = sweep.out / f"by_{key.replace('.', '_')}.png"
+        with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
+            for ax, field_, label in ((axes[0][0], "drop_step", "drop step"), (axes[0][1], "final_loss_mask", "final L_mask")):
+                pts = [(_number(t.overrides.get(key, "")), (rows.get(t.index, {}).get("summary") or {}).get(field_)) for t in sweep.trials]
+                pts = [(x, y) for x, y in pts if isinstance(y, (int, float))]
+                xs = [x for x, _ in pts]
+                ax.scatter([str(x) if isinstance(x, str) else x for x in xs], [y for _, y in pts], color="tab:red")
+                ax.set_xlabel(key)
+                ax.set_ylabel(label)
+                if field_ == "final_loss_mask":
+                    ax.set_yscale("log")
+                ax.grid(alpha=0.3)
+        figures.append(path)
+    curves = sweep.out / "curves.png"
+    color_key = next((k for k in keys if k != "seed"), keys[0] if keys else None)
+    values = sorted({_number(t.overrides.get(color_key, "")) for t in sweep.trials}, key=str) if color_key else []
+    with figure(curves, figsize=(7, 4.2)) as (fig, axes):
+        ax = axes[0][0]
+        for t in sweep.trials:
+            metrics = read_metrics(sweep.out / t.name) if (sweep.out / t.name).is_dir() else []
+            if not metrics:
+                continue
+            v = _number(t.overrides.get(color_key, "")) if color_key else ""
+            color = plt.cm.viridis(values.index(v) / max(len(values) - 1, 1)) if color_key else "tab:red"
+            ax.plot([m["step"] for m in metrics], [m.get("eval_loss_mask") for m in metrics], color=color, lw=1,
+                    label=f"{color_key}={v}" if t.overrides.get("seed", "0") in ("0", None) or "seed" not in keys else None)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("L_mask (evaluation batch)")
+        ax.grid(alpha=0.3, which="both")
+        if color_key:
+            ax.legend(fontsize=7)
+    figures.append(curves)
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    path = sweep.out / "summary.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+
+def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
+    rows = [r for r in rows if r.get("status") == "done"]
+    drops = sorted(r["summary"]["drop_step"] for r in rows if r["summary"].get("drop_step") is not None)
+    tenfold = sum(1 for r in rows if r["summary"].get("dropped"))
+    if not drops:
+        return f"Drop step: no trial of {len(rows)} dropped."
+    median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
+    return (f"Drop step over {len(rows)} finished trials: {len(drops)} dropped (below half the plateau), {tenfold} reached 10x "
+            f"below it; median {median:g}, range {drops[0]}–{drops[-1]}.")

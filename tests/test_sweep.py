@@ -1,0 +1,129 @@
+"""Sweeps: spec parsing and expansion, backends giving the same numbers, failures, kills, one sweep per directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from abrupt.cli import main
+from abrupt.config import ConfigError
+from abrupt.sweep import Sweep, expand, read_results, spec_from_args, spec_from_file
+
+QUIET = ["--preset", "tiny", "--quiet", "--workers", "2"]
+
+
+def comparable(path):
+    """results.jsonl without wall-clock fields."""
+    rows = []
+    for row in read_results(path):
+        row.pop("seconds")
+        if row.get("summary"):
+            row["summary"].pop("seconds")
+        rows.append(row)
+    return rows
+
+
+def test_grid_from_the_command_line():
+    spec = spec_from_args("tiny", ["model.hidden=16,32", "seed=0,1,2", "train.steps=40"])
+    assert spec.grid == {"model.hidden": ["16", "32"]} and spec.seeds == [0, 1, 2] and spec.fixed == {"train.steps": "40"}
+    trials = expand(spec)
+    assert [t.name for t in trials] == [f"hidden={h}_seed={s}" for h in (16, 32) for s in (0, 1, 2)]
+    assert trials[4].overrides == {"train.steps": "40", "model.hidden": "32", "seed": "1"}
+
+
+def test_spec_file_with_zip_and_a_seed_count(tmp_path):
+    path = tmp_path / "depth.yaml"
+    path.write_text("preset: tiny\nfixed: {train.steps: 40}\ngrid: {model.heads: [1, 2]}\n"
+                    "zip: {model.layers: [1, 2], model.mlp: [32, 64]}\nseeds: 2\n")
+    spec = spec_from_file(path)
+    trials = expand(spec)
+    assert len(trials) == 2 * 2 * 2
+    assert {(t.overrides["model.layers"], t.overrides["model.mlp"]) for t in trials} == {("1", "32"), ("2", "64")}
+    assert {t.overrides["seed"] for t in trials} == {"0", "1"}
+
+
+@pytest.mark.parametrize("items,message", [
+    (["model.bogus=1,2"], "unknown key"),
+    (["model.hidden="], "non-empty"),
+    (["model.hidden=16,x"], "expected an integer"),
+    (["model.heads=3,4"], "must divide"),
+    (["seed=a,b"], "seed"),
+])
+def test_bad_specs_are_refused_before_any_trial(items, message):
+    with pytest.raises(ConfigError, match=message):
+        expand(spec_from_args("tiny", items))
+
+
+def test_bad_spec_on_the_command_line_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", *QUIET, "--out", str(out), "model.hidden=16,30", "model.heads=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "hidden=30" in err[0]
+    assert not out.exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {model.hidden: [16]}\nextra: 1\n")
+    assert main(["sweep", str(bad), *QUIET, "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_failed_trial_is_recorded_and_the_others_finish(tmp_path):
+    out = tmp_path / "sw"
+    assert main(["sweep", *QUIET, "--out", str(out), "train.device=cpu,cuda", "train.steps=20"]) == 0
+    rows = {r["trial"]: r for r in read_results(out / "results.jsonl")}
+    assert rows["device=cpu"]["status"] == "done" and rows["device=cpu"]["summary"]["steps"] == 20
+    assert rows["device=cuda"]["status"] == "failed" and "CUDA is not available" in rows["device=cuda"]["error"]
+    summary = (out / "summary.md").read_text()
+    assert "Failed trials" in summary and (out / "curves.png").exists() and (out / "by_train_device.png").exists()
+    # each trial is an ordinary run directory
+    assert main(["analyze", str(out / "device=cpu"), "--only", "probe"]) == 0
+
+
+def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
+    args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "seed=0,1", "train.steps=400",
+            "train.ckpt_every=50"]
+    assert main(["sweep", *args, "--out", str(tmp_path / "straight")]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((killed / d / "checkpoints" / "step_100.json").exists()
+                                             for d in ("hidden=16_seed=0", "hidden=16_seed=1")):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every trial, outright
+    proc.wait()
+    assert len(read_results(killed / "results.jsonl")) < 4
+    assert main(["sweep", "--resume", str(killed), "--quiet", "--workers", "2"]) == 0
+    assert comparable(killed / "results.jsonl") == comparable(tmp_path / "straight" / "results.jsonl")
+
+
+def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", *QUIET, "--out", str(out), "seed=0", "train.steps=10"]) == 0
+    assert main(["sweep", *QUIET, "--out", str(out), "seed=1", "train.steps=10"]) == 2
+    assert "already holds a sweep" in capsys.readouterr().err
+    busy = Sweep.open(out)
+    from abrupt.rundir import RunLock
+
+    with RunLock(out):  # as a running sweep holds it
+        assert main(["sweep", "--resume", str(out), "--quiet"]) == 2
+        assert "in use by another process" in capsys.readouterr().err
+    assert busy.rows()[0]["status"] == "done"
+
+
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')")
+def test_local_and_ray_give_the_same_numbers(tmp_path):
+    args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "train.steps=30"]
+    assert main(["sweep", *args, "--out", str(tmp_path / "local")]) == 0
+    assert main(["sweep", *args, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
+    local, ray_rows = comparable(tmp_path / "local" / "results.jsonl"), comparable(tmp_path / "ray" / "results.jsonl")
+    assert local == ray_rows and all(r["status"] == "done" for r in local)
+    m_local = (tmp_path / "local" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
+    m_ray = (tmp_path / "ray" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]  # noqa: E731
+    assert strip(m_local) == strip(m_ray)
