@@ -92,7 +92,10 @@ def save(
     optim: torch.optim.Optimizer | None,
     data_rng: torch.Generator | None,
     meta: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Checkpoint:
+    """Weights, and with an optimizer its state, the data generator and `extra` training state
+    (e.g. a gradient filter's running average) for an exact resume."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     weights = ckpt_dir / f"step_{step}.safetensors"
     _atomic_save_tensors(weights, model.state_dict(), {"step": str(step)})
@@ -100,6 +103,7 @@ def save(
     if optim is not None and data_rng is not None:
         state = _optim_tensors(model, optim)
         state["__data_rng__"] = data_rng.get_state()
+        state.update({f"__extra__::{k}": v for k, v in (extra or {}).items()})
         optim_path = ckpt_dir / f"step_{step}.optim.safetensors"
         _atomic_save_tensors(optim_path, state, {"step": str(step)})
         files[optim_path.name] = {"bytes": optim_path.stat().st_size, "sha256": _sha256(optim_path)}
@@ -165,7 +169,7 @@ def find(run_dir: Path, step: int | None = None) -> Checkpoint:
     return ckpt
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -175,7 +179,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed)
     try:
-        model.load_state_dict(_load_tensors(ckpt.weights))
+        model.load_state_dict(load_tensors(ckpt.weights))
     except RuntimeError as e:
         raise CheckpointError(f"{ckpt.weights} does not match the run's model configuration: {e}") from None
     return model.to(device).eval()
@@ -183,18 +187,24 @@ def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu"
 
 def load_training_state(
     ckpt: Checkpoint, model: MatrixBert, optim: torch.optim.Optimizer, data_rng: torch.Generator
-) -> None:
-    """Restore model weights, Adam moments and the data generator from a checkpoint in place."""
+) -> dict[str, torch.Tensor]:
+    """Restore model weights, Adam moments and the data generator from a checkpoint in place;
+    returns the extra training state saved with it."""
     if not ckpt.optim.exists() or ckpt.optim.name not in ckpt.meta.get("files", {}):
         raise CheckpointError(f"checkpoint at step {ckpt.step} has no optimizer state to resume from")
-    model.load_state_dict(_load_tensors(ckpt.weights))
-    state = _load_tensors(ckpt.optim)
+    model.load_state_dict(load_tensors(ckpt.weights))
+    state = load_tensors(ckpt.optim)
     data_rng.set_state(state.pop("__data_rng__"))
+    extra = {k.partition("::")[2]: v for k, v in state.items() if k.startswith("__extra__::")}
     params = dict(model.named_parameters())
+    fused = bool(optim.defaults.get("fused"))  # fused Adam keeps its step count on the device
     for key, value in state.items():
         name, _, field = key.partition("::")
+        if name == "__extra__":
+            continue
         p = params[name]
-        optim.state[p][field] = value.to(p.device) if field != "step" else value
+        optim.state[p][field] = value.to(p.device) if field != "step" or fused else value
+    return extra
 
 
 def read_config(run_dir: Path) -> Config:

@@ -46,6 +46,7 @@ class ModelConfig:
     init_std: float = 0.02
     pos_init_std: float = 0.0  # 0 means: same as init_std
     ln_eps: float = 1e-12
+    attn_temperature: float = 1.0  # intervention: attention logits divided by this (1 = the paper)
 
 
 @dataclass
@@ -65,6 +66,16 @@ class TrainConfig:
     ckpt_log_points: int = 8  # ... plus this many log-spaced early checkpoints below it
     keep_optim: int = 2  # optimizer/RNG state kept for the newest N checkpoints (resume needs one)
     stop_after_drop: int = 0  # >0: end this many steps after L_mask first falls 10x below plateau
+    tf32: bool = False  # CUDA only: TF32 matmuls (recorded; fp32 otherwise)
+    optimizer: str = "adam"  # adam (the paper) | adamw (decoupled weight decay)
+    weight_decay: float = 0.0  # adamw only
+    group_lr: str = ""  # intervention: lr multipliers per parameter group, e.g. "pos_embed=10,mlp=0.5" (groups.py)
+    grokfast_alpha: float = 0.0  # intervention: gradient low-pass filter (Grokfast EMA); 0 = off
+    grokfast_lambda: float = 0.0  # ... the filtered gradient is amplified by this and added
+    progress: bool = False  # log progress measures (attention row/column mass, collapse, position purity, per-group grad norms)
+    init_from: str = ""  # start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
+    trainable: str = "all"  # train only these parameter groups (comma-separated); the rest stay frozen
+    reinit: str = ""  # re-initialise these groups (as at step 0) after init_from
 
 
 @dataclass
@@ -75,6 +86,14 @@ class CurriculumConfig:
     mean: float = 0.0  # factor-mean shift: training factors are U[low, high] + mean ...
     hold: int = 0  # ... for this many steps ...
     decay: int = 0  # ... then fall linearly to 0 over this many steps
+    rank: int = 0  # > 0: training matrices of this rank for the first `hold` steps
+    p_mask: float = -1.0  # >= 0: training masks at this rate for the first `hold` steps
+
+    def data_at(self, data: "DataConfig", step: int) -> "DataConfig":
+        """The training data's configuration at `step` (the target `data` once the curriculum ends)."""
+        if step > self.hold or (not self.rank and self.p_mask < 0):
+            return data
+        return dataclasses.replace(data, rank=self.rank or data.rank, p_mask=data.p_mask if self.p_mask < 0 else self.p_mask)
 
     def shift(self, step: int) -> float:
         """The factor-mean shift of the training batch at `step` (1-based)."""
@@ -290,6 +309,34 @@ def validate_data(d: DataConfig) -> None:
         )
 
 
+def group_lr(spec: str) -> dict[str, float]:
+    """'pos_embed=10,mlp=0.5' -> {'pos_embed': 10.0, 'mlp': 0.5}."""
+    out = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            scale = float(value)
+        except ValueError:
+            scale = math.nan
+        if not sep or not 0 < scale < math.inf:
+            raise ConfigError(f"train.group_lr: '{item}' is not GROUP=POSITIVE_NUMBER")
+        out[name.strip()] = scale
+    return out
+
+
+def _check_groups(cfg: Config) -> None:
+    from . import groups
+
+    t = cfg.train
+    for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit), ("train.group_lr", ",".join(group_lr(t.group_lr)))):
+        try:
+            groups.check(groups.split(spec), cfg.model.layers)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    _need(bool(groups.split(t.trainable)), "train.trainable: name at least one group (all = everything)")
+    _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
+
+
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
@@ -316,12 +363,21 @@ def validate(cfg: Config) -> None:
     need(t.ckpt_log_points >= 0, f"train.ckpt_log_points: must be >= 0, got {t.ckpt_log_points}")
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
+    need(0 < m.attn_temperature < math.inf, f"model.attn_temperature: must be a positive number, got {m.attn_temperature}")
+    need(t.optimizer in ("adam", "adamw"), f"train.optimizer: must be adam or adamw, got '{t.optimizer}'")
+    need(0 <= t.weight_decay < math.inf, f"train.weight_decay: must be a number >= 0, got {t.weight_decay}")
+    need(t.weight_decay == 0 or t.optimizer == "adamw", "train.weight_decay: only with train.optimizer=adamw (Adam's L2 is not what you want)")
+    need(0 <= t.grokfast_alpha < 1, f"train.grokfast_alpha: must be in [0, 1), got {t.grokfast_alpha}")
+    need(0 <= t.grokfast_lambda < math.inf, f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}")
+    _check_groups(cfg)
     c = cfg.curriculum
+    need(0 <= c.rank <= min(cfg.data.m, cfg.data.n), f"curriculum.rank: must be in [0, {min(cfg.data.m, cfg.data.n)}] (0 = off), got {c.rank}")
+    need(c.p_mask == -1.0 or 0 <= c.p_mask < 1, f"curriculum.p_mask: must be in [0, 1), or -1 for off, got {c.p_mask}")
     need(math.isfinite(c.mean), f"curriculum.mean: must be finite, got {c.mean}")
     need(c.hold >= 0 and c.decay >= 0, "curriculum.hold/decay: must be >= 0")
     need(not c.mean or cfg.data.distribution == "uniform", "curriculum.mean: only for data.distribution=uniform")
-    if c.mean:
-        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean)
+    if c.mean or c.rank:
+        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean, rank=max(c.rank, cfg.data.rank))
         bound = max_abs_entry(shifted)
         need(shifted.clip or bound <= VOCAB_MAX,
-             f"curriculum.mean: shifted factors reach |x| = {bound:g}, beyond the vocabulary; lower it or set data.clip=true")
+             f"curriculum: its training data reach |x| = {bound:g}, beyond the vocabulary; lower curriculum.mean/rank or set data.clip=true")

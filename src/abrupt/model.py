@@ -36,6 +36,7 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.head_dim = cfg.hidden // cfg.heads
+        self.temperature = cfg.attn_temperature
         self.q = nn.Linear(cfg.hidden, cfg.hidden)
         self.k = nn.Linear(cfg.hidden, cfg.hidden)
         self.v = nn.Linear(cfg.hidden, cfg.hidden)
@@ -54,11 +55,13 @@ class Attention(nn.Module):
         v = self.hook_v(self._split(self.v(x)))
         if self.hook_pattern.active:
             # Exact path: materialise the pattern so hooks can read or replace it.
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        else:
+        elif self.temperature == 1.0:  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
 

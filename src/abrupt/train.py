@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
+import re
 import signal
 import threading
 import time
@@ -20,8 +21,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, transition
-from .config import Config, validate
+from . import __version__, checkpoints, groups, progress, transition
+from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
 from .losses import as_floats, evaluate, losses
 from .model import build_model
@@ -30,6 +31,7 @@ from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps,
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
 _EVAL_STREAM = 2_000_003
+PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluation batch
 
 
 class TrainingError(RuntimeError):
@@ -98,15 +100,55 @@ def _stop_requests():
             signal.signal(sig, h)
 
 
+def parse_init_from(spec: str) -> tuple[Path, int | None]:
+    """'RUN' or 'RUN@STEP' -> (run directory, step or None for its last checkpoint)."""
+    run, sep, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if sep and not step.isdigit():
+        raise ConfigError(f"train.init_from: '{spec}' is not RUN or RUN@STEP")
+    return Path(run), int(step) if sep else None
+
+
+def load_init(model: torch.nn.Module, spec: str) -> int:
+    """Copy another run's weights into `model` (every tensor, shapes checked by name); returns the step."""
+    run, step = parse_init_from(spec)
+    try:
+        ckpt = checkpoints.find(run, step)
+    except checkpoints.CheckpointError as e:
+        raise ConfigError(f"train.init_from: {e}") from None
+    source = checkpoints.load_tensors(ckpt.weights)
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in source:
+            raise ConfigError(f"train.init_from: {ckpt.weights} has no tensor '{name}'")
+        if source[name].shape != tensor.shape:
+            raise ConfigError(f"train.init_from: tensor '{name}' is {tuple(source[name].shape)} in {run}, "
+                              f"{tuple(tensor.shape)} in this model")
+    extra = sorted(set(source) - set(own))
+    if extra:
+        raise ConfigError(f"train.init_from: {run} has tensors this model lacks: {', '.join(extra[:3])}")
+    model.load_state_dict(source)
+    return ckpt.step
+
+
 class Trainer:
     """One run's model, optimizer, data stream and run directory."""
 
     def __init__(self, cfg: Config, out_dir: Path, progress: bool = True) -> None:
         self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
-        self.device = resolve_device(cfg.train.device)
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
         self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed).to(self.device)
-        self.optim = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
-        self.data_rng = generator(cfg.seed + _TRAIN_STREAM)
+        trainable = set().union(*(groups.names(self.model, g) for g in groups.split(t.trainable)))
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(name in trainable)
+        self.optim = self._optimizer()
+        # On a GPU the batches are drawn there, from a generator of that device: no copy per step.
+        self.data_rng = generator(cfg.seed + _TRAIN_STREAM, self.device)
+        self.grok_ema: dict[str, torch.Tensor] = {}
+        self.part_of = {name: next(g for g in groups.PARTS if re.search(groups.pattern(g), name))
+                        for name, _ in self.model.named_parameters()}
         self.evalset = eval_batch(cfg).to(self.device)
         self.ckpt_at = checkpoint_steps(cfg)
         self.use_bf16 = cfg.train.bf16 and self.device.type == "cuda"
@@ -117,8 +159,30 @@ class Trainer:
 
     # --- start ----------------------------------------------------------------------------------
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """Adam (or AdamW) over the trainable parameters, one parameter group per lr multiplier."""
+        t = self.cfg.train
+        scales = group_lr(t.group_lr)
+        patterns = {g: re.compile(groups.pattern(g)) for g in scales}
+        by_scale: dict[float, list[torch.nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                scale = next((scales[g] for g, rx in patterns.items() if rx.search(name)), 1.0)
+                by_scale.setdefault(scale, []).append(p)
+        param_groups = [{"params": ps, "lr_scale": scale} for scale, ps in by_scale.items()]
+        kwargs: dict[str, Any] = {"lr": t.lr, "betas": (t.beta1, t.beta2), "fused": self.device.type == "cuda" or None}
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(param_groups, weight_decay=t.weight_decay, **kwargs)
+        return torch.optim.Adam(param_groups, **kwargs)
+
     def start_fresh(self) -> int:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        t = self.cfg.train
+        if t.init_from:
+            fresh = {k: v.clone() for k, v in self.model.state_dict().items()}
+            load_init(self.model, t.init_from)
+            reinit = set().union(*(groups.names(self.model, g) for g in groups.split(t.reinit))) if t.reinit else set()
+            self.model.load_state_dict({k: fresh[k] if k in reinit else v for k, v in self.model.state_dict().items()})
         write_metrics(self.out_dir, [])
         self._write_config()
         self.save(0)
@@ -133,7 +197,8 @@ class Trainer:
             return self.start_fresh()
         if ckpt.step >= self.cfg.train.steps:
             raise TrainingError(f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that")
-        checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
+        extra = checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
+        self.grok_ema = {k.removeprefix("grokfast_ema."): v.to(self.device) for k, v in extra.items() if k.startswith("grokfast_ema.")}
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
         write_metrics(self.out_dir, self.rows)
         self._write_config()
@@ -141,7 +206,9 @@ class Trainer:
         return ckpt.step
 
     def _write_config(self) -> None:
-        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": runtime()})
+        info = {**runtime(), "device": str(self.device), "fused_adam": bool(self.optim.defaults.get("fused")),
+                "device_sampling": self.device.type != "cpu"}
+        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": info})
 
     # --- one step, one log row, one checkpoint ----------------------------------------------------
 
@@ -149,32 +216,59 @@ class Trainer:
         t = self.cfg.train
         return t.lr * min(1.0, step / t.warmup) if t.warmup else t.lr
 
-    def step(self, step: int, want_grad_norm: bool) -> tuple[dict[str, torch.Tensor], float | None]:
-        """One Adam step on a fresh batch; the batch's losses (tensors) and, if asked, the gradient norm."""
+    def step(self, step: int, want_norms: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """One optimizer step on a fresh batch; the batch's losses (tensors, left on the device)
+        and, if asked, gradient norms (these read back from the device, so only at log steps)."""
+        lr = self.lr_at(step)
         for group in self.optim.param_groups:
-            group["lr"] = self.lr_at(step)
-        batch = sample_batch(self.cfg.data, self.cfg.train.batch_size, self.data_rng,
-                             self.cfg.curriculum.shift(step)).to(self.device)
+            group["lr"] = lr * group["lr_scale"]
+        data = self.cfg.curriculum.data_at(self.cfg.data, step)
+        # The data's range is validated up front, so no per-batch range check (a host sync).
+        batch = sample_batch(data, self.cfg.train.batch_size, self.data_rng, self.cfg.curriculum.shift(step), check=False)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             pred = self.forward(batch.tokens)
         parts = losses(pred, batch)
-        if not torch.isfinite(parts["loss"]):
-            raise TrainingError(self._divergence(step, f"the training loss became {parts['loss'].item()}"))
         self.optim.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        grad_norm = None
-        if want_grad_norm:
-            grads = [p.grad.norm() for p in self.model.parameters() if p.grad is not None]
-            grad_norm = torch.linalg.vector_norm(torch.stack(grads)).item()
+        norms = self._grad_norms() if want_norms else {}
+        if self.cfg.train.grokfast_alpha:
+            self._grokfast()
         self.optim.step()
-        return parts, grad_norm
+        return parts, norms
 
-    def log(self, step: int, parts: dict[str, torch.Tensor], grad_norm: float | None, out) -> dict[str, Any]:
+    def _grad_norms(self) -> dict[str, float]:
+        sq: dict[str, torch.Tensor] = {}
+        for name, p in self.model.named_parameters():
+            if p.grad is not None:
+                part = self.part_of[name]
+                sq[part] = sq.get(part, 0.0) + p.grad.float().pow(2).sum()
+        norms = {f"grad_norm_{part}": v.sqrt().item() for part, v in sq.items()}
+        norms["grad_norm"] = sum(v**2 for v in norms.values()) ** 0.5
+        return norms
+
+    def _grokfast(self) -> None:
+        """Grokfast-EMA: add `lambda` times a low-pass filtered gradient to the gradient."""
+        alpha, lam = self.cfg.train.grokfast_alpha, self.cfg.train.grokfast_lambda
+        for name, p in self.model.named_parameters():
+            if p.grad is None:
+                continue
+            ema = self.grok_ema.get(name)
+            self.grok_ema[name] = ema = p.grad.detach().clone() if ema is None else ema.mul_(alpha).add_(p.grad, alpha=1 - alpha)
+            p.grad.add_(ema, alpha=lam)
+
+    def log(self, step: int, parts: dict[str, torch.Tensor], norms: dict[str, float], out) -> dict[str, Any]:
+        train_losses = as_floats(parts)
+        if not math.isfinite(train_losses["loss"]):
+            raise TrainingError(self._divergence(step, f"the training loss became {train_losses['loss']}"))
         ev = evaluate(self.model, self.evalset)
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
-        row = {"step": step, **as_floats(parts), **{f"eval_{k}": v for k, v in ev.items()},
-               "grad_norm": grad_norm, "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
+        row = {"step": step, **train_losses, **{f"eval_{k}": v for k, v in ev.items()}, **norms,
+               "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
+        if self.cfg.train.progress:
+            sub = self.evalset.tokens[:PROGRESS_BATCH], self.evalset.mask[:PROGRESS_BATCH]
+            row.update(progress.measures(self.model, *sub, self.cfg.data.m, self.cfg.data.n))
+            row["time"] = round(time.perf_counter() - self.t0, 3)
         out.write(dumps(row) + "\n")
         out.flush()
         self.rows.append(row)
@@ -185,7 +279,7 @@ class Trainer:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise TrainingError(self._divergence(step, "the weights became non-finite"))
         checkpoints.save(self.out_dir / "checkpoints", step, self.model, self.optim, self.data_rng,
-                         {"time": time.perf_counter() - self.t0})
+                         {"time": time.perf_counter() - self.t0}, {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()})
         checkpoints.prune_optim(self.out_dir / "checkpoints", self.cfg.train.keep_optim)
 
     def _divergence(self, step: int, what: str) -> str:
@@ -206,9 +300,9 @@ class Trainer:
             with open(self.out_dir / "metrics.jsonl", "a") as mf, _stop_requests() as stop_requested:
                 for step in range(start + 1, t.steps + 1):
                     log_now = step == 1 or step % t.log_every == 0 or step == t.steps
-                    parts, grad_norm = self.step(step, log_now)
+                    parts, norms = self.step(step, log_now)
                     if log_now:
-                        row = self.log(step, parts, grad_norm, mf)
+                        row = self.log(step, parts, norms, mf)
                         bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False)
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows)["dropped"]:
                             drop_seen_at = step
@@ -231,6 +325,8 @@ class Trainer:
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate(cfg)
+    if cfg.train.init_from and not resume:
+        load_init(build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed), cfg.train.init_from)  # refuse before writing
     if str(Path(out_dir)) == "." and not resume:
         raise RunDirError("give the run directory a name (not the current directory)")
     if not resume and Path(out_dir).is_dir():

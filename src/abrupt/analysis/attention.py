@@ -20,6 +20,7 @@ from ..data import Batch, make_batch, seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
 from ..plots import figure, plt
+from ..progress import head_masses, relation_masks  # noqa: F401  (relation_masks: part of this analysis' API)
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Attention maps (Fig. 4, 5)"
@@ -57,41 +58,12 @@ def structured_mask(data: DataConfig, count: int, mode: str, lines: tuple[int, .
     return hidden.flatten().expand(count, -1).clone()
 
 
-def relation_masks(m: int, n: int) -> dict[str, torch.Tensor]:
-    """(T, T) boolean: key in the query's row / column (query itself excluded), or the query."""
-    idx = torch.arange(m * n)
-    row, col = idx // n, idx % n
-    same = idx[:, None] == idx[None, :]
-    return {
-        "row": (row[:, None] == row[None, :]) & ~same,
-        "column": (col[:, None] == col[None, :]) & ~same,
-        "self": same,
-    }
-
-
 def patterns(model: MatrixBert, batch: Batch) -> torch.Tensor:
     """(layers, B, heads, T, T) attention patterns."""
     names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens, names=names)
     return torch.stack([cache[n] for n in names])
-
-
-def head_masses(pats: torch.Tensor, hidden: torch.Tensor, m: int, n: int) -> dict[str, torch.Tensor]:
-    """Mean attention mass per (layer, head) on own row / column / self / observed keys.
-
-    Averaged over every query and, separately (suffix `_hidden`), over hidden queries only.
-    """
-    rel = relation_masks(m, n)
-    out: dict[str, torch.Tensor] = {}
-    observed_keys = (~hidden).float()[None, :, None, None, :]  # (1, B, 1, 1, Tk)
-    per_query = {name: (pats * r.float()).sum(-1) for name, r in rel.items()}  # (L, B, H, Tq)
-    per_query["observed"] = (pats * observed_keys).sum(-1)
-    q_hidden = hidden.float()[None, :, None, :]  # (1, B, 1, Tq)
-    for name, v in per_query.items():
-        out[name] = v.mean(dim=(1, 3))
-        out[f"{name}_hidden"] = (v * q_hidden).sum(dim=(1, 3)) / q_hidden.sum(dim=(1, 3)).clamp_min(1)
-    return out
 
 
 def classify(masses: dict[str, torch.Tensor], threshold: float) -> dict[str, list[str]]:

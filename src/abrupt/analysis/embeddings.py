@@ -25,6 +25,7 @@ from ..data import id_to_value, seeded_batch, value_to_id
 from ..hooks import act_name
 from ..losses import evaluate
 from ..model import MatrixBert
+from .. import progress
 from ..plots import figure
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells
 
@@ -51,11 +52,7 @@ def value_range(data: DataConfig) -> float:
 
 
 def knn_purity(x: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of each point's k nearest neighbours (Euclidean, itself excluded) sharing its label."""
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    nn = np.argsort(d, axis=1)[:, :k]
-    return float((labels[nn] == labels[:, None]).mean())
+    return progress.knn_purity(torch.as_tensor(x), torch.as_tensor(labels), k)
 
 
 def token_table(model: MatrixBert, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:

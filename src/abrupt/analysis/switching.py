@@ -8,10 +8,10 @@ re-measured. Groups: qkv, attn_out, mlp, layernorm, embeddings, readout, and the
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
+from .. import groups as groups_
 from ..config import Config
 from ..data import seeded_batch
 from ..losses import evaluate
@@ -24,23 +24,8 @@ PAPER = ("Attention is the component that changes at the drop: moving the attent
          "a plateau and a final model carries most of the difference in loss.")
 ORDER = 70
 
-GROUPS = {
-    "qkv": r"^blocks\.\d+\.attn\.[qkv]\.",
-    "attn_out": r"^blocks\.\d+\.attn\.o\.",
-    "mlp": r"^blocks\.\d+\.mlp_(in|out)\.",
-    "layernorm": r"^blocks\.\d+\.ln_",
-    "embeddings": r"^(tok_embed|pos_embed|ln_embed)\.",
-    "readout": r"^readout\.",
-}
-GROUPS["attention"] = f"({GROUPS['qkv']})|({GROUPS['attn_out']})"
-GROUPS["rest"] = f"^(?!({GROUPS['attention']}))"
-
-
 def group_names(model: MatrixBert, group: str) -> list[str]:
-    if group not in GROUPS:
-        raise ValueError(f"unknown group '{group}'; use one of {', '.join(GROUPS)}")
-    pattern = re.compile(GROUPS[group])
-    return [n for n in model.state_dict() if pattern.search(n)]
+    return groups_.names(model, group)
 
 
 def transplant(into: MatrixBert, donor: MatrixBert, group: str) -> MatrixBert:
@@ -58,11 +43,8 @@ def unsupported(cfg: Config) -> str | None:
     return needs_hidden(cfg)
 
 
-def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, groups: Annotated[tuple[str, ...], each(one_of(*GROUPS))] = tuple(GROUPS)) -> Result:
+def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, groups: Annotated[tuple[str, ...], each(one_of(*groups_.SWITCHING))] = groups_.SWITCHING) -> Result:
     """Between the first (plateau) and the last (post-drop) chosen checkpoint."""
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown or not groups:
-        raise ValueError(f"switching groups {list(groups)}: use one or more of {', '.join(GROUPS)}")
     batch = seeded_batch(inputs.data, n, seed)
     (pre_step, pre_model), (post_step, post_model) = inputs.pre, inputs.post
     numbers: dict[str, Any] = {"seed": seed, "n": n, "pre_step": pre_step, "post_step": post_step,

@@ -1,0 +1,67 @@
+"""Named groups of parameters, defined once: what switching moves between checkpoints, what
+training can freeze, re-initialise or give its own learning rate, and what the per-group
+gradient norms are logged for.
+
+A group name is one of GROUPS, or a per-layer group `attn.L` / `mlp.L` (layer L's attention:
+Q, K, V, O; layer L's MLP). Names are matched against `model.state_dict()` keys.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+GROUPS = {
+    "tok_embed": r"^tok_embed\.",
+    "pos_embed": r"^pos_embed\.",
+    "ln_embed": r"^ln_embed\.",
+    "qkv": r"^blocks\.\d+\.attn\.[qkv]\.",
+    "attn_out": r"^blocks\.\d+\.attn\.o\.",
+    "mlp": r"^blocks\.\d+\.mlp_(in|out)\.",
+    "layernorm": r"^blocks\.\d+\.ln_",
+    "embeddings": r"^(tok_embed|pos_embed|ln_embed)\.",
+    "readout": r"^readout\.",
+}
+GROUPS["attention"] = f"({GROUPS['qkv']})|({GROUPS['attn_out']})"
+GROUPS["rest"] = f"^(?!({GROUPS['attention']}))"
+GROUPS["all"] = r"."
+
+# The parts a model is made of (a partition of its parameters), for per-group gradient norms.
+PARTS = ("tok_embed", "pos_embed", "ln_embed", "attention", "mlp", "layernorm", "readout")
+# Switching moves these between a plateau and a final model (the last two are complementary halves).
+SWITCHING = ("qkv", "attn_out", "mlp", "layernorm", "embeddings", "readout", "attention", "rest")
+
+_PER_LAYER = re.compile(r"^(attn|mlp)\.(\d+)$")
+
+
+def pattern(group: str) -> str:
+    m = _PER_LAYER.match(group)
+    if m:
+        kind, layer = m.groups()
+        return rf"^blocks\.{layer}\.attn\." if kind == "attn" else rf"^blocks\.{layer}\.mlp_(in|out)\."
+    if group not in GROUPS:
+        raise ValueError(f"unknown parameter group '{group}'; use one of {', '.join(GROUPS)}, attn.L or mlp.L")
+    return GROUPS[group]
+
+
+def names(model: nn.Module, group: str) -> list[str]:
+    """State-dict keys of `group` in `model` (a per-layer group must name an existing layer)."""
+    regex = re.compile(pattern(group))
+    found = [n for n in model.state_dict() if regex.search(n)]
+    if not found:
+        raise ValueError(f"parameter group '{group}' matches nothing in this model")
+    return found
+
+
+def check(groups: list[str], layers: int) -> None:
+    """Refuse unknown groups or layers beyond the model, before anything is built."""
+    for g in groups:
+        pattern(g)
+        m = _PER_LAYER.match(g)
+        if m and not int(m.group(2)) < layers:
+            raise ValueError(f"parameter group '{g}': the model has layers 0..{layers - 1}")
+
+
+def split(spec: str) -> list[str]:
+    return [g.strip() for g in spec.split(",") if g.strip()]

@@ -1,0 +1,148 @@
+"""Training variants and interventions: each changes only what it names."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from abrupt import checkpoints, groups, progress
+from abrupt.cli import main
+from abrupt.config import ModelConfig, apply_overrides, preset
+from abrupt.model import MatrixBert, build_model
+from abrupt.rundir import read_metrics
+from abrupt.train import eval_batch, train
+
+TINY = ["--preset", "tiny", "--quiet", "--threads", "1"]
+
+
+def tiny(*overrides):
+    return apply_overrides(preset("tiny"), list(overrides))
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+def last_weights(run):
+    return load_file(str(checkpoints.find(run).weights))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    run = tmp_path_factory.mktemp("variants") / "source"
+    train(tiny("train.steps=30"), run, progress=False)
+    return run
+
+
+def test_training_one_group_leaves_every_other_tensor_bit_identical(source, tmp_path):
+    run = tmp_path / "pos"
+    train(tiny("train.steps=20", f"train.init_from={source}", "train.trainable=pos_embed"), run, progress=False)
+    start, end = last_weights(source), last_weights(run)
+    inside = set(groups.names(build_model(tiny().model, 49, 0), "pos_embed"))
+    assert inside == {"pos_embed.weight"}
+    for name, tensor in start.items():
+        if name in inside:
+            assert not torch.equal(tensor, end[name])
+        else:
+            assert torch.equal(tensor, end[name]), name
+
+
+def test_reinit_restarts_a_group_from_step_zero_and_keeps_the_rest(source, tmp_path):
+    run = tmp_path / "re"
+    train(tiny("train.steps=1", f"train.init_from={source}@20", "train.reinit=mlp", "train.trainable=readout"), run, progress=False)
+    fresh = build_model(tiny().model, 49, seed=0).state_dict()
+    start = load_file(str(checkpoints.find(source, 20).weights))
+    step0 = load_file(str(checkpoints.find(run, 0).weights))
+    for name in step0:
+        expected = fresh[name] if name in groups.names(build_model(tiny().model, 49, 0), "mlp") else start[name]
+        assert torch.equal(step0[name], expected), name
+
+
+def test_init_from_a_model_of_another_shape_is_one_line(source, tmp_path, capsys):
+    out = tmp_path / "wide"
+    assert main(["train", *TINY, "--out", str(out), f"train.init_from={source}", "model.hidden=16", "model.mlp=32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tok_embed.weight" in err[0] and "(2002, 32)" in err[0]
+    assert not out.exists()
+    assert main(["train", *TINY, "--out", str(out), f"train.init_from={source}@7"]) == 2
+    assert "no checkpoint at step 7" in capsys.readouterr().err
+
+
+def test_group_learning_rates(tmp_path):
+    from abrupt.train import Trainer
+
+    trainer = Trainer(tiny("train.group_lr=pos_embed=10"), tmp_path / "t", progress=False)
+    trainer.step(1, False)
+    lrs = {id(p): g["lr"] for g in trainer.optim.param_groups for p in g["params"]}
+    assert lrs[id(trainer.model.pos_embed.weight)] == pytest.approx(10 * lrs[id(trainer.model.readout.weight)])
+
+
+def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
+    train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
+    off = ["model.attn_temperature=1", "train.grokfast_alpha=0", "curriculum.rank=0", "curriculum.p_mask=-1", "train.group_lr="]
+    train(tiny("train.steps=20", *off), tmp_path / "off", progress=False)
+    plain = strip_time(read_metrics(tmp_path / "plain"))
+    assert plain == strip_time(read_metrics(tmp_path / "off"))
+    for i, on in enumerate((["model.attn_temperature=2"], ["train.grokfast_alpha=0.9", "train.grokfast_lambda=2"],
+                            ["curriculum.rank=1", "curriculum.hold=10"], ["curriculum.p_mask=0.1", "curriculum.hold=10"])):
+        train(tiny("train.steps=20", *on), tmp_path / f"on{i}", progress=False)
+        rows = strip_time(read_metrics(tmp_path / f"on{i}"))
+        assert torch.equal(eval_batch(tiny(*on)).tokens, eval_batch(tiny()).tokens)  # evaluation: the target's data
+        assert rows[-1]["loss"] != plain[-1]["loss"], on
+
+
+def test_grokfast_state_resumes_exactly(tmp_path):
+    knobs = ["train.grokfast_alpha=0.9", "train.grokfast_lambda=2"]
+    train(tiny("train.steps=40", *knobs), tmp_path / "straight", progress=False)
+    train(tiny("train.steps=20", *knobs), tmp_path / "part", progress=False)
+    train(tiny("train.steps=40", *knobs), tmp_path / "part", resume=True, progress=False)
+    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(read_metrics(tmp_path / "straight"))
+
+
+def test_attention_temperature_on_both_attention_paths(small_model):
+    torch.manual_seed(0)
+    model = MatrixBert(ModelConfig(hidden=32, layers=2, heads=4, mlp=64, attn_temperature=3.0), seq_len=49).eval()
+    tokens = torch.randint(1, 2002, (4, 49))
+    fused = model(tokens)
+    exact, cache = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"])
+    torch.testing.assert_close(fused, exact, rtol=1e-5, atol=1e-5)
+    assert cache["blocks.0.attn.hook_pattern"].max() < 0.5  # a hot softmax flattens
+
+
+def hand_set_row_head() -> MatrixBert:
+    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.ln_embed.weight.fill_(1.0)
+        model.pos_embed.weight.copy_(torch.nn.functional.one_hot(torch.arange(49) // 7, 8).float())
+        model.blocks[0].attn.q.weight.copy_(20 * torch.eye(8))
+        model.blocks[0].attn.k.weight.copy_(20 * torch.eye(8))
+        model.blocks[0].ln_attn.weight.fill_(1.0)
+        model.blocks[0].ln_mlp.weight.fill_(1.0)
+    return model
+
+
+def test_progress_measures_on_hand_set_weights():
+    model = hand_set_row_head()
+    tokens = torch.randint(1, 2002, (4, 49))
+    m = progress.measures(model, tokens, torch.zeros(4, 49, dtype=torch.bool), 7, 7)
+    assert m["prog_row_mass"] == pytest.approx(6 / 7, abs=1e-3)  # its 6 row-mates; 1/7 on itself
+    assert m["prog_col_mass"] == pytest.approx(0.0, abs=1e-3)
+    # positions one-hot by row: neighbours share the row, never (beyond chance) the column
+    assert m["prog_pos_purity"] == pytest.approx(0.0)
+    same = torch.ones(2, 5, 3)
+    assert progress.collapse(same) == pytest.approx(1.0)
+    assert progress.collapse(torch.eye(3).expand(2, 3, 3)) == pytest.approx(0.0)
+    by_column = torch.nn.functional.one_hot(torch.arange(49) % 7, 7).float() + 0.01 * torch.randn(49, 7)
+    assert progress.knn_purity(by_column, torch.arange(49) % 7, 4) == 1.0
+
+
+def test_progress_measures_are_logged(tmp_path):
+    train(tiny("train.steps=20", "train.progress=true"), tmp_path / "p", progress=False)
+    rows = read_metrics(tmp_path / "p")
+    for key in (*progress.PROGRESS_KEYS, "grad_norm_pos_embed", "grad_norm_attention", "grad_norm_mlp"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["train"]["progress"] is True and cfg["versions"]["threads"] >= 1
