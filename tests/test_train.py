@@ -131,3 +131,17 @@ def test_curriculum_off_is_bit_identical_and_on_changes_only_training_data(tmp_p
 def test_curriculum_schedule():
     c = tiny("curriculum.mean=0.5", "curriculum.hold=100", "curriculum.decay=100").curriculum
     assert [c.shift(s) for s in (1, 100, 150, 200, 201)] == [0.5, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_sudden_means_a_fall_within_a_quarter_of_the_steps_before_it():
+    from abrupt.transition import summarize
+
+    def curve(f):
+        return [{"step": s, "eval_loss_mask": f(s)} for s in range(0, 12001, 50)]
+
+    sudden = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.01, 0.2 * 0.05 ** ((s - 8000) / 1000))))
+    assert sudden["dropped"] and sudden["sudden"] and sudden["fall_ratio"] < 0.1
+    slide = summarize(curve(lambda s: 0.2 if s <= 1000 else 0.2 * 0.05 ** (s / 12000)))
+    assert slide["dropped"] and not slide["sudden"] and slide["fall_ratio"] > 1
+    shallow = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.05, 0.2 * 0.05 ** ((s - 8000) / 1000))))
+    assert not shallow["dropped"] and not shallow["sudden"]  # only 4x below the plateau

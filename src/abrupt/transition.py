@@ -11,6 +11,11 @@ batch; `loss_mask` where that is absent), smoothed by a running median of `windo
    plateau_loss_mask / 2; null when that never happens.
 
 `dropped` additionally asks for the final loss to be `min_factor` (10x) below the plateau.
+
+`sudden` is the reviewer's criterion for the paper's phenomenon (see `suddenness`): the loss sat
+on the plateau, fell at least 10x below it, and the fall from 20% to 80% of the way (on a log
+scale, plateau to final) took at most a quarter of the steps that came before it. A slow slide
+has `dropped` true and `sudden` false.
 """
 
 from __future__ import annotations
@@ -62,12 +67,36 @@ def detect(
     return result
 
 
+def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, max_ratio: float = 0.25) -> dict[str, Any]:
+    """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
+    (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
+    out: dict[str, Any] = {"fall_start": None, "fall_end": None, "fall_ratio": None, "sudden": False}
+    plateau = found.get("plateau_loss_mask")
+    if not found.get("drop_step") or not plateau:
+        return out
+    steps, raw = _series(rows)
+    s = running_median(raw, window)
+    final = s[-1]
+    if not 0 < final < plateau:
+        return out
+    level = lambda frac: plateau * (final / plateau) ** frac  # noqa: E731
+    start_i = next((i for i, v in enumerate(s) if steps[i] >= found["plateau_start"] and v <= level(0.2)), None)
+    end_i = next((i for i, v in enumerate(s) if start_i is not None and i >= start_i and v <= level(0.8)), None)
+    if start_i is None or end_i is None or steps[start_i] == 0:
+        return out
+    ratio = (steps[end_i] - steps[start_i]) / steps[start_i]
+    out.update(fall_start=steps[start_i], fall_end=steps[end_i], fall_ratio=round(ratio, 4),
+               sudden=bool(found.get("dropped")) and ratio <= max_ratio)
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], seconds: float | None = None) -> dict[str, Any]:
     """The run's summary.json: transition fields plus final losses."""
     found = detect(rows)
     last = rows[-1] if rows else {}
     return {
         **found,
+        **suddenness(rows, found),
         "final_loss": last.get("eval_loss", last.get("loss")),
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
         "steps": last.get("step", 0),
