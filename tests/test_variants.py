@@ -146,3 +146,38 @@ def test_progress_measures_are_logged(tmp_path):
         assert all(isinstance(r[key], float) for r in rows), key
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["train"]["progress"] is True and cfg["versions"]["threads"] >= 1
+
+
+def test_progress_analysis_reads_the_logged_measures(tmp_path, capsys):
+    run = tmp_path / "p"
+    train(tiny("train.steps=40", "train.progress=true"), run, progress=False)
+    assert main(["analyze", str(run), "--only", "progress"]) == 0
+    res = json.loads((run / "analysis" / "progress" / "results.json").read_text())
+    measures = {r["measure"] for r in res["rows"]}
+    assert set(progress.PROGRESS_KEYS) <= measures and "grad_norm_attention" in measures
+    assert (run / "analysis" / "progress" / "progress.png").exists()
+    plain = tmp_path / "plain"
+    train(tiny("train.steps=10"), plain, progress=False)
+    capsys.readouterr()
+    assert main(["analyze", str(plain), "--only", "progress,probe"]) == 0
+    assert "progress    skipped: the run was trained without train.progress=true" in capsys.readouterr().out
+
+
+def test_halfway_step():
+    from abrupt.analysis.progress import halfway
+
+    assert halfway([0, 10, 20, 30], [0.2, 0.2, 0.8, 1.0], 0) == 20
+    assert halfway([0, 10, 20, 30], [1.0, 0.9, 0.4, 0.0], 10) == 20
+
+
+def test_components_trains_each_group_alone(source, tmp_path):
+    out = tmp_path / "comp"
+    assert main(["components", str(source), "--steps", "5", "--workers", "2", "--quiet", "--out", str(out)]) == 0
+    table = (out / "components.md").read_text()
+    for group in ("tok_embed", "pos_embed", "attn.0", "attn.1", "mlp.0", "mlp.1", "layernorm", "readout"):
+        assert f"| {group} |" in table
+    assert (out / "components.png").exists()
+    cfg = json.loads((out / "reinit=pos_embed" / "config.json").read_text())
+    assert cfg["train"]["trainable"] == cfg["train"]["reinit"] == "pos_embed" and cfg["model"]["hidden"] == 32
+    start, end = last_weights(source), last_weights(out / "reinit=pos_embed")
+    assert all(torch.equal(start[k], end[k]) for k in start if k != "pos_embed.weight")

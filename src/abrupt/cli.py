@@ -90,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--quiet", action="store_true", help="no progress bar")
     w.add_argument("overrides", nargs="*", metavar="key=a,b,c", help="swept (several values) or fixed (one value) keys; seed=0,1,2")
 
+    k = sub.add_parser("components", help="Fig. 8: re-initialise each component of a converged run and train it alone")
+    k.add_argument("run", type=Path, nargs="?")
+    k.add_argument("--steps", type=int, default=5000, help="training steps per component (default 5000)")
+    k.add_argument("--step", type=int, help="start from this checkpoint of RUN (default: its last)")
+    k.add_argument("--out", type=Path, help="sweep directory (default RUN/components)")
+    k.add_argument("--resume", type=Path, metavar="DIR", help="finish a stopped components sweep")
+    k.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    k.add_argument("--quiet", action="store_true")
+
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
     return p
@@ -316,7 +325,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_components(args: argparse.Namespace) -> int:
+    from . import components
+    from .sweep import Sweep
+
+    if not 1 <= args.workers <= 1024:
+        raise UsageError(f"--workers: must be in [1, 1024], got {args.workers}")
+    if args.resume:
+        sweep = Sweep.open(args.resume)
+    else:
+        if args.run is None:
+            raise UsageError("components: give a converged run directory (or --resume DIR)")
+        if args.steps < 1:
+            raise UsageError(f"--steps: must be >= 1, got {args.steps}")
+        if args.step is not None:
+            checkpoints.find(args.run, args.step)
+        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step))
+    print(f"components: {len(sweep.trials)} groups, each trained alone, in {sweep.out}")
+    sweep.run("local", args.workers, progress=not args.quiet)
+    print(f"wrote {components.report(sweep)} and components.md")
+    return 0
+
+
 COMMANDS = {
+    "components": _cmd_components,
     "sweep": _cmd_sweep,
     "analyze": _cmd_analyze,
     "report": _cmd_report,

@@ -43,6 +43,7 @@ class SweepSpec:
     every trial."""
 
     preset: str = "small"
+    base_run: str = ""  # trials start from this run's configuration instead of the preset's
     fixed: dict[str, str] = field(default_factory=dict)
     grid: dict[str, list[str]] = field(default_factory=dict)
     zip: dict[str, list[str]] = field(default_factory=dict)
@@ -126,7 +127,11 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
 
 
 def _name(swept: dict[str, str]) -> str:
-    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in swept.items()) or "trial"
+    shown: dict[str, str] = {}
+    for k, v in swept.items():  # keys zipped to equal values (reinit=g with trainable=g) show once
+        if v not in shown.values():
+            shown[k] = v
+    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "trial"
     return re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text)
 
 
@@ -146,7 +151,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         swept = {**g, **z, **s}
         trial = Trial(len(trials), _name(swept), {**spec.fixed, **swept})
         try:
-            config_of(spec.preset, trial.overrides)
+            config_of(spec.preset, trial.overrides, spec.base_run)
         except ConfigError as e:
             raise ConfigError(f"sweep trial {trial.name}: {e}") from None
         trials.append(trial)
@@ -155,13 +160,16 @@ def expand(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
-def config_of(preset_name: str, overrides: dict[str, str]):
-    return apply_overrides(preset(preset_name), [f"{k}={v}" for k, v in overrides.items()])
+def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
+    from .checkpoints import read_config
+
+    base = read_config(Path(base_run)) if base_run else preset(preset_name)
+    return apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()])
 
 
 # --- one trial, in its own process -------------------------------------------------------------------
 
-def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int) -> dict[str, Any]:
+def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int, base_run: str = "") -> dict[str, Any]:
     """Train (or finish) one trial's run directory; never raises: the row says what happened."""
     import torch
 
@@ -173,7 +181,7 @@ def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads
     t0 = time.perf_counter()
     row: dict[str, Any] = {"status": "done", "error": None}
     try:
-        cfg = config_of(preset_name, overrides)
+        cfg = config_of(preset_name, overrides, base_run)
         out = Path(out_dir)
         started = (out / "config.json").exists()
         last = resume_point(out) if started else None
@@ -322,8 +330,8 @@ class Sweep:
 
     def _drive(self, engine: Any, todo: list[Trial], progress: bool) -> None:
         bar = tqdm(total=len(self.trials), initial=len(self.trials) - len(todo), disable=not progress, desc="sweep", unit="trial")
-        pending = {engine.submit(run_trial, self.spec.preset, t.overrides, str((self.out / t.name).resolve()), self.threads): t
-                   for t in todo}
+        pending = {engine.submit(run_trial, self.spec.preset, t.overrides, str((self.out / t.name).resolve()), self.threads,
+                                 self.spec.base_run): t for t in todo}
         counts = {"failed": 0, "interrupted": 0}
         best = math.inf
         interrupted = False
@@ -394,7 +402,8 @@ def write_summary(sweep: Sweep) -> Path:
 
     rows = sweep.rows()
     keys = sweep.spec.swept_keys()
-    lines = [f"# Sweep `{sweep.out.name}`", "", f"Preset `{sweep.spec.preset}`; fixed: "
+    base = f"the configuration of run `{sweep.spec.base_run}`" if sweep.spec.base_run else f"preset `{sweep.spec.preset}`"
+    lines = [f"# Sweep `{sweep.out.name}`", "", f"Base: {base}; fixed: "
              + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
              "| trial | " + " | ".join(keys) + " | status | drop step | dropped 10x | plateau L_mask | final L_mask | seconds |",
              "|---" * (len(keys) + 7) + "|"]

@@ -104,6 +104,8 @@ class Inputs:
     models: dict[int, MatrixBert]
     data: DataConfig
     load_all: Callable[[], dict[int, MatrixBert]] | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
+    summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,9 +143,12 @@ class RunView:
     def model(self, step: int) -> MatrixBert:
         return checkpoints.load_model(self.cfg, checkpoints.find(self.path, step))
 
+    summary: dict[str, Any] = field(default_factory=dict)
+
     def inputs(self, steps: list[int]) -> Inputs:
         models = {s: self.model(s) for s in steps}
-        return Inputs(models, self.cfg.data, lambda: {s: models.get(s) or self.model(s) for s in self.steps})
+        return Inputs(models, self.cfg.data, lambda: {s: models.get(s) or self.model(s) for s in self.steps},
+                      read_metrics(self.path), self.summary)
 
 
 def open_run(path: Path) -> RunView:
@@ -157,7 +162,7 @@ def open_run(path: Path) -> RunView:
     if not isinstance(summary, dict):
         raise RunDirError(f"{summary_path} does not hold a JSON object")
     pre, post, note = choose_pre_post(steps, summary, read_metrics(path))
-    return RunView(path, cfg, steps, pre, post, note)
+    return RunView(path, cfg, steps, pre, post, note, summary)
 
 
 def choose_pre_post(
