@@ -16,7 +16,8 @@ from abrupt.config import preset
 from abrupt.data import generator, sample_batch
 from abrupt.hf import HFMatrixBert
 from abrupt.model import build_model
-from abrupt.train import losses, resolve_device
+from abrupt.losses import losses
+from abrupt.train import resolve_device
 
 
 def steps_per_second(model, batches, device) -> float:

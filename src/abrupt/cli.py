@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", default=[], metavar="analysis.option=value",
                    help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
     a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
+    a.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda or cuda:N")
 
     w = sub.add_parser("sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray")
     w.add_argument("spec", nargs="?", type=Path, help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c")
@@ -264,15 +266,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             opts.setdefault(name, {})[option] = parse_option(name, option, value)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    return _analyze(args.run, only, steps, opts)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise UsageError(f"--device: must be cpu, cuda or cuda:N, got '{args.device}'")
+    if args.device != "cpu":
+        from .train import resolve_device
+
+        resolve_device(args.device)
+    return _analyze(args.run, only, steps, opts, args.device)
 
 
-def _analyze(run: Path, only: list[str] | None, steps: list[int] | None, opts: dict) -> int:
+def _analyze(run: Path, only: list[str] | None, steps: list[int] | None, opts: dict, device: str = "cpu") -> int:
     from .analysis.registry import analyze
 
     print(f"analyze: {run}")
     try:
-        analyze(run, only, steps, opts)
+        analyze(run, only, steps, opts, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"done; `abrupt report {run}` writes the page")

@@ -129,7 +129,7 @@ class MatrixBert(HookedModule):
         t = tokens.shape[1]
         if not 1 <= t <= self.seq_len:
             raise ValueError(f"expected sequences of length 1..{self.seq_len}, got {t}")
-        tok = self.hook_tok_embed(self.tok_embed(tokens))
+        tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
         for block in self.blocks:

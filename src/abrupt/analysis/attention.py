@@ -63,7 +63,7 @@ def patterns(model: MatrixBert, batch: Batch) -> torch.Tensor:
     names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(batch.tokens, names=names)
-    return torch.stack([cache[n] for n in names])
+    return torch.stack([cache[n] for n in names]).cpu()
 
 
 def classify(masses: dict[str, torch.Tensor], threshold: float) -> dict[str, list[str]]:

@@ -140,8 +140,10 @@ class RunView:
     post: int
     note: str  # how pre/post were chosen, for the report
 
+    device: str = "cpu"
+
     def model(self, step: int) -> MatrixBert:
-        return checkpoints.load_model(self.cfg, checkpoints.find(self.path, step))
+        return checkpoints.load_model(self.cfg, checkpoints.find(self.path, step), self.device)
 
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -151,7 +153,7 @@ class RunView:
                       read_metrics(self.path), self.summary)
 
 
-def open_run(path: Path) -> RunView:
+def open_run(path: Path, device: str = "cpu") -> RunView:
     path = Path(path)
     cfg = checkpoints.read_config(path)
     steps = [c.step for c in checkpoints.list_checkpoints(path / "checkpoints", verify=False)]
@@ -162,7 +164,7 @@ def open_run(path: Path) -> RunView:
     if not isinstance(summary, dict):
         raise RunDirError(f"{summary_path} does not hold a JSON object")
     pre, post, note = choose_pre_post(steps, summary, read_metrics(path))
-    return RunView(path, cfg, steps, pre, post, note, summary)
+    return RunView(path, cfg, steps, pre, post, note, device=device, summary=summary)
 
 
 def choose_pre_post(

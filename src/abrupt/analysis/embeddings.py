@@ -58,7 +58,7 @@ def knn_purity(x: np.ndarray, labels: np.ndarray, k: int) -> float:
 def token_table(model: MatrixBert, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     r = value_range(data)
     ids = torch.arange(value_to_id(torch.tensor([-r])).item(), value_to_id(torch.tensor([r])).item() + 1)
-    return id_to_value(ids).numpy(), model.tok_embed.weight[ids].detach().numpy()
+    return id_to_value(ids).numpy(), model.tok_embed.weight[ids.to(model.tok_embed.weight.device)].detach().cpu().numpy()
 
 
 def _step_numbers(model: MatrixBert, data: DataConfig, seed: int, k: int, perplexity: float) -> tuple[dict, dict]:
@@ -66,7 +66,7 @@ def _step_numbers(model: MatrixBert, data: DataConfig, seed: int, k: int, perple
     t = data.m * data.n
     cols, rows_ = np.arange(t) % data.n, np.arange(t) // data.n
     values, tok = token_table(model, data)
-    pos = model.pos_embed.weight[:t].detach().numpy()
+    pos = model.pos_embed.weight[:t].detach().cpu().numpy()
     pca = PCA(n_components=2, random_state=seed).fit(tok)
     tok_pca = pca.transform(tok)
     norms = np.linalg.norm(tok, axis=1)
@@ -102,9 +102,9 @@ def run(
         numbers["steps"][step], draw["steps"][step] = _step_numbers(model, data, seed, k, perplexity)
     # one fixed projection (fitted on the last checkpoint) for the position embeddings across training
     across = inputs.all_checkpoints()
-    proj = PCA(n_components=2, random_state=seed).fit(across[max(across)].pos_embed.weight[:t].detach().numpy())
+    proj = PCA(n_components=2, random_state=seed).fit(across[max(across)].pos_embed.weight[:t].detach().cpu().numpy())
     for step, model in across.items():
-        pos = model.pos_embed.weight[:t].detach().numpy()
+        pos = model.pos_embed.weight[:t].detach().cpu().numpy()
         numbers["across"][step] = {"knn_purity_column": knn_purity(pos, cols, k), "knn_purity_row": knn_purity(pos, rows_, k)}
         draw["across_xy"][step] = proj.transform(pos)
     numbers["permutation"] = permutation_test(inputs.post, data, seed, n, permutations)

@@ -56,9 +56,9 @@ def patch_hooks(clean_z: dict[int, torch.Tensor], heads: Sequence[tuple[int, int
     hooks = []
     for layer, hs in group_by_layer(heads).items():
         def fn(z, point, layer=layer, hs=hs):
-            sel = torch.zeros(z.shape[:3], dtype=torch.bool)
+            sel = torch.zeros(z.shape[:3], dtype=torch.bool, device=z.device)
             sel[:, :, hs] = True
-            sel &= positions[:, :, None]
+            sel &= positions.to(z.device)[:, :, None]
             return torch.where(sel[..., None], clean_z[layer], z)
         hooks.append((act_name("z", layer), fn))
     return hooks
@@ -82,6 +82,7 @@ def patch(
         clean_z = {l: cache[names[l]] for l in range(len(names))}
         with model.hooks(patch_hooks(clean_z, heads, positions)):
             patched = model(corrupt_batch.tokens)
+    clean, corrupt, patched = clean.cpu(), corrupt.cpu(), patched.cpu()
     x = batch.target
     hidden = batch.mask
     return {

@@ -34,7 +34,7 @@ def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
     names = [act_name("embed")] + [act_name("resid_post", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names)
-    return torch.stack([cache[n] for n in names])
+    return torch.stack([cache[n] for n in names]).cpu()
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:

@@ -114,10 +114,11 @@ def analyze(
     steps: list[int] | None = None,
     opts: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Path]:
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop checkpoints)."""
     analyses = discover()
-    view = open_run(run_dir)
+    view = open_run(run_dir, device)
     opts = opts or {}
     names, skipped = plan(view.cfg, only or list(analyses), opts)
     for name, why in skipped.items():

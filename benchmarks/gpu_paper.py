@@ -1,0 +1,153 @@
+"""The paper's own run on one GPU, as one prepared script for a bare machine.
+
+    PYTHONPATH=src python benchmarks/gpu_paper.py --out "$OUT" [--budget 480] [--throughput 60]
+    PYTHONPATH=src python benchmarks/gpu_paper.py --out /tmp/smoke --smoke        # CPU, tiny preset, < 1 min
+
+Needs only what a GPU machine has (torch, transformers, safetensors, tqdm, matplotlib,
+scikit-learn; Jinja2 comes with torch): no cvxpy, no install, no network. It
+(a) times training steps of our model against transformers.BertModel + read-out on the same
+    device and batches, in fp32 (TF32 matmuls) and in bf16, and prints ratios;
+(b) trains the `paper` preset in bf16 for at most --budget seconds, ending soon after the drop
+    (train.stop_after_drop), in a scratch run directory outside --out;
+(c) runs `abrupt analyze` (models on the GPU) and `abrupt report` on that run;
+(d) writes a one-line summary.
+Under --out it leaves at most four files, each far under 16 MiB: throughput.json,
+summary.json, summary.txt and paper-run.tar.gz (metrics.jsonl, summary.json, config.json,
+loss.png, report.html and every analysis's results.json; never a checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from abrupt.config import apply_overrides, preset
+from abrupt.data import generator, sample_batch
+from abrupt.losses import losses
+from abrupt.model import build_model
+from abrupt.train import resolve_device, train
+
+
+def _steps_per_second(model, batches, device, bf16: bool, seconds: float) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    done, t0 = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                loss = losses(model(b.tokens), b)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if time.perf_counter() - t0 >= seconds:
+            return done / (time.perf_counter() - t0)
+
+
+def throughput(name: str, device: torch.device, seconds: float) -> dict:
+    """Ours against HF BertModel + read-out with the same weights and batches; fp32 (TF32) and bf16."""
+    from abrupt.hf import HFMatrixBert
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    cfg = preset(name)
+    g = generator(0, device)
+    batches = [sample_batch(cfg.data, cfg.train.batch_size, g) for _ in range(4)]
+    out = {"preset": name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "steps_per_s": {}}
+    for bf16 in (False, True):
+        ours = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=0).to(device)
+        ref = HFMatrixBert(build_model(cfg.model, cfg.data.m * cfg.data.n, seed=0)).to(device)
+        for model in (ours, ref):
+            _steps_per_second(model, batches[:1], device, bf16, 0)  # warm-up
+        precision = "bf16" if bf16 else "fp32/tf32"
+        rate = {"ours": _steps_per_second(ours, batches, device, bf16, seconds / 4),
+                "hf": _steps_per_second(ref, batches, device, bf16, seconds / 4)}
+        out["steps_per_s"][precision] = rate
+    r = out["steps_per_s"]
+    out["ratios"] = {"ours/hf fp32": r["fp32/tf32"]["ours"] / r["fp32/tf32"]["hf"], "ours/hf bf16": r["bf16"]["ours"] / r["bf16"]["hf"],
+                     "bf16/fp32 ours": r["bf16"]["ours"] / r["fp32/tf32"]["ours"]}
+    return out
+
+
+def paper_run(run: Path, smoke: bool, budget: float) -> dict:
+    """Train in `run` for at most `budget` seconds (then stop at a step boundary, as Ctrl-C does)."""
+    if smoke:
+        cfg = apply_overrides(preset("tiny"), ["train.device=cpu", "train.steps=60", "train.stop_after_drop=100"])
+    else:
+        cfg = apply_overrides(preset("paper"), ["train.bf16=true", "train.tf32=true", "train.stop_after_drop=1000",
+                                                "train.log_every=100", "train.ckpt_every=5000", "train.keep_optim=1",
+                                                "train.progress=true"])
+    timer = threading.Timer(budget, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        summary = train(cfg, run, progress=not smoke)
+        stopped = "finished" if summary["steps"] >= cfg.train.steps else "stopped after the drop"
+    except KeyboardInterrupt:
+        summary = json.loads((run / "summary.json").read_text())
+        stopped = f"stopped at the {budget:.0f} s budget"
+    finally:
+        timer.cancel()
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["ended"] = stopped
+    return summary
+
+
+def pack(run: Path, archive: Path) -> None:
+    keep = ["metrics.jsonl", "summary.json", "config.json", "loss.png", "report.html"]
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in keep:
+            if (run / name).exists():
+                tar.add(run / name, arcname=f"paper-run/{name}")
+        for res in sorted((run / "analysis").glob("*/results.json")):
+            tar.add(res, arcname=f"paper-run/analysis/{res.parent.name}/results.json")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True, help="the only folder written (at most four small files)")
+    p.add_argument("--budget", type=float, default=480.0, help="seconds of paper-preset training (default 8 minutes)")
+    p.add_argument("--throughput", type=float, default=60.0, help="seconds of throughput timing in all")
+    p.add_argument("--smoke", action="store_true", help="the same, end to end, on CPU with the tiny preset (< 1 min)")
+    args = p.parse_args()
+    from abrupt.cli import main as cli
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cpu") if args.smoke else resolve_device("auto")
+    if device.type != "cuda" and not args.smoke:
+        print("no CUDA device: run with --smoke on a CPU machine", file=sys.stderr)
+        return 2
+    tp = throughput("tiny" if args.smoke else "paper", device, 2.0 if args.smoke else args.throughput)
+    (args.out / "throughput.json").write_text(json.dumps(tp, indent=2) + "\n")
+    print(json.dumps(tp["ratios"]))
+    with tempfile.TemporaryDirectory(prefix="abrupt-paper-") as scratch:
+        run = Path(scratch) / "paper"
+        summary = paper_run(run, args.smoke, 30.0 if args.smoke else args.budget)
+        opts = ["--set", "compare.n=16", "--set", "ood.n=8", "--set", "probe.n=64"] if args.smoke else []
+        analyze_ok = cli(["analyze", str(run), "--device", str(device), *opts]) == 0
+        report_ok = cli(["report", str(run)]) == 0
+        pack(run, args.out / "paper-run.tar.gz")
+    summary.update(throughput=tp["ratios"], device=tp["device"], analyze_ok=analyze_ok, report_ok=report_ok)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    line = (f"{tp['device']}: {summary['steps']} steps in {summary['wall_seconds']} s ({summary['ended']}); plateau L_mask "
+            f"{summary.get('plateau_loss_mask')}, drop at step {summary.get('drop_step')}, sudden {summary.get('sudden')}, final L_mask "
+            f"{summary.get('final_loss_mask')}; ours/HF {tp['ratios']['ours/hf fp32']:.2f}x fp32, {tp['ratios']['ours/hf bf16']:.2f}x bf16; "
+            f"analyze {'ok' if analyze_ok else 'FAILED'}, report {'ok' if report_ok else 'FAILED'}")
+    (args.out / "summary.txt").write_text(line + "\n")
+    print(line)
+    return 0 if analyze_ok and report_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
