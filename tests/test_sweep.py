@@ -127,3 +127,24 @@ def test_local_and_ray_give_the_same_numbers(tmp_path):
     m_ray = (tmp_path / "ray" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]  # noqa: E731
     assert strip(m_local) == strip(m_ray)
+
+
+def test_sigterm_stops_a_sweep_resumably(tmp_path):
+    out = tmp_path / "sw"
+    args = ["--preset", "tiny", "--quiet", "--workers", "1", "seed=0,1", "train.steps=100000", "train.ckpt_every=50",
+            "train.log_every=10"]
+    proc = subprocess.Popen([sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "seed=0" / "checkpoints" / "step_50.json").exists():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    rows = read_results(out / "results.jsonl")
+    assert [r["status"] for r in rows] == ["interrupted", "interrupted"]  # the queued trial never started
+    assert not (out / "seed=1" / "checkpoints").exists()
+    from abrupt.rundir import read_metrics
+
+    steps = [r["step"] for r in read_metrics(out / "seed=0")]
+    ckpt = max(int(p.name[5:-5]) for p in (out / "seed=0" / "checkpoints").glob("step_*[0-9].json"))
+    assert ckpt == steps[-1] or ckpt >= steps[-1] - 10  # stopped at a step boundary with a checkpoint

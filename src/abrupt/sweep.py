@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -169,8 +170,13 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
 
 # --- one trial, in its own process -------------------------------------------------------------------
 
+STOP_NAME = ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
+
+
 def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int, base_run: str = "") -> dict[str, Any]:
     """Train (or finish) one trial's run directory; never raises: the row says what happened."""
+    if (Path(out_dir).parent / STOP_NAME).exists():
+        return {"status": "interrupted", "summary": None, "error": None, "seconds": 0.0}
     import torch
 
     from . import checkpoints
@@ -224,11 +230,14 @@ class LocalBackend:
     def result(handle: Any) -> dict[str, Any]:
         return handle.result()
 
-    def interrupt(self) -> None:
-        """Ask every running trial to stop at its next step boundary (as Ctrl-C in a terminal does)."""
+    def interrupt(self, pending: set) -> set:
+        """Cancel the trials not yet started and ask the running ones to stop at their next step
+        boundary (as Ctrl-C in a terminal does); returns the handles still to wait for."""
+        left = {f for f in pending if not f.cancel()}
         for proc in list(getattr(self.pool, "_processes", {}).values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGINT)
+        return left
 
     def stop(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -251,22 +260,21 @@ class RayBackend:
                 kwargs["num_cpus"] = workers * threads
             ray.init(**kwargs)
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_trial)
-        self.running: list = []
 
     def submit(self, fn: Callable, *args: Any) -> Any:
         return self.remote.remote(*args)
 
     def wait(self, pending: set, timeout: float) -> tuple[set, set]:
-        self.running = list(pending)
         done, rest = self.ray.wait(list(pending), num_returns=1, timeout=timeout)
         return set(done), set(rest)
 
     def result(self, handle: Any) -> dict[str, Any]:
         return self.ray.get(handle)
 
-    def interrupt(self) -> None:
-        for ref in self.running:
-            self.ray.cancel(ref)
+    def interrupt(self, pending: set) -> set:
+        for ref in pending:
+            self.ray.cancel(ref)  # a queued task is dropped; a running one gets KeyboardInterrupt
+        return set(pending)
 
     def stop(self) -> None:
         self.ray.shutdown()
@@ -316,7 +324,8 @@ class Sweep:
     def run(self, backend: str = "local", workers: int = 1, gpus: float = 0.0, address: str | None = None,
             progress: bool = True) -> dict[int, dict[str, Any]]:
         """Run every trial not yet done; returns the final row of each trial."""
-        with RunLock(self.out):
+        with RunLock(self.out), _terminate_as_interrupt():
+            (self.out / STOP_NAME).unlink(missing_ok=True)
             todo = [t for t in self.trials if self.rows().get(t.index, {}).get("status") != "done"]
             engine = RayBackend(workers, self.threads, gpus, address) if backend == "ray" else LocalBackend(workers)
             try:
@@ -342,11 +351,17 @@ class Sweep:
                 except KeyboardInterrupt:
                     if not interrupted:  # the trials stop at a step boundary and report back
                         interrupted = True
-                        engine.interrupt()
+                        (self.out / STOP_NAME).touch()
+                        keep = engine.interrupt(set(pending))
+                        pending = {h: t for h, t in pending.items() if h in keep}
                     continue
                 for handle in done:
                     trial = pending.pop(handle)
-                    row = self._record(trial, engine.result(handle))
+                    try:
+                        result = engine.result(handle)
+                    except Exception as e:  # noqa: BLE001  (a Ray task cancelled while queued)
+                        result = {"status": "interrupted", "summary": None, "error": f"{type(e).__name__}", "seconds": 0.0}
+                    row = self._record(trial, result)
                     if row["status"] in counts:
                         counts[row["status"]] += 1
                     final = (row.get("summary") or {}).get("final_loss_mask")
@@ -369,6 +384,25 @@ class Sweep:
         rows = self.rows()
         text = "".join(dumps(rows[i]) + "\n" for i in sorted(rows))
         atomic_write_bytes(self.out / "results.jsonl", text.encode())
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's stop) and SIGINT (even when a background shell ignored it) stop the
+    sweep the way Ctrl-C does: every trial saves at a step boundary and the sweep can resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
