@@ -36,7 +36,7 @@ def main() -> None:
         return
     name, minutes, overrides = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
     torch.set_num_threads(1)
-    cfg = apply_overrides(preset("cpu"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides])
+    cfg = apply_overrides(preset("cpu_plain"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides])
     out = Path("runs/search") / name
     # At the time limit, ask training to stop as SIGINT would: it saves a checkpoint and returns.
     signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))

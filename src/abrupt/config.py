@@ -150,7 +150,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {},
     ),
     "cpu": (
-        "default: the paper's model family and procedure at CPU size on 7x7 rank 2 (docs/preset-search.md)",
+        "default: 7x7 rank 2 at CPU size with a factor-mean curriculum (mean 0.5 for 600 steps): leaves the plateau "
+        "but slides, not sudden (docs/plateau.md)",
+        {**_CPU_RECIPE, "train.ckpt_every": 1000, "curriculum.mean": 0.5, "curriculum.hold": 600},
+    ),
+    "cpu_plain": (
+        "the paper's procedure at CPU size on 7x7 rank 2, no intervention: stays on the plateau here (docs/preset-search.md)",
         {**_CPU_RECIPE, "train.ckpt_every": 1000},
     ),
     "small": (
