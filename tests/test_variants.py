@@ -181,3 +181,38 @@ def test_components_trains_each_group_alone(source, tmp_path):
     assert cfg["train"]["trainable"] == cfg["train"]["reinit"] == "pos_embed" and cfg["model"]["hidden"] == 32
     start, end = last_weights(source), last_weights(out / "reinit=pos_embed")
     assert all(torch.equal(start[k], end[k]) for k in start if k != "pos_embed.weight")
+
+
+def test_size_mixture_layout_padding_and_per_size_metrics(tmp_path):
+    from abrupt.data import generator, sample_batch
+    from abrupt.losses import losses
+
+    cfg = tiny("data.m=5", "data.n=5", "data.rank=1", "data.sizes=3x3,5x5")
+    b = sample_batch(cfg.data, 4, generator(0))
+    assert b.size.tolist() == [0, 1, 0, 1]  # equal shares
+    grid = b.pad[0].reshape(5, 5)
+    assert not grid[:3, :3].any() and grid[3:, :].all() and grid[:, 3:].all()  # top-left corner of the grid
+    assert not (b.mask & b.pad).any() and not b.pad[1].any()
+    assert torch.linalg.matrix_rank(b.matrix[0, :3, :3].double(), rtol=1e-5) == 1
+    # padding is never attended: what stands there changes no prediction at a real position
+    model = build_model(cfg.model, 25, seed=0).eval()
+    other = b.tokens.masked_fill(b.pad, 1500)
+    with torch.no_grad():
+        a, c = model(b.tokens, b.pad), model(other, b.pad)
+        _, cache = model.run_with_cache(b.tokens, names=["blocks.0.attn.hook_pattern"], pad=b.pad)
+    torch.testing.assert_close(a[~b.pad], c[~b.pad])
+    assert cache["blocks.0.attn.hook_pattern"][0][..., b.pad[0]].abs().max() == 0
+    # and excluded from the loss
+    assert losses(a.masked_fill(b.pad, 1e6), b)["loss"].item() == pytest.approx(losses(a, b)["loss"].item())
+    run = tmp_path / "mix"
+    summary = train(tiny("data.m=5", "data.n=5", "data.rank=1", "data.sizes=3x3,5x5", "train.steps=20"), run, progress=False)
+    assert {"drop_step_3x3", "drop_step_5x5"} <= set(summary)
+    assert {"eval_loss_mask_3x3", "eval_loss_mask_5x5"} <= set(read_metrics(run)[-1])
+
+
+@pytest.mark.parametrize("sizes,message", [("5x5", "two or more"), ("3x3,4x4", "largest"), ("3x3,5x", "ROWSxCOLUMNS")])
+def test_bad_size_mixtures(sizes, message):
+    from abrupt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny("data.m=5", "data.n=5", "data.rank=1", f"data.sizes={sizes}")

@@ -35,6 +35,19 @@ class DataConfig:
     sigma: float = 1.0  # gaussian factors: N(0, sigma^2)
     scale: float = 0.25  # laplace factors: Laplace(0, scale)
     clip: bool = False  # clip values to [-10, 10] instead of raising on out-of-vocabulary entries
+    sizes: str = ""  # a mixture of matrix sizes, e.g. "4x4,5x5,6x6" (equal shares); the largest must be m x n
+
+    def size_list(self) -> list[tuple[int, int]]:
+        """[(rows, columns), ...] of the mixture ([(m, n)] without one)."""
+        if not self.sizes.strip():
+            return [(self.m, self.n)]
+        out = []
+        for item in (x.strip() for x in self.sizes.split(",") if x.strip()):
+            rows, sep, cols = item.lower().partition("x")
+            if not sep or not rows.isdigit() or not cols.isdigit():
+                raise ConfigError(f"data.sizes: '{item}' is not ROWSxCOLUMNS, e.g. 5x5")
+            out.append((int(rows), int(cols)))
+        return out
 
 
 @dataclass
@@ -161,6 +174,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "small": (
         "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that drops 10x on a 2-core CPU",
         {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "train.ckpt_every": 500},
+    ),
+    "sizes": (
+        "Fig. 16 at CPU size: rank-1 matrices of sizes 4x4, 5x5 and 6x6 mixed in every batch, p_mask 0.2, the cpu recipe",
+        {**_CPU_RECIPE, "data.m": 6, "data.n": 6, "data.rank": 1, "data.p_mask": 0.2, "data.sizes": "4x4,5x5,6x6",
+         "train.steps": 12_000, "train.ckpt_every": 1000},
     ),
     "tiny": (
         "seconds-long smoke run (tests, demos): 2 layers, width 32; shows no drop",
@@ -301,6 +319,12 @@ def validate_data(d: DataConfig) -> None:
     need(math.isfinite(d.low) and math.isfinite(d.high), f"data.low/data.high: must be finite, got [{d.low}, {d.high}]")
     need(0 < d.sigma < math.inf, f"data.sigma: must be a positive number, got {d.sigma}")
     need(0 < d.scale < math.inf, f"data.scale: must be a positive number, got {d.scale}")
+    sizes = d.size_list()
+    if d.sizes.strip():
+        need(len(set(sizes)) == len(sizes) and len(sizes) >= 2, f"data.sizes: give two or more distinct sizes, got '{d.sizes}'")
+        need(max(r for r, _ in sizes) == d.m and max(c for _, c in sizes) == d.n,
+             f"data.sizes: the largest rows and columns must be data.m x data.n = {d.m}x{d.n} (the model's grid), got '{d.sizes}'")
+        need(all(d.rank <= min(r, c) for r, c in sizes), f"data.sizes: data.rank {d.rank} exceeds a size in '{d.sizes}'")
     need(d.m * d.n <= MAX_POSITIONS, f"data.m x data.n: at most {MAX_POSITIONS} entries (a sequence of m*n tokens), got {d.m}x{d.n}")
     need(d.distribution == "uniform" or d.clip,
          f"data.distribution={d.distribution} has unbounded support, so some entries fall outside the vocabulary "

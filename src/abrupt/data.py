@@ -7,6 +7,7 @@ probability p_mask, flattened row-major (position p = n*i + j). Tokens: MASK = 0
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +30,12 @@ class Batch:
     target: torch.Tensor  # (B, m*n) float32, the rounded full matrix
     mask: torch.Tensor  # (B, m*n) bool, True where hidden
     matrix: torch.Tensor  # (B, m, n) float32, unrounded X
+    pad: torch.Tensor | None = None  # (B, m*n) bool, True outside an example's own size (a size mixture)
+    size: torch.Tensor | None = None  # (B,) int64, index into DataConfig.size_list()
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.tokens, self.target, self.mask, self.matrix)))
+        moved = {k: None if v is None else v.to(device) for k, v in dataclasses.asdict(self).items()}
+        return Batch(**moved)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -104,7 +108,27 @@ def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float
     """A batch drawn on `gen`'s device (a CUDA generator samples on the GPU: no host copy)."""
     matrix = sample_matrices(cfg, batch, gen, shift)
     mask = sample_mask(cfg, batch, gen)
-    return make_batch(matrix, mask, clip=cfg.clip, check=check)
+    if not cfg.sizes.strip():
+        return make_batch(matrix, mask, clip=cfg.clip, check=check)
+    return _mixture(cfg, matrix, mask, check)
+
+
+def _mixture(cfg: DataConfig, matrix: torch.Tensor, mask: torch.Tensor, check: bool) -> Batch:
+    """Equal shares of each size (in turn along the batch). A smaller r x c matrix sits in the
+    top-left corner of the m x n grid, so an entry (i, j) has the same position, hence the same
+    position embedding, at every size; the rest of the grid is padding, which attention ignores
+    and the loss excludes. The r x c corner of U V^T is itself a rank-r product of the same law."""
+    sizes = cfg.size_list()
+    b = matrix.shape[0]
+    size = torch.arange(b, device=matrix.device) % len(sizes)
+    rows = torch.tensor([r for r, _ in sizes], device=matrix.device)[size]
+    cols = torch.tensor([c for _, c in sizes], device=matrix.device)[size]
+    i = torch.arange(cfg.m, device=matrix.device)[None, :, None]
+    j = torch.arange(cfg.n, device=matrix.device)[None, None, :]
+    pad = ((i >= rows[:, None, None]) | (j >= cols[:, None, None])).reshape(b, -1)
+    matrix = matrix.masked_fill(pad.reshape(matrix.shape), 0.0)
+    out = make_batch(matrix, mask & ~pad, clip=cfg.clip, check=check)
+    return dataclasses.replace(out, pad=pad, size=size)
 
 
 def seeded_batch(cfg: DataConfig, count: int, seed: int) -> Batch:

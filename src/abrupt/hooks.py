@@ -93,6 +93,7 @@ class HookedModule(nn.Module):
         tokens: torch.Tensor,
         names: Iterable[str] | Callable[[str], bool] | None = None,
         fwd_hooks: Iterable[tuple[str, HookFn]] = (),
+        **forward_kwargs,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward pass that also returns the (detached) activations at the chosen hook points.
 
@@ -105,5 +106,5 @@ class HookedModule(nn.Module):
 
         points = self._resolve(names)
         with self.hooks(list(fwd_hooks) + [(p.name, store) for p in points]):
-            out = self(tokens)
+            out = self(tokens, **forward_kwargs)
         return out, cache

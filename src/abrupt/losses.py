@@ -34,6 +34,10 @@ def losses(pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     target = batch.target.to(pred.device, dtype)
     hidden = batch.mask.to(pred.device)
     sq = (pred - target) ** 2
+    if batch.pad is not None:  # a size mixture: padding is no entry of any matrix
+        real = ~batch.pad.to(pred.device)
+        return {"loss": _mean_over(sq, real), "loss_obs": _mean_over(sq, real & ~hidden),
+                "loss_mask": _mean_over(sq, hidden), "mask_value": _mean_over(pred.abs(), hidden)}
     return {
         "loss": sq.mean(),
         "loss_obs": _mean_over(sq, ~hidden),
@@ -49,4 +53,14 @@ def as_floats(parts: dict[str, torch.Tensor]) -> dict[str, float]:
 def evaluate(model, batch: Batch, fwd_hooks: Iterable = ()) -> dict[str, float]:
     """Losses of `model` on `batch` in evaluation mode, without gradients, with optional hooks."""
     with torch.no_grad(), model.hooks(fwd_hooks):
-        return as_floats(losses(model.predict(batch.tokens), batch))
+        return as_floats(losses(model.predict(batch.tokens, pad=batch.pad), batch))
+
+
+def per_size(pred: torch.Tensor, batch: Batch, names: list[str]) -> dict[str, float]:
+    """L_mask of each size of a mixture: {"loss_mask_5x5": ..., ...}."""
+    out = {}
+    for k, name in enumerate(names):
+        rows = (batch.size == k).to(pred.device)
+        sq = (pred.float() - batch.target.to(pred.device)) ** 2
+        out[f"loss_mask_{name}"] = _mean_over(sq, batch.mask.to(pred.device) & rows[:, None]).item()
+    return out

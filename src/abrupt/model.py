@@ -49,19 +49,22 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not)."""
         q = self.hook_q(self._split(self.q(x)))
         k = self.hook_k(self._split(self.k(x)))
         v = self.hook_v(self._split(self.v(x)))
         if self.hook_pattern.active:
             # Exact path: materialise the pattern so hooks can read or replace it.
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
+            if keep is not None:
+                scores = scores.masked_fill(~keep, float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        elif self.temperature == 1.0:  # the paper's attention, and SDPA's own default scale
+        elif self.temperature == 1.0 and keep is None:  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
 
@@ -80,9 +83,9 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x))))
+        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x, keep))))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x))))
         return self.hook_resid_post(self.ln_mlp(x + mlp))
 
@@ -120,11 +123,12 @@ class MatrixBert(HookedModule):
         with torch.no_grad():
             self.tok_embed.weight[MASK_ID].zero_()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) int64 -> predictions (B, T) float.
 
         T may be shorter than the trained length (fewer rows, or fewer columns read row-major):
-        positions 0..T-1 are used, as in the reference model.
+        positions 0..T-1 are used, as in the reference model. `pad` (B, T) bool marks positions
+        that no query attends to (a smaller matrix of a size mixture).
         """
         t = tokens.shape[1]
         if not 1 <= t <= self.seq_len:
@@ -132,17 +136,18 @@ class MatrixBert(HookedModule):
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
+        keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
         for block in self.blocks:
-            x = block(x)
+            x = block(x, keep)
         return self.hook_out(self.readout(x).squeeze(-1))
 
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    def predict(self, tokens: torch.Tensor, chunk: int = 512, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions in evaluation mode, in chunks, without gradients."""
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
-        out = torch.cat([self(tokens[i : i + chunk].to(device)).float().cpu() for i in range(0, len(tokens), chunk)])
+        out = torch.cat([self(tokens[i : i + chunk], None if pad is None else pad[i : i + chunk]).float().cpu()
+                         for i in range(0, len(tokens), chunk)])
         self.train(was_training)
         return out
 

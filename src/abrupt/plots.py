@@ -43,6 +43,10 @@ def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -
         ("loss_mask", "L_mask (hidden)", "tab:red"),
     ):
         ax.plot(steps, [r[prefix + key] for r in rows], label=label, color=color, lw=1.2)
+    sizes = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
+    for i, key in enumerate(sizes):
+        ax.plot(steps, [r.get(key) for r in rows], lw=0.9, ls="--", color=plt.cm.viridis(i / max(len(sizes) - 1, 1)),
+                label=f"L_mask {key.removeprefix('eval_loss_mask_')}")
     if summary.get("plateau_loss_mask"):
         ax.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8, label="plateau L_mask")
     if summary.get("drop_step") is not None:

@@ -66,13 +66,14 @@ def collapse(hidden: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measures(model, tokens: torch.Tensor, hidden: torch.Tensor, m: int, n: int) -> dict[str, float]:
-    """The progress measures of `model` on a batch (tokens and hidden-mask, (B, T))."""
+def measures(model, tokens: torch.Tensor, hidden: torch.Tensor, m: int, n: int, pad: torch.Tensor | None = None) -> dict[str, float]:
+    """The progress measures of `model` on a batch (tokens and hidden-mask, (B, T); padding of a
+    size mixture is attended by no query)."""
     layers = len(model.blocks)
     names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
     was_training = model.training
     model.eval()
-    _, cache = model.run_with_cache(tokens, names=names)
+    _, cache = model.run_with_cache(tokens, names=names, **({} if pad is None else {"pad": pad}))
     model.train(was_training)
     pats = torch.stack([cache[name] for name in names[:-1]])
     masses = head_masses(pats, hidden, m, n)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoints, groups, progress, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
-from .losses import as_floats, evaluate, losses
+from .losses import as_floats, losses, per_size
 from .model import build_model
 from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
 
@@ -226,7 +226,7 @@ class Trainer:
         # The data's range is validated up front, so no per-batch range check (a host sync).
         batch = sample_batch(data, self.cfg.train.batch_size, self.data_rng, self.cfg.curriculum.shift(step), check=False)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            pred = self.forward(batch.tokens)
+            pred = self.forward(batch.tokens, batch.pad)
         parts = losses(pred, batch)
         self.optim.zero_grad(set_to_none=True)
         parts["loss"].backward()
@@ -260,14 +260,18 @@ class Trainer:
         train_losses = as_floats(parts)
         if not math.isfinite(train_losses["loss"]):
             raise TrainingError(self._divergence(step, f"the training loss became {train_losses['loss']}"))
-        ev = evaluate(self.model, self.evalset)
+        pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
+        ev = as_floats(losses(pred, self.evalset))
+        if self.evalset.size is not None:
+            ev.update(per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()]))
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
         row = {"step": step, **train_losses, **{f"eval_{k}": v for k, v in ev.items()}, **norms,
                "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
         if self.cfg.train.progress:
-            sub = self.evalset.tokens[:PROGRESS_BATCH], self.evalset.mask[:PROGRESS_BATCH]
-            row.update(progress.measures(self.model, *sub, self.cfg.data.m, self.cfg.data.n))
+            e, k = self.evalset, PROGRESS_BATCH
+            row.update(progress.measures(self.model, e.tokens[:k], e.mask[:k], self.cfg.data.m, self.cfg.data.n,
+                                         None if e.pad is None else e.pad[:k]))
             row["time"] = round(time.perf_counter() - self.t0, 3)
         out.write(dumps(row) + "\n")
         out.flush()

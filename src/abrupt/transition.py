@@ -94,9 +94,14 @@ def summarize(rows: list[dict[str, Any]], seconds: float | None = None) -> dict[
     """The run's summary.json: transition fields plus final losses."""
     found = detect(rows)
     last = rows[-1] if rows else {}
+    # a size mixture logs L_mask per size (eval_loss_mask_5x5, ...): a drop step for each
+    per_size = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
+    sizes = {f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect([{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows])["drop_step"]
+             for k in per_size}
     return {
         **found,
         **suddenness(rows, found),
+        **sizes,
         "final_loss": last.get("eval_loss", last.get("loss")),
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
         "steps": last.get("step", 0),

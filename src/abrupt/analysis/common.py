@@ -14,6 +14,7 @@ The registry finds such modules by themselves: a new analysis is one new file.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import math
@@ -149,7 +150,9 @@ class RunView:
 
     def inputs(self, steps: list[int]) -> Inputs:
         models = {s: self.model(s) for s in steps}
-        return Inputs(models, self.cfg.data, lambda: {s: models.get(s) or self.model(s) for s in self.steps},
+        # analyses see the model's whole grid: a size mixture's largest size, no padding
+        data = dataclasses.replace(self.cfg.data, sizes="")
+        return Inputs(models, data, lambda: {s: models.get(s) or self.model(s) for s in self.steps},
                       read_metrics(self.path), self.summary)
 
 
