@@ -60,6 +60,7 @@ class ModelConfig:
     pos_init_std: float = 0.0  # 0 means: same as init_std
     ln_eps: float = 1e-12
     attn_temperature: float = 1.0  # intervention: attention logits divided by this (1 = the paper)
+    arch: str = "bert"  # bert (the paper's main model) | gpt (the decoder-only variant, Fig. 11/12)
 
 
 @dataclass
@@ -179,6 +180,17 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "Fig. 16 at CPU size: rank-1 matrices of sizes 4x4, 5x5 and 6x6 mixed in every batch, p_mask 0.2, the cpu recipe",
         {**_CPU_RECIPE, "data.m": 6, "data.n": 6, "data.rank": 1, "data.p_mask": 0.2, "data.sizes": "4x4,5x5,6x6",
          "train.steps": 12_000, "train.ckpt_every": 1000},
+    ),
+    "gpt": (
+        "the paper's GPT variant (Fig. 11/12): decoder-only, 2 layers, 2 heads, width 256, next-token loss (GPU job)",
+        {"model.arch": "gpt", "model.layers": 2, "model.heads": 2, "model.hidden": 256, "model.mlp": 1024,
+         "model.ln_eps": 1e-5, "train.steps": 50_000},
+    ),
+    "gpt_cpu": (
+        "the GPT variant at CPU size: width 64, batch 64, lr 1e-3",
+        {"model.arch": "gpt", "model.layers": 2, "model.heads": 2, "model.hidden": 64, "model.mlp": 256,
+         "model.ln_eps": 1e-5, "model.init_std": 0.02, "train.lr": 1e-3, "train.warmup": 200, "train.batch_size": 64,
+         "train.steps": 10_000, "train.ckpt_every": 1000},
     ),
     "tiny": (
         "seconds-long smoke run (tests, demos): 2 layers, width 32; shows no drop",
@@ -392,6 +404,9 @@ def validate(cfg: Config) -> None:
     need(t.ckpt_log_points >= 0, f"train.ckpt_log_points: must be >= 0, got {t.ckpt_log_points}")
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
+    need(m.arch in ("bert", "gpt"), f"model.arch: must be bert or gpt, got '{m.arch}'")
+    need(m.arch == "bert" or not cfg.data.sizes.strip(), "data.sizes: size mixtures are built for model.arch=bert only")
+    need(m.arch == "bert" or not t.progress, "train.progress: the progress measures are built for model.arch=bert only")
     need(0 < m.attn_temperature < math.inf, f"model.attn_temperature: must be a positive number, got {m.attn_temperature}")
     need(t.optimizer in ("adam", "adamw"), f"train.optimizer: must be adam or adamw, got '{t.optimizer}'")
     need(0 <= t.weight_decay < math.inf, f"train.weight_decay: must be a number >= 0, got {t.weight_decay}")

@@ -40,6 +40,9 @@ class Batch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def __getitem__(self, rows: slice) -> "Batch":
+        return Batch(**{k: None if v is None else v[rows] for k, v in dataclasses.asdict(self).items()})
+
 
 def round_values(x: torch.Tensor) -> torch.Tensor:
     """Round to the vocabulary's 0.01 grid (half away from zero is not needed: ties have measure 0)."""

@@ -21,7 +21,7 @@ GROUPS = {
     "mlp": r"^blocks\.\d+\.mlp_(in|out)\.",
     "layernorm": r"^blocks\.\d+\.ln_",
     "embeddings": r"^(tok_embed|pos_embed|ln_embed)\.",
-    "readout": r"^readout\.",
+    "readout": r"^(readout|head|ln_final)\.",  # the BERT's read-out; the GPT's final LayerNorm and head
 }
 GROUPS["attention"] = f"({GROUPS['qkv']})|({GROUPS['attn_out']})"
 GROUPS["rest"] = f"^(?!({GROUPS['attention']}))"

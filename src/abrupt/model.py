@@ -28,12 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .data import MASK_ID, VOCAB_SIZE
+from .data import MASK_ID, VOCAB_SIZE, Batch
 from .hooks import HookedModule, HookPoint
+from .losses import as_floats, losses
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Multi-head self-attention; `causal` (the GPT variant) lets a query see only earlier keys."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         self.heads = cfg.heads
         self.head_dim = cfg.hidden // cfg.heads
         self.temperature = cfg.attn_temperature
@@ -59,12 +63,16 @@ class Attention(nn.Module):
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
+            if self.causal:
+                t = scores.shape[-1]
+                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
         elif self.temperature == 1.0 and keep is None:  # the paper's attention, and SDPA's own default scale
-            z = F.scaled_dot_product_attention(q, k, v)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=self.causal and keep is None,
+                                               scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
 
@@ -141,6 +149,20 @@ class MatrixBert(HookedModule):
             x = block(x, keep)
         return self.hook_out(self.readout(x).squeeze(-1))
 
+    # --- what training and the analyses call (the GPT variant answers the same calls) ----------
+
+    def train_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return batch.tokens, batch.pad
+
+    objective = staticmethod(losses)
+
+    @staticmethod
+    def encode(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def evaluate_batch(self, batch: Batch) -> dict[str, float]:
+        return as_floats(losses(self.predict(batch.tokens, pad=batch.pad), batch))
+
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, chunk: int = 512, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Predictions in evaluation mode, in chunks, without gradients."""
@@ -152,6 +174,11 @@ class MatrixBert(HookedModule):
         return out
 
 
-def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> MatrixBert:
+def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> HookedModule:
+    """The model of `cfg.arch` (bert, or the gpt variant) for matrices of `seq_len` entries."""
     torch.manual_seed(seed)
+    if cfg.arch == "gpt":
+        from .gpt import MatrixGPT
+
+        return MatrixGPT(cfg, seq_len)
     return MatrixBert(cfg, seq_len)

@@ -30,8 +30,31 @@ def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None,
 
 
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    if rows and "eval_acc_obs" in rows[0]:  # the GPT variant: cross-entropy and accuracies
+        with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
+            _draw_gpt(axes[0][0], axes[1][0], rows, summary)
+        return
     with figure(path, figsize=(6.4, 4.0), dpi=120) as (fig, axes):
         _draw_losses(axes[0][0], rows, summary)
+
+
+def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    steps = [r["step"] for r in rows]
+    top.plot(steps, [r["eval_loss"] for r in rows], color="black", lw=1.2, label="cross-entropy (written half)")
+    top.plot(steps, [r["eval_loss_obs"] for r in rows], color="tab:blue", lw=1.0, label="MSE of decoded value, observed")
+    top.plot(steps, [r["eval_loss_mask"] for r in rows], color="tab:red", lw=1.0, label="MSE of decoded value, hidden")
+    top.set_yscale("log")
+    top.legend(fontsize=7)
+    top.grid(alpha=0.3, which="both")
+    bottom.plot(steps, [r["eval_acc_obs"] for r in rows], color="tab:blue", lw=1.2, label="accuracy, observed entries")
+    bottom.plot(steps, [r["eval_acc_mask"] for r in rows], color="tab:red", lw=1.2, label="accuracy, hidden entries")
+    if summary.get("drop_step") is not None:
+        for ax in (top, bottom):
+            ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)
+    bottom.set_ylim(0, 1)
+    bottom.set_xlabel("step")
+    bottom.legend(fontsize=7)
+    bottom.grid(alpha=0.3)
 
 
 def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>
 {{ c.data.m }}×{{ c.data.n }} rank-{{ c.data.rank }} matrices, p_mask {{ c.data.p_mask }}; lr {{ c.train.lr }}, batch {{ c.train.batch_size }}.</p>
 <section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}</section>
 {% if not sections %}<p>No analyses yet: run <code>abrupt analyze RUN</code>.</p>{% endif %}
+{% if skipped %}<p>Not run on this run: {% for name, why in skipped.items() %}<b>{{ name }}</b> ({{ why }}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
 {% for s in sections %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
 {% if s.selection %}<p><i>{{ s.selection }}</i></p>{% endif %}
 <div class="paper"><b>Paper:</b> {{ s.paper }}</div>
@@ -103,6 +104,12 @@ def _sections(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _skipped(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "analysis" / "skipped.json"
+    found = read_json(path) if path.exists() else {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def build(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
@@ -114,7 +121,7 @@ def build(run_dir: Path) -> Path:
     try:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name, style=STYLE, c=config, transition=_transition(summary), loss_png=loss_png,
-            sections=_sections(run_dir), cell=_cell, fig=lambda p: Markup(_figure_html(p)))
+            sections=_sections(run_dir), skipped=_skipped(run_dir), cell=_cell, fig=lambda p: Markup(_figure_html(p)))
     except jinja2.UndefinedError as e:
         raise RunDirError(f"{run_dir / 'config.json'} lacks a field the report needs ({e})") from None
     path = run_dir / "report.html"

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoints, groups, progress, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
-from .losses import as_floats, losses, per_size
+from .losses import as_floats, per_size
 from .model import build_model
 from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
 
@@ -226,8 +226,8 @@ class Trainer:
         # The data's range is validated up front, so no per-batch range check (a host sync).
         batch = sample_batch(data, self.cfg.train.batch_size, self.data_rng, self.cfg.curriculum.shift(step), check=False)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            pred = self.forward(batch.tokens, batch.pad)
-        parts = losses(pred, batch)
+            pred = self.forward(*self.model.train_inputs(batch))
+        parts = self.model.objective(pred, batch)
         self.optim.zero_grad(set_to_none=True)
         parts["loss"].backward()
         norms = self._grad_norms() if want_norms else {}
@@ -260,9 +260,9 @@ class Trainer:
         train_losses = as_floats(parts)
         if not math.isfinite(train_losses["loss"]):
             raise TrainingError(self._divergence(step, f"the training loss became {train_losses['loss']}"))
-        pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
-        ev = as_floats(losses(pred, self.evalset))
+        ev = self.model.evaluate_batch(self.evalset)
         if self.evalset.size is not None:
+            pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
             ev.update(per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()]))
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))

@@ -62,7 +62,7 @@ def patterns(model: MatrixBert, batch: Batch) -> torch.Tensor:
     """(layers, B, heads, T, T) attention patterns."""
     names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with torch.no_grad():
-        _, cache = model.run_with_cache(batch.tokens, names=names)
+        _, cache = model.run_with_cache(model.encode(batch.tokens), names=names)
     return torch.stack([cache[n] for n in names]).cpu()
 
 

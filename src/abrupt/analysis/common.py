@@ -63,6 +63,11 @@ def each(check: Check) -> Check:
     return Check(lambda vs: len(vs) > 0 and all(check.ok(v) for v in vs), f"a non-empty comma-separated list, each {check.need}")
 
 
+def bert_only(cfg: Config) -> str | None:
+    """For `unsupported`: analyses that read one scalar prediction, or the BERT's value tokens, per position."""
+    return "it reads one scalar prediction per position, which the GPT variant does not make" if cfg.model.arch != "bert" else None
+
+
 def needs_hidden(cfg: Config) -> str | None:
     """For `unsupported`: analyses measured on hidden entries cannot run without any."""
     return "it is measured on hidden entries, and this run has none (data.p_mask = 0)" if cfg.data.p_mask == 0 else None

@@ -27,7 +27,7 @@ from ..losses import evaluate
 from ..model import MatrixBert
 from .. import progress
 from ..plots import figure
-from .common import Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells
+from .common import bert_only, Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells
 
 TITLE = "Embeddings (Fig. 7, 9, 10)"
 PAPER = ("Token-embedding norm depends on |value| (symmetric about 0); the first two principal "
@@ -37,7 +37,9 @@ ORDER = 40
 
 
 def unsupported(cfg: Config) -> str | None:
-    return "position embeddings need at least 4 positions (t-SNE, neighbours)" if cfg.data.m * cfg.data.n < 4 else None
+    if cfg.data.m * cfg.data.n < 4:
+        return "position embeddings need at least 4 positions (t-SNE, neighbours)"
+    return bert_only(cfg)
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:

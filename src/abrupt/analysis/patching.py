@@ -19,7 +19,7 @@ from ..config import Config
 from ..data import Batch, make_batch, sample_batch, seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
-from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, group_by_layer, parse_heads, plot_head_tables
+from .common import bert_only, needs_hidden, Count, Inputs, Result, Seed, Table, Text, group_by_layer, parse_heads, plot_head_tables
 
 TITLE = "Activation patching"
 PAPER = ("Writing clean attention-head outputs into the run on -X moves the output toward X: the "
@@ -101,7 +101,7 @@ def check(options: dict[str, Any], cfg: Config) -> None:
 
 
 def unsupported(cfg: Config) -> str | None:
-    return needs_hidden(cfg)
+    return bert_only(cfg) or needs_hidden(cfg)
 
 
 def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all", positions: str = "all") -> Result:

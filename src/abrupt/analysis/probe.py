@@ -21,7 +21,7 @@ from ..data import seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
 from ..plots import figure
-from .common import Inputs, Result, Seed, Table, Text, at_least, between
+from .common import bert_only, Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Linear probes (Fig. 6)"
 PAPER = ("The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
@@ -74,6 +74,10 @@ def check(options: dict[str, Any], cfg: Config) -> None:
     n_test = max(1, int(round(n * holdout)))
     if n - n_test < 1:
         raise ValueError(f"probe.n={n} with probe.holdout={holdout} leaves no matrix to fit on; raise probe.n or lower probe.holdout")
+
+
+def unsupported(cfg: Config) -> str | None:
+    return bert_only(cfg)
 
 
 def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,

@@ -126,6 +126,10 @@ def analyze(
             print(f"  {name:11s} skipped: {why}", flush=True)
     if not names:
         raise ValueError("none of the chosen analyses can run on this run: " + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
+    record = view.path / "analysis" / "skipped.json"
+    earlier = read_json(record) if record.exists() else {}
+    earlier = {k: v for k, v in earlier.items() if k not in names} if isinstance(earlier, dict) else {}
+    atomic_write_json(record, {**earlier, **skipped})
     chosen = sorted(set(steps)) if steps else sorted({view.pre, view.post})
     missing = [s for s in chosen if s not in view.steps]
     if missing:

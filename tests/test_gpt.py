@@ -1,0 +1,90 @@
+"""The GPT variant: vocabulary without collisions, parity with transformers.GPT2Model, training and
+analyses through the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from abrupt import gpt
+from abrupt.cli import main
+from abrupt.config import ModelConfig, apply_overrides, preset
+from abrupt.data import generator, sample_batch
+from abrupt.gpt import GPT_MASK, GPT_SEP, GPT_VOCAB, MatrixGPT
+from abrupt.hf import HFMatrixGPT
+
+
+def test_no_value_the_vocabulary_admits_collides_with_a_special_token():
+    values = torch.arange(-1000, 1001, dtype=torch.float64) / 100  # every value token: -10.00 ... 10.00
+    ids = gpt.value_ids(values)
+    assert ids.min() == 2 and ids.max() == GPT_VOCAB - 1 and len(set(ids.tolist())) == len(ids)
+    assert not ((ids == GPT_MASK) | (ids == GPT_SEP)).any()
+    torch.testing.assert_close(gpt.id_values(ids).double(), values, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        gpt.value_ids(torch.tensor([10.01]))
+    # the authors' scheme (x -> 1 + 100x + 200, MASK 0, SEP 404) collides just outside training range
+    authors = lambda x: round(1 + 100 * x + 200)  # noqa: E731
+    assert authors(2.03) == 404 and authors(-2.01) == 0
+
+
+def test_sequence_layout():
+    cfg = apply_overrides(preset("tiny"), [])
+    b = sample_batch(cfg.data, 3, generator(0))
+    seq = gpt.sequence(b)
+    t = b.tokens.shape[1]
+    assert seq.shape == (3, 2 * t + 1) and (seq[:, t] == GPT_SEP).all()
+    assert torch.equal(seq[:, :t], gpt.masked_prefix(b.tokens))
+    assert ((seq[:, :t] == GPT_MASK) == b.mask).all()
+    torch.testing.assert_close(gpt.id_values(seq[:, t + 1:]), b.target)
+
+
+@pytest.mark.parametrize("layers,heads,hidden", [(2, 2, 32), (1, 4, 16)])
+def test_equals_transformers_gpt2(layers, heads, hidden):
+    torch.manual_seed(0)
+    model = MatrixGPT(ModelConfig(arch="gpt", hidden=hidden, layers=layers, heads=heads, mlp=4 * hidden, ln_eps=1e-5), 49).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # LayerNorms and biases away from their init too
+    ref = HFMatrixGPT(model).eval()
+    tokens = torch.randint(0, GPT_VOCAB, (3, 98))
+    with torch.no_grad():
+        ours, theirs = model(tokens), ref(tokens)
+        exact, _ = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"])
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(exact, theirs, rtol=1e-5, atol=1e-5)  # the exact (hooked) attention path too
+
+
+def test_greedy_completion_writes_values():
+    torch.manual_seed(0)
+    model = MatrixGPT(ModelConfig(arch="gpt", hidden=16, layers=1, heads=2, mlp=32, ln_eps=1e-5), 9)
+    b = sample_batch(apply_overrides(preset("tiny"), ["data.m=3", "data.n=3", "data.rank=1"]).data, 4, generator(0))
+    pred = model.predict(b.tokens)
+    assert pred.shape == (4, 9) and (pred.abs() <= 10).all()
+
+
+def test_train_analyze_and_report_the_gpt_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "gpt"
+    assert main(["train", "--preset", "gpt_cpu", "--quiet", "--out", str(run), "train.steps=20", "train.log_every=10",
+                 "train.eval_size=64", "model.hidden=32", "model.mlp=64"]) == 0
+    row = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert {"eval_loss", "eval_acc_obs", "eval_acc_mask", "eval_loss_obs", "eval_loss_mask"} <= set(row)
+    assert row["eval_loss"] > 1  # a cross-entropy over 2003 tokens, not an MSE
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--only", "attention,copying,probe,patching,embeddings", "--set", "copying.n=16",
+                 "--set", "attention.n=8"]) == 0
+    out = capsys.readouterr().out
+    for name in ("probe", "patching", "embeddings"):
+        assert f"{name:11s} skipped: it reads one scalar prediction per position" in out
+    assert (run / "analysis" / "attention" / "results.json").exists() and (run / "analysis" / "copying" / "results.json").exists()
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "Not run on this run" in page and "probe" in page
+
+
+def test_gpt_refuses_what_it_does_not_support():
+    from abrupt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.arch=bert only"):
+        apply_overrides(preset("gpt_cpu"), ["train.progress=true"])
+    with pytest.raises(ConfigError, match="model.arch"):
+        apply_overrides(preset("tiny"), ["model.arch=rnn"])
