@@ -19,3 +19,19 @@ def randomize(model: MatrixBert, seed: int = 0) -> MatrixBert:
             p.copy_(torch.randn(p.shape, generator=g) * 0.3)
         model.tok_embed.weight[0].zero_()
     return model
+
+
+def hand_set_row_head() -> MatrixBert:
+    """One layer whose single head attends within the query's row: positions one-hot by row, Q = K = 20 I."""
+    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.ln_embed.weight.fill_(1.0)
+        model.pos_embed.weight.copy_(torch.nn.functional.one_hot(torch.arange(49) // 7, 8).float())
+        attn = model.blocks[0].attn
+        attn.q.weight.copy_(20 * torch.eye(8))
+        attn.k.weight.copy_(20 * torch.eye(8))
+        model.blocks[0].ln_attn.weight.fill_(1.0)
+        model.blocks[0].ln_mlp.weight.fill_(1.0)
+    return model

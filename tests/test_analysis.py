@@ -18,7 +18,7 @@ from abrupt.data import MASK_ID, id_to_value
 from abrupt.losses import evaluate
 from abrupt.model import MatrixBert
 
-from conftest import randomize
+from conftest import hand_set_row_head, randomize
 
 DATA = DataConfig()
 
@@ -62,22 +62,6 @@ def test_pattern_on_the_row_has_row_mass_one():
     assert masses["column"].item() == pytest.approx(0.0)
     assert masses["observed"].item() == pytest.approx(1.0)
     assert attention.classify(masses, 0.4) == {"row_heads": ["0:0"], "column_heads": []}
-
-
-def hand_set_row_head() -> MatrixBert:
-    """One layer whose single head attends within the query's row: positions one-hot by row, Q = K = 20 I."""
-    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.ln_embed.weight.fill_(1.0)
-        model.pos_embed.weight.copy_(torch.nn.functional.one_hot(torch.arange(49) // 7, 8).float())
-        attn = model.blocks[0].attn
-        attn.q.weight.copy_(20 * torch.eye(8))
-        attn.k.weight.copy_(20 * torch.eye(8))
-        model.blocks[0].ln_attn.weight.fill_(1.0)
-        model.blocks[0].ln_mlp.weight.fill_(1.0)
-    return model
 
 
 def test_hand_set_row_head_is_found():

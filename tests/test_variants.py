@@ -12,6 +12,7 @@ from abrupt.config import ModelConfig, apply_overrides, preset
 from abrupt.model import MatrixBert, build_model
 from abrupt.rundir import read_metrics
 from abrupt.train import eval_batch, train
+from conftest import hand_set_row_head
 
 TINY = ["--preset", "tiny", "--quiet", "--threads", "1"]
 
@@ -108,20 +109,6 @@ def test_attention_temperature_on_both_attention_paths(small_model):
     exact, cache = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"])
     torch.testing.assert_close(fused, exact, rtol=1e-5, atol=1e-5)
     assert cache["blocks.0.attn.hook_pattern"].max() < 0.5  # a hot softmax flattens
-
-
-def hand_set_row_head() -> MatrixBert:
-    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.ln_embed.weight.fill_(1.0)
-        model.pos_embed.weight.copy_(torch.nn.functional.one_hot(torch.arange(49) // 7, 8).float())
-        model.blocks[0].attn.q.weight.copy_(20 * torch.eye(8))
-        model.blocks[0].attn.k.weight.copy_(20 * torch.eye(8))
-        model.blocks[0].ln_attn.weight.fill_(1.0)
-        model.blocks[0].ln_mlp.weight.fill_(1.0)
-    return model
 
 
 def test_progress_measures_on_hand_set_weights():

@@ -32,6 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    # One flat list of argparse declarations, a block per command: long, but read as a table.
     p = _Parser(prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -25,7 +25,7 @@ from .config import VOCAB_MAX, ModelConfig
 from .data import MASK_ID, Batch
 from .data import _STEPS as STEPS
 from .hooks import HookedModule, HookPoint
-from .model import Attention
+from .model import Attention, init_weights
 
 GPT_MASK, GPT_SEP = 0, 1
 GPT_OFFSET = 2 + STEPS  # id of the value 0.00
@@ -124,17 +124,7 @@ class MatrixGPT(HookedModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.cfg.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.tok_embed.weight, std=std)
-        nn.init.normal_(self.pos_embed.weight, std=self.cfg.pos_init_std or std)
+        init_weights(self)
 
     def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
         if pad is not None:

@@ -32,6 +32,22 @@ from .data import MASK_ID, VOCAB_SIZE, Batch
 from .hooks import HookedModule, HookPoint
 from .losses import as_floats, losses
 
+def init_weights(model: nn.Module) -> None:
+    """BERT's initialisation (normal(0, init_std) weights, zero biases, unit LayerNorms; position
+    embeddings at pos_init_std when set), in a fixed order so that one seed gives one model."""
+    std = model.cfg.init_std
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(model.tok_embed.weight, std=std)
+    nn.init.normal_(model.pos_embed.weight, std=model.cfg.pos_init_std or std)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; `causal` (the GPT variant) lets a query see only earlier keys."""
 
@@ -118,16 +134,7 @@ class MatrixBert(HookedModule):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        std = self.cfg.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.tok_embed.weight, std=std)
-        nn.init.normal_(self.pos_embed.weight, std=self.cfg.pos_init_std or std)
+        init_weights(self)
         with torch.no_grad():
             self.tok_embed.weight[MASK_ID].zero_()
 
