@@ -422,11 +422,13 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 # --- summary and figures ------------------------------------------------------------------------------
 
-def _number(v: str) -> float | str:
-    try:
-        return float(v)
-    except ValueError:
-        return v
+def _number(v: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            continue
+    return v
 
 
 def write_summary(sweep: Sweep) -> Path:
@@ -436,13 +438,13 @@ def write_summary(sweep: Sweep) -> Path:
     base = f"the configuration of run `{sweep.spec.base_run}`" if sweep.spec.base_run else f"preset `{sweep.spec.preset}`"
     lines = [f"# Sweep `{sweep.out.name}`", "", f"Base: {base}; fixed: "
              + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
-             "| trial | " + " | ".join(keys) + " | status | drop step | dropped 10x | sudden | plateau L_mask | final L_mask | seconds |",
-             "|---" * (len(keys) + 8) + "|"]
+             "| trial | " + " | ".join(keys) + " | status | escape step | drop step | dropped 10x | sudden | plateau L_mask | final L_mask | seconds |",
+             "|---" * (len(keys) + 9) + "|"]
     for t in sweep.trials:
         r = rows.get(t.index, {"status": "not run"})
         s = r.get("summary") or {}
         cells = [t.overrides.get(k, "") for k in keys]
-        lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('drop_step')} | {s.get('dropped')} | "
+        lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('escape_step')} | {s.get('drop_step')} | {s.get('dropped')} | "
                      f"{s.get('sudden')} | " + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(s.get("final_loss_mask"))
                      + f" | {r.get('seconds', '')} |")
     failed = [r for r in rows.values() if r.get("status") == "failed"]
@@ -503,10 +505,15 @@ def _fmt(v: Any) -> str:
 
 def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
     rows = [r for r in rows if r.get("status") == "done"]
+    escapes = sorted(r["summary"]["escape_step"] for r in rows if r["summary"].get("escape_step") is not None)
     drops = sorted(r["summary"]["drop_step"] for r in rows if r["summary"].get("drop_step") is not None)
     tenfold = sum(1 for r in rows if r["summary"].get("dropped"))
-    if not drops:
-        return f"Drop step: no trial of {len(rows)} dropped."
-    median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
-    return (f"Drop step over {len(rows)} finished trials: {len(drops)} dropped (below half the plateau), {tenfold} reached 10x "
-            f"below it; median {median:g}, range {drops[0]}–{drops[-1]}.")
+    if drops:
+        median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
+        text = (f"Drop step over {len(rows)} finished trials: {len(drops)} dropped (below half the plateau), {tenfold} reached 10x "
+                f"below it; median {median:g}, range {drops[0]}–{drops[-1]}.")
+    else:
+        text = f"Drop step: no trial of {len(rows)} fell below half its plateau."
+    if escapes:
+        text += f" Escape step (20% below the plateau): median {escapes[len(escapes) // 2]}, range {escapes[0]}–{escapes[-1]}."
+    return text

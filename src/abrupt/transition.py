@@ -6,9 +6,10 @@ batch; `loss_mask` where that is absent), smoothed by a running median of `windo
 1. plateau_start: the first logged step after which the smoothed loss falls by less than
    `flat_ratio` over the next `window` logs (the initial fall from random weights is over).
 2. plateau_loss_mask: the median of the smoothed loss from plateau_start up to the first step where
-   it falls below half its plateau_start value (or to the end).
+   it falls 20% below its plateau_start value (or to the end).
 3. drop_step: the first step after plateau_start where the smoothed loss falls below
-   plateau_loss_mask / 2; null when that never happens.
+   plateau_loss_mask / 2; null when that never happens. escape_step: the first step 20% below
+   the plateau (the loss has left it); the plateau's length is escape_step - plateau_start.
 
 `dropped` additionally asks for the final loss to be `min_factor` (10x) below the plateau.
 
@@ -44,6 +45,7 @@ def detect(
         "plateau_loss_mask": None,
         "drop_step": None,
         "dropped": False,
+        "escape_step": None,
     }
     if len(steps) < 2:
         return result
@@ -56,11 +58,15 @@ def detect(
             break
     if start is None:
         return result
-    end = next((j for j in range(start, len(s)) if s[j] < 0.5 * s[start]), len(s))
+    # the plateau level is read before the fall has begun (until 20% below the start), so that a
+    # run which falls only part of the way is not averaged into a lower "plateau"
+    end = next((j for j in range(start, len(s)) if s[j] < 0.8 * s[start]), len(s))
     plateau = statistics.median(s[start:end])
     drop = next((j for j in range(start, len(s)) if s[j] < 0.5 * plateau), None)
+    escape = next((j for j in range(start, len(s)) if s[j] < 0.8 * plateau), None)
     result["plateau_start"] = steps[start]
     result["plateau_loss_mask"] = plateau
+    result["escape_step"] = steps[escape] if escape is not None else None
     if drop is not None:
         result["drop_step"] = steps[drop]
         result["dropped"] = s[-1] * min_factor <= plateau
