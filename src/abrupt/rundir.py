@@ -180,13 +180,22 @@ def unique_dir(parent: Path, stem: str) -> Path:
     raise RunDirError(f"no free directory name for {stem} in {parent}")
 
 
+def curriculum_end(run_dir: Path) -> int:
+    """The last step of the run's training curriculum (0 without one), from its config.json."""
+    path = Path(run_dir) / "config.json"
+    cfg = read_json(path) if path.exists() else {}
+    c = cfg.get("curriculum", {}) if isinstance(cfg, dict) else {}
+    active = bool(c.get("mean")) or bool(c.get("rank")) or c.get("p_mask", -1.0) >= 0
+    return int(c.get("hold", 0)) + int(c.get("decay", 0)) if active else 0
+
+
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     """(Re)write summary.json and loss.png from metrics.jsonl."""
     from . import plots, transition
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
-    summary = transition.summarize(rows, seconds)
+    summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
     atomic_write_json(run_dir / "summary.json", summary)
     plots.plot_losses(rows, summary, run_dir / "loss.png")
     return summary

@@ -308,7 +308,8 @@ class Trainer:
                     if log_now:
                         row = self.log(step, parts, norms, mf)
                         bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False)
-                        if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows)["dropped"]:
+                        after = self.cfg.curriculum.hold + self.cfg.curriculum.decay
+                        if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step
                     bar.update(1)
                     stop = drop_seen_at is not None and step >= drop_seen_at + t.stop_after_drop

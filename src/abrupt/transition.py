@@ -37,8 +37,10 @@ def running_median(values: list[float], window: int) -> list[float]:
 
 
 def detect(
-    rows: list[dict[str, Any]], window: int = 5, flat_ratio: float = 0.9, min_factor: float = 10.0
+    rows: list[dict[str, Any]], window: int = 5, flat_ratio: float = 0.9, min_factor: float = 10.0, after: int = 0
 ) -> dict[str, Any]:
+    """`after`: the plateau is looked for only after this step (the end of a training curriculum,
+    during which the evaluation loss reflects the shifted training data, not the target's)."""
     steps, raw = _series(rows)
     result: dict[str, Any] = {
         "plateau_start": None,
@@ -52,6 +54,8 @@ def detect(
     s = running_median(raw, window)
     start = None
     for i in range(len(s)):
+        if steps[i] <= after:
+            continue
         ahead = s[min(i + window, len(s) - 1)]
         if ahead >= flat_ratio * s[i]:
             start = i
@@ -96,13 +100,13 @@ def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 
     return out
 
 
-def summarize(rows: list[dict[str, Any]], seconds: float | None = None) -> dict[str, Any]:
-    """The run's summary.json: transition fields plus final losses."""
-    found = detect(rows)
+def summarize(rows: list[dict[str, Any]], seconds: float | None = None, after: int = 0) -> dict[str, Any]:
+    """The run's summary.json: transition fields plus final losses (the plateau sought after `after`)."""
+    found = detect(rows, after=after)
     last = rows[-1] if rows else {}
     # a size mixture logs L_mask per size (eval_loss_mask_5x5, ...): a drop step for each
     per_size = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
-    sizes = {f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect([{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows])["drop_step"]
+    sizes = {f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect([{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows], after=after)["drop_step"]
              for k in per_size}
     return {
         **found,
