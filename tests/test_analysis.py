@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from abrupt import progress
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
 from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
 from abrupt.data import seeded_batch as seeded
-from abrupt.config import DataConfig, ModelConfig
+from abrupt.config import DataConfig
 from abrupt.data import MASK_ID, id_to_value
 from abrupt.losses import evaluate
 from abrupt.model import MatrixBert
@@ -50,14 +51,14 @@ def test_substitution_replaces_only_hidden_tokens():
 
 
 def row_pattern(m, n, batch=2, heads=1):
-    rel = attention.relation_masks(m, n)["row"].float()
+    rel = progress.relation_masks(m, n)["row"].float()
     pat = rel / rel.sum(-1, keepdim=True)
     return pat.expand(1, batch, heads, m * n, m * n)
 
 
 def test_pattern_on_the_row_has_row_mass_one():
     hidden = torch.zeros(2, 49, dtype=torch.bool)
-    masses = attention.head_masses(row_pattern(7, 7), hidden, 7, 7)
+    masses = progress.head_masses(row_pattern(7, 7), hidden, 7, 7)
     assert masses["row"].item() == pytest.approx(1.0)
     assert masses["column"].item() == pytest.approx(0.0)
     assert masses["observed"].item() == pytest.approx(1.0)

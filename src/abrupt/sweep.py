@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from .config import ConfigError, apply_overrides, preset
-from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json, read_metrics
+from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json
 
 
 @dataclass
@@ -334,6 +334,8 @@ class Sweep:
                 engine.stop()
                 self._rewrite_results()
             rows = self.rows()
+        from .sweep_summary import write_summary
+
         write_summary(self)
         return rows
 
@@ -418,102 +420,3 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict) and isinstance(row.get("index"), int):
             rows.append(row)
     return rows
-
-
-# --- summary and figures ------------------------------------------------------------------------------
-
-def _number(v: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(v)
-        except ValueError:
-            continue
-    return v
-
-
-def write_summary(sweep: Sweep) -> Path:
-    """summary.md: a table of every trial, the drop statistics and the figures."""
-    rows = sweep.rows()
-    keys = sweep.spec.swept_keys()
-    base = f"the configuration of run `{sweep.spec.base_run}`" if sweep.spec.base_run else f"preset `{sweep.spec.preset}`"
-    lines = [f"# Sweep `{sweep.out.name}`", "", f"Base: {base}; fixed: "
-             + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
-             "| trial | " + " | ".join(keys) + " | status | escape step | drop step | dropped 10x | sudden | plateau L_mask | final L_mask | seconds |",
-             "|---" * (len(keys) + 9) + "|"]
-    for t in sweep.trials:
-        r = rows.get(t.index, {"status": "not run"})
-        s = r.get("summary") or {}
-        cells = [t.overrides.get(k, "") for k in keys]
-        lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('escape_step')} | {s.get('drop_step')} | {s.get('dropped')} | "
-                     f"{s.get('sudden')} | " + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(s.get("final_loss_mask"))
-                     + f" | {r.get('seconds', '')} |")
-    failed = [r for r in rows.values() if r.get("status") == "failed"]
-    if failed:
-        lines += ["", "Failed trials:", ""] + [f"- {r['trial']}: {r['error']}" for r in failed]
-    lines += ["", _drop_stats(rows.values()), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in _figures(sweep, rows, keys)]
-    path = sweep.out / "summary.md"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-    return path
-
-
-def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[Path]:
-    """Per swept key, drop step and final L_mask against its value; every trial's L_mask curve."""
-    from .plots import figure, plt
-
-    figures = []
-    for key in keys:
-        path = sweep.out / f"by_{key.replace('.', '_')}.png"
-        with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
-            for ax, field_, label in ((axes[0][0], "drop_step", "drop step"), (axes[0][1], "final_loss_mask", "final L_mask")):
-                pts = [(_number(t.overrides.get(key, "")), (rows.get(t.index, {}).get("summary") or {}).get(field_)) for t in sweep.trials]
-                pts = [(x, y) for x, y in pts if isinstance(y, (int, float))]
-                ax.scatter([x for x, _ in pts], [y for _, y in pts], color="tab:red")
-                ax.set_xlabel(key)
-                ax.set_ylabel(label)
-                if field_ == "final_loss_mask":
-                    ax.set_yscale("log")
-                ax.grid(alpha=0.3)
-        figures.append(path)
-    curves = sweep.out / "curves.png"
-    color_key = next((k for k in keys if k != "seed"), keys[0] if keys else None)
-    values = sorted({_number(t.overrides.get(color_key, "")) for t in sweep.trials}, key=str) if color_key else []
-    with figure(curves, figsize=(7, 4.2)) as (fig, axes):
-        ax = axes[0][0]
-        labelled = set()
-        for t in sweep.trials:
-            metrics = read_metrics(sweep.out / t.name) if (sweep.out / t.name).is_dir() else []
-            if not metrics:
-                continue
-            v = _number(t.overrides.get(color_key, "")) if color_key else ""
-            color = plt.cm.viridis(values.index(v) / max(len(values) - 1, 1)) if color_key else "tab:red"
-            label = f"{color_key}={v}" if color_key and v not in labelled else None
-            labelled.add(v)
-            ax.plot([m["step"] for m in metrics], [m.get("eval_loss_mask") for m in metrics], color=color, lw=1, label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("L_mask (evaluation batch)")
-        ax.grid(alpha=0.3, which="both")
-        if color_key:
-            ax.legend(fontsize=7)
-    return figures + [curves]
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
-
-
-def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
-    rows = [r for r in rows if r.get("status") == "done"]
-    escapes = sorted(r["summary"]["escape_step"] for r in rows if r["summary"].get("escape_step") is not None)
-    drops = sorted(r["summary"]["drop_step"] for r in rows if r["summary"].get("drop_step") is not None)
-    tenfold = sum(1 for r in rows if r["summary"].get("dropped"))
-    if drops:
-        median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
-        text = (f"Drop step over {len(rows)} finished trials: {len(drops)} dropped (below half the plateau), {tenfold} reached 10x "
-                f"below it; median {median:g}, range {drops[0]}–{drops[-1]}.")
-    else:
-        text = f"Drop step: no trial of {len(rows)} fell below half its plateau."
-    if escapes:
-        text += f" Escape step (20% below the plateau): median {escapes[len(escapes) // 2]}, range {escapes[0]}–{escapes[-1]}."
-    return text

@@ -20,7 +20,7 @@ from ..data import Batch, make_batch, seeded_batch
 from ..hooks import act_name
 from ..model import MatrixBert
 from ..plots import figure, plt
-from ..progress import head_masses, relation_masks  # noqa: F401  (relation_masks: part of this analysis' API)
+from ..progress import head_masses
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Attention maps (Fig. 4, 5)"

@@ -21,7 +21,6 @@ import math
 from typing import Annotated, Any, Callable
 
 import numpy as np
-import torch
 
 from .. import checkpoints
 from ..config import Config, DataConfig
