@@ -1,7 +1,7 @@
 """Find the plateau and the sudden drop from logged metrics alone (so it also runs on old runs).
 
 The detector reads one series, `eval_loss_mask` (the hidden-entry loss on the fixed evaluation
-batch; `loss_mask` where that is absent), smoothed by a running median of `window` points:
+batch; `loss_mask` where that is absent; for the GPT variant its cross-entropy `eval_loss`), smoothed by a running median of `window` points:
 
 1. plateau_start: the first logged step after which the smoothed loss falls by less than
    `flat_ratio` over the next `window` logs (the initial fall from random weights is over).
@@ -26,7 +26,10 @@ from typing import Any
 
 
 def _series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
-    key = "eval_loss_mask" if rows and all(r.get("eval_loss_mask") is not None for r in rows) else "loss_mask"
+    if rows and "eval_acc_obs" in rows[0]:  # the GPT variant: its drop is in the cross-entropy (Fig. 11)
+        key = "eval_loss"
+    else:
+        key = "eval_loss_mask" if rows and all(r.get("eval_loss_mask") is not None for r in rows) else "loss_mask"
     pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None]
     return [s for s, _ in pts], [v for _, v in pts]
 
