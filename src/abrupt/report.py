@@ -85,7 +85,11 @@ def _transition(summary: dict[str, Any]) -> str:
     drop = summary.get("drop_step")
     return (f"Plateau L_mask {num('plateau_loss_mask', '.4f')} from step {summary.get('plateau_start')}; "
             + (f"drop at step {drop}; " if drop is not None else "no drop detected; ")
-            + f"final L {num('final_loss', '.4g')}, final L_mask {num('final_loss_mask', '.4g')} after {summary.get('steps')} steps.")
+            + f"final L {num('final_loss', '.4g')}, final L_mask {num('final_loss_mask', '.4g')} after {summary.get('steps')} steps."
+            + (f" The fall from 20% to 80% of the way took {num('fall_ratio', '.2f')} of the steps before it; "
+               + ("sudden (at most 0.25, and 10x below the plateau)." if summary.get("sudden") else
+                  "not sudden by the strict criterion (at most 0.25, and 10x below the plateau).")
+               if summary.get("fall_ratio") is not None else ""))
 
 
 def _sections(run_dir: Path) -> list[dict[str, Any]]:
