@@ -65,7 +65,8 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
         figures.append(path)
     curves = sweep.out / "curves.png"
     color_key = next((k for k in keys if k != "seed"), keys[0] if keys else None)
-    values = sorted({_number(t.overrides.get(color_key, "")) for t in sweep.trials}, key=str) if color_key else []
+    values = sorted({_number(t.overrides.get(color_key, "")) for t in sweep.trials},
+                    key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))) if color_key else []
     with figure(curves, figsize=(7, 4.2)) as (fig, axes):
         ax = axes[0][0]
         labelled = set()
