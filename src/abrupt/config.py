@@ -103,6 +103,11 @@ class CurriculumConfig:
     rank: int = 0  # > 0: training matrices of this rank for the first `hold` steps
     p_mask: float = -1.0  # >= 0: training masks at this rate for the first `hold` steps
 
+    def end(self) -> int:
+        """The last step of the curriculum (0 when none is active)."""
+        active = bool(self.mean) or bool(self.rank) or self.p_mask >= 0
+        return self.hold + self.decay if active else 0
+
     def data_at(self, data: "DataConfig", step: int) -> "DataConfig":
         """The training data's configuration at `step` (the target `data` once the curriculum ends)."""
         if step > self.hold or (not self.rank and self.p_mask < 0):

@@ -13,6 +13,7 @@ any JSON reader.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -183,10 +184,12 @@ def unique_dir(parent: Path, stem: str) -> Path:
 def curriculum_end(run_dir: Path) -> int:
     """The last step of the run's training curriculum (0 without one), from its config.json."""
     path = Path(run_dir) / "config.json"
+    from .config import CurriculumConfig
+
     cfg = read_json(path) if path.exists() else {}
-    c = cfg.get("curriculum", {}) if isinstance(cfg, dict) else {}
-    active = bool(c.get("mean")) or bool(c.get("rank")) or c.get("p_mask", -1.0) >= 0
-    return int(c.get("hold", 0)) + int(c.get("decay", 0)) if active else 0
+    raw = cfg.get("curriculum", {}) if isinstance(cfg, dict) else {}
+    known = {f.name for f in dataclasses.fields(CurriculumConfig)}
+    return CurriculumConfig(**{k: v for k, v in raw.items() if k in known}).end()
 
 
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:

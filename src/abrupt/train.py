@@ -308,7 +308,7 @@ class Trainer:
                     if log_now:
                         row = self.log(step, parts, norms, mf)
                         bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False)
-                        after = self.cfg.curriculum.hold + self.cfg.curriculum.decay
+                        after = self.cfg.curriculum.end()
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step
                     bar.update(1)
