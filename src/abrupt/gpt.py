@@ -21,30 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VOCAB_MAX, ModelConfig
-from .data import MASK_ID, Batch
-from .data import _STEPS as STEPS
+from .config import ModelConfig
+from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from .hooks import HookedModule, HookPoint
 from .model import Attention, init_weights
 
 GPT_MASK, GPT_SEP = 0, 1
-GPT_OFFSET = 2 + STEPS  # id of the value 0.00
-GPT_VOCAB = GPT_OFFSET + STEPS + 1  # 2003
+_SHIFT = 1  # a GPT value id is the BERT value id + 1 (room for SEP after MASK)
+GPT_VOCAB = VOCAB_SIZE + _SHIFT  # 2003
 
 
 def value_ids(values: torch.Tensor) -> torch.Tensor:
-    """GPT token ids of (already vocabulary-range) values."""
-    hundredths = torch.round(values.double() * 100).long()
-    if hundredths.numel() and hundredths.abs().max().item() > STEPS:
-        raise ValueError(f"a value lies outside the vocabulary [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]")
-    return hundredths + GPT_OFFSET
+    """GPT token ids of values (a value outside the vocabulary is refused, as in data.value_to_id)."""
+    return value_to_id(values) + _SHIFT
 
 
 def id_values(ids: torch.Tensor) -> torch.Tensor:
     """Values of GPT value ids (special ids have no value: refused)."""
-    if ((ids < 2) | (ids >= GPT_VOCAB)).any():
-        raise ValueError("only value ids (2 ... 2002) have a value")
-    return (ids - GPT_OFFSET).double().div(100).float()
+    return id_to_value(ids - _SHIFT)
 
 
 def sequence(batch: Batch) -> torch.Tensor:
@@ -56,8 +50,8 @@ def sequence(batch: Batch) -> torch.Tensor:
 
 
 def masked_prefix(tokens: torch.Tensor) -> torch.Tensor:
-    """BERT tokens (MASK = 0, value v -> v + 1001 - 1000 ...) of a masked matrix as GPT ids."""
-    return torch.where(tokens == MASK_ID, torch.full_like(tokens, GPT_MASK), tokens + 1)
+    """BERT tokens of a masked matrix as GPT ids."""
+    return torch.where(tokens == MASK_ID, torch.full_like(tokens, GPT_MASK), tokens + _SHIFT)
 
 
 def gpt_losses(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
