@@ -133,14 +133,23 @@ def _check_count_and_seed(n: int, seed: int) -> None:
         raise UsageError(f"--seed: must be in [0, 2^62), got {seed}")
 
 
+def _check_threads(threads: int) -> None:
+    limit = 4 * (os.cpu_count() or 1)
+    if not 1 <= threads <= limit:
+        raise UsageError(f"--threads: must be in [1, {limit}] on this machine ({os.cpu_count()} cores), got {threads}")
+
+
+def _check_workers(workers: int) -> None:
+    if not 1 <= workers <= 1024:
+        raise UsageError(f"--workers: must be in [1, 1024], got {workers}")
+
+
 def _set_threads(threads: int | None) -> None:
     import torch
 
     if threads is None:
         return
-    limit = 4 * (os.cpu_count() or 1)
-    if not 1 <= threads <= limit:
-        raise UsageError(f"--threads: must be in [1, {limit}] on this machine ({os.cpu_count()} cores), got {threads}")
+    _check_threads(threads)
     torch.set_num_threads(threads)
 
 
@@ -304,11 +313,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
         args.overrides.insert(0, str(args.spec))
         args.spec = None
-    limit = 4 * (os.cpu_count() or 1)
-    if not 1 <= args.workers <= 1024:
-        raise UsageError(f"--workers: must be in [1, 1024], got {args.workers}")
-    if not 1 <= args.threads <= limit:
-        raise UsageError(f"--threads: must be in [1, {limit}], got {args.threads}")
+    _check_workers(args.workers)
+    _check_threads(args.threads)
     if not 0 <= args.gpus < math.inf:
         raise UsageError(f"--gpus: must be >= 0, got {args.gpus}")
     if args.resume:
@@ -338,8 +344,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
     from . import components
     from .sweep import Sweep
 
-    if not 1 <= args.workers <= 1024:
-        raise UsageError(f"--workers: must be in [1, 1024], got {args.workers}")
+    _check_workers(args.workers)
     if args.resume:
         sweep = Sweep.open(args.resume)
     else:
