@@ -78,12 +78,12 @@ def read_json(path: Path) -> Any:
         raise RunDirError(f"{path} is not valid JSON ({e}); rewrite it or remove it") from None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of metrics.jsonl. A last line cut by a kill is dropped (it is an unfinished write); a
-    corrupt line anywhere else is skipped with a warning naming it, and every other row is kept."""
-    path = Path(run_dir) / "metrics.jsonl"
+def read_jsonl(path: Path, key: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a JSON-lines file that are objects with an integer `key`, and the numbers of the
+    corrupt lines before the last one (a last line cut by a kill is an unfinished write, not corrupt)."""
+    path = Path(path)
     if not path.exists():
-        return []
+        return [], []
     lines = path.read_text(errors="replace").splitlines()
     rows, bad = [], []
     for number, line in enumerate(lines, 1):
@@ -91,12 +91,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                raise ValueError("not a metrics row")
+            if not isinstance(row, dict) or not isinstance(row.get(key), int):
+                raise ValueError(f"no integer {key}")
             rows.append(row)
         except ValueError:
             if number < len(lines):
                 bad.append(number)
+    return rows, bad
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of metrics.jsonl. A last line cut by a kill is dropped (it is an unfinished write); a
+    corrupt line anywhere else is skipped with a warning naming it, and every other row is kept."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows, bad = read_jsonl(path, "step")
     if bad:
         warnings.warn(f"{path}: skipped corrupt line(s) {bad}; the other {len(rows)} rows are kept", stacklevel=2)
     return rows

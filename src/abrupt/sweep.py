@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from .config import ConfigError, apply_overrides, preset
-from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json
+from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json, read_jsonl
 
 
 @dataclass
@@ -408,15 +407,5 @@ def _terminate_as_interrupt():
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of a sweep's results (a line cut by a kill is skipped)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("index"), int):
-            rows.append(row)
-    return rows
+    """Rows of a sweep's results.jsonl (a line cut by a kill is skipped)."""
+    return read_jsonl(path, "index")[0]
