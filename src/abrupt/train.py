@@ -108,8 +108,8 @@ def parse_init_from(spec: str) -> tuple[Path, int | None]:
     return Path(run), int(step) if sep else None
 
 
-def load_init(model: torch.nn.Module, spec: str) -> int:
-    """Copy another run's weights into `model` (every tensor, shapes checked by name); returns the step."""
+def init_source(model: torch.nn.Module, spec: str) -> dict[str, torch.Tensor]:
+    """Another run's weights for `model` (every tensor, shapes checked by name), read once."""
     run, step = parse_init_from(spec)
     try:
         ckpt = checkpoints.find(run, step)
@@ -126,8 +126,7 @@ def load_init(model: torch.nn.Module, spec: str) -> int:
     extra = sorted(set(source) - set(own))
     if extra:
         raise ConfigError(f"train.init_from: {run} has tensors this model lacks: {', '.join(extra[:3])}")
-    model.load_state_dict(source)
-    return ckpt.step
+    return source
 
 
 class Trainer:
@@ -175,14 +174,14 @@ class Trainer:
             return torch.optim.AdamW(param_groups, weight_decay=t.weight_decay, **kwargs)
         return torch.optim.Adam(param_groups, **kwargs)
 
-    def start_fresh(self) -> int:
+    def start_fresh(self, source: dict[str, torch.Tensor] | None = None) -> int:
+        """Step 0: the model as built, or `source` (train.init_from) with the train.reinit groups
+        kept as built."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        t = self.cfg.train
-        if t.init_from:
-            fresh = {k: v.clone() for k, v in self.model.state_dict().items()}
-            load_init(self.model, t.init_from)
+        if source is not None:
+            t = self.cfg.train
             reinit = set().union(*(groups.names(self.model, g) for g in groups.split(t.reinit))) if t.reinit else set()
-            self.model.load_state_dict({k: fresh[k] if k in reinit else v for k, v in self.model.state_dict().items()})
+            self.model.load_state_dict({k: v if k in reinit else source[k] for k, v in self.model.state_dict().items()})
         write_metrics(self.out_dir, [])
         self._write_config()
         self.save(0)
@@ -330,8 +329,8 @@ class Trainer:
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate(cfg)
-    if cfg.train.init_from and not resume:
-        load_init(build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed), cfg.train.init_from)  # refuse before writing
+    trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
+    source = init_source(trainer.model, cfg.train.init_from) if cfg.train.init_from and not resume else None  # refuse before writing
     if str(Path(out_dir)) == "." and not resume:
         raise RunDirError("give the run directory a name (not the current directory)")
     if not resume and Path(out_dir).is_dir():
@@ -341,6 +340,5 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
             raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
         if not resume:
             check_fresh(out_dir)  # again under the lock: another process may have started it meanwhile
-        trainer = Trainer(cfg, out_dir, progress)
-        start = trainer.resume() if resume else trainer.start_fresh()
+        start = trainer.resume() if resume else trainer.start_fresh(source)
         return trainer.run(start)
