@@ -58,9 +58,6 @@ def evaluate(model, batch: Batch, fwd_hooks: Iterable = ()) -> dict[str, float]:
 
 def per_size(pred: torch.Tensor, batch: Batch, names: list[str]) -> dict[str, float]:
     """L_mask of each size of a mixture: {"loss_mask_5x5": ..., ...}."""
-    out = {}
-    for k, name in enumerate(names):
-        rows = (batch.size == k).to(pred.device)
-        sq = (pred.float() - batch.target.to(pred.device)) ** 2
-        out[f"loss_mask_{name}"] = _mean_over(sq, batch.mask.to(pred.device) & rows[:, None]).item()
-    return out
+    sq = (pred.float() - batch.target.to(pred.device)) ** 2
+    hidden, size = batch.mask.to(pred.device), batch.size.to(pred.device)
+    return {f"loss_mask_{name}": _mean_over(sq, hidden & (size == k)[:, None]).item() for k, name in enumerate(names)}

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__, checkpoints, groups, progress, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
-from .losses import as_floats, per_size
+from .losses import as_floats, losses, per_size
 from .model import build_model
 from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
 
@@ -259,10 +259,12 @@ class Trainer:
         train_losses = as_floats(parts)
         if not math.isfinite(train_losses["loss"]):
             raise TrainingError(self._divergence(step, f"the training loss became {train_losses['loss']}"))
-        ev = self.model.evaluate_batch(self.evalset)
-        if self.evalset.size is not None:
+        if self.evalset.size is None:
+            ev = self.model.evaluate_batch(self.evalset)
+        else:  # a size mixture (BERT only): one forward pass for the losses and the L_mask of each size
             pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
-            ev.update(per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()]))
+            ev = {**as_floats(losses(pred, self.evalset)),
+                  **per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()])}
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
         row = {"step": step, **train_losses, **{f"eval_{k}": v for k, v in ev.items()}, **norms,
