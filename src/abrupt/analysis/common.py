@@ -156,7 +156,7 @@ class RunView:
         models = {s: self.model(s) for s in steps}
         # analyses see the model's whole grid: a size mixture's largest size, no padding
         data = dataclasses.replace(self.cfg.data, sizes="")
-        return Inputs(models, data, lambda: {s: models.get(s) or self.model(s) for s in self.steps},
+        return Inputs(models, data, lambda: {s: models[s] if s in models else self.model(s) for s in self.steps},
                       read_metrics(self.path), self.summary)
 
 
