@@ -86,9 +86,11 @@ def _transition(summary: dict[str, Any]) -> str:
     return (f"Plateau L_mask {num('plateau_loss_mask', '.4f')} from step {summary.get('plateau_start')}; "
             + (f"drop at step {drop}; " if drop is not None else "no drop detected; ")
             + f"final L {num('final_loss', '.4g')}, final L_mask {num('final_loss_mask', '.4g')} after {summary.get('steps')} steps."
-            + (f" The fall from 20% to 80% of the way took {num('fall_ratio', '.2f')} of the steps before it; "
-               + ("sudden (at most 0.25, and 10x below the plateau)." if summary.get("sudden") else
-                  "not sudden by the strict criterion (at most 0.25, and 10x below the plateau).")
+            + (f" The loss sat within 25% of the plateau for {summary.get('plateau_steps')} steps (P) and fell "
+               f"{num('drop_factor', '.1f')}x below it (F) within P/4 steps of leaving it: "
+               + ("sudden (F >= 5)." if summary.get("sudden") else "not sudden (the window rule asks F >= 5).")
+               if summary.get("drop_factor") is not None else " The loss never left the plateau.")
+            + (f" The whole fall, 20% to 80% of the way on a log scale, took {num('fall_ratio', '.2f')} of the steps before it."
                if summary.get("fall_ratio") is not None else ""))
 
 

@@ -138,7 +138,7 @@ class Trainer:
         self.device = resolve_device(t.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
-        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed).to(self.device)
+        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed, cols=cfg.data.n).to(self.device)
         trainable = set().union(*(groups.names(self.model, g) for g in groups.split(t.trainable)))
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in trainable)
@@ -213,12 +213,15 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
-        return t.lr * min(1.0, step / t.warmup) if t.warmup else t.lr
+        lr = t.lr * t.lr_width_ref / self.cfg.model.hidden if t.lr_width_ref else t.lr
+        return lr * min(1.0, step / t.warmup) if t.warmup else lr
 
     def step(self, step: int, want_norms: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """One optimizer step on a fresh batch; the batch's losses (tensors, left on the device)
         and, if asked, gradient norms (these read back from the device, so only at log steps)."""
         lr = self.lr_at(step)
+        if self.cfg.model.attn_bias_until:
+            self.model.attn_bias_on = self.cfg.model.attn_bias != 1.0 and step <= self.cfg.model.attn_bias_until
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
         data = self.cfg.curriculum.data_at(self.cfg.data, step)
