@@ -96,6 +96,7 @@ class TrainConfig:
     group_lr: str = ""  # intervention: lr multipliers per parameter group, e.g. "pos_embed=10,mlp=0.5" (groups.py)
     grokfast_alpha: float = 0.0  # intervention: gradient low-pass filter (Grokfast EMA); 0 = off
     grokfast_lambda: float = 0.0  # ... the filtered gradient is amplified by this and added
+    forecast: bool = True  # forecast the escape step at each log (forecast.py): metrics.jsonl and the progress bar
     progress: bool = False  # log progress measures (attention row/column mass, collapse, position purity, per-group grad norms)
     init_from: str = ""  # start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
     trainable: str = "all"  # train only these parameter groups (comma-separated); the rest stay frozen

@@ -32,7 +32,7 @@ TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>
 <h1>abrupt report: {{ name }}</h1>
 <p>Preset <b>{{ c.preset }}</b>, seed {{ c.seed }}: {{ c.model.layers }} layers, {{ c.model.heads }} heads, width {{ c.model.hidden }};
 {{ c.data.m }}×{{ c.data.n }} rank-{{ c.data.rank }} matrices, p_mask {{ c.data.p_mask }}; lr {{ c.train.lr }}, batch {{ c.train.batch_size }}.</p>
-<section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}</section>
+<section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}{{ fig(forecast_png) }}</section>
 {% if not sections %}<p>No analyses yet: run <code>abrupt analyze RUN</code>.</p>{% endif %}
 {% if skipped %}<p>Not run on this run: {% for name, why in skipped.items() %}<b>{{ name }}</b> ({{ why }}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
 {% for s in sections %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
@@ -127,6 +127,7 @@ def build(run_dir: Path) -> Path:
     try:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name, style=STYLE, c=config, transition=_transition(summary), loss_png=loss_png,
+            forecast_png=_inside(run_dir, run_dir, "forecast.png"),
             sections=_sections(run_dir), skipped=_skipped(run_dir), cell=_cell, fig=lambda p: Markup(_figure_html(p)))
     except jinja2.UndefinedError as e:
         raise RunDirError(f"{run_dir / 'config.json'} lacks a field the report needs ({e})") from None

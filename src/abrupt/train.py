@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, groups, progress, transition
+from . import __version__, checkpoints, forecast, groups, progress, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
 from .losses import as_floats, losses, per_size
@@ -154,6 +154,7 @@ class Trainer:
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
+        self.forecast = forecast.Forecast(0, reason="not started")
         self.t0 = time.perf_counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -277,6 +278,9 @@ class Trainer:
             row.update(progress.measures(self.model, e.tokens[:k], e.mask[:k], self.cfg.data.m, self.cfg.data.n,
                                          None if e.pad is None else e.pad[:k]))
             row["time"] = round(time.perf_counter() - self.t0, 3)
+        if self.cfg.train.forecast:
+            self.forecast = forecast.forecast(self.rows + [row], after=self.cfg.curriculum.end())
+            row.update(self.forecast.as_row())
         out.write(dumps(row) + "\n")
         out.flush()
         self.rows.append(row)
@@ -311,7 +315,8 @@ class Trainer:
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         row = self.log(step, parts, norms, mf)
-                        bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False)
+                        escape = {"escape": self.forecast.label()} if self.forecast.escape is not None else {}
+                        bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False, **escape)
                         after = self.cfg.curriculum.end()
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step
