@@ -81,7 +81,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast (CUDA only)
+    bf16: bool = False  # bf16 autocast of the training forward (for GPUs; on CPU it runs, slower, so CPU checks cover it); losses in fp32
     compile: bool = False  # torch.compile the training forward (about 1.14x on the cpu preset, after ~1 min of compiling)
     log_every: int = 50
     eval_size: int = 1024  # fixed, seeded evaluation batch

@@ -115,7 +115,7 @@ class Attention(nn.Module):
         elif self.temperature == 1.0 and keep is None and bias is None:  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif bias is not None:  # BERT only (validated): no causal mask to combine
-            mask = bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(q.dtype)  # SDPA wants q's dtype (bf16 autocast)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=self.causal and keep is None,
@@ -201,7 +201,7 @@ class MatrixBert(HookedModule):
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
         keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
-        bias = row_column_bias(t, self.cols, self.cfg.attn_bias, x.device).to(x.dtype) if self.attn_bias_on else None
+        bias = row_column_bias(t, self.cols, self.cfg.attn_bias, x.device) if self.attn_bias_on else None
         for layer, block in enumerate(self.blocks):
             x = block(x, keep, bias if layer in self.bias_layers else None)
         if self.cfg.norm == "pre":

@@ -150,7 +150,7 @@ class Trainer:
                         for name, _ in self.model.named_parameters()}
         self.evalset = eval_batch(cfg).to(self.device)
         self.ckpt_at = checkpoint_steps(cfg)
-        self.use_bf16 = cfg.train.bf16 and self.device.type == "cuda"
+        self.use_bf16 = cfg.train.bf16  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
