@@ -108,3 +108,18 @@ def test_the_study_command_measures_lead_times_on_held_out_runs(tmp_path, capsys
     assert (tmp_path / "out" / "error_vs_horizon.png").stat().st_size > 1000
     assert main(["forecast", str(tmp_path / "nothing"), "--out", str(tmp_path / "o2")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+def test_llc_analysis_estimates_finite_reproducible_values(tmp_path):
+    pytest.importorskip("devinterp")
+    from abrupt.cli import main
+
+    assert main(["train", "--preset", "tiny", "--quiet", "--out", str(tmp_path / "run"), "train.steps=20"]) == 0
+    opts = ["--set", "llc.n=64", "--set", "llc.batch=32", "--set", "llc.draws=4", "--set", "llc.chains=1"]
+    assert main(["analyze", str(tmp_path / "run"), "--only", "llc", *opts]) == 0
+    first = json.loads((tmp_path / "run" / "analysis" / "llc" / "results.json").read_text())
+    assert main(["analyze", str(tmp_path / "run"), "--only", "llc", *opts]) == 0
+    again = json.loads((tmp_path / "run" / "analysis" / "llc" / "results.json").read_text())
+    values = [r["llc"] for r in first["numbers"]["rows"]] if "numbers" in first else [r["llc"] for r in first["rows"]]
+    assert len(values) == 2 and all(math.isfinite(v) for v in values)
+    assert first == {**again, "seconds": first.get("seconds")} or values == ([r["llc"] for r in again["numbers"]["rows"]] if "numbers" in again else [r["llc"] for r in again["rows"]])

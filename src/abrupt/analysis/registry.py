@@ -1,7 +1,7 @@
 """Find the analyses, type their options, run them on a run directory, write their results.
 
 An analysis is any module of this package with `TITLE`, `PAPER`, `ORDER`, `run`, `plot` and
-`render` (see common.py); `discover()` finds it, so `abrupt analyze --only NAME`, `--options` and
+`render` (see common.py), and `ON_REQUEST = True` if it should run only when named; `discover()` finds it, so `abrupt analyze --only NAME`, `--options` and
 the report pick it up without other edits. Options reach `run` as keyword arguments
 (`--set probe.n=2048`), typed from its signature. Each analysis writes
 `RUN/analysis/<name>/results.json` (strict JSON: its options, steps, seconds and numbers) and its
@@ -120,7 +120,8 @@ def analyze(
     analyses = discover()
     view = open_run(run_dir, device)
     opts = opts or {}
-    names, skipped = plan(view.cfg, only or list(analyses), opts)
+    # an analysis marked ON_REQUEST (costly, optional) runs only when named
+    names, skipped = plan(view.cfg, only or [n for n, m in analyses.items() if not getattr(m, "ON_REQUEST", False)], opts)
     for name, why in skipped.items():
         if progress:
             print(f"  {name:11s} skipped: {why}", flush=True)

@@ -1,0 +1,120 @@
+"""The local learning coefficient (LLC) at checkpoints, a candidate early signal of the drop.
+
+The LLC (singular learning theory; Lau et al. 2023) is estimated with the `devinterp` library
+(optional: `pip install 'abrupt[devinterp]'`) by SGLD sampling around the checkpoint's weights on
+the run's own training law: LLC = n_beta (mean sampled loss - loss at the checkpoint), the loss
+being the training objective (MSE over all entries). It is measured per checkpoint, so the cost is
+`chains * draws` forward and backward passes of `batch` matrices each (plus `n` evaluations).
+Not from the paper: issue 19 asks whether it moves before the loss does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+
+from ..config import Config
+from ..data import Batch, id_to_value, seeded_batch, value_to_id
+from ..plots import figure
+from .common import Count, Inputs, Result, Seed, Table, Text, at_least, bert_only, between, one_of
+
+TITLE = "Local learning coefficient (devinterp)"
+PAPER = ("Not in the paper. Developmental interpretability reads phase changes from the LLC, which estimates how many "
+         "effective parameters the model uses at a point; a change across the drop, and whether it comes first, is the question.")
+ORDER = 6
+ON_REQUEST = True  # minutes per checkpoint: `abrupt analyze RUN --only llc`
+
+
+def unsupported(cfg: Config) -> str | None:
+    try:
+        import devinterp  # noqa: F401
+    except ImportError:
+        return "the devinterp library is not installed (pip install 'abrupt[devinterp]')"
+    return bert_only(cfg)
+
+
+def _pack(batch: Batch) -> torch.Tensor:
+    """(B, 2T) ids: the input tokens, then the target values as value ids (devinterp passes one id tensor)."""
+    return torch.cat([batch.tokens, value_to_id(batch.target, clip=True)], dim=1)
+
+
+def _loss_fn(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(B, 2T - 1), devinterp's per-token shape: each matrix's mean squared error over all its
+    entries in every column, so that the mean is the training objective."""
+    t = ids.shape[1] // 2
+    target = id_to_value(ids[:, t:].cpu()).to(ids.device)
+    per_matrix = ((model(ids[:, :t]) - target) ** 2).mean(dim=1, keepdim=True)
+    return per_matrix.expand(-1, ids.shape[1] - 1)
+
+
+def estimate(model: torch.nn.Module, batch: Batch, lr: float, n_beta: float, localization: float, chains: int,
+             draws: int, batch_size: int, seed: int) -> dict[str, float]:
+    """{'llc': mean over chains, 'llc_std': spread over chains, 'seconds': cost} for one model."""
+    from datasets import Dataset
+    from devinterp.slt.llc import llc
+
+    data = Dataset.from_dict({"input_ids": _pack(batch).tolist()}).with_format("torch")
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.train()
+    out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains, num_draws=draws,
+              batch_size=batch_size, num_init_loss_batches=max(1, len(batch) // batch_size), init_seed=seed,
+              loss_fn=_loss_fn, device="cpu")
+    model.train(was_training)
+    return {"llc": float(out["llc_mean"]), "llc_std": float(out["llc_std"]), "seconds": time.perf_counter() - t0}
+
+
+def run(
+    inputs: Inputs,
+    checkpoints: Annotated[str, one_of("chosen", "all")] = "chosen",
+    n: Count = 1024,
+    batch: Count = 128,
+    chains: Annotated[int, between(1, 64)] = 2,
+    draws: Annotated[int, between(1, 10_000)] = 100,
+    lr: Annotated[float, between(0, 1, open_lo=True)] = 1e-4,
+    localization: Annotated[float, at_least(0)] = 100.0,
+    seed: Seed = 0,
+) -> Result:
+    """LLC at the chosen (plateau, final) checkpoints or at every one, with n_beta = n / log n."""
+    models = inputs.models if checkpoints == "chosen" else inputs.all_checkpoints()
+    data = seeded_batch(inputs.data, n, seed)
+    n_beta = n / math.log(n) if n > 1 else 1.0
+    rows = []
+    for step, model in models.items():
+        torch.manual_seed(seed)
+        rows.append({"step": step, **estimate(model, data, lr, n_beta, localization, chains, draws, min(batch, n), seed)})
+    loss = {r["step"]: r.get("eval_loss_mask") for r in inputs.metrics}
+    for r in rows:
+        r["eval_loss_mask"] = loss.get(r["step"])
+    numbers = {"n_beta": n_beta, "rows": rows, "drop_step": inputs.summary.get("drop_step"),
+               "escape_step": inputs.summary.get("escape_step"),
+               "seconds_per_checkpoint": sum(r["seconds"] for r in rows) / len(rows)}
+    return Result(numbers, {"rows": rows})
+
+
+def plot(result: Result, out: Path) -> list[Path]:
+    rows = result.figure_data["rows"]
+    path = out / "llc.png"
+    with figure(path, figsize=(6.4, 3.6)) as (fig, axes):
+        ax = axes[0][0]
+        ax.errorbar([r["step"] for r in rows], [r["llc"] for r in rows], yerr=[r["llc_std"] for r in rows], marker="o",
+                    ms=3, lw=1, capsize=2, label="LLC (devinterp SGLD)")
+        for key, style in (("escape_step", ":"), ("drop_step", "--")):
+            if result.numbers.get(key) is not None:
+                ax.axvline(result.numbers[key], color="gray", ls=style, lw=0.8, label=key.replace("_", " "))
+        ax.set_xlabel("step")
+        ax.set_ylabel("estimated LLC")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return [path]
+
+
+def render(r: dict[str, Any]) -> list[Table | Text]:
+    return [Text(f"SGLD with n_beta = {r['n_beta']:.4g}; {r['seconds_per_checkpoint']:.3g} s per checkpoint on this machine. "
+                 f"Escape at step {r['escape_step']}, drop at step {r['drop_step']}."),
+            Table(["step", "LLC", "spread over chains", "eval L_mask", "seconds"],
+                  [[x["step"], x["llc"], x["llc_std"], x["eval_loss_mask"], x["seconds"]] for x in r["rows"]])]
