@@ -91,9 +91,10 @@ class GPTBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`scale`: the attention-score multiplier (Attention.forward), None for none."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x))))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale)))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh")))
         return self.hook_resid_post(x + mlp)
 
