@@ -153,7 +153,6 @@ def test_softmax_multiplier_scales_weights_and_renormalises():
     x = torch.randn(2, 4, 8)
     scale = torch.ones(1, 1, 4, 4)
     scale[..., 3, 0] = 3.0
-    from abrupt.hooks import HookedModule  # noqa: F401  (hooks read the pattern)
     pats = []
     h = attn.hook_pattern.register_forward_hook(lambda m, i, o: pats.append(o))
     attn(x)

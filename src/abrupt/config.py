@@ -273,7 +273,7 @@ _SEQ_RECIPE: dict[str, Any] = {
 }
 _SEQ_CPU = {"model.hidden": 64, "model.mlp": 256, "train.batch_size": 128, "train.lr": 1e-3}
 
-# (task, one-line description, steps of the follow-up, overrides; steps at CPU size)
+# (task, one-line description, the follow-up's steps, overrides, steps at CPU size)
 _SEQ_TASKS = (
     ("mws", "moving-window sum: 16 integers 1..16, y_i = x_(i-1) + x_i mod 17; 1 layer", 400, {}, 400),
     ("prefix_sum", "prefix sum mod 17 of 16 integers 1..16; 1 layer", 1000, {}, 1000),
@@ -284,11 +284,19 @@ _SEQ_TASKS = (
     ("addition", "4-digit addition, the sum written reversed (least significant digit first); 1 layer", 10_000,
      {"train.log_every": 50, "train.ckpt_every": 1000}, 5000),
 )
-for _name, _what, _steps, _extra, _cpu_steps in _SEQ_TASKS:
-    PRESETS[f"{_name}_full"] = (f"the follow-up's {_what}: width 256, lr 1e-4, batch 256, {_steps} steps (long on a CPU)",
-                                {**_SEQ_RECIPE, "task.name": _name, "train.steps": _steps, **_extra})
-    PRESETS[_name] = (f"the follow-up's {_what}: at CPU size (width 64, lr 1e-3, batch 128), {_cpu_steps} steps",
-                      {**_SEQ_RECIPE, **_SEQ_CPU, "task.name": _name, "train.steps": _cpu_steps, **_extra})
+
+
+def _sequence_presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    out = {}
+    for name, what, steps, extra, cpu_steps in _SEQ_TASKS:
+        out[f"{name}_full"] = (f"the follow-up's {what}: width 256, lr 1e-4, batch 256, {steps} steps (long on a CPU)",
+                               {**_SEQ_RECIPE, "task.name": name, "train.steps": steps, **extra})
+        out[name] = (f"the follow-up's {what}: at CPU size (width 64, lr 1e-3, batch 128), {cpu_steps} steps",
+                     {**_SEQ_RECIPE, **_SEQ_CPU, "task.name": name, "train.steps": cpu_steps, **extra})
+    return out
+
+
+PRESETS.update(_sequence_presets())
 
 DEFAULT_PRESET = "cpu"
 

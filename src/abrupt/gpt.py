@@ -13,6 +13,9 @@ Vocabulary: MASK = 0, SEP = 1, value x -> 2 + round(100 x) + 1000 over -10.00 ..
 outside the training range (x = 2.03 gives the SEP id, x = -2.01 the MASK id); here no value the
 vocabulary admits can produce a special id, and a value outside it is refused (or clipped with
 data.clip), never misread.
+
+`model.attention=linear` gives it the follow-up's linear attention (model.Attention); it is
+pre-LN already, so `model.norm` stays a BERT option.
 """
 
 from __future__ import annotations

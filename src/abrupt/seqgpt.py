@@ -91,14 +91,3 @@ class SequenceGPT(HookedModule):
         logits = torch.cat([self(*self.train_inputs(batch[i : i + chunk])).float() for i in range(0, len(batch), chunk)])
         self.train(was_training)
         return as_floats(sequence_losses(logits, batch))
-
-    @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, count: int) -> torch.Tensor:
-        """Greedy continuation: `prompt` (B, P) followed by `count` argmax tokens, (B, P + count)."""
-        was_training = self.training
-        self.eval()
-        seq = prompt.to(self.pos_embed.weight.device)
-        for _ in range(count):
-            seq = torch.cat([seq, self(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-        self.train(was_training)
-        return seq
