@@ -180,9 +180,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = tasks.get(cfg.task.name).build_model(cfg)
     # the row/column bias as it was at this step of training (switched off after attn_bias_until)
-    if cfg.task.name == "matrix":
+    if cfg.model.attn_bias_until:  # the BERT only (validated): MatrixGPT has no such bias
         model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
-    else:  # the attention-score multiplier as it was at this step (on from attn_scale_from)
+    if cfg.task.name != "matrix":  # the attention-score multiplier as it was at this step (on from attn_scale_from)
         model.attn_scale_on = model.attn_scale_on and ckpt.step >= cfg.task.attn_scale_from
     try:
         model.load_state_dict(load_tensors(ckpt.weights))
