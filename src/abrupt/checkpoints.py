@@ -25,7 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import Config
-from .model import MatrixBert, build_model
+from . import tasks
+from .model import MatrixBert
 from .rundir import RunDirError, atomic_write_json, read_json
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
@@ -177,9 +178,12 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
-    model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed, cols=cfg.data.n)
+    model = tasks.get(cfg.task.name).build_model(cfg)
     # the row/column bias as it was at this step of training (switched off after attn_bias_until)
-    model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
+    if cfg.model.attn_bias_until:  # the BERT only (validated): MatrixGPT has no such bias
+        model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
+    if cfg.task.name != "matrix":  # the attention-score multiplier as it was at this step (on from attn_scale_from)
+        model.attn_scale_on = model.attn_scale_on and ckpt.step >= cfg.task.attn_scale_from
     try:
         model.load_state_dict(load_tensors(ckpt.weights))
     except RuntimeError as e:

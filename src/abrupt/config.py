@@ -17,6 +17,7 @@ VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
+TASKS = ("matrix", "mws", "prefix_sum", "histogram", "permutation", "addition")  # modules of src/abrupt/tasks/
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,7 @@ class ModelConfig:
     attn_bias: float = 1.0  # c: attention weights on keys in the query's row or column multiplied by c (log c added to their logits); 1 = off
     attn_bias_layers: str = ""  # layers that get the bias, e.g. "0,1" (empty = every layer)
     attn_bias_until: int = 0  # > 0: the bias is switched off after this training step (0 = on for the whole run)
+    attention: str = "softmax"  # softmax | linear (the follow-up's: scores QK^T/sqrt(d_head), future keys 0, no softmax); GPT only
 
 
 @dataclass
@@ -101,6 +103,26 @@ class TrainConfig:
     init_from: str = ""  # start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
     trainable: str = "all"  # train only these parameter groups (comma-separated); the rest stay frozen
     reinit: str = ""  # re-initialise these groups (as at step 0) after init_from
+    clip: float = 0.0  # > 0: clip the gradient's global norm to this (the follow-up's histogram: 1.0); 0 = off (the paper)
+
+
+@dataclass
+class TaskConfig:
+    """What the model learns (one module per task in src/abrupt/tasks/). `matrix` is the paper's
+    masked matrix completion, parameterised by the `data` section; the others are the follow-up's
+    sequence tasks (Gopalani & Hu 2025): a decoder reads `length` inputs and a separator, then
+    writes the outputs, with next-token cross-entropy on the outputs only."""
+
+    name: str = "matrix"  # matrix | mws | prefix_sum | histogram | permutation | addition
+    length: int = 16  # inputs per sequence (mws, prefix_sum, histogram, permutation)
+    low: int = 1  # inputs drawn uniformly from low..high (mws, prefix_sum, permutation)
+    high: int = 16
+    modulus: int = 17  # mws, prefix_sum: outputs are sums mod this
+    alphabet: int = 12  # histogram: letters 1..alphabet
+    digits: int = 4  # addition: digits of each operand (the sum is written reversed, digits + 1 long)
+    attn_scale: float = 1.0  # intervention c: attention on the task's correct keys multiplied by c (1 = off)
+    attn_scale_from: int = 0  # ... from this training step on (0 = the whole run; the follow-up's "late" switch)
+    attn_scale_layers: str = ""  # ... in these layers, e.g. "1" (empty: every layer with correct keys)
 
 
 @dataclass
@@ -142,6 +164,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,7 +175,7 @@ class Config:
         for key in ("preset", "seed"):
             if key in d:
                 setattr(cfg, key, d[key])
-        for section in ("data", "model", "train", "curriculum"):
+        for section in ("data", "model", "train", "curriculum", "task"):
             for k, v in d.get(section, {}).items():
                 set_key(cfg, f"{section}.{k}", v)
         validate(cfg)
@@ -226,6 +249,56 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+# The follow-up's sequence-task recipe (Gopalani & Hu 2025, public code): a GPT-2 style decoder with
+# linear attention, 1 head, width 256, GPT-2 init; Adam lr 1e-4 on 256 fresh sequences a step, no
+# warm-up, no clipping. The `<task>_full` presets are that exactly (about 1.3 s a step on one CPU
+# core); the `<task>` presets keep the task, the depth and the optimiser, at width 64, batch 128 and
+# lr 1e-3 (docs/tasks/README.md: the MWS drop in 1-2 minutes on one core). Logged every 10 steps
+# on 512 fixed sequences.
+_SEQ_RECIPE: dict[str, Any] = {
+    "model.arch": "gpt",
+    "model.attention": "linear",
+    "model.layers": 1,
+    "model.heads": 1,
+    "model.hidden": 256,
+    "model.mlp": 1024,
+    "model.init_std": 0.02,
+    "model.ln_eps": 1e-5,
+    "train.lr": 1e-4,
+    "train.batch_size": 256,
+    "train.warmup": 0,
+    "train.log_every": 10,
+    "train.eval_size": 512,
+    "train.ckpt_every": 100,
+    "train.ckpt_log_points": 4,
+}
+_SEQ_CPU = {"model.hidden": 64, "model.mlp": 256, "train.batch_size": 128, "train.lr": 1e-3}
+
+# (task, one-line description, the follow-up's steps, overrides, steps at CPU size)
+_SEQ_TASKS = (
+    ("mws", "moving-window sum: 16 integers 1..16, y_i = x_(i-1) + x_i mod 17; 1 layer", 400, {}, 400),
+    ("prefix_sum", "prefix sum mod 17 of 16 integers 1..16; 1 layer", 1000, {}, 1000),
+    ("histogram", "histogram: for each of 16 letters of 12, its count in the sequence; 2 layers, clip 1.0", 5000,
+     {"model.layers": 2, "train.clip": 1.0, "train.log_every": 25, "train.ckpt_every": 500}, 2500),
+    ("permutation", "permutation: 16 values, a permutation of 1..16, then the permuted values; 2 layers", 2000,
+     {"model.layers": 2, "train.log_every": 20, "train.ckpt_every": 500}, 2000),
+    ("addition", "4-digit addition, the sum written reversed (least significant digit first); 1 layer", 10_000,
+     {"train.log_every": 50, "train.ckpt_every": 1000}, 5000),
+)
+
+
+def _sequence_presets() -> dict[str, tuple[str, dict[str, Any]]]:
+    out = {}
+    for name, what, steps, extra, cpu_steps in _SEQ_TASKS:
+        out[f"{name}_full"] = (f"the follow-up's {what}: width 256, lr 1e-4, batch 256, {steps} steps (long on a CPU)",
+                               {**_SEQ_RECIPE, "task.name": name, "train.steps": steps, **extra})
+        out[name] = (f"the follow-up's {what}: at CPU size (width 64, lr 1e-3, batch 128), {cpu_steps} steps",
+                     {**_SEQ_RECIPE, **_SEQ_CPU, "task.name": name, "train.steps": cpu_steps, **extra})
+    return out
+
+
+PRESETS.update(_sequence_presets())
+
 DEFAULT_PRESET = "cpu"
 
 
@@ -239,7 +312,7 @@ def preset(name: str) -> Config:
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
-    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "curriculum": cfg.curriculum}
+    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "curriculum": cfg.curriculum, "task": cfg.task}
 
 
 def all_keys() -> list[str]:
@@ -424,6 +497,35 @@ def _check_levers(cfg: Config) -> None:
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
 
 
+def _check_task(cfg: Config) -> None:
+    k, m = cfg.task, cfg.model
+    need = _need
+    need(k.name in TASKS, f"task.name: must be one of {', '.join(TASKS)}, got '{k.name}'")
+    need(m.attention in ("softmax", "linear"), f"model.attention: must be softmax or linear, got '{m.attention}'")
+    need(m.attention == "softmax" or m.arch == "gpt", "model.attention=linear: built for the decoder (model.arch=gpt)")
+    need(0 < k.attn_scale < math.inf, f"task.attn_scale: must be a positive number (1 = off), got {k.attn_scale}")
+    need(k.attn_scale_from >= 0, f"task.attn_scale_from: must be >= 0 (0 = the whole run), got {k.attn_scale_from}")
+    need(cfg.train.clip >= 0 and math.isfinite(cfg.train.clip), f"train.clip: must be a number >= 0 (0 = off), got {cfg.train.clip}")
+    if k.name == "matrix":
+        need(k.attn_scale == 1.0, "task.attn_scale: built for the sequence tasks; for matrices use model.attn_bias")
+        return
+    need(m.arch == "gpt", f"task.name={k.name}: a sequence task needs the decoder, model.arch=gpt")
+    need(not cfg.curriculum.end(), f"curriculum: built for task.name=matrix, not {k.name}")
+    need(not cfg.data.sizes.strip(), f"data.sizes: built for task.name=matrix, not {k.name}")
+    need(2 <= k.length <= 256, f"task.length: must be in [2, 256], got {k.length}")
+    need(1 <= k.low <= k.high <= 1000, f"task.low/task.high: need 1 <= low <= high <= 1000, got [{k.low}, {k.high}]")
+    need(k.modulus > k.high, f"task.modulus: must exceed task.high ({k.high}) so that y_1 = x_1 is an output value, got {k.modulus}")
+    need(k.modulus <= 1000, f"task.modulus: at most 1000, got {k.modulus}")
+    need(2 <= k.alphabet <= 1000, f"task.alphabet: must be in [2, 1000], got {k.alphabet}")
+    need(1 <= k.digits <= 9, f"task.digits: must be in [1, 9], got {k.digits}")
+    from .tasks import get  # the task's own rules (the layers it defines correct keys in)
+
+    try:
+        get(k.name).check(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def validate(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
@@ -452,7 +554,8 @@ def validate(cfg: Config) -> None:
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
     need(m.arch in ("bert", "gpt"), f"model.arch: must be bert or gpt, got '{m.arch}'")
     need(m.arch == "bert" or not cfg.data.sizes.strip(), "data.sizes: size mixtures are built for model.arch=bert only")
-    need(m.arch == "bert" or not t.progress, "train.progress: the progress measures are built for model.arch=bert only")
+    need(m.arch == "bert" or cfg.task.name != "matrix" or not t.progress,
+         "train.progress: on matrices the progress measures are built for model.arch=bert only")
     need(0 < m.attn_temperature < math.inf, f"model.attn_temperature: must be a positive number, got {m.attn_temperature}")
     need(t.optimizer in ("adam", "adamw"), f"train.optimizer: must be adam or adamw, got '{t.optimizer}'")
     need(0 <= t.weight_decay < math.inf, f"train.weight_decay: must be a number >= 0, got {t.weight_decay}")
@@ -461,6 +564,7 @@ def validate(cfg: Config) -> None:
     need(0 <= t.grokfast_lambda < math.inf, f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}")
     _check_levers(cfg)
     _check_groups(cfg)
+    _check_task(cfg)
     c = cfg.curriculum
     need(0 <= c.rank <= min(cfg.data.m, cfg.data.n), f"curriculum.rank: must be in [0, {min(cfg.data.m, cfg.data.n)}] (0 = off), got {c.rank}")
     need(c.p_mask == -1.0 or 0 <= c.p_mask < 1, f"curriculum.p_mask: must be in [0, 1), or -1 for off, got {c.p_mask}")

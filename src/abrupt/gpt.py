@@ -13,6 +13,9 @@ Vocabulary: MASK = 0, SEP = 1, value x -> 2 + round(100 x) + 1000 over -10.00 ..
 outside the training range (x = 2.03 gives the SEP id, x = -2.01 the MASK id); here no value the
 vocabulary admits can produce a special id, and a value outside it is refused (or clipped with
 data.clip), never misread.
+
+`model.attention=linear` gives it the follow-up's linear attention (model.Attention); it is
+pre-LN already, so `model.norm` stays a BERT option.
 """
 
 from __future__ import annotations
@@ -91,9 +94,10 @@ class GPTBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`scale`: the attention-score multiplier (Attention.forward), None for none."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x))))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale)))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh")))
         return self.hook_resid_post(x + mlp)
 

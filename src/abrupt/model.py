@@ -10,7 +10,8 @@ a tensor replaces the activation); the plumbing lives in `hooks.py`. Hook names 
     hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of layer 0
     blocks.{l}.hook_resid_pre              (B, T, d)
     blocks.{l}.attn.hook_q / hook_k / hook_v   (B, H, T, dh)
-    blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when hooked)
+    blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when hooked);
+                                           with model.attention=linear (GPT only) the linear scores
     blocks.{l}.attn.hook_z                 (B, T, H, dh) per-head output before the output projection
     blocks.{l}.hook_attn_out               (B, T, d)  after the output projection
     blocks.{l}.hook_resid_mid              (B, T, d)  LayerNorm(resid_pre + attn_out)
@@ -82,6 +83,7 @@ class Attention(nn.Module):
         self.heads = cfg.heads
         self.head_dim = cfg.hidden // cfg.heads
         self.temperature = cfg.attn_temperature
+        self.linear = cfg.attention == "linear"
         self.q = nn.Linear(cfg.hidden, cfg.hidden)
         self.k = nn.Linear(cfg.hidden, cfg.hidden)
         self.v = nn.Linear(cfg.hidden, cfg.hidden)
@@ -94,17 +96,31 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
         """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
-        `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none."""
+        `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none.
+        `scale` (B or 1, 1, Tq, Tk) float > 0: the follow-up's attention-score multiplier (c on a
+        task's correct keys, 1 elsewhere): linear attention multiplies its scores by it; softmax
+        multiplies its weights and renormalises (log scale added to the logits)."""
         q = self.hook_q(self._split(self.q(x)))
         k = self.hook_k(self._split(self.k(x)))
         v = self.hook_v(self._split(self.v(x)))
-        if self.hook_pattern.active:
+        if self.linear:
+            # The follow-up's linear attention: the scaled scores themselves are the pattern
+            # (future keys 0, no softmax, no normalisation).
+            scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
+            if self.causal:
+                t = scores.shape[-1]
+                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), 0.0)
+            z = self.hook_pattern(scores if scale is None else scores * scale) @ v
+        elif self.hook_pattern.active or scale is not None:
             # Exact path: materialise the pattern so hooks can read or replace it.
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
             if bias is not None:
                 scores = scores + bias
+            if scale is not None:
+                scores = scores + scale.log()
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
             if self.causal:

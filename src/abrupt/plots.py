@@ -30,6 +30,10 @@ def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None,
 
 
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    if rows and "eval_seq_acc" in rows[0]:  # a sequence task: cross-entropy on the outputs and accuracies
+        with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
+            _draw_sequence(axes[0][0], axes[1][0], rows, summary)
+        return
     if rows and "eval_acc_obs" in rows[0]:  # the GPT variant: cross-entropy and accuracies
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
@@ -48,6 +52,27 @@ def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[s
     top.grid(alpha=0.3, which="both")
     bottom.plot(steps, [r["eval_acc_obs"] for r in rows], color="tab:blue", lw=1.2, label="accuracy, observed entries")
     bottom.plot(steps, [r["eval_acc_mask"] for r in rows], color="tab:red", lw=1.2, label="accuracy, hidden entries")
+    if summary.get("drop_step") is not None:
+        for ax in (top, bottom):
+            ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)
+    bottom.set_ylim(0, 1)
+    bottom.set_xlabel("step")
+    bottom.legend(fontsize=7)
+    bottom.grid(alpha=0.3)
+
+
+def _draw_sequence(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    steps = [r["step"] for r in rows]
+    top.plot(steps, [r["loss"] for r in rows], color="tab:gray", lw=0.8, label="cross-entropy, training batch")
+    top.plot(steps, [r["eval_loss"] for r in rows], color="black", lw=1.2, label="cross-entropy on outputs (evaluation)")
+    if summary.get("plateau_loss_mask"):
+        top.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8, label="plateau")
+    top.set_yscale("log")
+    top.set_ylabel("nats per output token")
+    top.legend(fontsize=7)
+    top.grid(alpha=0.3, which="both")
+    bottom.plot(steps, [r["eval_acc"] for r in rows], color="tab:blue", lw=1.2, label="token accuracy")
+    bottom.plot(steps, [r["eval_seq_acc"] for r in rows], color="tab:green", lw=1.2, label="whole-sequence accuracy")
     if summary.get("drop_step") is not None:
         for ax in (top, bottom):
             ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)

@@ -8,7 +8,8 @@
     grad_norm_<part>  the gradient norm of each part of the model (groups.PARTS)
 
 Also the attention-mass helpers the attention analysis uses, so that training never imports
-from the analysis package.
+from the analysis package. The sequence tasks' measures (repetition, collapse over output
+positions, attention progress) are in tasks/sequence.py.
 """
 
 from __future__ import annotations

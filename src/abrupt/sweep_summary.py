@@ -33,7 +33,7 @@ def write_summary(sweep: Sweep) -> Path:
         s = r.get("summary") or {}
         cells = [t.overrides.get(k, "") for k in keys]
         lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('escape_step')} | {s.get('drop_step')} | {s.get('dropped')} | "
-                     f"{s.get('sudden')} | " + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(s.get("final_loss_mask"))
+                     f"{s.get('sudden')} | " + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(_final(s))
                      + f" | {r.get('seconds', '')} |")
     failed = [r for r in rows.values() if r.get("status") == "failed"]
     if failed:
@@ -45,6 +45,11 @@ def write_summary(sweep: Sweep) -> Path:
     return path
 
 
+def _final(summary: dict[str, Any]) -> Any:
+    """The final headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence task."""
+    return summary.get("final_loss") if summary.get("final_loss_mask") is None else summary["final_loss_mask"]
+
+
 def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[Path]:
     """Per swept key, drop step and final L_mask against its value; every trial's L_mask curve."""
     from .plots import figure, plt
@@ -54,7 +59,8 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
         path = sweep.out / f"by_{key.replace('.', '_')}.png"
         with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
             for ax, field_, label in ((axes[0][0], "drop_step", "drop step"), (axes[0][1], "final_loss_mask", "final L_mask")):
-                pts = [(_number(t.overrides.get(key, "")), (rows.get(t.index, {}).get("summary") or {}).get(field_)) for t in sweep.trials]
+                found = [(t, rows.get(t.index, {}).get("summary") or {}) for t in sweep.trials]
+                pts = [(_number(t.overrides.get(key, "")), _final(s) if field_ == "final_loss_mask" else s.get(field_)) for t, s in found]
                 pts = [(x, y) for x, y in pts if isinstance(y, (int, float))]
                 ax.scatter([x for x, _ in pts], [y for _, y in pts], color="tab:red")
                 ax.set_xlabel(key)
@@ -78,10 +84,10 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
             color = plt.cm.viridis(values.index(v) / max(len(values) - 1, 1)) if color_key else "tab:red"
             label = f"{color_key}={v}" if color_key and v not in labelled else None
             labelled.add(v)
-            ax.plot([m["step"] for m in metrics], [m.get("eval_loss_mask") for m in metrics], color=color, lw=1, label=label)
+            ax.plot([m["step"] for m in metrics], [m.get("eval_loss_mask", m.get("eval_loss")) for m in metrics], color=color, lw=1, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("L_mask (evaluation batch)")
+        ax.set_ylabel("L_mask (evaluation batch; cross-entropy for a sequence task)")
         ax.grid(alpha=0.3, which="both")
         if color_key:
             ax.legend(fontsize=7)

@@ -21,17 +21,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, forecast, groups, progress, transition
+from . import __version__, checkpoints, forecast, groups, tasks, transition
 from .config import Config, ConfigError, group_lr, validate
-from .data import Batch, generator, sample_batch
+from .data import generator
 from .losses import as_floats, losses, per_size
-from .model import build_model
 from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
 _EVAL_STREAM = 2_000_003
-PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluation batch
 
 
 class TrainingError(RuntimeError):
@@ -46,9 +44,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def eval_batch(cfg: Config) -> Batch:
+def eval_batch(cfg: Config) -> Any:
     """The run's fixed, seeded evaluation batch (always the target distribution, never a curriculum's)."""
-    return sample_batch(cfg.data, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM))
+    return tasks.get(cfg.task.name).batch(cfg, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM))
 
 
 def checkpoint_steps(cfg: Config) -> set[int]:
@@ -138,7 +136,8 @@ class Trainer:
         self.device = resolve_device(t.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
-        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed, cols=cfg.data.n).to(self.device)
+        self.task = tasks.get(cfg.task.name)
+        self.model = self.task.build_model(cfg).to(self.device)
         trainable = set().union(*(groups.names(self.model, g) for g in groups.split(t.trainable)))
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in trainable)
@@ -223,17 +222,19 @@ class Trainer:
         lr = self.lr_at(step)
         if self.cfg.model.attn_bias_until:
             self.model.attn_bias_on = self.cfg.model.attn_bias != 1.0 and step <= self.cfg.model.attn_bias_until
+        if self.cfg.task.attn_scale_from:
+            self.model.attn_scale_on = bool(self.model.scale_layers) and step >= self.cfg.task.attn_scale_from
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        data = self.cfg.curriculum.data_at(self.cfg.data, step)
-        # The data's range is validated up front, so no per-batch range check (a host sync).
-        batch = sample_batch(data, self.cfg.train.batch_size, self.data_rng, self.cfg.curriculum.shift(step), check=False)
+        batch = self.task.batch(self.cfg, self.cfg.train.batch_size, self.data_rng, step)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             pred = self.forward(*self.model.train_inputs(batch))
         parts = self.model.objective(pred, batch)
         self.optim.zero_grad(set_to_none=True)
         parts["loss"].backward()
         norms = self._grad_norms() if want_norms else {}
+        if self.cfg.train.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip)
         if self.cfg.train.grokfast_alpha:
             self._grokfast()
         self.optim.step()
@@ -274,9 +275,7 @@ class Trainer:
         row = {"step": step, **train_losses, **{f"eval_{k}": v for k, v in ev.items()}, **norms,
                "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
         if self.cfg.train.progress:
-            e, k = self.evalset, PROGRESS_BATCH
-            row.update(progress.measures(self.model, e.tokens[:k], e.mask[:k], self.cfg.data.m, self.cfg.data.n,
-                                         None if e.pad is None else e.pad[:k]))
+            row.update(self.task.progress(self.model, self.evalset, self.cfg))
             row["time"] = round(time.perf_counter() - self.t0, 3)
         if self.cfg.train.forecast:
             self.forecast = forecast.forecast(self.rows + [row], after=self.cfg.curriculum.end())
@@ -316,7 +315,8 @@ class Trainer:
                     if log_now:
                         row = self.log(step, parts, norms, mf)
                         escape = {"escape": self.forecast.label()} if self.forecast.escape is not None else {}
-                        bar.set_postfix(L=f"{row['loss']:.4f}", L_mask=f"{row['eval_loss_mask']:.4f}", refresh=False, **escape)
+                        bar.set_postfix(L=f"{row['loss']:.4f}", L_eval=f"{row.get('eval_loss_mask', row['eval_loss']):.4f}",
+                                        refresh=False, **escape)
                         after = self.cfg.curriculum.end()
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step

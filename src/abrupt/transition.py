@@ -1,7 +1,8 @@
 """Find the plateau and the sudden drop from logged metrics alone (so it also runs on old runs).
 
 The detector reads one series, `eval_loss_mask` (the hidden-entry loss on the fixed evaluation
-batch; `loss_mask` where that is absent; for the GPT variant its cross-entropy `eval_loss`), smoothed by a running median of `window` points:
+batch; `loss_mask` where that is absent; for the GPT variant and the sequence tasks the
+cross-entropy `eval_loss`, on the written outputs only), smoothed by a running median of `window` points:
 
 1. plateau_start: the first logged step after which the smoothed loss falls by less than
    `flat_ratio` over the next `window` logs (the initial fall from random weights is over).
@@ -28,7 +29,8 @@ from typing import Any
 
 
 def _series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
-    if rows and "eval_acc_obs" in rows[0]:  # the GPT variant: its drop is in the cross-entropy (Fig. 11)
+    if rows and ("eval_acc_obs" in rows[0] or "eval_seq_acc" in rows[0]):
+        # the GPT variant (Fig. 11) and the sequence tasks: the drop is in the cross-entropy
         key = "eval_loss"
     else:
         key = "eval_loss_mask" if rows and all(r.get("eval_loss_mask") is not None for r in rows) else "loss_mask"

@@ -24,7 +24,9 @@ PAPER = ("The follow-up study (Gopalani & Hu, 2025) finds attention learning to 
 ORDER = 5
 
 LABELS = {"prog_row_mass": "max row mass of a head", "prog_col_mass": "max column mass of a head",
-          "prog_collapse": "representation collapse (mean cosine)", "prog_pos_purity": "position k-NN purity by column"}
+          "prog_collapse": "representation collapse (mean cosine)", "prog_pos_purity": "position k-NN purity by column",
+          "prog_repetition": "repetition (equal consecutive predictions)", "prog_attn_l0": "attention progress, layer 0",
+          "prog_attn_l1": "attention progress, layer 1"}
 
 
 def unsupported(cfg: Config) -> str | None:
@@ -47,6 +49,7 @@ def run(inputs: Inputs) -> Result:
     steps = [r["step"] for r in rows]
     start, drop = summary.get("plateau_start") or 0, summary.get("drop_step")
     keys = [k for k in PROGRESS_KEYS if any(k in r for r in rows)]
+    keys += sorted({k for r in rows for k in r if k.startswith("prog_") and k not in PROGRESS_KEYS})  # a sequence task's
     keys += [f"grad_norm_{p}" for p in groups.PARTS if any(f"grad_norm_{p}" in r for r in rows)]
     table = []
     for key in keys:
@@ -56,7 +59,8 @@ def run(inputs: Inputs) -> Result:
                       "final": values[-1] if values else None, "halfway_step": at,
                       "steps_before_drop": (drop - at) if drop is not None and at is not None else None})
     numbers = {"plateau_start": start, "drop_step": drop, "rows": table}
-    draw = {"steps": steps, "loss_mask": [r.get("eval_loss_mask") for r in rows], "series": {k: [r.get(k) for r in rows] for k in keys}}
+    # the headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence task
+    draw = {"steps": steps, "loss_mask": [r.get("eval_loss_mask", r.get("eval_loss")) for r in rows], "series": {k: [r.get(k) for r in rows] for k in keys}}
     return Result(numbers, draw)
 
 
@@ -67,7 +71,7 @@ def plot(result: Result, out: Path) -> list[Path]:
     path = out / "progress.png"
     drop = result.numbers["drop_step"]
     with figure(path, 3, 1, figsize=(7, 8), sharex=True) as (fig, axes):
-        panels = ((axes[0][0], ["loss_mask"], "eval L_mask", True), (axes[1][0], prog, "progress measures", False),
+        panels = ((axes[0][0], ["loss_mask"], "evaluation loss (L_mask; cross-entropy for a sequence task)", True), (axes[1][0], prog, "progress measures", False),
                   (axes[2][0], grads, "gradient norm per part", True))
         for ax, keys, title, log in panels:
             for key in keys:

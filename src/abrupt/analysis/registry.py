@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from .. import tasks
 from ..rundir import atomic_write_json, read_json
 from ..config import Config
 from .common import Check, RunView, open_run
@@ -97,7 +98,10 @@ def plan(cfg: Config, names: list[str], opts: dict[str, dict[str, Any]]) -> tupl
             if key not in options()[name]:
                 raise ValueError(f"unknown option '{name}.{key}'; {name} takes: {', '.join(options()[name])}")
             _check_rules(name, key, value)
-        why = mod.unsupported(cfg) if hasattr(mod, "unsupported") else None
+        applies = tasks.get(cfg.task.name).analyses
+        why = (f"it is built for matrix completion; task {cfg.task.name} supports: {', '.join(applies)}"
+               if applies is not None and name not in applies else None)
+        why = why or (mod.unsupported(cfg) if hasattr(mod, "unsupported") else None)
         if why:
             skipped[name] = why
         elif hasattr(mod, "check"):

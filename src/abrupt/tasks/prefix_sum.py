@@ -1,0 +1,33 @@
+"""Prefix sum (Gopalani & Hu 2025, Sec. 4): y_i = (x_1 + ... + x_i) mod `modulus`.
+
+Sequence (L = 2n + 1): x_1 .. x_n uniform in low..high, SEP = modulus, y_1 .. y_n. Vocabulary
+modulus + 1. Correct keys (last layer): output y_i reads x_1 .. x_i.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TaskConfig
+from .sequence import SequenceTask, output_rows, randint
+
+
+class PrefixSum(SequenceTask):
+    name = "prefix_sum"
+
+    def vocab(self, k: TaskConfig) -> int:
+        return k.modulus + 1
+
+    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        x = randint(k.low, k.high, (count, k.length), gen)
+        sep = torch.full((count, 1), k.modulus, dtype=x.dtype, device=x.device)
+        return torch.cat([x, sep, x.cumsum(1) % k.modulus], dim=1), k.length + 1
+
+    def key_map(self, tokens, out_start, k, layer, layers):
+        if layer != layers - 1:
+            return None
+        j, key = output_rows(k.length, tokens.shape[1] - 1, tokens.device)
+        return (key <= j).expand(len(tokens), -1, -1)
+
+
+TASK = PrefixSum()

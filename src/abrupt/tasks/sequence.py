@@ -1,0 +1,154 @@
+"""What the follow-up's sequence tasks share (Gopalani & Hu 2025, "What happens during the loss
+plateau?"): the batch, the objective, the progress measures and the attention-score multiplier.
+
+A sequence is `inputs, separator(s), outputs` as token ids, (B, L). The decoder reads the first
+L - 1 tokens and predicts the next one at each position; only the predictions of the outputs
+(query positions out_start - 1 .. L - 2) enter the loss. A task module subclasses `SequenceTask`
+and defines its vocabulary, its sampler and its "correct keys": for each output query, the input
+positions the attention of a layer must read to compute that output (the follow-up's attention
+progress measure and the target of its intervention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Config, TaskConfig
+from ..hooks import HookedModule, act_name
+from ..progress import collapse
+
+PROGRESS_BATCH = 256  # progress measures use the first sequences of the evaluation batch
+SEQ_KEYS = ("loss", "acc", "seq_acc")  # the objective's metrics (metrics.jsonl: these and eval_*)
+
+
+@dataclass
+class SeqBatch:
+    tokens: torch.Tensor  # (B, L) int64: inputs, separator(s), outputs
+    out_start: int  # index of the first output token
+    keys: torch.Tensor  # (B, layers, L-1, L-1) bool: each layer's correct keys of each output query (False elsewhere)
+    pad: None = None  # no padding and no size mixture (the trainer asks)
+    size: None = None
+
+    def to(self, device: torch.device | str) -> "SeqBatch":
+        return dataclasses.replace(self, tokens=self.tokens.to(device), keys=self.keys.to(device))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, rows: slice) -> "SeqBatch":
+        return dataclasses.replace(self, tokens=self.tokens[rows], keys=self.keys[rows])
+
+
+def sequence_losses(logits: torch.Tensor, batch: SeqBatch) -> dict[str, torch.Tensor]:
+    """logits (B, L-1, V) -> cross-entropy over the outputs (nats per output token; the training
+    objective), token accuracy and whole-sequence accuracy of the argmax (teacher-forced)."""
+    out = logits[:, batch.out_start - 1 :].float()
+    target = batch.tokens[:, batch.out_start :].to(out.device)
+    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+    right = out.argmax(-1) == target
+    return {"loss": ce, "acc": right.float().mean(), "seq_acc": right.all(-1).float().mean()}
+
+
+def layer_list(spec: str, layers: int) -> list[int]:
+    """'0,1' -> [0, 1]; '' -> every layer. ValueError for a layer the model lacks."""
+    if not spec.strip():
+        return list(range(layers))
+    out = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        if not item.isdigit() or int(item) >= layers:
+            raise ValueError(f"task.attn_scale_layers: '{item}' is not a layer of 0..{layers - 1}")
+        out.append(int(item))
+    return sorted(set(out))
+
+
+class SequenceTask:
+    """Base of a sequence task: subclasses set `name` and define `vocab`, `sample` and `key_map`."""
+
+    name = ""
+    analyses: tuple[str, ...] | None = ("progress",)  # the others read matrices (rows, columns, values)
+
+    # --- what a task module defines ------------------------------------------------------------
+
+    def vocab(self, k: TaskConfig) -> int:
+        """Number of token ids."""
+        raise NotImplementedError
+
+    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        """(tokens (B, L) on gen's device, out_start)."""
+        raise NotImplementedError
+
+    def key_map(self, tokens: torch.Tensor, out_start: int, k: TaskConfig, layer: int, layers: int) -> torch.Tensor | None:
+        """(B, n_out, L-1) bool: the keys output query j (at position out_start - 1 + j) should
+        attend to in `layer` of a `layers`-layer model; None where the task defines none there."""
+        raise NotImplementedError
+
+    # --- what training asks (base.Task) --------------------------------------------------------
+
+    def check(self, cfg: Config) -> None:
+        layer_list(cfg.task.attn_scale_layers, cfg.model.layers)
+
+    def build_model(self, cfg: Config) -> HookedModule:
+        from ..seqgpt import SequenceGPT
+
+        torch.manual_seed(cfg.seed)
+        tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
+        k = cfg.task
+        return SequenceGPT(cfg.model, self.vocab(k), tokens.shape[1] - 1, k.attn_scale,
+                           layer_list(k.attn_scale_layers, cfg.model.layers) if k.attn_scale != 1.0 else [])
+
+    def batch(self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None) -> SeqBatch:
+        tokens, out_start = self.sample(cfg.task, count, gen)
+        layers = cfg.model.layers
+        t = tokens.shape[1] - 1
+        keys = torch.zeros((count, layers, t, t), dtype=torch.bool, device=tokens.device)
+        for layer in range(layers):
+            m = self.key_map(tokens, out_start, cfg.task, layer, layers)
+            if m is not None:
+                keys[:, layer, out_start - 1 :] = m
+        return SeqBatch(tokens, out_start, keys)
+
+    @torch.no_grad()
+    def progress(self, model: HookedModule, batch: SeqBatch, cfg: Config) -> dict[str, float]:
+        """The follow-up's measures on the first PROGRESS_BATCH evaluation sequences (one
+        teacher-forced pass, in evaluation mode, the intervention as in training at this step):
+
+            prog_repetition   share of consecutive output predictions (argmax) that are equal
+            prog_collapse     mean pairwise cosine of the final hidden states (after the last
+                              LayerNorm) over the output-predicting positions of one sequence
+            prog_attn_l{l}    attention progress of layer l: the share of |attention| of output
+                              queries on their correct keys (layers with correct keys only)
+        """
+        b = batch[:PROGRESS_BATCH]
+        layers = len(model.blocks)
+        names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
+        was_training = model.training
+        model.eval()
+        logits, cache = model.run_with_cache(b.tokens[:, :-1], names=names, keys=b.keys)
+        model.train(was_training)
+        q0 = b.out_start - 1
+        pred = logits[:, q0:].argmax(-1)
+        out = {"prog_repetition": (pred[:, 1:] == pred[:, :-1]).float().mean().item(),
+               "prog_collapse": collapse(model.ln_final(cache[names[-1]])[:, q0:])}
+        for layer in range(layers):
+            keys = b.keys[:, layer, q0:]
+            if keys.any():
+                att = cache[names[layer]][:, :, q0:].abs().float()  # (B, H, n_out, Tk)
+                on_keys = (att * keys[:, None]).sum(dim=(1, 2, 3))
+                out[f"prog_attn_l{layer}"] = (on_keys / att.sum(dim=(1, 2, 3)).clamp_min(1e-30)).mean().item()
+        return out
+
+
+def randint(low: int, high: int, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Uniform integers in low..high (inclusive) on gen's device."""
+    return torch.randint(low, high + 1, shape, generator=gen, device=gen.device)
+
+
+def output_rows(n_out: int, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(j, key) index grids of an (n_out, t) key map: j the output index, key the key position."""
+    j = torch.arange(n_out, device=device)[:, None]
+    key = torch.arange(t, device=device)[None, :]
+    return j, key
