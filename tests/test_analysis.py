@@ -164,12 +164,17 @@ def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
         _, cache = model.run_with_cache(batch.tokens, names=names)
     p = cache[names[0]]
     assert torch.allclose(p[:, 3], torch.full_like(p[:, 3], 1 / 49))
-    with model.hooks(ablation.ablation_hooks([(1, 0)], "mean")):
+    means = ablation.mean_patterns(model, batch.tokens)
+    with model.hooks(ablation.ablation_hooks([(1, 0)], "mean", means=means)):
         _, cache = model.run_with_cache(batch.tokens, names=names)
     p = cache[names[0]][:, 0]
     assert torch.allclose(p, p[:1].expand_as(p))  # the same pattern for every input
+    _, clean = model.run_with_cache(batch.tokens, names=names)
+    torch.testing.assert_close(p[0], clean[names[0]][:, 0].mean(0))  # the intact model's batch mean
     with pytest.raises(ValueError, match="use one or more of mean, uniform, zero"):
         ablation.ablation_hooks([(0, 0)], "random")
+    with pytest.raises(ValueError, match="needs the batch-mean patterns"):
+        ablation.ablation_hooks([(0, 0)], "mean")
 
 
 def test_switching_groups_partition_the_parameters(small_model):

@@ -32,6 +32,11 @@ from .data import MASK_ID, VOCAB_SIZE, Batch
 from .hooks import HookedModule, HookPoint
 from .losses import as_floats, losses
 
+# Matrices per forward pass when a model predicts or evaluates a batch (a memory bound). No number
+# may depend on it: a hook that needs a statistic of the batch gets it precomputed over the whole
+# batch, and a test runs every analysis at two chunk sizes.
+CHUNK = 512
+
 def init_weights(model: nn.Module) -> None:
     """BERT's initialisation (normal(0, init_std) weights, zero biases, unit LayerNorms; position
     embeddings at pos_init_std when set), in a fixed order so that one seed gives one model."""
@@ -46,6 +51,28 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     nn.init.normal_(model.tok_embed.weight, std=std)
     nn.init.normal_(model.pos_embed.weight, std=model.cfg.pos_init_std or std)
+
+
+class KVCache:
+    """One attention layer's keys and values of the positions a causal model has already read,
+    (B, H, T_read, dh) each, so that decoding one more token costs that token, not the whole
+    sequence again (the GPT variant's greedy completion)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Positions read so far."""
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys and values; returns every position's."""
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
 
 
 class Attention(nn.Module):
@@ -69,25 +96,38 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not)."""
+    def _mask(self, keep: torch.Tensor | None, tq: int, tk: int, device: torch.device) -> torch.Tensor | None:
+        """Keys each query may see, (B, 1, Tq, Tk) or (Tq, Tk) bool, or None for all: `keep`, and
+        for a causal model keys up to the query, whose position is tk - tq + i (cached keys first)."""
+        if not self.causal:
+            return keep
+        causal = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+        return causal if keep is None else keep & causal
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
+        `cache`: `x` holds new positions after those the cache has read (their keys and values come
+        from it, and the new ones are added to it); hooks then see the new positions only."""
         q = self.hook_q(self._split(self.q(x)))
         k = self.hook_k(self._split(self.k(x)))
         v = self.hook_v(self._split(self.v(x)))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        tq, tk = q.shape[2], k.shape[2]
         if self.hook_pattern.active:
             # Exact path: materialise the pattern so hooks can read or replace it.
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
-            if keep is not None:
-                scores = scores.masked_fill(~keep, float("-inf"))
-            if self.causal:
-                t = scores.shape[-1]
-                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+            mask = self._mask(keep, tq, tk, q.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        elif self.temperature == 1.0 and keep is None:  # the paper's attention, and SDPA's own default scale
+        elif self.temperature == 1.0 and keep is None and tq == tk:  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        elif keep is None and tq == tk:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=self.causal and keep is None,
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(keep, tq, tk, q.device),
                                                scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
@@ -115,6 +155,8 @@ class Block(nn.Module):
 
 
 class MatrixBert(HookedModule):
+    causal = False  # every position attends to every other
+
     def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -170,13 +212,17 @@ class MatrixBert(HookedModule):
     def evaluate_batch(self, batch: Batch) -> dict[str, float]:
         return as_floats(losses(self.predict(batch.tokens, pad=batch.pad), batch))
 
+    def prediction_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The sequences (B, T) whose one forward pass `predict` makes: the tokens themselves."""
+        return tokens
+
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, chunk: int = 512, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions in evaluation mode, in chunks, without gradients."""
+    def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions (B, T) in evaluation mode, without gradients, CHUNK matrices per forward pass."""
         was_training = self.training
         self.eval()
-        out = torch.cat([self(tokens[i : i + chunk], None if pad is None else pad[i : i + chunk]).float().cpu()
-                         for i in range(0, len(tokens), chunk)])
+        out = torch.cat([self(tokens[i : i + CHUNK], None if pad is None else pad[i : i + CHUNK]).float().cpu()
+                         for i in range(0, len(tokens), CHUNK)])
         self.train(was_training)
         return out
 
