@@ -47,7 +47,7 @@ def assert_same(a, b, where="numbers"):
         assert a == b, where
 
 
-def test_the_reported_case_the_matrix_alone_in_the_last_chunk_is_ablated(monkeypatch):
+def test_the_reported_case_the_matrix_alone_in_the_last_chunk_is_ablated(monkeypatch, one_thread):
     """n = CHUNK + 1: the last matrix sat alone in its chunk, its 'mean' pattern was its own."""
     cfg = config("bert")
     model = random_model(cfg, 0)
@@ -66,15 +66,6 @@ def test_the_reported_case_the_matrix_alone_in_the_last_chunk_is_ablated(monkeyp
     name = act_name("pattern", 0)
     _, cache = model.run_with_cache(batch.tokens, names=[name])
     torch.testing.assert_close(ablation.mean_patterns(model, batch.tokens)[0], cache[name].mean(0))
-
-
-@pytest.fixture
-def one_thread():
-    """The nuclear-norm solvers of compare and ood dominate here, and gain nothing from threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt"])

@@ -144,7 +144,7 @@ class MatrixGPT(HookedModule):
         return self.hook_out(self.head(self.ln_final(x)))
 
     def new_cache(self) -> list[KVCache]:
-        return [KVCache() for _ in self.blocks]
+        return [KVCache(2 * self.seq_len) for _ in self.blocks]
 
     # --- what training and the analyses call --------------------------------------------------
 

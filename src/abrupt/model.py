@@ -54,25 +54,29 @@ def init_weights(model: nn.Module) -> None:
 
 
 class KVCache:
-    """One attention layer's keys and values of the positions a causal model has already read,
-    (B, H, T_read, dh) each, so that decoding one more token costs that token, not the whole
-    sequence again (the GPT variant's greedy completion)."""
+    """One attention layer's keys and values of the positions a causal model has already read, so
+    that decoding one more token costs that token, not the whole sequence again (the GPT variant's
+    greedy completion). Held in buffers of `capacity` positions, (B, H, capacity, dh), allocated
+    on the first write: a token's keys are written once, never copied again."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0  # positions read so far
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
-    @property
-    def length(self) -> int:
-        """Positions read so far."""
-        return 0 if self.k is None else self.k.shape[2]
-
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the new positions' keys and values; returns every position's."""
-        if self.k is not None:
-            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-        self.k, self.v = k, v
-        return k, v
+        """Append the new positions' keys and values (B, H, new, dh); returns every position's."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"a KV cache of {self.capacity} positions cannot take {end}")
+        if self.k is None:
+            self.k = k.new_empty(*k.shape[:2], self.capacity, k.shape[3])
+            self.v = v.new_empty(*v.shape[:2], self.capacity, v.shape[3])
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class Attention(nn.Module):
