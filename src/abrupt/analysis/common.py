@@ -94,7 +94,9 @@ class Table:
 @dataclass
 class Result:
     """What an analysis returns: `numbers` (plain JSON values, written to results.json and read by
-    the report) and `figure_data` (arrays its `plot` draws, never written)."""
+    the report) and `figure_data` (arrays its `plot` draws, never written). `numbers["notes"]`, a
+    list of sentences, says where a default was lowered to fit a small run (printed by `abrupt
+    analyze`, shown by the report)."""
 
     numbers: dict[str, Any]
     figure_data: dict[str, Any] = field(default_factory=dict)
