@@ -246,6 +246,16 @@ def plot_head_tables(tables: dict[str, list[list[float]]], path: Path, title: st
     return path
 
 
+def solver_outcomes(rows: list[dict[str, Any]]) -> str:
+    """A sentence on the problems a solver did not solve cleanly ('' when every one was)."""
+    failed = sum(r.get("failures", 0) for r in rows)
+    inaccurate = sum(r.get("inaccurate", 0) for r in rows)
+    if not failed and not inaccurate:
+        return ""
+    return (f" Nuclear-norm problems not converged: {failed}; solved only inaccurately (CVXPY optimal_inaccurate): {inaccurate}"
+            " (rows: failures, inaccurate).")
+
+
 def loss_cells(d: dict[str, float]) -> list[float]:
     """L, L_obs, L_mask of a losses dict in that order (report tables never rely on dict order)."""
     return [d["loss"], d["loss_obs"], d["loss_mask"]]

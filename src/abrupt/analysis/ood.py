@@ -17,7 +17,7 @@ from ..baselines import score_methods
 from ..config import Config, DataConfig, validate_data
 from ..data import seeded_batch
 from ..plots import figure
-from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of, solver_outcomes
 
 TITLE = "Out of distribution (Fig. 18, 19)"
 PAPER = ("Out of distribution the model behaves close to nuclear-norm minimization, except when the number of "
@@ -97,4 +97,4 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
     rows = [[x["family"], x["variant"], x["method"], x["loss_mask"], x["nuclear_norm"]] for x in r["rows"]]
-    return [Text(f"Step {r['step']}."), Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows)]
+    return [Text(f"Step {r['step']}." + solver_outcomes(r["rows"])), Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows)]
