@@ -66,17 +66,16 @@ def main() -> None:
     models = {s: spread(build_model(cfg.model, t, seed=s).eval(), s) for s in (0, 1)}
     tokens = seeded_batch(cfg.data, args.n, 0).tokens
     print(f"{args.preset} GPT (width {cfg.model.hidden}, {cfg.model.layers} layers, {cfg.data.m}x{cfg.data.n}), "
-          f"{args.n} matrices, {args.threads} thread(s)")
+          f"{args.n} matrices, {args.threads} thread(s)", flush=True)
 
     best = {True: float("inf"), False: float("inf")}
     out = {}
     for _ in range(args.repeats):
         for cache in (False, True):
-            with with_cache(cache):
-                best[cache] = min(best[cache], seconds(lambda: out.__setitem__(cache, models[1].predict(tokens))))
+            best[cache] = min(best[cache], seconds(lambda: out.__setitem__(cache, models[1].predict(tokens, cache=cache))))
     same = torch.equal(out[True], out[False])
     print(f"predict: rerun {best[False]:.3f} s, cached {best[True]:.3f} s: {best[False] / best[True]:.1f}x faster; "
-          f"same values: {same}")
+          f"same values: {same}", flush=True)
 
     inputs = Inputs(models, cfg.data)
     for name, mod in ANALYSES.items():
@@ -85,10 +84,10 @@ def main() -> None:
             with with_cache(cache):
                 took[cache] = seconds(lambda: numbers.__setitem__(cache, mod.run(inputs, n=args.n).numbers))
         print(f"{name:9s} n={args.n}: rerun {took[False]:.2f} s, cached {took[True]:.2f} s: "
-              f"{took[False] / took[True]:.1f}x faster; same numbers: {numbers[True] == numbers[False]}")
+              f"{took[False] / took[True]:.1f}x faster; same numbers: {numbers[True] == numbers[False]}", flush=True)
     if args.defaults:
         for name, mod in ANALYSES.items():
-            print(f"{name:9s} at its defaults, cached: {seconds(lambda: mod.run(inputs)):.2f} s")
+            print(f"{name:9s} at its defaults, cached: {seconds(lambda: mod.run(inputs)):.2f} s", flush=True)
 
 
 if __name__ == "__main__":

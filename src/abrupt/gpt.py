@@ -24,7 +24,7 @@ from torch import nn
 from .config import ModelConfig
 from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from .hooks import HookedModule, HookPoint
-from . import model as bert
+from . import model as base
 from .model import Attention, KVCache, init_weights
 
 GPT_MASK, GPT_SEP = 0, 1
@@ -163,7 +163,7 @@ class MatrixGPT(HookedModule):
         """Teacher-forced losses on a batch (evaluation mode), as floats."""
         was_training = self.training
         self.eval()
-        logits = torch.cat([self(*self.train_inputs(batch[i : i + bert.CHUNK])).float() for i in range(0, len(batch), bert.CHUNK)])
+        logits = torch.cat([self(*self.train_inputs(batch[i : i + base.CHUNK])).float() for i in range(0, len(batch), base.CHUNK)])
         self.train(was_training)
         return {k: v.item() for k, v in gpt_losses(logits, batch).items()}
 
@@ -197,13 +197,13 @@ class MatrixGPT(HookedModule):
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: bool = True) -> torch.Tensor:
         """The completed matrix (B, T) for masked BERT tokens (see `complete`), in evaluation mode,
-        bert.CHUNK matrices at a time."""
+        abrupt.model.CHUNK matrices at a time."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
         was_training = self.training
         self.eval()
         t = tokens.shape[1]
-        out = torch.cat([id_values(self.complete(tokens[i : i + bert.CHUNK], cache)[:, t + 1 :]).cpu()
-                         for i in range(0, len(tokens), bert.CHUNK)])
+        out = torch.cat([id_values(self.complete(tokens[i : i + base.CHUNK], cache)[:, t + 1 :]).cpu()
+                         for i in range(0, len(tokens), base.CHUNK)])
         self.train(was_training)
         return out
