@@ -33,7 +33,8 @@ def main() -> None:
     print(f"{args.n} problems, 7x7 rank 2, p_mask {args.p_mask}, {form}")
     print(f"torch ADMM : {args.n / fast.seconds:9.1f} matrices/s  ({fast.seconds:.2f} s, {fast.iterations} iterations, "
           f"{fast.failures} not converged)  L_mask {s_fast['loss_mask']:.5f}")
-    print(f"CVXPY {B.CVXPY_SOLVER}: {args.n / ref.seconds:9.1f} matrices/s  ({ref.seconds:.2f} s)  L_mask {s_ref['loss_mask']:.5f}")
+    print(f"CVXPY {B.CVXPY_SOLVER}: {args.n / ref.seconds:9.1f} matrices/s  ({ref.seconds:.2f} s, {ref.inaccurate} inaccurate)  "
+          f"L_mask {s_ref['loss_mask']:.5f}")
     print(f"speed ratio torch/CVXPY: {ref.seconds / fast.seconds:.1f}x;  MSE ratio (hidden): {s_fast['loss_mask'] / s_ref['loss_mask']:.4f}; "
           f"MSE ratio (all): {s_fast['loss'] / s_ref['loss']:.4f}")
 

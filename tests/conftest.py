@@ -35,3 +35,13 @@ def hand_set_row_head() -> MatrixBert:
         model.blocks[0].ln_attn.weight.fill_(1.0)
         model.blocks[0].ln_mlp.weight.fill_(1.0)
     return model
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (small tensors gain nothing from more, and lose much on a
+    shared machine); the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

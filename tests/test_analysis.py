@@ -164,12 +164,17 @@ def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
         _, cache = model.run_with_cache(batch.tokens, names=names)
     p = cache[names[0]]
     assert torch.allclose(p[:, 3], torch.full_like(p[:, 3], 1 / 49))
-    with model.hooks(ablation.ablation_hooks([(1, 0)], "mean")):
+    means = ablation.mean_patterns(model, batch.tokens)
+    with model.hooks(ablation.ablation_hooks([(1, 0)], "mean", means=means)):
         _, cache = model.run_with_cache(batch.tokens, names=names)
     p = cache[names[0]][:, 0]
     assert torch.allclose(p, p[:1].expand_as(p))  # the same pattern for every input
+    _, clean = model.run_with_cache(batch.tokens, names=names)
+    torch.testing.assert_close(p[0], clean[names[0]][:, 0].mean(0))  # the intact model's batch mean
     with pytest.raises(ValueError, match="use one or more of mean, uniform, zero"):
         ablation.ablation_hooks([(0, 0)], "random")
+    with pytest.raises(ValueError, match="needs the batch-mean patterns"):
+        ablation.ablation_hooks([(0, 0)], "mean")
 
 
 def test_switching_groups_partition_the_parameters(small_model):
@@ -323,3 +328,92 @@ def test_hook_names_have_one_spelling(small_model):
         act_name("z")
     with pytest.raises(ValueError, match="unknown hook kind"):
         act_name("nonsense", 0)
+
+
+SMALL = {"1x2": ("bert", 1, 2), "2x2": ("bert", 2, 2), "2x3": ("bert", 2, 3), "gpt 2x2": ("gpt", 2, 2)}
+QUICK = ["copying.n=16", "attention.n=16", "probe.n=64", "embeddings.n=16", "patching.n=16", "ablation.n=16", "switching.n=16",
+         "compare.n=8", "compare.p_masks=0.3", "ood.n=8"]
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """The smallest legal runs, rank 1, trained with the tiny preset for 4 steps."""
+    from abrupt.config import apply_overrides, preset
+    from abrupt.train import train
+
+    base = tmp_path_factory.mktemp("small")
+    runs = {}
+    for name, (arch, m, n) in SMALL.items():
+        runs[name] = base / name.replace(" ", "-")
+        cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", "data.rank=1", "train.steps=4"])
+        train(cfg, runs[name], progress=False)
+    return runs
+
+
+@pytest.mark.parametrize("name,ran", [
+    ("1x2", {"copying", "probe", "patching", "ablation", "switching"}),
+    ("2x2", {"copying", "attention", "probe", "embeddings", "patching", "ablation", "switching", "compare", "ood"}),
+    ("2x3", {"copying", "attention", "probe", "embeddings", "patching", "ablation", "switching", "compare", "ood"}),
+    ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
+])
+def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(small_runs, name, ran, capsys, one_thread):
+    from abrupt.analysis.registry import discover
+    from abrupt.cli import main
+
+    run = small_runs[name]
+    assert main(["analyze", str(run), *[x for o in QUICK for x in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    done = {d.name for d in (run / "analysis").iterdir() if (d / "results.json").exists()}
+    skipped = json.loads((run / "analysis" / "skipped.json").read_text())
+    assert done == ran and set(skipped) == set(discover()) - ran
+    for analysis, why in skipped.items():
+        assert f"{analysis:11s} skipped: {why}" in out
+    if name == "2x2":  # defaults that exceed 4 positions are lowered, and say so
+        emb = json.loads((run / "analysis" / "embeddings" / "results.json").read_text())
+        assert emb["k"] == 3 and emb["perplexity"] == 1.0 and emb["options"]["k"] == 4
+        assert emb["notes"] == ["k lowered from 4 to 3: a position has only 3 neighbours",
+                                "t-SNE perplexity lowered from 10 to 1 = (positions - 1) / 3"]
+        assert "note: k lowered from 4 to 3" in out
+        ood = json.loads((run / "analysis" / "ood" / "results.json").read_text())
+        assert {r["family"] for r in ood["rows"]} == {"rank", "distribution", "p_mask"} and len(ood["notes"]) == 2
+        assert main(["report", str(run)]) == 0
+        assert "Adjusted to this run: k lowered from 4 to 3" in (run / "report.html").read_text()
+        # an explicit value the run cannot take is still refused, in one line
+        capsys.readouterr()
+        assert main(["analyze", str(run), "--only", "embeddings", "--set", "embeddings.k=4"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "abrupt: error: embeddings options: embeddings.k=4: a position has only 3 neighbours in a 2x2 matrix"]
+        assert main(["analyze", str(run), "--only", "attention", "--set", "attention.lines=2"]) == 2
+
+
+def test_no_default_refuses_a_small_run():
+    """Every legal shape up to 3x3, every rank, both architectures: planning with the defaults never
+    raises, and each analysis either runs or is named with a reason."""
+    from abrupt.analysis.registry import discover, plan
+    from abrupt.config import apply_overrides, preset
+
+    for arch in ("bert", "gpt"):
+        for m in (1, 2, 3):
+            for n in (1, 2, 3):
+                for rank in range(1, min(m, n) + 1):
+                    cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}"])
+                    names, skipped = plan(cfg, list(discover()), {})
+                    assert set(names) | set(skipped) == set(discover()) and all(skipped.values())
+                    assert "copying" in names and ("embeddings" in names) == (arch == "bert" and m * n >= 4)
+
+
+@pytest.mark.parametrize("arch,m,n,rank", [("bert", 1, 1, 1), ("bert", 3, 2, 2), ("gpt", 2, 3, 2)])
+def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(arch, m, n, rank, one_thread):
+    import dataclasses
+
+    from abrupt.analysis.registry import discover, plan
+    from abrupt.config import apply_overrides, preset
+    from abrupt.model import build_model
+
+    cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}",
+                                           "model.hidden=16", "model.mlp=16"])
+    names, _ = plan(cfg, list(discover()), {})
+    inputs = Inputs({s: build_model(cfg.model, m * n, s).eval() for s in (0, 1)}, dataclasses.replace(cfg.data))
+    for name in names:
+        sizes = {"n": 6, **({"p_masks": (0.3,)} if name == "compare" else {})}  # sizes only: every other option at its default
+        assert discover()[name].run(inputs, **sizes).numbers, name

@@ -1,5 +1,7 @@
 """Nuclear-norm baselines: the batched torch solver against CVXPY, recovery, limits, edge cases."""
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,56 @@ def test_non_convergence_is_reported():
 def test_bad_shapes():
     with pytest.raises(ValueError, match="same shape"):
         B.complete(torch.zeros(2, 3, 3), torch.ones(2, 3, 4, dtype=torch.bool))
+
+
+def solve_with_statuses(monkeypatch, statuses: dict[int, str]) -> None:
+    """CVXPY reports `statuses[i]` for the i-th problem it solves (its solution is kept), as a solver
+    that stops short of its tolerance does."""
+    cp = pytest.importorskip("cvxpy")
+    original, calls = cp.Problem.solve, []
+
+    def solve(self, *args, **kwargs):
+        value = original(self, *args, **kwargs)
+        if len(calls) in statuses:
+            self._status = statuses[len(calls)]
+        calls.append(1)
+        return value
+
+    monkeypatch.setattr(cp.Problem, "solve", solve)
+
+
+def test_an_inaccurate_cvxpy_solve_is_recorded_and_counted_apart(monkeypatch):
+    a, obs = problems(4)
+    solve_with_statuses(monkeypatch, {1: "optimal_inaccurate"})
+    out = B.complete(a, obs, solver="cvxpy")
+    assert out.status == ["optimal", "optimal_inaccurate", "optimal", "optimal"]
+    assert out.inaccurate == 1 and out.failures == 0 and out.converged.tolist() == [True, False, True, True]
+
+
+def test_every_solver_outcome_short_of_optimal_is_visible(monkeypatch, capsys):
+    """Inaccurate (CVXPY) and not converged (torch) reach the result rows, the baseline command and
+    the compare report; any other CVXPY status is an error, never a solution."""
+    from abrupt.analysis import compare
+    from abrupt.cli import main
+
+    a, obs = problems(6)
+    out = B.torch_admm(a, obs, max_iter=200, tol=1e-6)
+    assert out.failures == 3 and out.status.count("optimal") == 6 - out.failures  # some converged, some not
+    assert out.converged.tolist() == [s == "optimal" for s in out.status] and out.inaccurate == 0
+
+    solve_with_statuses(monkeypatch, {0: "optimal_inaccurate", 2: "optimal_inaccurate"})
+    batch = seeded_batch(DataConfig(p_mask=0.3), 4, 0)
+    rows = B.score_methods(batch, 7, 7, solver="cvxpy")
+    assert [(r["method"], r["failures"], r["inaccurate"]) for r in rows] == [("nuclear_norm", 0, 2)]
+    text = compare.render({"step": 1, "rows": [{"p_mask": 0.3, **r} for r in rows], "true_nuclear_norm": 1.0,
+                           "flips": {"bert_better_at": [], "flips_at": []}})[0].text
+    assert "solved only inaccurately (CVXPY optimal_inaccurate): 2" in text
+
+    solve_with_statuses(monkeypatch, {2: "optimal_inaccurate"})
+    assert main(["baseline", "--p-mask", "0.3", "--n", "4", "--solver", "cvxpy", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["inaccurate"] == 1 and row["failures"] == 0
+
+    solve_with_statuses(monkeypatch, {0: "infeasible_inaccurate"})
+    with pytest.raises(B.SolverError, match="status 'infeasible_inaccurate' on problem 0"):
+        B.complete(a, obs, solver="cvxpy")

@@ -1,25 +1,16 @@
 """Training to the drop: minutes, so marked slow (run with `python3 -m pytest -m slow`)."""
 
 import pytest
-import torch
 
 from abrupt.config import preset
 from abrupt.train import train
 
 
-@pytest.fixture
-def one_thread():
-    # One thread reproduces the documented run (README) bit for bit; other thread counts change the
-    # floating-point order and, after the drop, the trajectory.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
-    # The whole preset (about 15 minutes): stopping early can catch a noisy log above 10x.
+    # The whole preset (about 15 minutes): stopping early can catch a noisy log above 10x. One
+    # thread reproduces the documented run (README) bit for bit; other thread counts change the
+    # floating-point order and, after the drop, the trajectory.
     summary = train(preset("small"), tmp_path / "run", progress=False)
     assert summary["plateau_loss_mask"] == pytest.approx(0.111, rel=0.1)  # copying: E[X^2] for rank 1
     assert summary["drop_step"] == 5050

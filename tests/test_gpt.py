@@ -88,3 +88,58 @@ def test_gpt_refuses_what_it_does_not_support():
         apply_overrides(preset("gpt_cpu"), ["train.progress=true"])
     with pytest.raises(ConfigError, match="model.arch"):
         apply_overrides(preset("tiny"), ["model.arch=rnn"])
+
+
+def random_gpt(seq_len: int, seed: int = 0) -> MatrixGPT:
+    torch.manual_seed(seed)
+    model = MatrixGPT(ModelConfig(arch="gpt", hidden=32, layers=2, heads=2, mlp=64, ln_eps=1e-5), seq_len).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # spread logits: no near-ties for rounding to flip
+    return model
+
+
+def test_cached_greedy_completion_writes_the_same_tokens_as_rerunning_the_sequence(one_thread):
+    model = random_gpt(49)
+    tokens = sample_batch(apply_overrides(preset("tiny"), []).data, 16, generator(3)).tokens
+    fast, slow = model.complete(tokens), model.complete(tokens, cache=False)
+    assert fast.shape == (16, 99) and torch.equal(fast, slow)
+    assert len(set(fast[:, 50:].flatten().tolist())) > 20  # it writes many different values, not one
+    torch.testing.assert_close(model.predict(tokens), gpt.id_values(slow[:, 50:]))
+    # the logits of the cached passes are those of the full sequence, position by position
+    seq = fast[:, :-1]
+    kv = model.new_cache()
+    with torch.no_grad():
+        parts = [model(seq[:, :50], cache=kv)] + [model(seq[:, i : i + 1], cache=kv) for i in range(50, 98)]
+        torch.testing.assert_close(torch.cat(parts, 1), model(seq), rtol=1e-5, atol=1e-5)
+
+
+def test_analyses_on_the_gpt_give_the_same_numbers_with_and_without_the_cache(monkeypatch, one_thread):
+    """Hooks that act position by position (every analysis's) see the same activations either way:
+    ablation (zero, uniform over the causal keys, whole-batch mean), copying, switching."""
+    from abrupt.analysis import ablation, copying, switching
+    from abrupt.analysis.common import Inputs
+
+    data = apply_overrides(preset("tiny"), ["data.m=3", "data.n=3", "data.rank=1", "data.p_mask=0.4"]).data
+    inputs = Inputs({1: random_gpt(9, 1), 2: random_gpt(9, 2)}, data)
+    complete = MatrixGPT.complete
+    runs = []
+    for cache in (True, False):
+        monkeypatch.setattr(MatrixGPT, "complete", lambda self, tokens, cache_=True, c=cache: complete(self, tokens, c))
+        runs.append([ablation.run(inputs, n=12).numbers, copying.run(inputs, n=12).numbers,
+                     switching.run(inputs, n=12, groups=("attention",)).numbers])
+    assert runs[0] == runs[1]
+    chosen = runs[0][0]["steps"][2]["chosen"]
+    assert len({round(v["loss_mask"], 6) for v in chosen.values()}) == 3  # the three modes differ
+
+
+def test_uniform_ablation_of_the_gpt_attends_to_no_later_position():
+    from abrupt.analysis import ablation
+
+    model = random_gpt(9)
+    tokens = torch.randint(2, GPT_VOCAB, (2, 18))
+    name = "blocks.0.attn.hook_pattern"
+    with torch.no_grad(), model.hooks(ablation.ablation_hooks([(0, 1)], "uniform", causal=True)):
+        _, cache = model.run_with_cache(tokens, names=[name])
+    expected = torch.ones(18, 18).tril()
+    torch.testing.assert_close(cache[name][:, 1], (expected / expected.sum(-1, keepdim=True)).expand(2, 18, 18))

@@ -34,20 +34,38 @@ CVXPY_SOLVER = "CLARABEL"
 CVXPY_TOL = 1e-9
 
 
+# A problem's outcome. CVXPY's own statuses: OPTIMAL (solved to the tolerance asked), INACCURATE
+# (its solver stopped short of that and settled for a looser one: counted apart, never as solved);
+# any other CVXPY status raises SolverError. The torch solver's: OPTIMAL or NOT_CONVERGED (it ran
+# out of iterations before meeting its tolerance).
+OPTIMAL, INACCURATE, NOT_CONVERGED = "optimal", "optimal_inaccurate", "not_converged"
+
+
 class SolverError(RuntimeError):
-    """A solver failed on a problem (status not optimal)."""
+    """A solver failed on a problem (no solution, or one of unknown quality)."""
 
 
 @dataclass
 class Completion:
     x: torch.Tensor  # (B, m, n) completed matrices, float64
-    converged: torch.Tensor  # (B,) bool
+    status: list[str]  # (B,) each problem's outcome: OPTIMAL, INACCURATE or NOT_CONVERGED
     iterations: int = 0
     seconds: float = 0.0
 
     @property
+    def converged(self) -> torch.Tensor:
+        """(B,) bool: solved to the tolerance asked."""
+        return torch.tensor([s == OPTIMAL for s in self.status], dtype=torch.bool)
+
+    @property
     def failures(self) -> int:
-        return int((~self.converged).sum())
+        """Problems the torch solver did not converge on."""
+        return self.status.count(NOT_CONVERGED)
+
+    @property
+    def inaccurate(self) -> int:
+        """Problems CVXPY solved only to a looser tolerance than asked."""
+        return self.status.count(INACCURATE)
 
 
 def svt(x: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
@@ -135,7 +153,7 @@ def torch_admm(
         factor = torch.where(r > 10 * s, 2.0, torch.where(s > 10 * r, 0.5, 1.0)).to(torch.float64)
         rho_t[active] = rho_t[active] * factor
         u = u / factor.reshape(-1, 1, 1)
-    return Completion(z_out, done, it, time.perf_counter() - t0)
+    return Completion(z_out, [OPTIMAL if d else NOT_CONVERGED for d in done.tolist()], it, time.perf_counter() - t0)
 
 
 def _cvxpy_problem(m: int, n: int, lam: float | None):
@@ -152,7 +170,8 @@ def _cvxpy_problem(m: int, n: int, lam: float | None):
 
 
 def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = None, solver: str = CVXPY_SOLVER, tol: float = CVXPY_TOL) -> Completion:
-    """One CVXPY problem per matrix: exact (lam=None) or regularized; raises SolverError on failure."""
+    """One CVXPY problem per matrix: exact (lam=None) or regularized, each problem's status
+    recorded (OPTIMAL or INACCURATE); raises SolverError on any other status."""
     import cvxpy as cp
 
     t0 = time.perf_counter()
@@ -164,6 +183,7 @@ def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = Non
         "SCS": {"eps_abs": tol, "eps_rel": tol, "max_iters": 200_000},
     }.get(solver, {})
     out = np.zeros((bsz, m, n))
+    status = []
     for i in range(bsz):
         w = 1.0 if lam is None else max(int(obs[i].sum()), 1) ** -0.5
         mask.value = w * obs[i].double().numpy()
@@ -172,13 +192,14 @@ def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = Non
             prob.solve(solver=solver, **opts)
         except cp.error.SolverError as e:
             raise SolverError(f"CVXPY {solver} failed on problem {i}: {e}") from None
-        if prob.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) or x.value is None:
+        if prob.status not in (OPTIMAL, INACCURATE) or x.value is None:
             raise SolverError(f"CVXPY {solver} returned status '{prob.status}' on problem {i}")
+        status.append(prob.status)
         out[i] = x.value
     result = torch.from_numpy(out)
     if lam is None:  # the constraint holds to solver tolerance; make it exact as in the torch solver
         result = torch.where(obs, b, result)
-    return Completion(result, torch.ones(bsz, dtype=torch.bool), 0, time.perf_counter() - t0)
+    return Completion(result, status, 0, time.perf_counter() - t0)
 
 
 def complete(
@@ -219,19 +240,26 @@ def score(x: torch.Tensor, batch: Batch) -> dict[str, float]:
     return {k: parts[k] for k in ("loss", "loss_obs", "loss_mask")} | {"nuclear_norm": nuclear_norm(x).mean().item()}
 
 
+def outcome(c: Completion) -> dict[str, int]:
+    """A solve's counts for a result row: `failures` (not converged), `inaccurate` (CVXPY)."""
+    return {"failures": c.failures, "inaccurate": c.inaccurate}
+
+
 def score_methods(batch: Batch, m: int, n: int, model=None, lambdas: Sequence[float] = (), solver: str = "torch") -> list[dict[str, Any]]:
     """Score BERT (if given), exact nuclear-norm minimization and each regularized form on one batch.
-    Every method sees what BERT sees: the rounded values at observed entries."""
+    Every method sees what BERT sees: the rounded values at observed entries. Each row counts the
+    problems its solver did not converge on (`failures`) and those solved only inaccurately
+    (`inaccurate`, CVXPY)."""
     target = batch.target.reshape(-1, m, n)
     observed = ~batch.mask.reshape(-1, m, n)
     rows = []
     if model is not None:
         t0 = time.perf_counter()
         pred = model.predict(batch.tokens).reshape(-1, m, n)
-        rows.append({"method": "bert", **score(pred, batch), "seconds": time.perf_counter() - t0, "failures": 0})
+        rows.append({"method": "bert", **score(pred, batch), "seconds": time.perf_counter() - t0, "failures": 0, "inaccurate": 0})
     exact = complete(target, observed, None, solver=solver)
-    rows.append({"method": method_name(None), **score(exact.x, batch), "seconds": exact.seconds, "failures": exact.failures})
+    rows.append({"method": method_name(None), **score(exact.x, batch), "seconds": exact.seconds, **outcome(exact)})
     for lam in lambdas:
         reg = complete(target, observed, lam, solver=solver, exact=exact.x)
-        rows.append({"method": method_name(lam), **score(reg.x, batch), "seconds": reg.seconds, "failures": reg.failures})
+        rows.append({"method": method_name(lam), **score(reg.x, batch), "seconds": reg.seconds, **outcome(reg)})
     return rows

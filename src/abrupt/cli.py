@@ -228,10 +228,12 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     for row in rows:
         row.update(n=args.n, p_mask=args.p_mask)
         if args.json:
-            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures")}))
+            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures",
+                                             "inaccurate")}))
         else:
             print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
-                  f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else ""))
+                  f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else "")
+                  + (f"  INACCURATE: {row['inaccurate']}" if row["inaccurate"] else ""))
     return 0
 
 

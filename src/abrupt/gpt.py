@@ -27,7 +27,8 @@ from torch import nn
 from .config import ModelConfig
 from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from .hooks import HookedModule, HookPoint
-from .model import Attention, init_weights
+from . import model as base
+from .model import Attention, KVCache, init_weights
 
 GPT_MASK, GPT_SEP = 0, 1
 _SHIFT = 1  # a GPT value id is the BERT value id + 1 (room for SEP after MASK)
@@ -94,16 +95,19 @@ class GPTBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """`scale`: the attention-score multiplier (Attention.forward), None for none."""
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """`scale`: the attention-score multiplier (Attention.forward), None for none; `cache`: the
+        layer's keys and values already read (greedy decoding)."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale)))
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale, cache=cache)))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh")))
         return self.hook_resid_post(x + mlp)
 
 
 class MatrixGPT(HookedModule):
     """tokens (B, L <= 2T) GPT ids -> next-token logits (B, L, GPT_VOCAB)."""
+
+    causal = True  # a position attends to itself and earlier ones
 
     def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
         super().__init__()
@@ -124,18 +128,28 @@ class MatrixGPT(HookedModule):
     def reset_parameters(self) -> None:
         init_weights(self)
 
-    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                last: bool = False) -> torch.Tensor:
+        """`cache` (one KVCache per layer, from `new_cache`): `tokens` continue the positions it has
+        read, and are added to it; every hook then sees the new positions only. `last`: the logits
+        of the last position alone, (B, 1, GPT_VOCAB) (greedy decoding needs no others)."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
+        start = 0 if cache is None else cache[0].length
         length = tokens.shape[1]
-        if not 1 <= length <= 2 * self.seq_len:
-            raise ValueError(f"expected sequences of length 1..{2 * self.seq_len}, got {length}")
+        if not 1 <= start + length <= 2 * self.seq_len:
+            raise ValueError(f"expected sequences of length 1..{2 * self.seq_len}, got {start + length}")
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
-        pos = self.hook_pos_embed(self.pos_embed.weight[:length].unsqueeze(0))
+        pos = self.hook_pos_embed(self.pos_embed.weight[start : start + length].unsqueeze(0))
         x = self.hook_embed(tok + pos)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=None if cache is None else cache[i])
+        if last:
+            x = x[:, -1:]
         return self.hook_out(self.head(self.ln_final(x)))
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache(2 * self.seq_len) for _ in self.blocks]
 
     # --- what training and the analyses call --------------------------------------------------
 
@@ -150,30 +164,51 @@ class MatrixGPT(HookedModule):
     objective = staticmethod(gpt_losses)
 
     @torch.no_grad()
-    def evaluate_batch(self, batch: Batch, chunk: int = 512) -> dict[str, float]:
+    def evaluate_batch(self, batch: Batch) -> dict[str, float]:
         """Teacher-forced losses on a batch (evaluation mode), as floats."""
         was_training = self.training
         self.eval()
-        logits = torch.cat([self(*self.train_inputs(batch[i : i + chunk])).float() for i in range(0, len(batch), chunk)])
+        logits = torch.cat([self(*self.train_inputs(batch[i : i + base.CHUNK])).float() for i in range(0, len(batch), base.CHUNK)])
         self.train(was_training)
         return {k: v.item() for k, v in gpt_losses(logits, batch).items()}
 
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, chunk: int = 512, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """The completed matrix (B, T) for masked BERT tokens: SEP, then T values written greedily
-        (argmax over value tokens), each fed back in."""
+    def complete(self, tokens: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """GPT ids (B, 2T + 1) of masked BERT tokens (B, T): the masked matrix, SEP, then T values
+        written greedily (argmax over value tokens), each fed back in.
+
+        `cache=True` decodes with a key/value cache: the masked matrix and SEP in one pass, then one
+        position per token, the output head on the last position only. `cache=False` reruns the
+        whole sequence and the head at every position for each token (the original path, kept to
+        test and benchmark against: the same tokens, to rounding). Hooks under a cache see only
+        the positions each pass adds, so they must act position by position (every analysis's
+        hook does; `hook_pattern` then has the shape (B, H, new, read so far))."""
+        prefix = masked_prefix(tokens.to(self.pos_embed.weight.device))
+        seq = torch.cat([prefix, torch.full((len(prefix), 1), GPT_SEP, dtype=torch.long, device=prefix.device)], dim=1)
+        t = prefix.shape[1]
+        kv = self.new_cache() if cache else None
+        step = seq
+        for _ in range(t):
+            logits = self(step, cache=kv, last=True) if cache else self(seq)[:, -1:]
+            step = logits[:, -1, 2:].argmax(-1, keepdim=True) + 2
+            seq = torch.cat([seq, step], dim=1)
+        return seq
+
+    def prediction_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The sequences (B, 2T) a greedy completion reads, as one teacher-forced input: the masked
+        matrix, SEP and the model's own completion but its last token."""
+        return self.complete(tokens)[:, :-1]
+
+    @torch.no_grad()
+    def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: bool = True) -> torch.Tensor:
+        """The completed matrix (B, T) for masked BERT tokens (see `complete`), in evaluation mode,
+        abrupt.model.CHUNK matrices at a time."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
         was_training = self.training
         self.eval()
-        outs = []
-        for i in range(0, len(tokens), chunk):
-            prefix = masked_prefix(tokens[i : i + chunk].to(self.pos_embed.weight.device))
-            seq = torch.cat([prefix, torch.full((len(prefix), 1), GPT_SEP, dtype=torch.long, device=prefix.device)], dim=1)
-            t = prefix.shape[1]
-            for _ in range(t):
-                logits = self(seq)[:, -1, 2:]
-                seq = torch.cat([seq, logits.argmax(-1, keepdim=True) + 2], dim=1)
-            outs.append(id_values(seq[:, t + 1 :]).cpu())
+        t = tokens.shape[1]
+        out = torch.cat([id_values(self.complete(tokens[i : i + base.CHUNK], cache)[:, t + 1 :]).cpu()
+                         for i in range(0, len(tokens), base.CHUNK)])
         self.train(was_training)
-        return torch.cat(outs)
+        return out

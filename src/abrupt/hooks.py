@@ -37,18 +37,30 @@ def act_name(kind: str, layer: int | None = None) -> str:
 
 
 class HookPoint(nn.Module):
-    """Identity; the place where forward hooks read or replace an activation."""
+    """Identity; the place where hooks read or replace an activation.
+
+    Each attached hook is called on its own copy of the activation, made only while a hook is
+    attached (training, which attaches none, pays nothing). So an in-place edit acts exactly like
+    returning the edited tensor, and it can never write through to what the activation aliases:
+    a parameter (`hook_pos_embed` carries a view of `pos_embed.weight`), the caller's input, or
+    a tensor an earlier hook kept (a `run_with_cache` cache, the activation of another point).
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.name = ""
+        self.fns: list[HookFn] = []  # attached by HookedModule.hooks, called in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for fn in self.fns:
+            own = x.clone()
+            out = fn(own, self)
+            x = own if out is None else out
         return x
 
     @property
     def active(self) -> bool:
-        return bool(self._forward_hooks)
+        return bool(self.fns)
 
 
 class HookedModule(nn.Module):
@@ -77,16 +89,18 @@ class HookedModule(nn.Module):
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator["HookedModule"]:
-        """Temporarily attach `fn(activation, hook_point) -> replacement or None` to hook points."""
-        handles = []
+        """Temporarily attach `fn(activation, hook_point) -> replacement or None` to hook points
+        (None keeps the activation, edited in place or not: the hook holds its own copy)."""
+        attached: list[tuple[HookPoint, HookFn]] = []
         try:
             for name, fn in fwd_hooks:
                 (point,) = self._resolve([name])
-                handles.append(point.register_forward_hook(lambda mod, inp, out, fn=fn: fn(out, mod)))
+                point.fns.append(fn)
+                attached.append((point, fn))
             yield self
         finally:
-            for h in handles:
-                h.remove()
+            for point, fn in reversed(attached):
+                point.fns.remove(fn)
 
     def run_with_cache(
         self,

@@ -38,6 +38,11 @@ from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from .hooks import HookedModule, HookPoint
 from .losses import as_floats, losses
 
+# Matrices per forward pass when a model predicts or evaluates a batch (a memory bound). No number
+# may depend on it: a hook that needs a statistic of the batch gets it precomputed over the whole
+# batch, and a test runs every analysis at two chunk sizes.
+CHUNK = 512
+
 def init_weights(model: nn.Module) -> None:
     """BERT's initialisation (normal(0, init_std) weights, zero biases, unit LayerNorms; position
     embeddings at pos_init_std when set), in a fixed order so that one seed gives one model."""
@@ -74,6 +79,32 @@ def row_column_bias(t: int, cols: int, c: float, device: torch.device | None = N
     return same.float() * math.log(c)
 
 
+class KVCache:
+    """One attention layer's keys and values of the positions a causal model has already read, so
+    that decoding one more token costs that token, not the whole sequence again (the GPT variant's
+    greedy completion). Held in buffers of `capacity` positions, (B, H, capacity, dh), allocated
+    on the first write: a token's keys are written once, never copied again."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0  # positions read so far
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions' keys and values (B, H, new, dh); returns every position's."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"a KV cache of {self.capacity} positions cannot take {end}")
+        if self.k is None:
+            self.k = k.new_empty(*k.shape[:2], self.capacity, k.shape[3])
+            self.v = v.new_empty(*v.shape[:2], self.capacity, v.shape[3])
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention; `causal` (the GPT variant) lets a query see only earlier keys."""
 
@@ -96,23 +127,36 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
+    def _mask(self, keep: torch.Tensor | None, tq: int, tk: int, device: torch.device) -> torch.Tensor | None:
+        """Keys each query may see, (B, 1, Tq, Tk) or (Tq, Tk) bool, or None for all: `keep`, and
+        for a causal model keys up to the query, whose position is tk - tq + i (cached keys first)."""
+        if not self.causal:
+            return keep
+        causal = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
+        return causal if keep is None else keep & causal
+
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
+                scale: torch.Tensor | None = None, cache: "KVCache | None" = None) -> torch.Tensor:
         """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
         `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none.
         `scale` (B or 1, 1, Tq, Tk) float > 0: the follow-up's attention-score multiplier (c on a
         task's correct keys, 1 elsewhere): linear attention multiplies its scores by it; softmax
-        multiplies its weights and renormalises (log scale added to the logits)."""
+        multiplies its weights and renormalises (log scale added to the logits).
+        `cache`: `x` holds new positions after those the cache has read (their keys and values come
+        from it, and the new ones are added to it); hooks then see the new positions only."""
         q = self.hook_q(self._split(self.q(x)))
         k = self.hook_k(self._split(self.k(x)))
         v = self.hook_v(self._split(self.v(x)))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        tq, tk = q.shape[2], k.shape[2]
         if self.linear:
             # The follow-up's linear attention: the scaled scores themselves are the pattern
             # (future keys 0, no softmax, no normalisation).
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
-            if self.causal:
-                t = scores.shape[-1]
-                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), 0.0)
+            mask = self._mask(None, tq, tk, q.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, 0.0)
             z = self.hook_pattern(scores if scale is None else scores * scale) @ v
         elif self.hook_pattern.active or scale is not None:
             # Exact path: materialise the pattern so hooks can read or replace it.
@@ -121,20 +165,20 @@ class Attention(nn.Module):
                 scores = scores + bias
             if scale is not None:
                 scores = scores + scale.log()
-            if keep is not None:
-                scores = scores.masked_fill(~keep, float("-inf"))
-            if self.causal:
-                t = scores.shape[-1]
-                scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
+            mask = self._mask(keep, tq, tk, q.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        elif self.temperature == 1.0 and keep is None and bias is None:  # the paper's attention, and SDPA's own default scale
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        elif bias is not None:  # BERT only (validated): no causal mask to combine
+        elif bias is not None:  # BERT only (validated): no causal mask, no cache to combine
             mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(q.dtype)  # SDPA wants q's dtype (bf16 autocast)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
+        elif self.temperature == 1.0 and keep is None and tq == tk:  # the paper's attention, and SDPA's own default scale
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        elif keep is None and tq == tk:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=self.causal and keep is None,
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(keep, tq, tk, q.device),
                                                scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
@@ -170,6 +214,8 @@ class MatrixBert(HookedModule):
     """`cols`: the matrix's number of columns, needed only by the row/column attention bias
     (`model.attn_bias`); `attn_bias_on` switches that bias (the trainer turns it off after
     `model.attn_bias_until`)."""
+
+    causal = False  # every position attends to every other
 
     def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:
         super().__init__()
@@ -238,13 +284,17 @@ class MatrixBert(HookedModule):
     def evaluate_batch(self, batch: Batch) -> dict[str, float]:
         return as_floats(losses(self.predict(batch.tokens, pad=batch.pad), batch))
 
+    def prediction_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The sequences (B, T) whose one forward pass `predict` makes: the tokens themselves."""
+        return tokens
+
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, chunk: int = 512, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions in evaluation mode, in chunks, without gradients."""
+    def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Predictions (B, T) in evaluation mode, without gradients, CHUNK matrices per forward pass."""
         was_training = self.training
         self.eval()
-        out = torch.cat([self(tokens[i : i + chunk], None if pad is None else pad[i : i + chunk]).float().cpu()
-                         for i in range(0, len(tokens), chunk)])
+        out = torch.cat([self(tokens[i : i + CHUNK], None if pad is None else pad[i : i + CHUNK]).float().cpu()
+                         for i in range(0, len(tokens), CHUNK)])
         self.train(was_training)
         return out
 

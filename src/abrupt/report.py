@@ -100,7 +100,8 @@ def _sections(run_dir: Path) -> list[dict[str, Any]]:
     for name, r in load_results(run_dir).items():
         mod, folder = analyses[name], run_dir / "analysis" / name
         try:
-            blocks = mod.render(r)
+            notes = r.get("notes") if isinstance(r.get("notes"), list) else []
+            blocks = ([Text(f"Adjusted to this run: {'; '.join(map(str, notes))}.")] if notes else []) + mod.render(r)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             blocks = [Text(f"results.json of {name} could not be read ({type(e).__name__}: {e}); rerun `abrupt analyze --only {name}`.")]
         names = r.get("figures") if isinstance(r.get("figures"), list) else sorted(p.name for p in folder.glob("*.png"))

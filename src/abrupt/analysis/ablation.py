@@ -1,8 +1,14 @@
 """Attention ablation (Sec. 3 item 8): replace chosen heads' patterns and re-measure the losses.
 
-Modes: `mean` replaces a head's pattern by its mean over the batch (an input-independent pattern,
-what the authors' "uniform" ablation actually did), `uniform` by 1/T over all keys, `zero` zeroes
-the head's output (its hook_z). A layer x head table ablates each head alone.
+Modes: `mean` replaces a head's pattern by its mean over the whole batch in the intact model (an
+input-independent pattern, what the authors' "uniform" ablation actually did), `uniform` spreads
+it evenly over the keys the query may see (all of them in the BERT, itself and earlier ones in the
+GPT variant), `zero` zeroes the head's output (its hook_z). A layer x head table ablates each head
+alone.
+
+Every hook acts on each matrix and position alone, the batch mean being computed beforehand over
+the whole batch: the numbers do not depend on how prediction splits the batch into chunks
+(model.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full reruns.
 """
 
 from __future__ import annotations
@@ -10,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Sequence
 
+import torch
+
+from .. import model as model_
 from ..config import Config
 from ..data import Batch, seeded_batch
 from ..hooks import act_name
@@ -32,30 +41,58 @@ def check_modes(modes: Sequence[str]) -> None:
         raise ValueError(f"ablation modes {list(modes)}: use one or more of {', '.join(MODES)}")
 
 
-def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str):
+@torch.no_grad()
+def mean_patterns(model: MatrixBert, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """{layer: (H, L, L)} each head's attention pattern averaged over the whole batch, on the
+    sequences the intact model reads when it predicts (`prediction_inputs`: L = T for the BERT,
+    2T for the GPT variant); summed in float64 over chunks of model.CHUNK matrices, so the mean
+    is the same whatever the chunk size."""
+    names = {l: act_name("pattern", l) for l in range(len(model.blocks))}
+    was_training = model.training
+    model.eval()
+    total: dict[int, torch.Tensor] = {}
+    for i in range(0, len(tokens), model_.CHUNK):
+        _, cache = model.run_with_cache(model.prediction_inputs(tokens[i : i + model_.CHUNK]), names=list(names.values()))
+        for l, name in names.items():
+            part = cache[name].double().sum(dim=0)
+            total[l] = part if l not in total else total[l] + part
+    model.train(was_training)
+    return {l: (s / len(tokens)).float() for l, s in total.items()}
+
+
+def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str, causal: bool = False,
+                   means: dict[int, torch.Tensor] | None = None):
+    """Hooks ablating `heads` by `mode`; `causal`: the model's queries see only earlier keys;
+    `means`: the batch-mean patterns (`mean_patterns`) that mode `mean` writes. A hook's pattern
+    is (B, H, Tq, Tk) with its queries the last Tq of Tk positions (fewer under a KV cache)."""
     check_modes([mode])
+    if mode == "mean" and means is None:
+        raise ValueError("ablation mode 'mean' needs the batch-mean patterns (ablation.mean_patterns)")
     hooks = []
     for layer, hs in group_by_layer(heads).items():
         if mode == "zero":
             def fn(z, point, hs=hs):
-                z = z.clone()
-                z[:, :, hs] = 0
-                return z
+                z[:, :, hs] = 0  # the hook holds its own copy (hooks.HookPoint)
             hooks.append((act_name("z", layer), fn))
         else:
-            def fn(p, point, hs=hs, mode=mode):
-                p = p.clone()
+            def fn(p, point, hs=hs, layer=layer):
+                tq, tk = p.shape[-2:]
                 if mode == "mean":
-                    p[:, hs] = p[:, hs].mean(dim=0, keepdim=True)
+                    p[:, hs] = means[layer][hs, tk - tq : tk, :tk].to(p)
                 else:
-                    p[:, hs] = 1.0 / p.shape[-1]
-                return p
+                    seen = torch.ones(tq, tk, dtype=p.dtype, device=p.device)
+                    seen = seen.tril(tk - tq) if causal else seen
+                    p[:, hs] = seen / seen.sum(-1, keepdim=True)
             hooks.append((act_name("pattern", layer), fn))
     return hooks
 
 
-def ablate(model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], mode: str) -> dict[str, float]:
-    return evaluate(model, batch, ablation_hooks(heads, mode))
+def ablate(model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], mode: str,
+           means: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+    """Losses with `heads` ablated; mode `mean` computes the batch-mean patterns unless given."""
+    if mode == "mean" and means is None:
+        means = mean_patterns(model, batch.tokens)
+    return evaluate(model, batch, ablation_hooks(heads, mode, model.causal, means))
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:
@@ -75,10 +112,11 @@ def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all",
         layers, nheads = len(model.blocks), model.cfg.heads
         entry: dict[str, Any] = {"none": evaluate(model, batch), "chosen": {}, "per_head_loss_mask": {}}
         chosen = parse_heads(heads, layers, nheads)
+        means = mean_patterns(model, batch.tokens) if "mean" in modes else None
         for mode in modes:
-            entry["chosen"][mode] = ablate(model, batch, chosen, mode)
+            entry["chosen"][mode] = ablate(model, batch, chosen, mode, means)
             entry["per_head_loss_mask"][mode] = [
-                [ablate(model, batch, [(l, h)], mode)["loss_mask"] for h in range(nheads)] for l in range(layers)
+                [ablate(model, batch, [(l, h)], mode, means)["loss_mask"] for h in range(nheads)] for l in range(layers)
             ]
         numbers["steps"][step] = entry
     return Result(numbers)

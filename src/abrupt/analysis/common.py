@@ -94,7 +94,9 @@ class Table:
 @dataclass
 class Result:
     """What an analysis returns: `numbers` (plain JSON values, written to results.json and read by
-    the report) and `figure_data` (arrays its `plot` draws, never written)."""
+    the report) and `figure_data` (arrays its `plot` draws, never written). `numbers["notes"]`, a
+    list of sentences, says where a default was lowered to fit a small run (printed by `abrupt
+    analyze`, shown by the report)."""
 
     numbers: dict[str, Any]
     figure_data: dict[str, Any] = field(default_factory=dict)
@@ -242,6 +244,16 @@ def plot_head_tables(tables: dict[str, list[list[float]]], path: Path, title: st
             ax.set_title(name, fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.05)
     return path
+
+
+def solver_outcomes(rows: list[dict[str, Any]]) -> str:
+    """A sentence on the problems a solver did not solve cleanly ('' when every one was)."""
+    failed = sum(r.get("failures", 0) for r in rows)
+    inaccurate = sum(r.get("inaccurate", 0) for r in rows)
+    if not failed and not inaccurate:
+        return ""
+    return (f" Nuclear-norm problems not converged: {failed}; solved only inaccurately (CVXPY optimal_inaccurate): {inaccurate}"
+            " (rows: failures, inaccurate).")
 
 
 def loss_cells(d: dict[str, float]) -> list[float]:

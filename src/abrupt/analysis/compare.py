@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from .. import baselines
 from ..data import seeded_batch
 from ..plots import figure
-from .common import Check, Count, Inputs, Result, Seed, Table, Text, between, each, one_of
+from .common import Check, Count, Inputs, Result, Seed, Table, Text, between, each, one_of, solver_outcomes
 
 TITLE = "BERT vs nuclear-norm minimization (Fig. 3)"
 PAPER = ("BERT reaches lower MSE than nuclear-norm minimization at its training p_mask and a different "
@@ -93,5 +93,6 @@ def _draw(result: dict[str, Any], axes) -> None:
 def render(r: dict[str, Any]) -> list[Table | Text]:
     rows = [[x["p_mask"], x["method"], x["loss"], x["loss_mask"], x["nuclear_norm"]] for x in r["rows"] if x["method"] in ("bert", "nuclear_norm")]
     return [Text(f"Step {r['step']}. BERT below nuclear-norm minimization (L_mask) at p_mask {r['flips']['bert_better_at']}; "
-                 f"ordering flips at {r['flips']['flips_at']}. Ground-truth mean nuclear norm {r['true_nuclear_norm']:.3f}."),
+                 f"ordering flips at {r['flips']['flips_at']}. Ground-truth mean nuclear norm {r['true_nuclear_norm']:.3f}."
+                 + solver_outcomes(r["rows"])),
             Table(["p_mask", "method", "MSE", "MSE hidden", "nuclear norm"], rows)]

@@ -43,9 +43,24 @@ def unsupported(cfg: Config) -> str | None:
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:
-    t, k = cfg.data.m * cfg.data.n, options.get("k", 4)
-    if k > t - 1:
-        raise ValueError(f"embeddings.k={k}: a position has only {t - 1} neighbours in a {cfg.data.m}x{cfg.data.n} matrix")
+    """A `k` given explicitly must fit the run (the default is lowered to fit, with a note)."""
+    t = cfg.data.m * cfg.data.n
+    if "k" in options and options["k"] > t - 1:
+        raise ValueError(f"embeddings.k={options['k']}: a position has only {t - 1} neighbours in a {cfg.data.m}x{cfg.data.n} matrix")
+
+
+def fitted(k: int, perplexity: float, positions: int) -> tuple[int, float, list[str]]:
+    """k and the t-SNE perplexity lowered to what `positions` points allow (k <= positions - 1,
+    perplexity <= (positions - 1) / 3), with a note for each one lowered."""
+    notes = []
+    if k > positions - 1:
+        notes.append(f"k lowered from {k} to {positions - 1}: a position has only {positions - 1} neighbours")
+        k = positions - 1
+    cap = (positions - 1) / 3
+    if perplexity > cap:
+        notes.append(f"t-SNE perplexity lowered from {perplexity:g} to {cap:g} = (positions - 1) / 3")
+        perplexity = cap
+    return k, perplexity, notes
 
 
 def value_range(data: DataConfig) -> float:
@@ -74,7 +89,7 @@ def _step_numbers(model: MatrixBert, data: DataConfig, seed: int, k: int, perple
     norms = np.linalg.norm(tok, axis=1)
     neg, posv = norms[values < 0][::-1], norms[values > 0]
     m_ = min(len(neg), len(posv))
-    tsne = TSNE(n_components=2, perplexity=min(perplexity, (t - 1) / 3), random_state=seed, init="pca", method="exact").fit_transform(pos)
+    tsne = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca", method="exact").fit_transform(pos)
     numbers = {
         "position_knn_purity_column": knn_purity(pos, cols, k),
         "position_knn_purity_row": knn_purity(pos, rows_, k),
@@ -94,11 +109,13 @@ def run(
     permutations: Annotated[int, at_least(1)] = 5,
     perplexity: Annotated[float, at_least(1)] = 10.0,
 ) -> Result:
+    """`k` and `perplexity` above what the run's positions allow are lowered, with a note."""
     data = inputs.data
     t = data.m * data.n
+    k, perplexity, notes = fitted(k, perplexity, t)
     cols, rows_ = np.arange(t) % data.n, np.arange(t) // data.n
-    numbers: dict[str, Any] = {"seed": seed, "k": k, "chance": {"column": (data.m - 1) / (t - 1), "row": (data.n - 1) / (t - 1)},
-                               "steps": {}, "across": {}}
+    numbers: dict[str, Any] = {"seed": seed, "k": k, "perplexity": perplexity, "notes": notes,
+                               "chance": {"column": (data.m - 1) / (t - 1), "row": (data.n - 1) / (t - 1)}, "steps": {}, "across": {}}
     draw: dict[str, Any] = {"grid": (data.m, data.n), "steps": {}, "across_xy": {}}
     for step, model in inputs.models.items():
         numbers["steps"][step], draw["steps"][step] = _step_numbers(model, data, seed, k, perplexity)

@@ -17,28 +17,31 @@ from ..baselines import score_methods
 from ..config import Config, DataConfig, validate_data
 from ..data import seeded_batch
 from ..plots import figure
-from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of, solver_outcomes
 
 TITLE = "Out of distribution (Fig. 18, 19)"
 PAPER = ("Out of distribution the model behaves close to nuclear-norm minimization, except when the number of "
          "columns changes, since position embeddings encode the column (Fig. 18, 19).")
 ORDER = 90
 
+MIN_LINES = 3  # the fewest rows (columns) a row (column) variant has, as in the paper's Fig. 18/19
+
 
 def unsupported(cfg: Config) -> str | None:
-    if min(cfg.data.m, cfg.data.n) < 3:
-        return "its variants (fewer rows or columns, down to 3) need at least a 3x3 matrix"
+    if min(cfg.data.m, cfg.data.n) < 2:
+        return "nuclear-norm minimization needs at least a 2x2 matrix"
     return needs_hidden(cfg)
 
 
 def default_variants(train: DataConfig) -> list[tuple[str, str, dict[str, Any]]]:
-    """(family, label, data overrides) for each OOD setting, relative to the training data."""
+    """(family, label, data overrides) for each OOD setting, relative to the training data; the
+    row and column families (down to 3, from the paper) are empty below 3 rows or columns."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for r in range(1, min(train.m, train.n, 4) + 1):
         out.append(("rank", f"r={r}", {"rank": r}))
-    for m in range(max(train.rank, 3), train.m + 1):
+    for m in range(max(train.rank, MIN_LINES), train.m + 1):
         out.append(("rows", f"m={m}", {"m": m}))
-    for n in range(max(train.rank, 3), train.n + 1):
+    for n in range(max(train.rank, MIN_LINES), train.n + 1):
         out.append(("columns", f"n={n}", {"n": n}))
     out += [
         ("distribution", "train", {}),
@@ -52,6 +55,12 @@ def default_variants(train: DataConfig) -> list[tuple[str, str, dict[str, Any]]]
     return out
 
 
+def omitted(train: DataConfig) -> list[str]:
+    """Notes on the families a small run leaves empty."""
+    return [f"no {family} variants: they go down to {MIN_LINES} {family} and this run has {have}"
+            for family, have in (("rows", train.m), ("columns", train.n)) if have < MIN_LINES]
+
+
 def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, solver: Annotated[str, one_of("torch", "cvxpy")] = "torch") -> Result:
     """Each variant of `default_variants` on the last chosen checkpoint, with its own seeded batch."""
     step, model = inputs.post
@@ -62,7 +71,7 @@ def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, solver: Annotated[str, o
         batch = seeded_batch(data, n, seed + 10 * i)
         for row in score_methods(batch, data.m, data.n, model, solver=solver):
             rows.append({"family": family, "variant": label, **overrides, "n": n, **row})
-    return Result({"step": step, "rows": rows, "seed": seed, "n": n, "solver": solver})
+    return Result({"step": step, "rows": rows, "seed": seed, "n": n, "solver": solver, "notes": omitted(inputs.data)})
 
 
 def plot(result: Result, out: Path) -> list[Path]:
@@ -88,4 +97,4 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
     rows = [[x["family"], x["variant"], x["method"], x["loss_mask"], x["nuclear_norm"]] for x in r["rows"]]
-    return [Text(f"Step {r['step']}."), Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows)]
+    return [Text(f"Step {r['step']}." + solver_outcomes(r["rows"])), Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows)]

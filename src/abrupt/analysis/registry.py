@@ -155,6 +155,8 @@ def analyze(
         written[name] = out
         if progress:
             print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
+            for note in result.numbers.get("notes", []):
+                print(f"  {'':11s} note: {note}", flush=True)
     return written
 
 
