@@ -276,6 +276,9 @@ def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # training installs its own handlers
         signal.signal(signal.SIGTERM, _raise_interrupt)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since the start
+        # A trial shows no bar; tqdm's default lock is a named semaphore, which a killed trial
+        # would leak (and the sweep's resource tracker then warn about).
+        tqdm.set_lock(threading.RLock())
         row = fn(*args)
     except KeyboardInterrupt:
         pass
