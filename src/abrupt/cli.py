@@ -310,7 +310,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .rundir import unique_dir
-    from .sweep import Sweep, spec_from_args, spec_from_file
+    from .sweep import Sweep, check_backend, spec_from_args, spec_from_file
 
     if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
         args.overrides.insert(0, str(args.spec))
@@ -319,6 +319,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _check_threads(args.threads)
     if not 0 <= args.gpus < math.inf:
         raise UsageError(f"--gpus: must be >= 0, got {args.gpus}")
+    check_backend(args.backend, args.address)
     if args.resume:
         if args.spec or args.overrides or args.preset or args.out:
             raise UsageError("--resume takes everything from the sweep's sweep.json; give only --workers, --backend, --address")

@@ -158,15 +158,21 @@ class RunLock:
 NAME_MAX = 255  # bytes in one file name, on every common file system
 
 
+def check_name(path: Path) -> None:
+    """Refuse a path with a part longer than a file system takes (with room for the temporary
+    files written beside it, .NAME.xxxx.tmp), before anything looks it up."""
+    long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX - 20), None)
+    if long is not None:
+        raise RunDirError(f"{str(path)[:60]}...: the name '{long[:30]}...' has {len(os.fsencode(long))} bytes; "
+                          f"at most {NAME_MAX - 20} per directory name")
+
+
 def ensure_dir(path: Path) -> None:
     """Create `path` (and parents) or say in one line why it cannot be a run directory."""
     path = Path(path)
     if str(path) in ("", "."):
         raise RunDirError("give the run directory a name (not the current directory)")
-    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX - 20), None)
-    if long is not None:  # room kept for the temporary files written beside it (.NAME.xxxx.tmp)
-        raise RunDirError(f"{path}: the name '{long[:40]}...' has {len(os.fsencode(long))} bytes; "
-                          f"at most {NAME_MAX - 20} per directory name")
+    check_name(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} is a file, not a directory")
     try:

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import dataclasses
 import hashlib
+import importlib.util
 import itertools
 import math
 import multiprocessing
@@ -38,8 +39,8 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from .config import ConfigError, apply_overrides, preset
-from .rundir import (RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json, read_jsonl,
-                     remove_temp_files)
+from .rundir import (RunDirError, RunLock, atomic_write_bytes, atomic_write_json, check_name, dumps, ensure_dir, read_json,
+                     read_jsonl, remove_temp_files)
 
 
 @dataclass
@@ -459,6 +460,17 @@ class RayBackend:
         self.ray.shutdown()
 
 
+def check_backend(backend: str, address: str | None) -> None:
+    """Refuse a Ray backend that cannot work (Ray missing, an address nobody answers at) before
+    anything is written."""
+    if backend != "ray":
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--backend ray needs Ray: pip install 'abrupt[ray]'")
+    if address:
+        _check_reachable(address)
+
+
 def _check_reachable(address: str) -> None:
     """A host:port (or ray://host:port) address must accept a connection within a few seconds."""
     m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
@@ -484,6 +496,7 @@ class Sweep:
     def create(cls, out: Path, spec: SweepSpec, threads: int = 1) -> "Sweep":
         trials = expand(spec)
         out = Path(out)
+        check_name(out)
         if (out / "sweep.json").exists():
             raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt sweep --resume {out}`")
         if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):

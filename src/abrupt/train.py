@@ -26,8 +26,8 @@ from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
 from .losses import as_floats, losses, per_size
 from .model import build_model
-from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, remove_temp_files,
-                     write_metrics)
+from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, finish, read_metrics,
+                     remove_temp_files, write_metrics)
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -361,6 +361,7 @@ class Trainer:
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate(cfg)
+    check_name(out_dir)
     trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
     source = init_source(trainer.model, cfg.train.init_from) if cfg.train.init_from and not resume else None  # refuse before writing
     if str(Path(out_dir)) == "." and not resume:
