@@ -361,7 +361,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
             raise UsageError(f"--steps: must be >= 1, got {args.steps}")
         if args.step is not None:
             checkpoints.find(args.run, args.step)
-        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step))
+        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step), command="components")
     args.resumable = sweep.out
     print(f"components: {len(sweep.trials)} groups, each trained alone, in {sweep.out}")
     sweep.run("local", args.workers, progress=not args.quiet)

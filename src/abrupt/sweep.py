@@ -493,12 +493,13 @@ class Sweep:
     threads: int = 1
 
     @classmethod
-    def create(cls, out: Path, spec: SweepSpec, threads: int = 1) -> "Sweep":
+    def create(cls, out: Path, spec: SweepSpec, threads: int = 1, command: str = "sweep") -> "Sweep":
+        """A new sweep in `out`; `command` (sweep, components) is the one that resumes it."""
         trials = expand(spec)
         out = Path(out)
         check_name(out)
         if (out / "sweep.json").exists():
-            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt sweep --resume {out}`")
+            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt {command} --resume {out}`")
         if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
             raise RunDirError(f"{out} is not empty and is not a sweep; choose a new or empty directory")
         ensure_dir(out)
