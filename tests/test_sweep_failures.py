@@ -210,10 +210,11 @@ def test_names_that_sanitise_alike_or_run_long_stay_distinct_and_short(tmp_path)
 
 def test_a_trial_with_a_long_name_runs(tmp_path):
     long = ",".join(["tok_embed", "pos_embed", "mlp", "qkv"] * 20)
+    path = tmp_path / "s.yaml"
+    path.write_text(f'preset: tiny\nfixed: {{train.steps: 3}}\ngrid: {{train.trainable: ["{long}", "mlp"]}}\n')
     out = tmp_path / "sw"
-    assert main(["sweep", "--preset", "tiny", "--quiet", "--workers", "1", "--out", str(out), f"train.trainable={long}",
-                 "seed=0", "train.steps=3"]) == 0
-    assert rows(out)[next(iter(rows(out)))]["status"] == "done" and (out / "summary.md").exists()
+    assert main(["sweep", str(path), "--quiet", "--workers", "1", "--out", str(out)]) == 0
+    assert all(r["status"] == "done" for r in rows(out).values()) and (out / "summary.md").exists()
 
 
 @pytest.mark.parametrize("text,message", [

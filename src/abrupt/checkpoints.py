@@ -65,7 +65,7 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
         try:
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         except SafetensorError as e:  # an I/O failure (a full disk): an OSError like every other write's
-            code = re.search(r"code: (\d+)", str(e))
+            code = re.search(r"(?:os error|code:) (\d+)", str(e))  # "I/O error: ... (os error 28)"
             errno_ = int(code.group(1)) if code else 5  # EIO when safetensors does not say
             raise OSError(errno_, os.strerror(errno_), str(path)) from None
         os.chmod(tmp, 0o644)  # the same mode as the JSON side files: results are meant to be shared

@@ -25,6 +25,7 @@ import itertools
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import re
 import signal
@@ -283,6 +284,8 @@ def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
         row = fn(*args)
     except KeyboardInterrupt:
         pass
+    except Exception as e:  # noqa: BLE001  (run_trial reports its own; this is anything before it)
+        row = {"status": "failed", "summary": None, "error": describe(e), "seconds": 0.0}
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
@@ -331,6 +334,8 @@ class LocalBackend:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.ctx = multiprocessing.get_context("spawn")
+        # Started now, not inside the first start(): starting it unblocks SIGINT (see _start).
+        multiprocessing.resource_tracker.ensure_running()
         self.queued: list[_Job] = []
         self.running: list[_Job] = []
         self.finished: list[_Job] = []
