@@ -229,7 +229,7 @@ def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path, capfd):
 def test_ctrl_c_while_the_workers_start_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "sw"
     cmd = [sys.executable, "-m", "abrupt.cli", "sweep", "--preset", "tiny", "--quiet", "--workers", "2", "--out", str(out),
-           "seed=0,1,2", "train.steps=30"]
+           "seed=0,1,2", "train.steps=10"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "sweep.json").exists():

@@ -352,14 +352,15 @@ class LocalBackend:
             job.process = self.ctx.Process(target=_child, args=(send, os.getpid(), job.fn, job.args), name="abrupt-trial")
             # The child inherits this mask: a Ctrl-C while it imports stays pending (no traceback
             # from a half-started process) until it has its handlers; so does this process's own.
+            # The job is on the books before an interrupt held back meanwhile is delivered.
             previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 job.process.start()
+                job.conn, job.started = recv, time.perf_counter()
+                self.running.append(job)
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                 send.close()
-            job.conn, job.started = recv, time.perf_counter()
-            self.running.append(job)
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def wait(self, pending: set, timeout: float) -> tuple[set, set]:
         self._start()
