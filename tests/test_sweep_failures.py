@@ -143,7 +143,7 @@ def test_describe_keeps_the_inner_cause():
 def test_ray_trials_that_cannot_start_or_crash_fail_with_their_cause(tmp_path, monkeypatch, capsys):
     """A task whose module the workers cannot import, and a task whose worker dies: failed (not
     interrupted), with the original error, and the sweep ends with its summary (not 130)."""
-    import cloudpickle
+    from ray import cloudpickle  # Ray's own copy: the one that decides how a task's code travels
 
     from abrupt import sweep as sweep_mod
 
@@ -154,7 +154,7 @@ def test_ray_trials_that_cannot_start_or_crash_fail_with_their_cause(tmp_path, m
         def run_trial(preset, overrides, out_dir, threads, base_run=""):
             if out_dir.endswith("seed=0"):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return {"status": "done", "summary": None, "error": None, "seconds": 0.5}
+            return {"status": "done", "summary": {}, "error": None, "seconds": 0.5}
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     import driver_only_trial
