@@ -45,7 +45,8 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{key}={name} but CUDA is not available on this machine; use {key}=cpu" + (" or auto" if key == "train.device" else ""))
+        alternatives = f"{key}=cpu" + (" or auto" if key == "train.device" else "")
+        raise ConfigError(f"{key}={name} but CUDA is not available on this machine; use {alternatives}")
     device = torch.device(name)
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{key}={name} but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
