@@ -140,6 +140,7 @@ def test_sigterm_stops_a_sweep_resumably(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 130
+    assert proc.stderr.read().strip().splitlines()[-1] == f"abrupt: interrupted; resume with `abrupt sweep --resume {out}`"
     rows = read_results(out / "results.jsonl")
     assert [r["status"] for r in rows] == ["interrupted", "interrupted"]  # the queued trial never started
     assert not (out / "seed=1" / "checkpoints").exists()

@@ -8,7 +8,7 @@ import torch
 from abrupt import checkpoints
 from abrupt.config import apply_overrides, preset
 from abrupt.rundir import read_metrics
-from abrupt.train import TrainingError, checkpoint_steps, train
+from abrupt.train import TrainingError, checkpoint_at, train
 
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "loss.png", "checkpoints"}
 METRIC_KEYS = {"step", "loss", "loss_obs", "loss_mask", "mask_value", "eval_loss", "eval_loss_mask", "grad_norm", "time"}
@@ -35,16 +35,23 @@ def test_run_directory_contract(tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["preset"] == "tiny" and cfg["model"]["hidden"] == 32 and "torch" in cfg["versions"]
     steps = [c.step for c in checkpoints.list_checkpoints(run / "checkpoints")]
-    assert steps == sorted(checkpoint_steps(tiny()) | {0})
+    assert steps == [0] + schedule(tiny())
     # training learned to copy the observed entries
     assert rows[-1]["eval_loss_obs"] < 0.5 * rows[0]["eval_loss_obs"]
 
 
+def schedule(cfg):
+    at = checkpoint_at(cfg)
+    return [s for s in range(1, cfg.train.steps + 1) if at(s)]
+
+
 def test_checkpoint_schedule():
     cfg = tiny("train.steps=5000", "train.ckpt_every=1000", "train.ckpt_log_points=3")
-    assert sorted(checkpoint_steps(cfg)) == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]
+    assert schedule(cfg) == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]
     cfg = tiny("train.steps=2500", "train.ckpt_every=1000", "train.ckpt_log_points=0")
-    assert sorted(checkpoint_steps(cfg)) == [1000, 2000, 2500]
+    assert schedule(cfg) == [1000, 2000, 2500]
+    cfg = tiny("train.steps=50", "train.ckpt_every=1000", "train.ckpt_log_points=3")  # early points past the end: none
+    assert schedule(cfg) == [1, 10, 50]
 
 
 def test_same_seed_same_metrics(tmp_path):

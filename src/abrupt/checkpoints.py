@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from .config import Config
 from . import tasks
 from .model import MatrixBert
-from .rundir import RunDirError, atomic_write_json, read_json
+from .rundir import RunDirError, atomic_write_json, read_json, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
 
@@ -63,7 +63,12 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except SafetensorError as e:  # an I/O failure (a full disk): an OSError like every other write's
+            code = re.search(r"(?:os error|code:) (\d+)", str(e))  # "I/O error: ... (os error 28)"
+            errno_ = int(code.group(1)) if code else 5  # EIO when safetensors does not say
+            raise OSError(errno_, os.strerror(errno_), str(path)) from None
         os.chmod(tmp, 0o644)  # the same mode as the JSON side files: results are meant to be shared
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -99,18 +104,36 @@ def save(
     (e.g. a gradient filter's running average) for an exact resume."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     weights = ckpt_dir / f"step_{step}.safetensors"
-    _atomic_save_tensors(weights, model.state_dict(), {"step": str(step)})
-    files = {weights.name: {"bytes": weights.stat().st_size, "sha256": _sha256(weights)}}
-    if optim is not None and data_rng is not None:
-        state = _optim_tensors(model, optim)
-        state["__data_rng__"] = data_rng.get_state()
-        state.update({f"__extra__::{k}": v for k, v in (extra or {}).items()})
-        optim_path = ckpt_dir / f"step_{step}.optim.safetensors"
-        _atomic_save_tensors(optim_path, state, {"step": str(step)})
-        files[optim_path.name] = {"bytes": optim_path.stat().st_size, "sha256": _sha256(optim_path)}
     side = ckpt_dir / f"step_{step}.json"
-    atomic_write_json(side, {"step": step, "files": files, **meta})
+    optim_path = ckpt_dir / f"step_{step}.optim.safetensors"
+    try:
+        _atomic_save_tensors(weights, model.state_dict(), {"step": str(step)})
+        files = {weights.name: {"bytes": weights.stat().st_size, "sha256": _sha256(weights)}}
+        if optim is not None and data_rng is not None:
+            state = _optim_tensors(model, optim)
+            state["__data_rng__"] = data_rng.get_state()
+            state.update({f"__extra__::{k}": v for k, v in (extra or {}).items()})
+            _atomic_save_tensors(optim_path, state, {"step": str(step)})
+            files[optim_path.name] = {"bytes": optim_path.stat().st_size, "sha256": _sha256(optim_path)}
+        atomic_write_json(side, {"step": step, "files": files, **meta})
+    except BaseException:
+        if not side.exists():  # no half checkpoint is kept: its files without their side file are debris
+            weights.unlink(missing_ok=True)
+            optim_path.unlink(missing_ok=True)
+        raise
     return Checkpoint(step, side, json.loads(side.read_text()))
+
+
+def remove_debris(ckpt_dir: Path) -> None:
+    """Delete what a writer killed mid-checkpoint left: temporary files, and weights or optimizer
+    state whose side file was never written. Call it holding the run's lock."""
+    if not ckpt_dir.is_dir():
+        return
+    remove_temp_files(ckpt_dir)
+    for p in ckpt_dir.glob("step_*.safetensors"):
+        step = p.name.split(".")[0]
+        if not (ckpt_dir / f"{step}.json").exists():
+            p.unlink(missing_ok=True)
 
 
 def prune_optim(ckpt_dir: Path, keep: int) -> None:
@@ -177,6 +200,21 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load `path` into `model`, or say in one line which tensor does not fit (config.json edited
+    after the run was written, e.g. its model size or arch)."""
+    tensors = load_tensors(path)
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or extra or wrong:
+        what = (f"tensor '{wrong[0]}' is {tuple(tensors[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} in the model"
+                if wrong else f"tensor '{(missing or extra)[0]}' is {'missing there' if missing else 'not in the model'}")
+        raise CheckpointError(f"{path} does not fit the model config.json describes ({what}); "
+                              "was config.json edited after the run was written?")
+    model.load_state_dict(tensors)
+
+
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = tasks.get(cfg.task.name).build_model(cfg)
     # the row/column bias as it was at this step of training (switched off after attn_bias_until)
@@ -184,10 +222,7 @@ def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu"
         model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
     if cfg.task.name != "matrix":  # the attention-score multiplier as it was at this step (on from attn_scale_from)
         model.attn_scale_on = model.attn_scale_on and ckpt.step >= cfg.task.attn_scale_from
-    try:
-        model.load_state_dict(load_tensors(ckpt.weights))
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt.weights} does not match the run's model configuration: {e}") from None
+    load_weights(model, ckpt.weights)
     return model.to(device).eval()
 
 
@@ -198,7 +233,7 @@ def load_training_state(
     returns the extra training state saved with it."""
     if not ckpt.optim.exists() or ckpt.optim.name not in ckpt.meta.get("files", {}):
         raise CheckpointError(f"checkpoint at step {ckpt.step} has no optimizer state to resume from")
-    model.load_state_dict(load_tensors(ckpt.weights))
+    load_weights(model, ckpt.weights)
     state = load_tensors(ckpt.optim)
     data_rng.set_state(state.pop("__data_rng__"))
     extra = {k.partition("::")[2]: v for k, v in state.items() if k.startswith("__extra__::")}
@@ -208,7 +243,10 @@ def load_training_state(
         name, _, field = key.partition("::")
         if name == "__extra__":
             continue
-        p = params[name]
+        p = params.get(name)
+        if p is None:
+            raise CheckpointError(f"{ckpt.optim} holds state for '{name}', which the model lacks; "
+                                  "was config.json edited after the run was written?")
         optim.state[p][field] = value.to(p.device) if field != "step" or fused else value
     return extra
 

@@ -11,7 +11,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -287,7 +289,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.device != "cpu":
         from .train import resolve_device
 
-        resolve_device(args.device)
+        resolve_device(args.device, "--device")
     return _analyze(args.run, only, steps, opts, args.device)
 
 
@@ -314,7 +316,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .rundir import unique_dir
-    from .sweep import Sweep, spec_from_args, spec_from_file
+    from .sweep import Sweep, check_backend, spec_from_args, spec_from_file
 
     if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
         args.overrides.insert(0, str(args.spec))
@@ -323,6 +325,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _check_threads(args.threads)
     if not 0 <= args.gpus < math.inf:
         raise UsageError(f"--gpus: must be >= 0, got {args.gpus}")
+    check_backend(args.backend, args.address)
     if args.resume:
         if args.spec or args.overrides or args.preset or args.out:
             raise UsageError("--resume takes everything from the sweep's sweep.json; give only --workers, --backend, --address")
@@ -339,11 +342,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             spec = spec_from_args(args.preset or "small", args.overrides)
         out = Path(args.out) if args.out is not None else unique_dir(Path("sweeps"), f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep = Sweep.create(out, spec, args.threads)
+    args.resumable = sweep.out
     print(f"sweep: {len(sweep.trials)} trials in {sweep.out} ({args.backend}, {args.workers} at once, {sweep.threads} thread(s) each)")
     rows = sweep.run(args.backend, args.workers, args.gpus, args.address, progress=not args.quiet)
     status = [r.get("status") for r in rows.values()]
-    print(f"done: {status.count('done')} finished, {status.count('failed')} failed; see {sweep.out / 'summary.md'}")
-    return 0
+    left = len(sweep.trials) - status.count("done") - status.count("failed")
+    print(f"done: {status.count('done')} finished, {status.count('failed')} failed"
+          + (f", {left} stopped (`abrupt sweep --resume {sweep.out}` finishes them)" if left else "")
+          + f"; see {sweep.out / 'summary.md'}")
+    return 1 if status.count("failed") == len(sweep.trials) else 0  # 1: nothing came of it
 
 
 def _cmd_components(args: argparse.Namespace) -> int:
@@ -360,7 +367,8 @@ def _cmd_components(args: argparse.Namespace) -> int:
             raise UsageError(f"--steps: must be >= 1, got {args.steps}")
         if args.step is not None:
             checkpoints.find(args.run, args.step)
-        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step))
+        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step), command="components")
+    args.resumable = sweep.out
     print(f"components: {len(sweep.trials)} groups, each trained alone, in {sweep.out}")
     sweep.run("local", args.workers, progress=not args.quiet)
     print(f"wrote {components.report(sweep)} and components.md")
@@ -397,14 +405,54 @@ COMMANDS = {
 }
 
 
+def _interrupt_hint(args: argparse.Namespace) -> str:
+    """What to run after an interrupt: the interrupted command's own way to go on, with its path."""
+    if args.command in ("sweep", "components"):
+        out = getattr(args, "resumable", None)
+        return f"resume with `abrupt {args.command} --resume {out}`" if out else "nothing was started"
+    if args.command == "analyze" and args.run is not None:
+        return (f"the analyses that finished are kept in {args.run / 'analysis'}; "
+                f"`abrupt analyze {args.run} --only NAMES` runs the others")
+    if args.command in ("report", "compare", "ood"):
+        return f"nothing was lost; run `abrupt {args.command} {args.run}` again"
+    return "resume with `abrupt train --resume DIR`"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse, with section.key=value overrides accepted anywhere on the line: after a flag too
+    (`--threads 1 train.steps=5`), where argparse alone would not take a second run of them."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    return args
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a scheduler's stop ends every command as Ctrl-C does, with its hint
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parse(argv)
+    except SystemExit as e:  # --help, or a bad argument already reported in one line
+        return int(e.code or 0)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
+    try:
+        return _run(args)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every way it can fail turned into one line and an exit status."""
     from .rundir import RunDirError
     from .train import TrainingError
 
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:  # --help, or a bad argument already reported in one line
-        return int(e.code or 0)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError, RunDirError) as e:
@@ -414,12 +462,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"abrupt: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("abrupt: interrupted; resume with `abrupt train --resume DIR`", file=sys.stderr)
+        print(f"abrupt: interrupted; {_interrupt_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # output piped into e.g. `head`, which closed early: not an error of ours
         sys.stdout = open(os.devnull, "w")
         return 0
+    except OSError as e:  # a full disk, a path the system refuses: what failed, in one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"abrupt: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        # torch reports a failed allocation as a RuntimeError (OutOfMemoryError on a GPU)
+        if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(e):
+            raise
+        print("abrupt: error: out of memory; lower model.hidden, train.batch_size or train.eval_size", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,21 +12,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import groups
 from .checkpoints import read_config
+from .config import ModelConfig
 from .plots import figure, plt
 from .rundir import atomic_write_bytes, read_metrics
 from .sweep import Sweep, SweepSpec
 
 
-def component_groups(layers: int) -> list[str]:
-    """The paper's components: embeddings, each layer's attention and MLP, LayerNorms, read-out."""
-    return ["tok_embed", "pos_embed", "ln_embed", *[f"attn.{l}" for l in range(layers)],
-            *[f"mlp.{l}" for l in range(layers)], "layernorm", "readout"]
+def component_groups(model_cfg: ModelConfig) -> list[str]:
+    """The paper's components: embeddings, each layer's attention and MLP, LayerNorms, read-out;
+    those the model has (the GPT has no embedding LayerNorm)."""
+    layers = model_cfg.layers
+    names = ["tok_embed", "pos_embed", "ln_embed", *[f"attn.{l}" for l in range(layers)],
+             *[f"mlp.{l}" for l in range(layers)], "layernorm", "readout"]
+    lacking = groups.absent(names, model_cfg)
+    return [g for g in names if g not in lacking]
 
 
 def spec(run: Path, steps: int, step: int | None = None) -> SweepSpec:
     cfg = read_config(run)
-    names = component_groups(cfg.model.layers)
+    names = component_groups(cfg.model)
     source = f"{Path(run).resolve()}@{step}" if step is not None else str(Path(run).resolve())
     return SweepSpec(base_run=str(Path(run).resolve()), preset=cfg.preset,
                      fixed={"train.init_from": source, "train.steps": str(steps), "train.stop_after_drop": "0"},

@@ -16,6 +16,9 @@ from typing import Any
 VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
+MAX_CHECKPOINTS = 10_000  # per run (train.steps / train.ckpt_every)
+MAX_LOG_POINTS = 1_000  # log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
+MAX_LOG_ROWS = 1_000_000  # metrics rows per run (train.steps / train.log_every), each kept in memory
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 TASKS = ("matrix", "mws", "prefix_sum", "histogram", "permutation", "addition")  # modules of src/abrupt/tasks/
 
@@ -466,6 +469,9 @@ def _check_groups(cfg: Config) -> None:
             groups.check(groups.split(spec), cfg.model.layers)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
+    for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit)):
+        lacking = groups.absent(groups.split(spec), cfg.model)
+        _need(not lacking, f"{key}: model.arch={cfg.model.arch} has no parameters in group(s) {', '.join(lacking)}")
     _need(bool(groups.split(t.trainable)), "train.trainable: name at least one group (all = everything)")
     _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
 
@@ -549,7 +555,15 @@ def validate(cfg: Config) -> None:
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
     need(t.eval_size >= 1, f"train.eval_size: must be >= 1, got {t.eval_size}")
     need(t.ckpt_every >= 1, f"train.ckpt_every: must be >= 1, got {t.ckpt_every}")
-    need(t.ckpt_log_points >= 0, f"train.ckpt_log_points: must be >= 0, got {t.ckpt_log_points}")
+    need(0 <= t.ckpt_log_points <= MAX_LOG_POINTS, f"train.ckpt_log_points: must be in [0, {MAX_LOG_POINTS}], got {t.ckpt_log_points}")
+    # Checkpoints and log rows are files and memory that grow with the run: refuse a run that would
+    # fill a disk or the memory rather than find out hours in.
+    need(t.steps // t.ckpt_every <= MAX_CHECKPOINTS,
+         f"train.ckpt_every={t.ckpt_every}: {t.steps} steps would write {t.steps // t.ckpt_every} checkpoints, "
+         f"at most {MAX_CHECKPOINTS}; raise train.ckpt_every to at least {-(-t.steps // MAX_CHECKPOINTS)}")
+    need(t.steps // t.log_every <= MAX_LOG_ROWS,
+         f"train.log_every={t.log_every}: {t.steps} steps would log {t.steps // t.log_every} rows, "
+         f"at most {MAX_LOG_ROWS}; raise train.log_every to at least {-(-t.steps // MAX_LOG_ROWS)}")
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
     need(m.arch in ("bert", "gpt"), f"model.arch: must be bert or gpt, got '{m.arch}'")

@@ -8,7 +8,9 @@ Q, K, V, O; layer L's MLP). Names are matched against `model.state_dict()` keys.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from typing import Any
 
 from torch import nn
 
@@ -61,6 +63,30 @@ def check(groups: list[str], layers: int) -> None:
         m = _PER_LAYER.match(g)
         if m and not int(m.group(2)) < layers:
             raise ValueError(f"parameter group '{g}': the model has layers 0..{layers - 1}")
+
+
+def absent(groups: list[str], model_cfg: Any) -> list[str]:
+    """The groups that match no parameter of the model `model_cfg` describes (the GPT has no
+    `ln_embed`, for one): read from a model built without memory, on the meta device."""
+    names = _parameter_names(model_cfg)
+    return [g for g in groups if not any(re.search(pattern(g), n) for n in names)]
+
+
+_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _parameter_names(model_cfg: Any) -> tuple[str, ...]:
+    import torch
+
+    from .model import build_model
+
+    # Width never changes which tensors exist: the smallest model is built, once per kind, and the
+    # global RNG (which build_model seeds) is restored.
+    small = dataclasses.replace(model_cfg, hidden=model_cfg.heads, mlp=1, value_init="random")  # no data-dependent init on meta
+    if repr(small) not in _NAMES:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            _NAMES[repr(small)] = tuple(build_model(small, 2, seed=0, cols=1).state_dict())
+    return _NAMES[repr(small)]
 
 
 def split(spec: str) -> list[str]:

@@ -4,6 +4,8 @@ save-and-close tail written once in `figure`. Also the loss curves drawn from a 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,9 +26,23 @@ def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None,
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
-        fig.savefig(path)
+        _save(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Save as the run's other files are written: a temporary file renamed into place, so a full
+    disk or a kill leaves the previous figure or none, never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:

@@ -14,12 +14,14 @@ any JSON reader.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
 import math
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -119,8 +121,9 @@ class RunLock:
     """An exclusive, non-blocking flock on RUN/.lock for the life of a writer. The kernel releases
     it when the process dies however it dies, so a killed run never leaves a stale lock."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, wait: float = 0.0) -> None:
         self.path = Path(run_dir) / LOCK_NAME
+        self.wait = wait  # seconds to wait for a holder to let go before refusing
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -129,12 +132,18 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise RunDirError(f"cannot write in {self.path.parent}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunDirError(f"{self.path.parent} is in use by another process (it holds {self.path}); "
-                              "wait for it to finish or stop it first") from None
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                os.close(fd)
+                raise RunDirError(f"{self.path.parent} is in use by another process (it holds {self.path}); "
+                                  "wait for it to finish or stop it first") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -147,11 +156,24 @@ class RunLock:
             self._fd = None
 
 
+NAME_MAX = 255  # bytes in one file name, on every common file system
+
+
+def check_name(path: Path) -> None:
+    """Refuse a path with a part longer than a file system takes (with room for the temporary
+    files written beside it, .NAME.xxxx.tmp), before anything looks it up."""
+    long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX - 20), None)
+    if long is not None:
+        raise RunDirError(f"{str(path)[:60]}...: the name '{long[:30]}...' has {len(os.fsencode(long))} bytes; "
+                          f"at most {NAME_MAX - 20} per directory name")
+
+
 def ensure_dir(path: Path) -> None:
     """Create `path` (and parents) or say in one line why it cannot be a run directory."""
     path = Path(path)
     if str(path) in ("", "."):
         raise RunDirError("give the run directory a name (not the current directory)")
+    check_name(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} is a file, not a directory")
     try:
@@ -174,6 +196,16 @@ def check_fresh(run_dir: Path) -> None:
     if others:
         raise RunDirError(f"{run_dir} is not empty and is not a run ({', '.join(sorted(others)[:3])}, ...); "
                           "choose a new or empty directory")
+
+
+def remove_temp_files(directory: Path, names: tuple[str, ...] = ("*",)) -> None:
+    """Delete the temporary files atomic writes of `names` left in `directory` when their writer
+    was killed mid-write (`.NAME.xxxx.tmp`); call it holding the lock of the one writer of those
+    files, so that none of them is being written."""
+    with contextlib.suppress(OSError):
+        for name in names:
+            for p in Path(directory).glob(f".{name}.*.tmp"):
+                p.unlink(missing_ok=True)
 
 
 def unique_dir(parent: Path, stem: str) -> Path:

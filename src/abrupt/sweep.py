@@ -7,25 +7,32 @@
                             key, every trial's L_mask curve on one plot
 
 Trials run in separate processes (a model seeds the global RNG; training installs signal
-handlers), on a local process pool by default or as Ray tasks (`backend="ray"`). A failed trial
-is recorded with its error and the sweep goes on; Ctrl-C stops every trial at a step boundary
-with a checkpoint, and `--resume` finishes what is left. One sweep at a time per directory
-(the same flock as a run directory).
+handlers): locally each trial in a process of its own, `workers` at a time, or as Ray tasks
+(`backend="ray"`). A failed trial, even one whose process was killed, is recorded with its cause
+and the sweep goes on; Ctrl-C stops every trial at a step boundary with a checkpoint, and
+`--resume` finishes what is left. A local trial's process dies with the sweep, however the sweep
+dies. One sweep at a time per directory (the same flock as a run directory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import hashlib
+import importlib.util
 import itertools
 import math
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.resource_tracker
 import os
 import re
 import signal
+import socket
+import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -33,7 +40,8 @@ from typing import Any, Callable, Iterable
 from tqdm.auto import tqdm
 
 from .config import ConfigError, apply_overrides, preset
-from .rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, dumps, ensure_dir, read_json, read_jsonl
+from .rundir import (RunDirError, RunLock, atomic_write_bytes, atomic_write_json, check_name, dumps, ensure_dir, read_json,
+                     read_jsonl, remove_temp_files)
 
 
 @dataclass
@@ -106,11 +114,15 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     unknown = set(raw) - {"preset", "fixed", "grid", "zip", "seeds"}
     if unknown:
         raise ConfigError(f"sweep spec {path}: unknown section(s) {sorted(unknown)}; use preset, fixed, grid, zip, seeds")
-    seeds = raw.get("seeds") or []
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    seeds = raw.get("seeds")
+    if seeds is None:
+        seeds = []
+    elif isinstance(seeds, int) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= MAX_TRIALS:  # 0 or less would silently run one unseeded trial
+            raise ConfigError(f"sweep spec {path}: seeds: a count must be in [1, {MAX_TRIALS}], got {seeds}")
         seeds = list(range(seeds))
-    if not isinstance(seeds, list):
-        raise ConfigError(f"sweep spec {path}: seeds must be a list or a count")
+    elif not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"sweep spec {path}: seeds must be a non-empty list or a count >= 1")
     sections = {}
     for name in ("fixed", "grid", "zip"):
         section = raw.get(name) or {}
@@ -126,13 +138,38 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     )
 
 
-def _name(swept: dict[str, str]) -> str:
-    shown: dict[str, str] = {}
-    for k, v in swept.items():  # keys zipped to equal values (reinit=g with trainable=g) show once
-        if v not in shown.values():
-            shown[k] = v
-    text = "_".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()) or "trial"
-    return re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text)
+MAX_TRIALS = 10_000  # each trial is validated up front and gets a directory: a larger sweep is a mistake
+MAX_NAME = 120  # characters of a trial's directory name (a file system allows 255 bytes)
+
+
+def _trial_names(spec: SweepSpec, swept: list[dict[str, str]]) -> list[str]:
+    """A directory name per trial from its swept values, distinct for distinct trials: every swept
+    key is shown (a zip key walked with the same values as another, reinit=g with trainable=g,
+    once), by its last part unless two shown keys share it; a name that would be too long, or
+    that sanitising made equal to another, ends in a hash of the trial's values."""
+    zipped = list(spec.zip)
+    shown = [k for k in spec.grid] + [k for i, k in enumerate(zipped) if spec.zip[k] not in [spec.zip[z] for z in zipped[:i]]]
+    shown += ["seed"] if spec.seeds else []
+    tails = [k.split(".")[-1] for k in shown]
+    labels = {k: t if tails.count(t) == 1 else k for k, t in zip(shown, tails)}
+    names = []
+    for values in swept:
+        text = "_".join(f"{labels[k]}={values[k]}" for k in shown) or "trial"
+        name = re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text)
+        if len(name) > MAX_NAME:
+            name = f"{name[:MAX_NAME - 13]}-{_digest(values)}"
+        names.append(name)
+    shared = {n for n in names if names.count(n) > 1}
+    return [f"{n[:MAX_NAME - 13]}-{_digest(v)}" if n in shared else n for n, v in zip(names, swept)]
+
+
+def _digest(values: dict[str, str]) -> str:
+    return hashlib.sha256(dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _count(spec: SweepSpec) -> int:
+    grid = math.prod(len(v) for v in spec.grid.values())
+    return grid * (len(next(iter(spec.zip.values()))) if spec.zip else 1) * max(1, len(spec.seeds))
 
 
 def expand(spec: SweepSpec) -> list[Trial]:
@@ -141,19 +178,26 @@ def expand(spec: SweepSpec) -> list[Trial]:
     if len(lengths) > 1:
         raise ConfigError(f"sweep: zip lists must have one length, got {dict((k, len(v)) for k, v in spec.zip.items())}")
     overlap = (set(spec.grid) & set(spec.zip)) | (set(spec.fixed) & (set(spec.grid) | set(spec.zip)))
+    if spec.seeds:
+        overlap |= {"seed"} & (set(spec.fixed) | set(spec.grid) | set(spec.zip))
     if overlap:
         raise ConfigError(f"sweep: key(s) {sorted(overlap)} given more than once")
+    if _count(spec) > MAX_TRIALS:
+        raise ConfigError(f"sweep: {_count(spec)} trials; at most {MAX_TRIALS} (each is a training run): sweep fewer values")
     zipped = [dict(zip(spec.zip, row)) for row in zip(*spec.zip.values())] if spec.zip else [{}]
     grid = [dict(zip(spec.grid, combo)) for combo in itertools.product(*spec.grid.values())]
     seeds = [{"seed": str(s)} for s in spec.seeds] or [{}]
-    trials = []
-    for g, z, s in itertools.product(grid, zipped, seeds):
-        swept = {**g, **z, **s}
-        trial = Trial(len(trials), _name(swept), {**spec.fixed, **swept})
+    swept = [{**g, **z, **s} for g, z, s in itertools.product(grid, zipped, seeds)]
+    trials, seen = [], {}
+    for values, name in zip(swept, _trial_names(spec, swept)):
+        trial = Trial(len(trials), name, {**spec.fixed, **values})
         try:
-            config_of(spec.preset, trial.overrides, spec.base_run)
+            resolved = dumps(config_of(spec.preset, trial.overrides, spec.base_run).to_dict(), sort_keys=True)
         except ConfigError as e:
             raise ConfigError(f"sweep trial {trial.name}: {e}") from None
+        if resolved in seen:  # e.g. 32 and 32.0: two values that are one setting
+            raise ConfigError(f"sweep: trials {seen[resolved]} and {trial.name} are the same configuration; give each value once")
+        seen[resolved] = trial.name
         trials.append(trial)
     if len({t.name for t in trials}) != len(trials):
         raise ConfigError("sweep: two trials would share a directory name; make the swept values distinct")
@@ -170,18 +214,19 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
 # --- one trial, in its own process -------------------------------------------------------------------
 
 STOP_NAME = ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
+LOCK_WAIT = 120.0  # seconds a trial waits for its run directory's lock: a trial of a killed sweep may still be saving
 
 
 def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int, base_run: str = "") -> dict[str, Any]:
     """Train (or finish) one trial's run directory; never raises: the row says what happened."""
-    if (Path(out_dir).parent / STOP_NAME).exists():
-        return {"status": "interrupted", "summary": None, "error": None, "seconds": 0.0}
     import torch
 
     from . import checkpoints
     from .rundir import finish
     from .train import resume_point, train
 
+    if (Path(out_dir).parent / STOP_NAME).exists():  # the sweep was stopped while this trial waited (Ray)
+        return _not_started()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     row: dict[str, Any] = {"status": "done", "error": None}
@@ -189,57 +234,187 @@ def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads
         cfg = config_of(preset_name, overrides, base_run)
         out = Path(out_dir)
         started = (out / "config.json").exists()
-        last = resume_point(out) if started else None
-        if last is not None and last.step >= cfg.train.steps:
-            summary = finish(out)  # finished before the sweep was stopped
-        else:
+        summary = None
+        if started:
+            with RunLock(out, wait=LOCK_WAIT):
+                last = resume_point(out)
+                if last is not None and last.step >= cfg.train.steps:
+                    summary = finish(out)  # finished before the sweep was stopped (or by a worker of a killed sweep)
+        if summary is None:
             summary = train(cfg, out, resume=started, progress=False)
         row["summary"] = summary
     except KeyboardInterrupt:
         row.update(status="interrupted", summary=None)
     except (Exception, checkpoints.CheckpointError) as e:  # a failed trial must not stop the sweep
-        row.update(status="failed", summary=None, error=f"{type(e).__name__}: {e}")
+        row.update(status="failed", summary=None, error=describe(e))
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
 
-def _ignore_sigint_while_idle() -> None:
-    # Ctrl-C reaches every process of the group; an idle worker must not die of it (a training
-    # worker installs its own handler, which saves a checkpoint and stops at a step boundary).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def describe(e: BaseException) -> str:
+    """An exception in one line that keeps its cause: the original exception a wrapper (Ray's
+    RayTaskError) carries, and the innermost error a multi-line message names (an import failing
+    on a worker reports its ModuleNotFoundError inside a RuntimeError's text)."""
+    cause = getattr(e, "cause", None) or e
+    lines = [line.strip() for line in f"{type(cause).__name__}: {cause}".splitlines() if line.strip()]
+    text = lines[0]
+    inner = [line for line in lines[1:] if re.match(r"[A-Za-z_][\w.]*(Error|Exception)(\(\w+\))?: ", line)]
+    if inner:
+        text = f"{text.split('. ')[0].rstrip(':')}: {inner[-1]}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _not_started() -> dict[str, Any]:
+    return {"status": "interrupted", "summary": None, "error": None, "seconds": 0.0}
+
+
+def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
+    """A local trial's process: its own process group (a terminal's Ctrl-C reaches the sweep alone,
+    which asks each trial to stop once), dying with the sweep, and sending back one row."""
+    row = _not_started()
+    try:
+        os.setpgid(0, 0)
+        _die_with_parent(parent)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # training installs its own handlers
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since the start
+        # A trial shows no bar; tqdm's default lock is a named semaphore, which a killed trial
+        # would leak (and the sweep's resource tracker then warn about).
+        tqdm.set_lock(threading.RLock())
+        row = fn(*args)
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:  # noqa: BLE001  (run_trial reports its own; this is anything before it)
+        row = {"status": "failed", "summary": None, "error": describe(e), "seconds": 0.0}
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # the sweep is gone: nobody to tell
+        conn.send(row)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when the sweep (`parent`) dies, however it dies (kill -9 too): a
+    training trial then saves a checkpoint and stops. The kernel does it on Linux (prctl
+    PR_SET_PDEATHSIG); a thread watching the parent id does it elsewhere, and covers a parent
+    that died before the prctl."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    threading.Thread(target=watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Send this process SIGTERM once its parent is no longer `parent` (it died: we were re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- backends ---------------------------------------------------------------------------------------
 
+@dataclass(eq=False)
+class _Job:
+    fn: Callable
+    args: tuple
+    process: Any = None
+    conn: Any = None  # the sweep's end of the pipe the trial's row comes back on
+    row: dict[str, Any] | None = None
+    started: float = 0.0
+
+
 class LocalBackend:
-    """A process pool on this machine (spawned processes: nothing inherited but the arguments)."""
+    """Each trial in a spawned process of its own (nothing inherited but the arguments), `workers`
+    at a time. A process that dies (killed, out of memory) fails its own trial and no other."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_ignore_sigint_while_idle)
+        self.workers = workers
+        self.ctx = multiprocessing.get_context("spawn")
+        # Started now, not inside the first start(): starting it unblocks SIGINT (see _start).
+        multiprocessing.resource_tracker.ensure_running()
+        self.queued: list[_Job] = []
+        self.running: list[_Job] = []
+        self.finished: list[_Job] = []
 
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
+    def submit(self, fn: Callable, *args: Any) -> _Job:
+        job = _Job(fn, args)
+        self.queued.append(job)
+        return job
+
+    def _start(self) -> None:
+        while self.queued and len(self.running) < self.workers:
+            job = self.queued.pop(0)
+            recv, send = self.ctx.Pipe(duplex=False)
+            job.process = self.ctx.Process(target=_child, args=(send, os.getpid(), job.fn, job.args), name="abrupt-trial")
+            # The child inherits this mask: a Ctrl-C while it imports stays pending (no traceback
+            # from a half-started process) until it has its handlers; so does this process's own.
+            # The job is on the books before an interrupt held back meanwhile is delivered.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                job.process.start()
+                job.conn, job.started = recv, time.perf_counter()
+                self.running.append(job)
+            finally:
+                send.close()
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def wait(self, pending: set, timeout: float) -> tuple[set, set]:
-        done, rest = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-        return done, rest
+        self._start()
+        if not self.finished:
+            listening = [j.conn for j in self.running if j.conn is not None]
+            multiprocessing.connection.wait(listening + [j.process.sentinel for j in self.running], timeout)
+        for job in list(self.running):
+            if job.conn is not None and job.conn.poll():
+                with contextlib.suppress(EOFError, OSError):
+                    job.row = job.conn.recv()
+                job.conn.close()
+                job.conn = None
+            if job.conn is None and not job.process.is_alive():
+                job.process.join()
+                self.running.remove(job)
+                self.finished.append(job)
+        done = {j for j in self.finished if j in pending}
+        self.finished = [j for j in self.finished if j not in done]
+        return done, set(pending) - done
 
     @staticmethod
-    def result(handle: Any) -> dict[str, Any]:
-        return handle.result()
+    def result(job: _Job) -> dict[str, Any]:
+        if job.row is not None:
+            return job.row
+        code = job.process.exitcode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return {"status": "failed", "summary": None, "seconds": round(time.perf_counter() - job.started, 2),
+                "error": f"the trial's process died ({how}) before it reported; its run directory resumes with --resume"}
 
     def interrupt(self, pending: set) -> set:
-        """Cancel the trials not yet started and ask the running ones to stop at their next step
-        boundary (as Ctrl-C in a terminal does); returns the handles still to wait for."""
-        left = {f for f in pending if not f.cancel()}
-        for proc in list(getattr(self.pool, "_processes", {}).values()):
+        """Drop the trials not yet started (recorded as interrupted) and ask the running ones to
+        stop at their next step boundary; returns the handles still to wait for."""
+        for job in self.queued:
+            job.row = _not_started()
+        self.finished += self.queued
+        self.queued = []
+        for job in self.running:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGINT)
-        return left
+                os.kill(job.process.pid, signal.SIGINT)
+        return set(pending)
 
     def stop(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        """Trials still running (the sweep failed) stop as on SIGTERM, saving a checkpoint first."""
+        for job in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(job.process.pid, signal.SIGTERM)
+        for job in self.running:
+            job.process.join(LOCK_WAIT)
+            if job.process.is_alive():
+                job.process.kill()
+                job.process.join()
+
+
+RAY_CONNECT_TIMEOUT = 10.0  # seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
 
 
 class RayBackend:
@@ -251,24 +426,36 @@ class RayBackend:
         except ImportError:
             raise ConfigError("--backend ray needs Ray: pip install 'abrupt[ray]'") from None
         self.ray = ray
+        self.options = {"num_cpus": threads, "num_gpus": gpus, "max_retries": 0}
+        self.remotes: dict[Callable, Any] = {}
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = workers * threads
-            ray.init(**kwargs)
-        self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(run_trial)
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ConfigError(f"--address {address}: cannot start or join a Ray cluster ({describe(e)})") from None
 
     def submit(self, fn: Callable, *args: Any) -> Any:
-        return self.remote.remote(*args)
+        if fn not in self.remotes:
+            self.remotes[fn] = self.ray.remote(**self.options)(fn)
+        return self.remotes[fn].remote(*args)
 
     def wait(self, pending: set, timeout: float) -> tuple[set, set]:
         done, rest = self.ray.wait(list(pending), num_returns=1, timeout=timeout)
         return set(done), set(rest)
 
     def result(self, handle: Any) -> dict[str, Any]:
-        return self.ray.get(handle)
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.TaskCancelledError:  # dropped by our interrupt before it started
+            return _not_started()
+        except Exception as e:  # noqa: BLE001  (a task that could not start, or whose worker died)
+            return {"status": "failed", "summary": None, "error": describe(e), "seconds": None}
 
     def interrupt(self, pending: set) -> set:
         for ref in pending:
@@ -277,6 +464,29 @@ class RayBackend:
 
     def stop(self) -> None:
         self.ray.shutdown()
+
+
+def check_backend(backend: str, address: str | None) -> None:
+    """Refuse a Ray backend that cannot work (Ray missing, an address nobody answers at) before
+    anything is written."""
+    if backend != "ray":
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--backend ray needs Ray: pip install 'abrupt[ray]'")
+    if address:
+        _check_reachable(address)
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port (or ray://host:port) address must accept a connection within a few seconds."""
+    m = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if not m:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=RAY_CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); "
+                          "start one with `ray start --head` or check the address") from None
 
 
 # --- the sweep ----------------------------------------------------------------------------------------
@@ -289,11 +499,13 @@ class Sweep:
     threads: int = 1
 
     @classmethod
-    def create(cls, out: Path, spec: SweepSpec, threads: int = 1) -> "Sweep":
+    def create(cls, out: Path, spec: SweepSpec, threads: int = 1, command: str = "sweep") -> "Sweep":
+        """A new sweep in `out`; `command` (sweep, components) is the one that resumes it."""
         trials = expand(spec)
         out = Path(out)
+        check_name(out)
         if (out / "sweep.json").exists():
-            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt sweep --resume {out}`")
+            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt {command} --resume {out}`")
         if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
             raise RunDirError(f"{out} is not empty and is not a sweep; choose a new or empty directory")
         ensure_dir(out)
@@ -325,6 +537,7 @@ class Sweep:
         """Run every trial not yet done; returns the final row of each trial."""
         with RunLock(self.out), _terminate_as_interrupt():
             (self.out / STOP_NAME).unlink(missing_ok=True)
+            remove_temp_files(self.out)  # left by a sweep killed while it wrote
             todo = [t for t in self.trials if self.rows().get(t.index, {}).get("status") != "done"]
             engine = RayBackend(workers, self.threads, gpus, address) if backend == "ray" else LocalBackend(workers)
             try:
@@ -333,9 +546,9 @@ class Sweep:
                 engine.stop()
                 self._rewrite_results()
             rows = self.rows()
-        from .sweep_summary import write_summary
+            from .sweep_summary import write_summary
 
-        write_summary(self)
+            write_summary(self)
         return rows
 
     def _drive(self, engine: Any, todo: list[Trial], progress: bool) -> None:
@@ -358,11 +571,7 @@ class Sweep:
                     continue
                 for handle in done:
                     trial = pending.pop(handle)
-                    try:
-                        result = engine.result(handle)
-                    except Exception as e:  # noqa: BLE001  (a Ray task cancelled while queued)
-                        result = {"status": "interrupted", "summary": None, "error": f"{type(e).__name__}", "seconds": 0.0}
-                    row = self._record(trial, result)
+                    row = self._record(trial, engine.result(handle))
                     if row["status"] in counts:
                         counts[row["status"]] += 1
                     final = (row.get("summary") or {}).get("final_loss_mask")
@@ -371,7 +580,7 @@ class Sweep:
                     bar.set_postfix(running=len(pending), failed=counts["failed"], best_L_mask=f"{best:.4g}", refresh=False)
         finally:
             bar.close()
-        if interrupted or counts["interrupted"]:
+        if interrupted:  # by the user; a trial stopped on its own is recorded and the sweep finishes
             raise KeyboardInterrupt
 
     def _record(self, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:

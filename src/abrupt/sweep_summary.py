@@ -39,9 +39,16 @@ def write_summary(sweep: Sweep) -> Path:
     if failed:
         lines += ["", "Failed trials:", ""] + [f"- {r['trial']}: {r['error']}" for r in failed]
     lines += ["", _drop_stats(rows.values()), ""]
-    lines += [f"![{p.stem}]({p.name})" for p in _figures(sweep, rows, keys)]
+    try:
+        lines += [f"![{p.stem}]({p.name})" for p in _figures(sweep, rows, keys)]
+        failed_figures = None
+    except OSError as e:  # a full disk: the table may still fit, and says why the figures are missing
+        failed_figures = e
+        lines.append(f"Figures not written: {e.strerror or e}.")
     path = sweep.out / "summary.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    if failed_figures is not None:
+        raise failed_figures
     return path
 
 

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +25,8 @@ from . import __version__, checkpoints, forecast, groups, tasks, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import generator
 from .losses import as_floats, losses, per_size
-from .rundir import RunDirError, RunLock, atomic_write_json, check_fresh, dumps, finish, read_metrics, write_metrics
+from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, finish, read_metrics,
+                     remove_temp_files, write_metrics)
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -36,12 +37,18 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, nothing to resume from, ...)."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N) names on this machine; a ConfigError naming
+    `key` (the setting or flag it came from) when this machine has no such device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name} but CUDA is not available; use train.device=cpu or auto")
-    return torch.device(name)
+        alternatives = f"{key}=cpu" + (" or auto" if key == "train.device" else "")
+        raise ConfigError(f"{key}={name} but CUDA is not available on this machine; use {alternatives}")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{key}={name} but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
+    return device
 
 
 def eval_batch(cfg: Config) -> Any:
@@ -49,17 +56,13 @@ def eval_batch(cfg: Config) -> Any:
     return tasks.get(cfg.task.name).batch(cfg, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM))
 
 
-def checkpoint_steps(cfg: Config) -> set[int]:
-    """Log-spaced early steps below ckpt_every, every ckpt_every steps, and the final step."""
+def checkpoint_at(cfg: Config) -> Callable[[int], bool]:
+    """Whether a step gets a checkpoint: log-spaced early steps below ckpt_every, every ckpt_every
+    steps, and the final step. Decided step by step: the set of them all can be huge."""
     t = cfg.train
-    steps = set(range(t.ckpt_every, t.steps + 1, t.ckpt_every)) | {t.steps}
     k = t.ckpt_log_points
-    if k and t.ckpt_every > 1:
-        for i in range(k):
-            s = round(t.ckpt_every ** (i / k))
-            if 1 <= s < t.ckpt_every:
-                steps.add(s)
-    return {s for s in steps if s <= t.steps}
+    early = {round(t.ckpt_every ** (i / k)) for i in range(k)} if k and t.ckpt_every > 1 else set()
+    return lambda step: step % t.ckpt_every == 0 or step == t.steps or (step in early and 1 <= step < t.ckpt_every)
 
 
 def runtime() -> dict[str, Any]:
@@ -127,6 +130,26 @@ def init_source(model: torch.nn.Module, spec: str) -> dict[str, torch.Tensor]:
     return source
 
 
+def divergence_advice(cfg: Config) -> str:
+    """What to change after a divergence: the extreme settings that explain it, else the lr."""
+    m, t = cfg.model, cfg.train
+    causes = []
+    if t.lr > 0.1:
+        causes.append(f"train.lr={t.lr:g} is far too large; try 1e-4 to 3e-3")
+    if not 1e-2 <= m.attn_temperature <= 1e2:
+        causes.append(f"model.attn_temperature={m.attn_temperature:g} is extreme (attention logits are divided by it; "
+                      "1 is the paper's); keep it within 0.01 to 100")
+    if max(m.init_std, m.pos_init_std) > 1:
+        causes.append(f"model.init_std={m.init_std:g} / model.pos_init_std={m.pos_init_std:g}: weights start far too large "
+                      "(the paper's is 0.02)")
+    fast = sorted(g for g, scale in group_lr(t.group_lr).items() if t.lr * scale > 0.1)
+    if fast:
+        causes.append(f"train.group_lr={t.group_lr} gives {', '.join(fast)} an lr above 0.1")
+    if t.grokfast_lambda > 100:
+        causes.append(f"train.grokfast_lambda={t.grokfast_lambda:g} amplifies the gradient {t.grokfast_lambda:g}-fold")
+    return "; ".join(causes) or "lower train.lr or lengthen train.warmup" + ("" if t.warmup else " (it is 0)")
+
+
 class Trainer:
     """One run's model, optimizer, data stream and run directory."""
 
@@ -148,7 +171,7 @@ class Trainer:
         self.part_of = {name: next(g for g in groups.PARTS if re.search(groups.pattern(g), name))
                         for name, _ in self.model.named_parameters()}
         self.evalset = eval_batch(cfg).to(self.device)
-        self.ckpt_at = checkpoint_steps(cfg)
+        self.is_ckpt_step = checkpoint_at(cfg)
         self.use_bf16 = cfg.train.bf16  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
@@ -296,10 +319,7 @@ class Trainer:
     def _divergence(self, step: int, what: str) -> str:
         last = resume_point(self.out_dir)
         kept = f"the last good checkpoint (step {last.step}) is kept" if last else "no checkpoint was kept"
-        t = self.cfg.train
-        advice = (f"train.lr={t.lr:g} is far too large; try 1e-4 to 3e-3" if t.lr > 0.1
-                  else "lower train.lr or lengthen train.warmup" + ("" if t.warmup else " (it is 0)"))
-        return f"training diverged at step {step}: {what}; {kept}. {advice}, and start a new run"
+        return f"training diverged at step {step}: {what}; {kept}. {divergence_advice(self.cfg)}, and start a new run"
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -322,23 +342,35 @@ class Trainer:
                             drop_seen_at = step
                     bar.update(1)
                     stop = drop_seen_at is not None and step >= drop_seen_at + t.stop_after_drop
-                    if step in self.ckpt_at or stop or stop_requested.is_set():
+                    if self.is_ckpt_step(step) or stop or stop_requested.is_set():
                         self.save(step)
                     if stop_requested.is_set():
                         raise KeyboardInterrupt
                     if stop:
                         break
-        except (KeyboardInterrupt, TrainingError):
+        except (KeyboardInterrupt, TrainingError, OSError):
             bar.close()
-            finish(self.out_dir, time.perf_counter() - self.t0)
+            with contextlib.suppress(OSError):  # a full disk: the first error is the one to report
+                self.finish()
             raise
         bar.close()
-        return finish(self.out_dir, time.perf_counter() - self.t0)
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """summary.json and loss.png for the metrics so far; where they cannot be written (a full
+        disk), none at all: a stale summary would mislead (`abrupt plot` redraws them)."""
+        try:
+            return finish(self.out_dir, time.perf_counter() - self.t0)
+        except OSError:
+            for name in ("summary.json", "loss.png"):
+                (self.out_dir / name).unlink(missing_ok=True)
+            raise
 
 
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate(cfg)
+    check_name(out_dir)
     trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
     source = init_source(trainer.model, cfg.train.init_from) if cfg.train.init_from and not resume else None  # refuse before writing
     if str(Path(out_dir)) == "." and not resume:
@@ -350,5 +382,8 @@ def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = Tru
             raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
         if not resume:
             check_fresh(out_dir)  # again under the lock: another process may have started it meanwhile
+        # What a writer killed mid-write left (temporary files, a checkpoint without its side file).
+        remove_temp_files(Path(out_dir), ("config.json", "metrics.jsonl", "summary.json", "loss.png"))
+        checkpoints.remove_debris(Path(out_dir) / "checkpoints")
         start = trainer.resume() if resume else trainer.start_fresh(source)
         return trainer.run(start)

@@ -123,6 +123,9 @@ def analyze(
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop checkpoints)."""
     analyses = discover()
     view = open_run(run_dir, device)
+    if not steps and view.steps == [0]:  # the default would compare step 0 with itself
+        raise ValueError(f"{view.path} has only its step-0 checkpoint (untrained): train it further "
+                         "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model")
     opts = opts or {}
     # an analysis marked ON_REQUEST (costly, optional) runs only when named
     names, skipped = plan(view.cfg, only or [n for n, m in analyses.items() if not getattr(m, "ON_REQUEST", False)], opts)
@@ -161,7 +164,11 @@ def analyze(
 
 
 def _selection_note(view: RunView, steps: list[int] | None) -> str:
-    return f"steps chosen on the command line: {sorted(set(steps))}" if steps else view.note
+    if steps:
+        return f"steps chosen on the command line: {sorted(set(steps))}"
+    if view.pre == view.post:
+        return f"one trained checkpoint only (step {view.pre}): analysed alone, with nothing before it to compare"
+    return view.note
 
 
 def load_results(run_dir: Path) -> dict[str, dict[str, Any]]:
