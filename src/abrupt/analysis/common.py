@@ -113,6 +113,7 @@ class Inputs:
     load_all: Callable[[], dict[int, MatrixBert]] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
     summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
+    config: Config | None = None  # the run's whole configuration (its task, for task-generic analyses)
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -159,7 +160,7 @@ class RunView:
         # analyses see the model's whole grid: a size mixture's largest size, no padding
         data = dataclasses.replace(self.cfg.data, sizes="")
         return Inputs(models, data, lambda: {s: models[s] if s in models else self.model(s) for s in self.steps},
-                      read_metrics(self.path), self.summary)
+                      read_metrics(self.path), self.summary, config=self.cfg)
 
 
 def open_run(path: Path, device: str = "cpu") -> RunView:

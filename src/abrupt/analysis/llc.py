@@ -3,7 +3,8 @@
 The LLC (singular learning theory; Lau et al. 2023) is estimated with the `devinterp` library
 (optional: `pip install 'abrupt[devinterp]'`) by SGLD sampling around the checkpoint's weights on
 the run's own training law: LLC = n_beta (mean sampled loss - loss at the checkpoint), the loss
-being the training objective (MSE over all entries). It is measured per checkpoint, so the cost is
+being the training objective (MSE over all entries; for the sequence tasks, the cross-entropy
+over the outputs). It is measured per checkpoint, so the cost is
 `chains * draws` forward and backward passes of `batch` matrices each (plus `n` evaluations).
 Not from the paper: issue 19 asks whether it moves before the loss does.
 """
@@ -34,7 +35,7 @@ def unsupported(cfg: Config) -> str | None:
         import devinterp  # noqa: F401
     except ImportError:
         return "the devinterp library is not installed (pip install 'abrupt[devinterp]')"
-    return bert_only(cfg)
+    return bert_only(cfg) if cfg.task.name == "matrix" else None
 
 
 def _pack(batch: Batch) -> torch.Tensor:
@@ -51,19 +52,29 @@ def _loss_fn(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return per_matrix.expand(-1, ids.shape[1] - 1)
 
 
-def estimate(model: torch.nn.Module, batch: Batch, lr: float, n_beta: float, localization: float, chains: int,
+def _sequence_loss_fn(out_start: int):
+    """The sequence tasks' objective in devinterp's shape: each sequence's cross-entropy over its
+    outputs (teacher-forced, no attention-score intervention) in every column."""
+    def loss_fn(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        logits = model(ids[:, :-1])[:, out_start - 1 :].float()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, out_start:], reduction="none")
+        return ce.mean(dim=1, keepdim=True).expand(-1, ids.shape[1] - 1)
+    return loss_fn
+
+
+def estimate(model: torch.nn.Module, ids: torch.Tensor, loss_fn, lr: float, n_beta: float, localization: float, chains: int,
              draws: int, batch_size: int, seed: int) -> dict[str, float]:
     """{'llc': mean over chains, 'llc_std': spread over chains, 'seconds': cost} for one model."""
     from datasets import Dataset
     from devinterp.slt.llc import llc
 
-    data = Dataset.from_dict({"input_ids": _pack(batch).tolist()}).with_format("torch")
+    data = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
     t0 = time.perf_counter()
     was_training = model.training
     model.train()
     out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains, num_draws=draws,
-              batch_size=batch_size, num_init_loss_batches=max(1, len(batch) // batch_size), init_seed=seed,
-              loss_fn=_loss_fn, device="cpu")
+              batch_size=batch_size, num_init_loss_batches=max(1, len(ids) // batch_size), init_seed=seed,
+              loss_fn=loss_fn, device="cpu")
     model.train(was_training)
     return {"llc": float(out["llc_mean"]), "llc_std": float(out["llc_std"]), "seconds": time.perf_counter() - t0}
 
@@ -81,15 +92,23 @@ def run(
 ) -> Result:
     """LLC at the chosen (plateau, final) checkpoints or at every one, with n_beta = n / log n."""
     models = inputs.models if checkpoints == "chosen" else inputs.all_checkpoints()
-    data = seeded_batch(inputs.data, n, seed)
+    cfg = inputs.config
+    if cfg is None or cfg.task.name == "matrix":
+        ids, loss_fn = _pack(seeded_batch(inputs.data, n, seed)), _loss_fn
+    else:
+        from .. import tasks
+        from ..data import generator
+
+        task_batch = tasks.get(cfg.task.name).batch(cfg, n, generator(seed))
+        ids, loss_fn = task_batch.tokens, _sequence_loss_fn(task_batch.out_start)
     n_beta = n / math.log(n) if n > 1 else 1.0
     rows = []
     for step, model in models.items():
         torch.manual_seed(seed)
-        rows.append({"step": step, **estimate(model, data, lr, n_beta, localization, chains, draws, min(batch, n), seed)})
-    loss = {r["step"]: r.get("eval_loss_mask") for r in inputs.metrics}
+        rows.append({"step": step, **estimate(model, ids, loss_fn, lr, n_beta, localization, chains, draws, min(batch, n), seed)})
+    loss = {r["step"]: r.get("eval_loss_mask", r.get("eval_loss")) for r in inputs.metrics}
     for r in rows:
-        r["eval_loss_mask"] = loss.get(r["step"])
+        r["eval_loss"] = loss.get(r["step"])
     numbers = {"n_beta": n_beta, "rows": rows, "drop_step": inputs.summary.get("drop_step"),
                "escape_step": inputs.summary.get("escape_step"),
                "seconds_per_checkpoint": sum(r["seconds"] for r in rows) / len(rows)}
@@ -116,5 +135,5 @@ def plot(result: Result, out: Path) -> list[Path]:
 def render(r: dict[str, Any]) -> list[Table | Text]:
     return [Text(f"SGLD with n_beta = {r['n_beta']:.4g}; {r['seconds_per_checkpoint']:.3g} s per checkpoint on this machine. "
                  f"Escape at step {r['escape_step']}, drop at step {r['drop_step']}."),
-            Table(["step", "LLC", "spread over chains", "eval L_mask", "seconds"],
-                  [[x["step"], x["llc"], x["llc_std"], x["eval_loss_mask"], x["seconds"]] for x in r["rows"]])]
+            Table(["step", "LLC", "spread over chains", "eval loss (L_mask; a task's cross-entropy)", "seconds"],
+                  [[x["step"], x["llc"], x["llc_std"], x["eval_loss"], x["seconds"]] for x in r["rows"]])]

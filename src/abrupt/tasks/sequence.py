@@ -69,7 +69,7 @@ class SequenceTask:
     """Base of a sequence task: subclasses set `name` and define `vocab`, `sample` and `key_map`."""
 
     name = ""
-    analyses: tuple[str, ...] | None = ("progress",)  # the others read matrices (rows, columns, values)
+    analyses: tuple[str, ...] | None = ("progress", "llc")  # the others read matrices (rows, columns, values)
 
     # --- what a task module defines ------------------------------------------------------------
 
