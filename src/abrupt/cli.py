@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model into a run directory")
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`")
-    t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<time>)")
+    t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-seed<N>-<YYYYmmdd-HHMMSS>)")
     t.add_argument("--seed", type=int, help="seed for weights, data and evaluation batch")
     t.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last complete checkpoint")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS}; with --resume, the run's last "
+                   "count); more cores are best used by several runs at once: `abrupt sweep`")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides; keys: " + ", ".join(all_keys()))
 
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--lambdas", type=_floats, default=baselines_lambdas(), help="regularization weights, comma-separated ('' for none)")
     b.add_argument("--json", action="store_true", help="one JSON object per method on standard output")
     b.add_argument("overrides", nargs="*", metavar="data.key=value", help="other data settings (data.m, data.rank, ...)")
+    _threads_arg(b)
 
     for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask (= analyze --only compare)"),
                            ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution (= analyze --only ood)")):
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compare":
             c.add_argument("--p-masks", type=_floats, default=None, help="comma-separated (default 0.10,0.15,...,0.60)")
             c.add_argument("--lambdas", type=_floats, default=(), help="also regularized forms, comma-separated")
+        _threads_arg(c)
 
     a = sub.add_parser("analyze", help="run the interpretability analyses on a trained run")
     a.add_argument("run", type=Path, nargs="?")
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
     a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
     a.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda or cuda:N")
+    _threads_arg(a)
 
     w = sub.add_parser("sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray")
     w.add_argument("spec", nargs="?", type=Path, help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c")
@@ -104,7 +109,12 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
+    _threads_arg(r)
     return p
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS})")
 
 
 def baselines_lambdas() -> tuple[float, ...]:
@@ -144,20 +154,29 @@ def _check_workers(workers: int) -> None:
         raise UsageError(f"--workers: must be in [1, 1024], got {workers}")
 
 
-def _set_threads(threads: int | None) -> None:
+# Torch's own default, one thread per core, is the fastest on an idle machine but falls off a cliff
+# when other jobs share the cores (OpenMP threads wait on each other: 3-7x slower for these small
+# models, benchmarks/threads.py); one thread per process is never far from the best, and more cores
+# are better used by more runs (`abrupt sweep`) than by more threads per run.
+DEFAULT_THREADS = 1
+
+
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (`threads`, or DEFAULT_THREADS); returns it."""
     import torch
 
-    if threads is None:
-        return
+    threads = DEFAULT_THREADS if threads is None else threads
     _check_threads(threads)
     torch.set_num_threads(threads)
+    return threads
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .rundir import unique_dir
-    from .train import resume_point, train
+    from .train import recorded_threads, resume_point, train
 
-    _set_threads(args.threads)
+    if args.threads is not None:
+        _check_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
             raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
@@ -173,16 +192,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.resume} is already at step {last.step}; give train.steps=N with N > {last.step} to extend it "
                              "(nothing was changed)")
         out = args.resume
+        # a resumed run goes on as it last ran (thread counts change the trajectory), unless told otherwise
+        _set_threads(args.threads or min(recorded_threads(out) or DEFAULT_THREADS, os.cpu_count() or 1))
     else:
+        _set_threads(args.threads)
         cfg = preset(args.preset)
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
         apply_overrides(cfg, args.overrides)
         out = args.out if args.out is not None else unique_dir(Path("runs"), f"{cfg.preset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    try:
+        summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
+
+
+def _interrupted(out: Path, steps: int) -> str:
+    """What a stopped training says: where it stopped, its last losses, and the command that resumes it."""
+    from .rundir import read_metrics
+    from .train import resume_point
+
+    if not (out / "config.json").exists():
+        return f"abrupt: interrupted before {out} held a run; nothing to resume"
+    rows, last = read_metrics(out), resume_point(out)
+    row = rows[-1] if rows else {}
+    num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    losses = f"; at step {row['step']} train_loss {num(row.get('loss'))}, eval_L_mask {num(row.get('eval_loss_mask'))}" if row else ""
+    kept = f"last checkpoint step {last.step} of {steps}" if last else "no checkpoint yet (it restarts from step 0)"
+    return (f"abrupt: interrupted: {kept}{losses}; summary in {out / 'summary.json'}\n"
+            f"resume with `abrupt train --resume {shlex.quote(str(out))}`")
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -208,6 +250,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from .data import seeded_batch
 
     _check_count_and_seed(args.n, args.seed)
+    _set_threads(args.threads)
     if any(lam <= 0 for lam in args.lambdas):
         raise UsageError("--lambdas: each must be > 0")
     cfg = preset(DEFAULT_PRESET)
@@ -234,6 +277,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
     """`abrupt compare|ood RUN [flags]`: the same as `abrupt analyze RUN --only NAME --steps STEP --set ...`."""
     _check_count_and_seed(args.n, args.seed)
+    _set_threads(args.threads)
     opts = {"n": args.n, "seed": args.seed, "solver": args.solver}
     if args.command == "compare":
         if args.p_masks is not None:
@@ -261,6 +305,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     if args.run is None:
         raise UsageError("analyze: give a run directory (or --options)")
+    _set_threads(args.threads)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     try:
         steps = [int(x) for x in args.steps.split(",")] if args.steps else None
@@ -302,6 +347,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if not (args.run / "config.json").exists():
         raise UsageError(f"{args.run} is not a run directory (no config.json)")
+    _set_threads(args.threads)
     print(f"wrote {build(args.run)}")
     return 0
 
