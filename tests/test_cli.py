@@ -96,18 +96,25 @@ def test_baseline_json_and_compare_ood(tmp_path, capsys, restore_threads):
     assert [r["method"] for r in rows] == ["nuclear_norm", "nuclear_norm_reg_0.001"]
     for r in rows:
         assert set(r) >= {"method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds"}
-        assert r["n"] == 16 and r["p_mask"] == 0.3 and 0 < r["loss_mask"] < 0.2
+        assert r["n"] == 16 and r["p_mask"] == 0.3 and 0 < r["loss_mask"] < 0.2 and r["size"] == "7x7" and r["rank"] == 2
     assert rows[0]["loss_obs"] == 0.0  # exact completion keeps observed entries
+    assert main(["baseline", "--n", "4", "data.m=5"]) == 0
+    assert capsys.readouterr().out.startswith("baseline: 4 seeded 5x7 rank-2 matrices")
     assert main(["baseline", "--n", "0"]) == 2
     assert main(["baseline", "model.hidden=3"]) == 2
     assert main(["baseline", "data.rank=9"]) == 2
 
     run = tmp_path / "run"
     assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", "train.steps=20"]) == 0
-    for command in (["compare", str(run), "--n", "16", "--p-masks", "0.2,0.4"], ["ood", str(run), "--n", "8"]):
+    for command, first_cells in ((["compare", str(run), "--n", "16", "--p-masks", "0.2,0.4"], {"0.2", "0.4"}),
+                                 (["ood", str(run), "--n", "8"], {"rank", "rows", "columns", "distribution", "p_mask"})):
         restore_threads.set_num_threads(2)
         assert main(command) == 0
         assert restore_threads.get_num_threads() == 1  # the thread policy of every command that runs a model
+        lines = capsys.readouterr().out.splitlines()  # the headline table: each setting's L_mask by method
+        top = next(i for i, line in enumerate(lines) if "L_mask (MSE at hidden entries) at step 20" in line)
+        assert lines[top + 1].split()[-2:] == ["bert", "nuclear_norm"]
+        assert {line.split()[0] for line in lines[top + 2:]} == first_cells
     res = json.loads((run / "analysis" / "compare" / "results.json").read_text())
     assert {(r["p_mask"], r["method"]) for r in res["rows"]} == {(p, m) for p in (0.2, 0.4) for m in ("bert", "nuclear_norm")}
     assert (run / "analysis" / "compare" / "fig3.png").exists()

@@ -264,10 +264,15 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     validate_data(cfg.data)
     batch = seeded_batch(cfg.data, args.n, args.seed)
     rows = score_methods(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
+    d = cfg.data
+    if not args.json:
+        print(f"baseline: {args.n} seeded {d.m}x{d.n} rank-{d.rank} matrices ({d.distribution} factors; data.m, data.n, "
+              f"data.rank, ... to change), p_mask {args.p_mask}, seed {args.seed}, {args.solver} solver")
     for row in rows:
-        row.update(n=args.n, p_mask=args.p_mask)
+        row.update(n=args.n, p_mask=args.p_mask, size=f"{d.m}x{d.n}", rank=d.rank)
         if args.json:
-            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures")}))
+            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "size", "rank",
+                                             "p_mask", "seconds", "failures")}))
         else:
             print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
                   f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else ""))
@@ -284,7 +289,26 @@ def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
             opts["p_masks"] = args.p_masks
         opts["lambdas"] = args.lambdas
     steps = [args.step] if args.step is not None else [_last_step(args.run)]
-    return _analyze(args.run, [args.command], steps, {args.command: opts})
+    status = _analyze(args.run, [args.command], steps, {args.command: opts})
+    print(_headline(args.run, args.command))
+    return status
+
+
+def _headline(run: Path, name: str) -> str:
+    """compare / ood: the hidden-entry MSE of each method in each setting, as a plain table."""
+    from .analysis.common import Table
+    from .rundir import read_json
+
+    res = read_json(Path(run) / "analysis" / name / "results.json")
+    keys = ("p_mask",) if name == "compare" else ("family", "variant")
+    methods = list(dict.fromkeys(r["method"] for r in res["rows"]))
+    by_setting: dict[tuple, dict[str, float]] = {}
+    for r in res["rows"]:
+        by_setting.setdefault(tuple(r[k] for k in keys), {})[r["method"]] = r["loss_mask"]
+    header = ["p_mask"] if name == "compare" else ["family", "setting"]
+    table = Table([*header, *methods], [[*setting, *(losses.get(m) for m in methods)] for setting, losses in by_setting.items()])
+    per = "per p_mask" if name == "compare" else "per setting"
+    return f"{name}: L_mask (MSE at hidden entries) at step {res['step']}, {res['n']} matrices {per}\n{table.text()}"
 
 
 def _last_step(run: Path) -> int:
