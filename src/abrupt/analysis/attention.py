@@ -127,7 +127,7 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], out: Path) -> Path:
     """(layers, heads, T, T) mean patterns, one panel per head; positions are row-major, so each
-    matrix row is a block of n positions: ticks mark where row r starts, thin lines between rows."""
+    matrix row is a block of n positions: ticks mark where row r starts."""
     layers, heads = maps.shape[:2]
     m, n = grid
     path = out / f"maps_{mode}_step{step}.png"
@@ -135,16 +135,16 @@ def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], o
     title = (f"attention, {mode} masks, step {step}: query (down) x key (across),\npositions row-major, "
              f"r = first position of matrix row r; colour 0 to {vmax:.2f}")
     starts = [r * n for r in range(m)]
-    with figure(path, layers, heads, title=title, figsize=(0.8 + 2.0 * heads, 0.7 + 2.0 * layers), dpi=100) as (fig, axes):
+    with figure(path, layers, heads, title=title, figsize=(0.6 + 1.6 * heads, 0.8 + 1.6 * layers), dpi=100,
+                sharex=True, sharey=True) as (fig, axes):
+        labels = [f"r{r}" for r in range(m)]
+        axes[0][0].set_xticks(starts, labels, fontsize=7)  # shared by every panel, labelled on the outer ones
+        axes[0][0].set_yticks(starts, labels, fontsize=7)
         for l in range(layers):
             for h in range(heads):
                 ax = axes[l][h]
                 ax.imshow(maps[l, h].numpy(), cmap="viridis", vmin=0, vmax=vmax)
-                for edge in starts[1:]:
-                    ax.axhline(edge - 0.5, color="white", lw=0.3, alpha=0.6)
-                    ax.axvline(edge - 0.5, color="white", lw=0.3, alpha=0.6)
-                ax.set_xticks(starts, [f"r{r}" for r in range(m)] if l == layers - 1 else [], fontsize=7)
-                ax.set_yticks(starts, [f"r{r}" for r in range(m)] if h == 0 else [], fontsize=7)
+                ax.tick_params(labelsize=7)
                 if l == 0:
                     ax.set_title(f"head {h}", fontsize=8)
                 if h == 0:
