@@ -157,3 +157,34 @@ def test_the_readme_counts_and_names_the_registrys_analyses():
     names = list(discover())
     assert match.group(1) == words.get(len(names), str(len(names)))
     assert [n.strip() for n in match.group(2).split(",")] == names
+
+
+def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from abrupt.plots import _draw_losses
+    from abrupt.report import _transition
+    from abrupt.transition import summarize
+
+    glossary = section("Transition terms")
+    terms = set(re.findall(r"^\| `([^`]+)`", glossary, re.M)) | set(re.findall(r"`(fall_\w+)`", glossary))
+    rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.0, "eval_loss_mask": 0.11 if s < 500 else 0.04} for s in range(0, 1000, 10)]
+    summary = summarize(rows)
+    assert summary["drop_step"] is not None and not summary["dropped"]  # halved, but not 10x below: no drop drawn
+    described = {k for k in summary if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")}
+    assert described <= terms, f"summary.json fields missing from the README's glossary: {sorted(described - terms)}"
+    fig, ax = plt.subplots()
+    _draw_losses(ax, rows, summary)
+    labels = ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    assert f"escape_step {summary['escape_step']}" in labels and not any("drop" in label for label in labels)
+    text = _transition(summary)
+    assert f"escape_step {summary['escape_step']}" in text and "dropped no" in text
+    dropped = {**summary, "dropped": True}
+    fig, ax = plt.subplots()
+    _draw_losses(ax, rows, dropped)
+    assert f"drop_step {summary['drop_step']} (dropped)" in ax.get_legend_handles_labels()[1]
+    plt.close(fig)
