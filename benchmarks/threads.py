@@ -52,7 +52,7 @@ def main() -> int:
           f"{os.cpu_count()} cores, load average before: {os.getloadavg()[0]:.1f} (other jobs)")
     print(f"{'preset':8s} {'load':8s} " + "  ".join(f"{t} thr steps/s (x1)" for t in counts))
     for name in args.presets.split(","):
-        for busy in (0, args.busy):
+        for busy in dict.fromkeys((0, args.busy)):
             spinners = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)]
             try:
                 rates = {t: steps_per_second(name, t, args.steps) for t in counts}

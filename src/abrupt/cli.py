@@ -154,10 +154,10 @@ def _check_workers(workers: int) -> None:
         raise UsageError(f"--workers: must be in [1, 1024], got {workers}")
 
 
-# Torch's own default, one thread per core, is the fastest on an idle machine but falls off a cliff
-# when other jobs share the cores (OpenMP threads wait on each other: 3-7x slower for these small
-# models, benchmarks/threads.py); one thread per process is never far from the best, and more cores
-# are better used by more runs (`abrupt sweep`) than by more threads per run.
+# Torch's own default, one thread per core, can be a little faster on an idle machine but falls off
+# a cliff when other jobs share the cores (OpenMP threads wait on each other: 4-9x slower for these
+# small models, benchmarks/threads.py); more cores are better used by more runs (`abrupt sweep`)
+# than by more threads per run.
 DEFAULT_THREADS = 1
 
 
