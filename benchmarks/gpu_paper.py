@@ -12,9 +12,11 @@ scikit-learn; Jinja2 comes with torch): no cvxpy, no install, no network. It
 (c) runs every analysis (models on the GPU) and the report on that run (through the Python API:
     the run is a scratch folder, deleted once packed);
 (d) writes a one-line summary.
-Under --out it leaves at most four files, each far under 16 MiB: throughput.json,
+(e) with --gpt-budget S (and always in --smoke), trains the `gpt` preset for at most S seconds.
+Under --out it leaves at most six files, each far under 16 MiB: throughput.json,
 summary.json, summary.txt and paper-run.tar.gz (metrics.jsonl, summary.json, config.json,
-loss.png, report.html and every analysis's results.json; never a checkpoint).
+loss.png, report.html and every analysis's results.json; never a checkpoint), and with the GPT
+stage gpt-summary.json and gpt-run.tar.gz.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _steps_per_second(model, batches, device, bf16: bool, seconds: float) -> flo
     done, t0 = 0, time.perf_counter()
     while True:
         for b in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = losses(model(b.tokens), b)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -81,14 +83,19 @@ def throughput(name: str, device: torch.device, seconds: float) -> dict:
     return out
 
 
-def paper_run(run: Path, smoke: bool, budget: float) -> dict:
-    """Train in `run` for at most `budget` seconds (then stop at a step boundary, as Ctrl-C does)."""
+def paper_run(run: Path, smoke: bool, budget: float, arch: str = "bert") -> dict:
+    """Train in `run` for at most `budget` seconds (then stop at a step boundary, as Ctrl-C does).
+    The smoke run takes the GPU run's path on CPU: bf16 autocast with fp32 losses, progress
+    measures, early stop after the drop, the forecast; only the sizes differ."""
+    gpu = ["train.bf16=true", "train.tf32=true", "train.log_every=100", "train.ckpt_every=5000", "train.keep_optim=1"]
     if smoke:
-        cfg = apply_overrides(preset("tiny"), ["train.device=cpu", "train.steps=60", "train.stop_after_drop=100"])
+        cfg = apply_overrides(preset("tiny"), ["train.device=cpu", "train.steps=30", "train.stop_after_drop=100",
+                                               "train.bf16=true", "train.tf32=true", f"model.arch={arch}"]
+                              + (["train.progress=true"] if arch == "bert" else []))
+    elif arch == "gpt":
+        cfg = apply_overrides(preset("gpt"), [*gpu, "train.stop_after_drop=2000"])
     else:
-        cfg = apply_overrides(preset("paper"), ["train.bf16=true", "train.tf32=true", "train.stop_after_drop=1000",
-                                                "train.log_every=100", "train.ckpt_every=5000", "train.keep_optim=1",
-                                                "train.progress=true"])
+        cfg = apply_overrides(preset("paper"), [*gpu, "train.stop_after_drop=2000", "train.progress=true"])
     timer = threading.Timer(budget, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     t0 = time.perf_counter()
@@ -124,7 +131,7 @@ def analyze_and_report(run: Path, device: torch.device, smoke: bool) -> tuple[bo
 
 
 def pack(run: Path, archive: Path) -> None:
-    keep = ["metrics.jsonl", "summary.json", "config.json", "loss.png", "report.html"]
+    keep = ["metrics.jsonl", "summary.json", "config.json", "loss.png", "forecast.png", "report.html"]
     with tarfile.open(archive, "w:gz") as tar:
         for name in keep:
             if (run / name).exists():
@@ -138,6 +145,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True, help="the only folder written (at most four small files)")
     p.add_argument("--budget", type=float, default=480.0, help="seconds of paper-preset training (default 8 minutes)")
     p.add_argument("--throughput", type=float, default=60.0, help="seconds of throughput timing in all")
+    p.add_argument("--gpt-budget", type=float, default=0.0, help="seconds of the `gpt` preset after the paper run (0: skip)")
     p.add_argument("--smoke", action="store_true", help="the same, end to end, on CPU with the tiny preset (< 1 min)")
     args = p.parse_args()
 
@@ -153,9 +161,14 @@ def main() -> int:
     print(json.dumps(tp["ratios"]))
     with tempfile.TemporaryDirectory(prefix="abrupt-paper-") as scratch:
         run = Path(scratch) / "paper"
-        summary = paper_run(run, args.smoke, 30.0 if args.smoke else args.budget)
+        summary = paper_run(run, args.smoke, 120.0 if args.smoke else args.budget)
         analyze_ok, report_ok = analyze_and_report(run, device, args.smoke)
         pack(run, args.out / "paper-run.tar.gz")
+        if args.gpt_budget > 0 or args.smoke:
+            gpt_run = Path(scratch) / "gpt"
+            gpt = paper_run(gpt_run, args.smoke, 120.0 if args.smoke else args.gpt_budget, arch="gpt")
+            (args.out / "gpt-summary.json").write_text(json.dumps(gpt, indent=2) + "\n")
+            pack(gpt_run, args.out / "gpt-run.tar.gz")
     summary.update(throughput=tp["ratios"], device=tp["device"], analyze_ok=analyze_ok, report_ok=report_ok)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     line = (f"{tp['device']}: {summary['steps']} steps in {summary['wall_seconds']} s ({summary['ended']}); plateau L_mask "

@@ -133,15 +133,21 @@ def test_curriculum_schedule():
     assert [c.shift(s) for s in (1, 100, 150, 200, 201)] == [0.5, 0.5, 0.25, 0.0, 0.0]
 
 
-def test_sudden_means_a_fall_within_a_quarter_of_the_steps_before_it():
+def test_sudden_is_the_window_rule_plateau_then_5x_within_a_quarter_of_it():
     from abrupt.transition import summarize
 
     def curve(f):
         return [{"step": s, "eval_loss_mask": f(s)} for s in range(0, 12001, 50)]
 
-    sudden = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.01, 0.2 * 0.05 ** ((s - 8000) / 1000))))
-    assert sudden["dropped"] and sudden["sudden"] and sudden["fall_ratio"] < 0.1
+    cliff = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.01, 0.2 * 0.05 ** ((s - 8000) / 1000))))
+    assert cliff["dropped"] and cliff["sudden"] and cliff["fall_ratio"] < 0.1
+    assert 7000 <= cliff["plateau_steps"] <= 8200 and cliff["drop_factor"] >= 19
     slide = summarize(curve(lambda s: 0.2 if s <= 1000 else 0.2 * 0.05 ** (s / 12000)))
-    assert slide["dropped"] and not slide["sudden"] and slide["fall_ratio"] > 1
+    assert slide["dropped"] and not slide["sudden"] and slide["fall_ratio"] > 1 and slide["drop_factor"] < 2
+    # a sharp drop to 7x below, then a long slow tail: sudden, though never 10x below the plateau
+    tail = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.03 - 1e-6 * (s - 8000), 0.2 * 0.05 ** ((s - 8000) / 300))))
+    assert tail["sudden"] and not tail["dropped"] and 6 < tail["drop_factor"] < 8
     shallow = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.05, 0.2 * 0.05 ** ((s - 8000) / 1000))))
-    assert not shallow["dropped"] and not shallow["sudden"]  # only 4x below the plateau
+    assert not shallow["dropped"] and not shallow["sudden"] and shallow["drop_factor"] == 4.0  # only 4x below
+    flat = summarize(curve(lambda s: 0.2))
+    assert flat["plateau_steps"] is None and not flat["sudden"]

@@ -177,7 +177,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
-    model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed)
+    model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed, cols=cfg.data.n)
+    # the row/column bias as it was at this step of training (switched off after attn_bias_until)
+    model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
     try:
         model.load_state_dict(load_tensors(ckpt.weights))
     except RuntimeError as e:

@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     k.add_argument("--quiet", action="store_true")
 
+    f = sub.add_parser("forecast", help="how early each signal warns of the escape, over runs or sweeps (issue 19)")
+    f.add_argument("paths", type=Path, nargs="+", help="run directories or sweep directories")
+    f.add_argument("--out", type=Path, required=True, help="folder for summary.md, results.json, error_vs_horizon.png")
+    f.add_argument("--every", type=int, default=1, help="forecast at every N-th log (default 1)")
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
     _threads_arg(r)
@@ -431,7 +435,23 @@ def _cmd_components(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from . import forecast_study
+
+    if args.every < 1:
+        raise UsageError(f"--every: must be >= 1, got {args.every}")
+    try:
+        runs = forecast_study.load_runs(args.paths)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    if len(runs) < 2:
+        raise UsageError(f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}")
+    print(f"wrote {forecast_study.write(forecast_study.study(runs, args.every), args.out)}")
+    return 0
+
+
 COMMANDS = {
+    "forecast": _cmd_forecast,
     "components": _cmd_components,
     "sweep": _cmd_sweep,
     "analyze": _cmd_analyze,

@@ -16,7 +16,7 @@ from typing import Any
 VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
-DISTRIBUTIONS = ("uniform", "gaussian", "laplace")
+DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 
 
 class ConfigError(ValueError):
@@ -34,6 +34,8 @@ class DataConfig:
     high: float = 1.0
     sigma: float = 1.0  # gaussian factors: N(0, sigma^2)
     scale: float = 0.25  # laplace factors: Laplace(0, scale)
+    mag_low: float = 0.3  # signed factors: a random sign times U[mag_low, mag_high] (zero mean, |factor| >= mag_low)
+    mag_high: float = 1.0
     clip: bool = False  # clip values to [-10, 10] instead of raising on out-of-vocabulary entries
     sizes: str = ""  # a mixture of matrix sizes, e.g. "4x4,5x5,6x6" (equal shares); the largest must be m x n
 
@@ -61,6 +63,13 @@ class ModelConfig:
     ln_eps: float = 1e-12
     attn_temperature: float = 1.0  # intervention: attention logits divided by this (1 = the paper)
     arch: str = "bert"  # bert (the paper's main model) | gpt (the decoder-only variant, Fig. 11/12)
+    norm: str = "post"  # post (the paper's BERT: LayerNorm after each residual sum) | pre (LayerNorm before each sublayer)
+    # Levers against the slow fall (docs/plateau/); each off by default, and then bit-identical.
+    value_init: str = "random"  # random (the paper) | line: value-token rows start at random + value * d (a number line)
+    value_init_scale: float = 1.0  # line: |d| = this times the expected norm of a random row
+    attn_bias: float = 1.0  # c: attention weights on keys in the query's row or column multiplied by c (log c added to their logits); 1 = off
+    attn_bias_layers: str = ""  # layers that get the bias, e.g. "0,1" (empty = every layer)
+    attn_bias_until: int = 0  # > 0: the bias is switched off after this training step (0 = on for the whole run)
 
 
 @dataclass
@@ -72,7 +81,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast (CUDA only)
+    bf16: bool = False  # bf16 autocast of the training forward (for GPUs; on CPU it runs, slower, so CPU checks cover it); losses in fp32
     compile: bool = False  # torch.compile the training forward (about 1.14x on the cpu preset, after ~1 min of compiling)
     log_every: int = 50
     eval_size: int = 1024  # fixed, seeded evaluation batch
@@ -83,9 +92,11 @@ class TrainConfig:
     tf32: bool = False  # CUDA only: TF32 matmuls (recorded; fp32 otherwise)
     optimizer: str = "adam"  # adam (the paper) | adamw (decoupled weight decay)
     weight_decay: float = 0.0  # adamw only
+    lr_width_ref: int = 0  # > 0: width rule, the lr used is lr * lr_width_ref / model.hidden (Adam's step size per weight does not shrink with width)
     group_lr: str = ""  # intervention: lr multipliers per parameter group, e.g. "pos_embed=10,mlp=0.5" (groups.py)
     grokfast_alpha: float = 0.0  # intervention: gradient low-pass filter (Grokfast EMA); 0 = off
     grokfast_lambda: float = 0.0  # ... the filtered gradient is amplified by this and added
+    forecast: bool = True  # forecast the escape step at each log (forecast.py): metrics.jsonl and the progress bar
     progress: bool = False  # log progress measures (attention row/column mass, collapse, position purity, per-group grad norms)
     init_from: str = ""  # start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
     trainable: str = "all"  # train only these parameter groups (comma-separated); the rest stay frozen
@@ -316,6 +327,8 @@ def max_abs_entry(d: DataConfig) -> float:
     """Largest |X_ij| the factor distribution can produce (inf for unbounded ones)."""
     if d.distribution == "uniform":
         return d.rank * max(abs(d.low), abs(d.high)) ** 2
+    if d.distribution == "signed":
+        return d.rank * d.mag_high**2
     return math.inf
 
 
@@ -336,6 +349,7 @@ def validate_data(d: DataConfig) -> None:
     need(math.isfinite(d.low) and math.isfinite(d.high), f"data.low/data.high: must be finite, got [{d.low}, {d.high}]")
     need(0 < d.sigma < math.inf, f"data.sigma: must be a positive number, got {d.sigma}")
     need(0 < d.scale < math.inf, f"data.scale: must be a positive number, got {d.scale}")
+    need(0 <= d.mag_low < d.mag_high < math.inf, f"data.mag_low/data.mag_high: need 0 <= mag_low < mag_high, got [{d.mag_low}, {d.mag_high}]")
     sizes = d.size_list()
     if d.sizes.strip():
         need(len(set(sizes)) == len(sizes) and len(sizes) >= 2, f"data.sizes: give two or more distinct sizes, got '{d.sizes}'")
@@ -343,14 +357,14 @@ def validate_data(d: DataConfig) -> None:
              f"data.sizes: the largest rows and columns must be data.m x data.n = {d.m}x{d.n} (the model's grid), got '{d.sizes}'")
         need(all(d.rank <= min(r, c) for r, c in sizes), f"data.sizes: data.rank {d.rank} exceeds a size in '{d.sizes}'")
     need(d.m * d.n <= MAX_POSITIONS, f"data.m x data.n: at most {MAX_POSITIONS} entries (a sequence of m*n tokens), got {d.m}x{d.n}")
-    need(d.distribution == "uniform" or d.clip,
+    need(d.distribution in ("uniform", "signed") or d.clip,
          f"data.distribution={d.distribution} has unbounded support, so some entries fall outside the vocabulary "
          f"[-{VOCAB_MAX:g}, {VOCAB_MAX:g}]: set data.clip=true to clip them (recorded in config.json)")
     bound = max_abs_entry(d)
     if math.isfinite(bound) and not d.clip:
         need(
             bound <= VOCAB_MAX,
-            f"data.low/data.high: rank {d.rank} products of U[{d.low}, {d.high}] reach |x| = {bound:g}, "
+            f"data: rank-{d.rank} products of its factors reach |x| = {bound:g}, "
             f"beyond the vocabulary's [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; narrow the range or set data.clip=true",
         )
 
@@ -381,6 +395,33 @@ def _check_groups(cfg: Config) -> None:
             raise ConfigError(f"{key}: {e}") from None
     _need(bool(groups.split(t.trainable)), "train.trainable: name at least one group (all = everything)")
     _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
+
+
+def attn_bias_layers(spec: str, layers: int) -> list[int]:
+    """'0,2' -> [0, 2]; '' -> every layer. Raises ConfigError for a layer the model lacks."""
+    if not spec.strip():
+        return list(range(layers))
+    out = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        if not item.isdigit() or int(item) >= layers:
+            raise ConfigError(f"model.attn_bias_layers: '{item}' is not a layer of 0..{layers - 1}")
+        out.append(int(item))
+    return sorted(set(out))
+
+
+def _check_levers(cfg: Config) -> None:
+    m, t = cfg.model, cfg.train
+    need = _need
+    need(m.norm in ("post", "pre"), f"model.norm: must be post or pre, got '{m.norm}'")
+    need(m.norm == "post" or m.arch == "bert", "model.norm=pre: the GPT variant is pre-LN already; use it with model.arch=bert")
+    need(m.value_init in ("random", "line"), f"model.value_init: must be random or line, got '{m.value_init}'")
+    need(0 < m.value_init_scale < math.inf, f"model.value_init_scale: must be a positive number, got {m.value_init_scale}")
+    need(0 < m.attn_bias < math.inf, f"model.attn_bias: must be a positive number (1 = off), got {m.attn_bias}")
+    need(m.attn_bias_until >= 0, f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}")
+    need(m.attn_bias == 1.0 or m.arch == "bert", "model.attn_bias: built for model.arch=bert")
+    need(m.value_init == "random" or m.arch == "bert", "model.value_init=line: built for model.arch=bert")
+    attn_bias_layers(m.attn_bias_layers, m.layers)
+    need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
 
 
 def validate(cfg: Config) -> None:
@@ -418,15 +459,17 @@ def validate(cfg: Config) -> None:
     need(t.weight_decay == 0 or t.optimizer == "adamw", "train.weight_decay: only with train.optimizer=adamw (Adam's L2 is not what you want)")
     need(0 <= t.grokfast_alpha < 1, f"train.grokfast_alpha: must be in [0, 1), got {t.grokfast_alpha}")
     need(0 <= t.grokfast_lambda < math.inf, f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}")
+    _check_levers(cfg)
     _check_groups(cfg)
     c = cfg.curriculum
     need(0 <= c.rank <= min(cfg.data.m, cfg.data.n), f"curriculum.rank: must be in [0, {min(cfg.data.m, cfg.data.n)}] (0 = off), got {c.rank}")
     need(c.p_mask == -1.0 or 0 <= c.p_mask < 1, f"curriculum.p_mask: must be in [0, 1), or -1 for off, got {c.p_mask}")
     need(math.isfinite(c.mean), f"curriculum.mean: must be finite, got {c.mean}")
     need(c.hold >= 0 and c.decay >= 0, "curriculum.hold/decay: must be >= 0")
-    need(not c.mean or cfg.data.distribution == "uniform", "curriculum.mean: only for data.distribution=uniform")
+    need(not c.mean or cfg.data.distribution in ("uniform", "signed"), "curriculum.mean: only for data.distribution=uniform or signed")
     if c.mean or c.rank:
-        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean, rank=max(c.rank, cfg.data.rank))
+        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean,
+                                      mag_high=cfg.data.mag_high + abs(c.mean), rank=max(c.rank, cfg.data.rank))
         bound = max_abs_entry(shifted)
         need(shifted.clip or bound <= VOCAB_MAX,
              f"curriculum: its training data reach |x| = {bound:g}, beyond the vocabulary; lower curriculum.mean/rank or set data.clip=true")

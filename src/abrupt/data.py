@@ -76,6 +76,11 @@ def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator,
     if cfg.distribution == "uniform":
         # `shift` (a curriculum) is added to the bounds so that shift 0 draws bit-identical factors
         return (cfg.low + shift) + (cfg.high - cfg.low) * torch.rand(shape, generator=gen, device=gen.device)
+    if cfg.distribution == "signed":
+        # zero mean (so the plateau's high-order saddle stays) but |factor| >= mag_low (better conditioned)
+        magnitude = cfg.mag_low + (cfg.mag_high - cfg.mag_low) * torch.rand(shape, generator=gen, device=gen.device)
+        sign = torch.rand(shape, generator=gen, device=gen.device) < 0.5
+        return torch.where(sign, -magnitude, magnitude) + shift
     if cfg.distribution == "gaussian":
         return cfg.sigma * torch.randn(shape, generator=gen, device=gen.device)
     if cfg.distribution == "laplace":

@@ -17,6 +17,10 @@ a tensor replaces the activation); the plumbing lives in `hooks.py`. Hook names 
     blocks.{l}.hook_mlp_out                (B, T, d)
     blocks.{l}.hook_resid_post             (B, T, d)  LayerNorm(resid_mid + mlp_out)
     hook_out                               (B, T)     predictions
+
+With `model.norm=pre` (a variant; the paper is post-LN) each sublayer reads LayerNorm(x) and adds
+to the un-normalised stream, so resid_mid = resid_pre + attn_out and resid_post = resid_mid +
+mlp_out, and a final LayerNorm (`ln_final`) precedes the read-out.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .data import MASK_ID, VOCAB_SIZE, Batch
+from .config import attn_bias_layers
+from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from .hooks import HookedModule, HookPoint
 from .losses import as_floats, losses
 
@@ -46,6 +51,26 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     nn.init.normal_(model.tok_embed.weight, std=std)
     nn.init.normal_(model.pos_embed.weight, std=model.cfg.pos_init_std or std)
+
+
+def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
+    """Put the value-token rows on a number line in place: row of value v += v * d, with d one random
+    direction (drawn after every other weight, so the rest of the model is unchanged) whose norm is
+    `scale` times the expected norm of a random row, std * sqrt(hidden). tok_embed: (VOCAB_SIZE, d)."""
+    hidden = tok_embed.shape[1]
+    d = torch.randn(hidden)
+    d = d * (scale * std * math.sqrt(hidden) / d.norm())
+    values = id_to_value(torch.arange(1, VOCAB_SIZE))
+    with torch.no_grad():
+        tok_embed[1:] += values[:, None] * d.to(tok_embed)
+
+
+def row_column_bias(t: int, cols: int, c: float, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) additive attention bias: log c where the key shares the query's row or column in a
+    matrix of `cols` columns read row-major (the query itself included), 0 elsewhere."""
+    p = torch.arange(t, device=device)
+    same = (p[:, None] // cols == p[None, :] // cols) | (p[:, None] % cols == p[None, :] % cols)
+    return same.float() * math.log(c)
 
 
 class Attention(nn.Module):
@@ -69,14 +94,17 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not)."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
+        `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none."""
         q = self.hook_q(self._split(self.q(x)))
         k = self.hook_k(self._split(self.k(x)))
         v = self.hook_v(self._split(self.v(x)))
         if self.hook_pattern.active:
             # Exact path: materialise the pattern so hooks can read or replace it.
             scores = q @ k.transpose(-1, -2) / (math.sqrt(self.head_dim) * self.temperature)
+            if bias is not None:
+                scores = scores + bias
             if keep is not None:
                 scores = scores.masked_fill(~keep, float("-inf"))
             if self.causal:
@@ -84,8 +112,11 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=scores.device).triu(1), float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        elif self.temperature == 1.0 and keep is None:  # the paper's attention, and SDPA's own default scale
+        elif self.temperature == 1.0 and keep is None and bias is None:  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        elif bias is not None:  # BERT only (validated): no causal mask to combine
+            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(q.dtype)  # SDPA wants q's dtype (bf16 autocast)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=self.causal and keep is None,
                                                scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
@@ -96,6 +127,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.pre_norm = cfg.norm == "pre"
         self.attn = Attention(cfg)
         self.ln_attn = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.mlp_in = nn.Linear(cfg.hidden, cfg.mlp)
@@ -107,24 +139,39 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x, keep))))
+        if self.pre_norm:
+            x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), keep, bias)))
+            mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)))))
+            return self.hook_resid_post(x + mlp)
+        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x, keep, bias))))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x))))
         return self.hook_resid_post(self.ln_mlp(x + mlp))
 
 
 class MatrixBert(HookedModule):
-    def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
+    """`cols`: the matrix's number of columns, needed only by the row/column attention bias
+    (`model.attn_bias`); `attn_bias_on` switches that bias (the trainer turns it off after
+    `model.attn_bias_until`)."""
+
+    def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:
         super().__init__()
+        if cfg.attn_bias != 1.0 and not cols:
+            raise ValueError("model.attn_bias needs the matrix's number of columns (cols)")
         self.cfg = cfg
         self.seq_len = seq_len
+        self.cols = cols
+        self.attn_bias_on = cfg.attn_bias != 1.0
+        self.bias_layers = set(attn_bias_layers(cfg.attn_bias_layers, cfg.layers)) if self.attn_bias_on else set()
         # padding_idx keeps the MASK row at zero and out of training, as in the reference
         # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
         self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.hidden, padding_idx=MASK_ID)
         self.pos_embed = nn.Embedding(seq_len, cfg.hidden)
         self.ln_embed = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        if cfg.norm == "pre":
+            self.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
         self.readout = nn.Linear(cfg.hidden, 1)
         self.hook_tok_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
@@ -135,6 +182,8 @@ class MatrixBert(HookedModule):
 
     def reset_parameters(self) -> None:
         init_weights(self)
+        if self.cfg.value_init == "line":
+            value_line_(self.tok_embed.weight, self.cfg.init_std, self.cfg.value_init_scale)
         with torch.no_grad():
             self.tok_embed.weight[MASK_ID].zero_()
 
@@ -152,8 +201,11 @@ class MatrixBert(HookedModule):
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
         keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, keep)
+        bias = row_column_bias(t, self.cols, self.cfg.attn_bias, x.device) if self.attn_bias_on else None
+        for layer, block in enumerate(self.blocks):
+            x = block(x, keep, bias if layer in self.bias_layers else None)
+        if self.cfg.norm == "pre":
+            x = self.ln_final(x)
         return self.hook_out(self.readout(x).squeeze(-1))
 
     # --- what training and the analyses call (the GPT variant answers the same calls) ----------
@@ -181,11 +233,12 @@ class MatrixBert(HookedModule):
         return out
 
 
-def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> HookedModule:
-    """The model of `cfg.arch` (bert, or the gpt variant) for matrices of `seq_len` entries."""
+def build_model(cfg: ModelConfig, seq_len: int, seed: int, cols: int | None = None) -> HookedModule:
+    """The model of `cfg.arch` (bert, or the gpt variant) for matrices of `seq_len` entries
+    (`cols` columns: needed by model.attn_bias)."""
     torch.manual_seed(seed)
     if cfg.arch == "gpt":
         from .gpt import MatrixGPT
 
         return MatrixGPT(cfg, seq_len)
-    return MatrixBert(cfg, seq_len)
+    return MatrixBert(cfg, seq_len, cols)

@@ -87,3 +87,23 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
         ax.axvline(summary["escape_step"], color="tab:orange", ls=":", lw=1.0, label=f"escape_step {summary['escape_step']}")
     if summary.get("dropped") and summary.get("drop_step") is not None:
         ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.9, label=f"drop_step {summary['drop_step']} (dropped)")
+
+
+def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
+    """The escape step forecast at each log (forecast.py) with its interval, against the step it
+    was made at, and the escape as it came (summary's escape_step)."""
+    made = [r for r in rows if r.get("forecast_escape") is not None]
+    with figure(path, figsize=(6.4, 3.6), dpi=120) as (fig, axes):
+        ax = axes[0][0]
+        steps = [r["step"] for r in made]
+        ax.fill_between(steps, [r["forecast_low"] for r in made], [r["forecast_high"] for r in made], color="tab:blue",
+                        alpha=0.2, step="mid", label="interval")
+        ax.plot(steps, [r["forecast_escape"] for r in made], ".", color="tab:blue", ms=3, label="forecast escape step")
+        if summary.get("escape_step") is not None:
+            ax.axhline(summary["escape_step"], color="tab:red", ls="--", lw=0.8, label=f"escape_step {summary['escape_step']}")
+        lo = min(steps + [r["step"] for r in rows[:1]])
+        ax.plot([lo, rows[-1]["step"]], [lo, rows[-1]["step"]], color="gray", ls=":", lw=0.8, label="now")
+        ax.set_xlabel("step the forecast was made at")
+        ax.set_ylabel("forecast escape step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)

@@ -32,7 +32,7 @@ TEMPLATE = """{% macro table(header, rows) %}<table><tr>{% for h in header %}<th
 <h1>abrupt report: {{ name }}</h1>
 <p>Preset <b>{{ c.preset }}</b>, seed {{ c.seed }}: {{ c.model.layers }} layers, {{ c.model.heads }} heads, width {{ c.model.hidden }};
 {{ c.data.m }}×{{ c.data.n }} rank-{{ c.data.rank }} matrices, p_mask {{ c.data.p_mask }}; lr {{ c.train.lr }}, batch {{ c.train.batch_size }}.</p>
-<section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}</section>
+<section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}{{ fig(forecast_png) }}</section>
 {% if not sections %}<p>No analyses yet: run <code>abrupt analyze RUN</code>.</p>{% endif %}
 {% if skipped %}<p>Not run on this run: {% for name, why in skipped.items() %}<b>{{ name }}</b> ({{ why }}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
 {% for s in sections %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
@@ -81,14 +81,16 @@ def _transition(summary: dict[str, Any]) -> str:
         return number(summary.get(key))
 
     parts = [f"plateau_start {get('plateau_start')}, plateau_loss_mask {get('plateau_loss_mask')}"]
-    if summary.get("plateau_steps") is not None:
-        parts.append(f"plateau_steps {get('plateau_steps')}")
+    if summary.get("plateau_end") is not None:
+        parts.append(f"plateau_end {get('plateau_end')} (25% below the plateau), plateau_steps {get('plateau_steps')} (P)")
     parts.append(f"escape_step {get('escape_step')}" if summary.get("escape_step") is not None else "no escape_step (never 20% below the plateau)")
     parts.append(f"drop_step {get('drop_step')} (below half the plateau)" if summary.get("drop_step") is not None else "no drop_step (never below half the plateau)")
     parts.append(f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask {get('final_loss_mask')} after {get('steps')} steps; "
                  "dropped needs 10x below the plateau)")
-    why = [f"{k} {get(k)}" for k in ("drop_factor", "fall_ratio") if summary.get(k) is not None]
-    parts.append(f"sudden {'yes' if summary.get('sudden') else 'no'}" + (f" ({', '.join(why)})" if why else ""))
+    factor = f" (drop_factor {get('drop_factor')} within P/4 steps after plateau_end; sudden needs 5)" if summary.get("drop_factor") is not None else ""
+    parts.append(f"sudden {'yes' if summary.get('sudden') else 'no'}{factor}")
+    if summary.get("fall_ratio") is not None:
+        parts.append(f"fall_ratio {get('fall_ratio')} (fall_start {get('fall_start')} to fall_end {get('fall_end')})")
     return "; ".join(parts) + "."
 
 
@@ -125,6 +127,7 @@ def build(run_dir: Path) -> Path:
     try:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name, style=STYLE, c=config, transition=_transition(summary), loss_png=loss_png,
+            forecast_png=_inside(run_dir, run_dir, "forecast.png"),
             sections=_sections(run_dir), skipped=_skipped(run_dir), cell=number, long=LONG_TABLE, shown=SHOWN_ROWS, fig=lambda p: Markup(_figure_html(p)))
     except jinja2.UndefinedError as e:
         raise RunDirError(f"{run_dir / 'config.json'} lacks a field the report needs ({e})") from None

@@ -5,6 +5,7 @@
     checkpoints/       see checkpoints.py
     summary.json       plateau and drop (transition.py) and final losses
     loss.png           L, L_obs, L_mask against step, the transition marked
+    forecast.png       the escape step as forecast during training (forecast.py), when there was one
     .lock              held (flock) by the one process writing the run
 
 JSON is strict everywhere: NaN and infinities are written as null, so every file parses with
@@ -209,4 +210,6 @@ def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
     atomic_write_json(run_dir / "summary.json", summary)
     plots.plot_losses(rows, summary, run_dir / "loss.png")
+    if any("forecast_escape" in r for r in rows):
+        plots.plot_forecast(rows, summary, run_dir / "forecast.png")
     return summary

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, groups, progress, transition
+from . import __version__, checkpoints, forecast, groups, progress, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import Batch, generator, sample_batch
 from .losses import as_floats, losses, per_size
@@ -171,6 +171,7 @@ class StepProgress:
         tty = enabled and getattr(self.stream, "isatty", lambda: False)()
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=self.stream) if tty else None
         self.row: dict[str, Any] = {}
+        self.note = ""
         self.t0 = self.last_time = time.perf_counter()
         self.last_step = start
 
@@ -180,11 +181,12 @@ class StepProgress:
     def _postfix(self) -> str:
         r = self.row
         num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-        return f"train_loss {num(r.get('loss'))}, eval_L_mask {num(r.get('eval_loss_mask'))}" if r else ""
+        return (f"train_loss {num(r.get('loss'))}, eval_L_mask {num(r.get('eval_loss_mask'))}" + (f", {self.note}" if self.note else "")
+                if r else "")
 
-    def losses(self, row: dict[str, Any]) -> None:
-        """The latest logged row (its losses are shown from now on)."""
-        self.row = row
+    def losses(self, row: dict[str, Any], note: str = "") -> None:
+        """The latest logged row (its losses are shown from now on), and a note to show after them."""
+        self.row, self.note = row, note
         if self.bar is not None:
             self.bar.set_postfix_str(self._postfix(), refresh=False)
 
@@ -228,7 +230,7 @@ class Trainer:
         self.device = resolve_device(t.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
-        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed).to(self.device)
+        self.model = build_model(cfg.model, cfg.data.m * cfg.data.n, seed=cfg.seed, cols=cfg.data.n).to(self.device)
         trainable = set().union(*(groups.names(self.model, g) for g in groups.split(t.trainable)))
         for name, p in self.model.named_parameters():
             p.requires_grad_(name in trainable)
@@ -240,10 +242,11 @@ class Trainer:
                         for name, _ in self.model.named_parameters()}
         self.evalset = eval_batch(cfg).to(self.device)
         self.ckpt_at = checkpoint_steps(cfg)
-        self.use_bf16 = cfg.train.bf16 and self.device.type == "cuda"
+        self.use_bf16 = cfg.train.bf16  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
+        self.forecast = forecast.Forecast(0, reason="not started")
         self.t0 = time.perf_counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -308,12 +311,15 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
-        return t.lr * min(1.0, step / t.warmup) if t.warmup else t.lr
+        lr = t.lr * t.lr_width_ref / self.cfg.model.hidden if t.lr_width_ref else t.lr
+        return lr * min(1.0, step / t.warmup) if t.warmup else lr
 
     def step(self, step: int, want_norms: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """One optimizer step on a fresh batch; the batch's losses (tensors, left on the device)
         and, if asked, gradient norms (these read back from the device, so only at log steps)."""
         lr = self.lr_at(step)
+        if self.cfg.model.attn_bias_until:
+            self.model.attn_bias_on = self.cfg.model.attn_bias != 1.0 and step <= self.cfg.model.attn_bias_until
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
         data = self.cfg.curriculum.data_at(self.cfg.data, step)
@@ -369,6 +375,9 @@ class Trainer:
             row.update(progress.measures(self.model, e.tokens[:k], e.mask[:k], self.cfg.data.m, self.cfg.data.n,
                                          None if e.pad is None else e.pad[:k]))
             row["time"] = round(time.perf_counter() - self.t0, 3)
+        if self.cfg.train.forecast:
+            self.forecast = forecast.forecast(self.rows + [row], after=self.cfg.curriculum.end())
+            row.update(self.forecast.as_row())
         out.write(dumps(row) + "\n")
         out.flush()
         self.rows.append(row)
@@ -406,7 +415,7 @@ class Trainer:
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         row = self.log(step, parts, norms, mf)
-                        bar.losses(row)
+                        bar.losses(row, f"forecast escape_step {self.forecast.label()}" if self.forecast.escape is not None else "")
                         after = self.cfg.curriculum.end()
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step

@@ -13,10 +13,12 @@ batch; `loss_mask` where that is absent; for the GPT variant its cross-entropy `
 
 `dropped` additionally asks for the final loss to be `min_factor` (10x) below the plateau.
 
-`sudden` is the reviewer's criterion for the paper's phenomenon (see `suddenness`): the loss sat
-on the plateau, fell at least 10x below it, and the fall from 20% to 80% of the way (on a log
-scale, plateau to final) took at most a quarter of the steps that came before it. A slow slide
-has `dropped` true and `sudden` false.
+`sudden` is the reviewer's window rule for the paper's phenomenon (see `window_rule`): the loss
+sat on the plateau, within 25% of its level, for P steps (`plateau_steps`), and within P/4 steps
+after leaving that band fell at least 5x below the level (`drop_factor` F = plateau level / the
+lowest smoothed L_mask in those P/4 steps). A sharp drop followed by a long slow tail is sudden; a
+slow slide is not, however deep it ends. `fall_start`/`fall_end`/`fall_ratio` (see `suddenness`)
+describe the whole fall, from the plateau to the final value, for comparison.
 """
 
 from __future__ import annotations
@@ -80,10 +82,38 @@ def detect(
     return result
 
 
-def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, max_ratio: float = 0.25) -> dict[str, Any]:
+def window_rule(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, band: float = 0.25,
+                factor: float = 5.0) -> dict[str, Any]:
+    """The window rule on the smoothed series: `plateau_end` is the first step after plateau_start
+    where the loss is below (1 - band) x the plateau level; the plateau is the run of logs just
+    before it that stay within band x the level, `plateau_steps` P its length in steps;
+    `drop_factor` F = level / the lowest loss in (plateau_end - 1 log, plateau_end + P/4];
+    `sudden` = F >= factor. All None/False when the loss never leaves the plateau."""
+    out: dict[str, Any] = {"plateau_end": None, "plateau_steps": None, "drop_factor": None, "sudden": False}
+    level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
+    if not level or first is None:
+        return out
+    steps, raw = _series(rows)
+    s = running_median(raw, window)
+    start = steps.index(first)
+    leave = next((j for j in range(start, len(s)) if s[j] < (1 - band) * level), None)
+    if leave is None or leave == 0:
+        return out
+    i0 = leave - 1
+    while i0 - 1 >= start and abs(s[i0 - 1] - level) <= band * level:
+        i0 -= 1
+    p_steps = steps[leave] - steps[i0]
+    horizon = steps[leave] + p_steps / 4
+    low = min(v for st, v in zip(steps[leave:], s[leave:]) if st <= horizon)
+    f = level / low if low > 0 else float("inf")
+    out.update(plateau_end=steps[leave], plateau_steps=p_steps, drop_factor=round(f, 3), sudden=f >= factor)
+    return out
+
+
+def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5) -> dict[str, Any]:
     """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
     (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
-    out: dict[str, Any] = {"fall_start": None, "fall_end": None, "fall_ratio": None, "sudden": False}
+    out: dict[str, Any] = {"fall_start": None, "fall_end": None, "fall_ratio": None}
     plateau = found.get("plateau_loss_mask")
     if not found.get("drop_step") or not plateau:
         return out
@@ -98,8 +128,7 @@ def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 
     if start_i is None or end_i is None or steps[start_i] == 0:
         return out
     ratio = (steps[end_i] - steps[start_i]) / steps[start_i]
-    out.update(fall_start=steps[start_i], fall_end=steps[end_i], fall_ratio=round(ratio, 4),
-               sudden=bool(found.get("dropped")) and ratio <= max_ratio)
+    out.update(fall_start=steps[start_i], fall_end=steps[end_i], fall_ratio=round(ratio, 4))
     return out
 
 
@@ -114,10 +143,12 @@ def summarize(rows: list[dict[str, Any]], seconds: float | None = None, after: i
     return {
         **found,
         **suddenness(rows, found),
+        **window_rule(rows, found),
         **sizes,
         "final_loss": last.get("eval_loss", last.get("loss")),
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
         "steps": last.get("step", 0),
         "seconds": seconds if seconds is not None else last.get("time"),
-        "detector": "transition.detect(window=5, flat_ratio=0.9): drop = smoothed eval L_mask < plateau/2",
+        "detector": "transition.detect(window=5, flat_ratio=0.9): drop = smoothed eval L_mask < plateau/2; "
+                    "sudden = window_rule(band=0.25, factor=5): F >= 5 within P/4 steps of leaving the plateau",
     }
