@@ -9,7 +9,8 @@ scikit-learn; Jinja2 comes with torch): no cvxpy, no install, no network. It
     device and batches, in fp32 (TF32 matmuls) and in bf16, and prints ratios;
 (b) trains the `paper` preset in bf16 for at most --budget seconds, ending soon after the drop
     (train.stop_after_drop), in a scratch run directory outside --out;
-(c) runs `abrupt analyze` (models on the GPU) and `abrupt report` on that run;
+(c) runs every analysis (models on the GPU) and the report on that run (through the Python API:
+    the run is a scratch folder, deleted once packed);
 (d) writes a one-line summary.
 (e) with --gpt-budget S (and always in --smoke), trains the `gpt` preset for at most S seconds.
 Under --out it leaves at most six files, each far under 16 MiB: throughput.json,
@@ -112,6 +113,24 @@ def paper_run(run: Path, smoke: bool, budget: float, arch: str = "bert") -> dict
     return summary
 
 
+def analyze_and_report(run: Path, device: torch.device, smoke: bool) -> tuple[bool, bool]:
+    """Every analysis and the report on the scratch run, through the Python API: the CLI would point
+    at the scratch folder, which is deleted once its results are packed."""
+    from abrupt.analysis.registry import analyze
+    from abrupt.report import build
+
+    opts = {"compare": {"n": 16}, "ood": {"n": 8}, "probe": {"n": 64}} if smoke else {}
+    results = {}
+    for name, step in (("analyze", lambda: analyze(run, opts=opts, progress=False, device=str(device))), ("report", lambda: build(run))):
+        try:
+            step()
+            results[name] = True
+        except Exception as e:  # noqa: BLE001 -- a failure is reported in the summary, and the rest still packed
+            print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            results[name] = False
+    return results["analyze"], results["report"]
+
+
 def pack(run: Path, archive: Path) -> None:
     keep = ["metrics.jsonl", "summary.json", "config.json", "loss.png", "forecast.png", "report.html"]
     with tarfile.open(archive, "w:gz") as tar:
@@ -130,10 +149,11 @@ def main() -> int:
     p.add_argument("--gpt-budget", type=float, default=0.0, help="seconds of the `gpt` preset after the paper run (0: skip)")
     p.add_argument("--smoke", action="store_true", help="the same, end to end, on CPU with the tiny preset (< 1 min)")
     args = p.parse_args()
-    from abrupt.cli import main as cli
 
     args.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cpu") if args.smoke else resolve_device("auto")
+    if args.smoke:
+        torch.set_num_threads(1)  # the command line's thread policy: a shared CPU is not oversubscribed
     if device.type != "cuda" and not args.smoke:
         print("no CUDA device: run with --smoke on a CPU machine", file=sys.stderr)
         return 2
@@ -143,9 +163,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="abrupt-paper-") as scratch:
         run = Path(scratch) / "paper"
         summary = paper_run(run, args.smoke, 120.0 if args.smoke else args.budget)
-        opts = ["--set", "compare.n=16", "--set", "ood.n=8", "--set", "probe.n=64"] if args.smoke else []
-        analyze_ok = cli(["analyze", str(run), "--device", str(device), *opts]) == 0
-        report_ok = cli(["report", str(run)]) == 0
+        analyze_ok, report_ok = analyze_and_report(run, device, args.smoke)
         pack(run, args.out / "paper-run.tar.gz")
         if args.gpt_budget > 0 or args.smoke:
             gpt_run = Path(scratch) / "gpt"
@@ -160,6 +178,8 @@ def main() -> int:
             f"analyze {'ok' if analyze_ok else 'FAILED'}, report {'ok' if report_ok else 'FAILED'}")
     (args.out / "summary.txt").write_text(line + "\n")
     print(line)
+    print(f"wrote {args.out}: throughput.json, summary.json, summary.txt, paper-run.tar.gz "
+          f"(`tar xzf {args.out / 'paper-run.tar.gz'}`, then open paper-run/report.html)")
     return 0 if analyze_ok and report_ok else 1
 
 

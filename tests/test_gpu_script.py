@@ -24,6 +24,7 @@ def test_gpu_script_smoke_leaves_few_small_files(tmp_path):
     with tarfile.open(out / "paper-run.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"paper-run/metrics.jsonl", "paper-run/report.html", "paper-run/analysis/probe/results.json"} <= names
+    assert "abrupt report" not in r.stdout + r.stderr and "abrupt-paper-" not in r.stdout + r.stderr  # no hint at the deleted scratch run
     assert not any(n.endswith(".safetensors") for n in names)
     config = json.loads(tar_member(out / "paper-run.tar.gz", "paper-run/config.json"))
     assert config["train"]["bf16"] and config["train"]["progress"]  # the GPU run's path: bf16 autocast, progress measures

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import shlex
 import sys
 import threading
 import time
@@ -40,10 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model into a run directory")
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`")
-    t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<time>)")
+    t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-seed<N>-<YYYYmmdd-HHMMSS>)")
     t.add_argument("--seed", type=int, help="seed for weights, data and evaluation batch")
     t.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last complete checkpoint")
-    t.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS}; with --resume, the run's last "
+                   "count); more cores are best used by several runs at once: `abrupt sweep`")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides; keys: " + ", ".join(all_keys()))
 
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--lambdas", type=_floats, default=baselines_lambdas(), help="regularization weights, comma-separated ('' for none)")
     b.add_argument("--json", action="store_true", help="one JSON object per method on standard output")
     b.add_argument("overrides", nargs="*", metavar="data.key=value", help="other data settings (data.m, data.rank, ...)")
+    _threads_arg(b)
 
     for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask (= analyze --only compare)"),
                            ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution (= analyze --only ood)")):
@@ -72,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compare":
             c.add_argument("--p-masks", type=_floats, default=None, help="comma-separated (default 0.10,0.15,...,0.60)")
             c.add_argument("--lambdas", type=_floats, default=(), help="also regularized forms, comma-separated")
+        _threads_arg(c)
 
     a = sub.add_parser("analyze", help="run the interpretability analyses on a trained run")
     a.add_argument("run", type=Path, nargs="?")
@@ -81,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
     a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
     a.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda or cuda:N")
+    _threads_arg(a)
 
     w = sub.add_parser("sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray")
     w.add_argument("spec", nargs="?", type=Path, help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c")
@@ -110,7 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--every", type=int, default=1, help="forecast at every N-th log (default 1)")
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
+    _threads_arg(r)
     return p
+
+
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS})")
 
 
 def baselines_lambdas() -> tuple[float, ...]:
@@ -150,20 +160,29 @@ def _check_workers(workers: int) -> None:
         raise UsageError(f"--workers: must be in [1, 1024], got {workers}")
 
 
-def _set_threads(threads: int | None) -> None:
+# Torch's own default, one thread per core, can be a little faster on an idle machine but falls off
+# a cliff when other jobs share the cores (OpenMP threads wait on each other: 4-9x slower for these
+# small models, benchmarks/threads.py); more cores are better used by more runs (`abrupt sweep`)
+# than by more threads per run.
+DEFAULT_THREADS = 1
+
+
+def _set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (`threads`, or DEFAULT_THREADS); returns it."""
     import torch
 
-    if threads is None:
-        return
+    threads = DEFAULT_THREADS if threads is None else threads
     _check_threads(threads)
     torch.set_num_threads(threads)
+    return threads
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .rundir import unique_dir
-    from .train import resume_point, train
+    from .train import recorded_threads, resume_point, train
 
-    _set_threads(args.threads)
+    if args.threads is not None:
+        _check_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
             raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
@@ -179,16 +198,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.resume} is already at step {last.step}; give train.steps=N with N > {last.step} to extend it "
                              "(nothing was changed)")
         out = args.resume
+        # a resumed run goes on as it last ran (thread counts change the trajectory), unless told otherwise
+        _set_threads(args.threads or min(recorded_threads(out) or DEFAULT_THREADS, os.cpu_count() or 1))
     else:
+        _set_threads(args.threads)
         cfg = preset(args.preset)
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
         apply_overrides(cfg, args.overrides)
         out = args.out if args.out is not None else unique_dir(Path("runs"), f"{cfg.preset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    try:
+        summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
+
+
+def _interrupted(out: Path, steps: int) -> str:
+    """What a stopped training says: where it stopped, its last losses, and the command that resumes it."""
+    from .rundir import read_metrics
+    from .train import resume_point
+
+    if not (out / "config.json").exists():
+        return f"abrupt: interrupted before {out} held a run; nothing to resume"
+    rows, last = read_metrics(out), resume_point(out)
+    row = rows[-1] if rows else {}
+    num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    losses = f"; at step {row['step']} train_loss {num(row.get('loss'))}, eval_L_mask {num(row.get('eval_loss_mask'))}" if row else ""
+    kept = f"last checkpoint step {last.step} of {steps}" if last else "no checkpoint yet (it restarts from step 0)"
+    return (f"abrupt: interrupted: {kept}{losses}; summary in {out / 'summary.json'}\n"
+            f"resume with `abrupt train --resume {shlex.quote(str(out))}`")
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -214,6 +256,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     from .data import seeded_batch
 
     _check_count_and_seed(args.n, args.seed)
+    _set_threads(args.threads)
     if any(lam <= 0 for lam in args.lambdas):
         raise UsageError("--lambdas: each must be > 0")
     cfg = preset(DEFAULT_PRESET)
@@ -227,11 +270,15 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     validate_data(cfg.data)
     batch = seeded_batch(cfg.data, args.n, args.seed)
     rows = score_methods(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
+    d = cfg.data
+    if not args.json:
+        print(f"baseline: {args.n} seeded {d.m}x{d.n} rank-{d.rank} matrices ({d.distribution} factors; data.m, data.n, "
+              f"data.rank, ... to change), p_mask {args.p_mask}, seed {args.seed}, {args.solver} solver")
     for row in rows:
-        row.update(n=args.n, p_mask=args.p_mask)
+        row.update(n=args.n, p_mask=args.p_mask, size=f"{d.m}x{d.n}", rank=d.rank)
         if args.json:
-            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "p_mask", "seconds", "failures",
-                                             "inaccurate")}))
+            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "size", "rank",
+                                             "p_mask", "seconds", "failures", "inaccurate")}))
         else:
             print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
                   f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else "")
@@ -242,13 +289,33 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
     """`abrupt compare|ood RUN [flags]`: the same as `abrupt analyze RUN --only NAME --steps STEP --set ...`."""
     _check_count_and_seed(args.n, args.seed)
+    _set_threads(args.threads)
     opts = {"n": args.n, "seed": args.seed, "solver": args.solver}
     if args.command == "compare":
         if args.p_masks is not None:
             opts["p_masks"] = args.p_masks
         opts["lambdas"] = args.lambdas
     steps = [args.step] if args.step is not None else [_last_step(args.run)]
-    return _analyze(args.run, [args.command], steps, {args.command: opts})
+    status = _analyze(args.run, [args.command], steps, {args.command: opts})
+    print(_headline(args.run, args.command))
+    return status
+
+
+def _headline(run: Path, name: str) -> str:
+    """compare / ood: the hidden-entry MSE of each method in each setting, as a plain table."""
+    from .analysis.common import Table
+    from .rundir import read_json
+
+    res = read_json(Path(run) / "analysis" / name / "results.json")
+    keys = ("p_mask",) if name == "compare" else ("family", "variant")
+    methods = list(dict.fromkeys(r["method"] for r in res["rows"]))
+    by_setting: dict[tuple, dict[str, float]] = {}
+    for r in res["rows"]:
+        by_setting.setdefault(tuple(r[k] for k in keys), {})[r["method"]] = r["loss_mask"]
+    header = ["p_mask"] if name == "compare" else ["family", "setting"]
+    table = Table([*header, *methods], [[*setting, *(losses.get(m) for m in methods)] for setting, losses in by_setting.items()])
+    per = "per p_mask" if name == "compare" else "per setting"
+    return f"{name}: L_mask (MSE at hidden entries) at step {res['step']}, {res['n']} matrices {per}\n{table.text()}"
 
 
 def _last_step(run: Path) -> int:
@@ -269,6 +336,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     if args.run is None:
         raise UsageError("analyze: give a run directory (or --options)")
+    _set_threads(args.threads)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     try:
         steps = [int(x) for x in args.steps.split(",")] if args.steps else None
@@ -310,6 +378,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if not (args.run / "config.json").exists():
         raise UsageError(f"{args.run} is not a run directory (no config.json)")
+    _set_threads(args.threads)
     print(f"wrote {build(args.run)}")
     return 0
 

@@ -68,9 +68,8 @@ def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[s
     top.grid(alpha=0.3, which="both")
     bottom.plot(steps, [r["eval_acc_obs"] for r in rows], color="tab:blue", lw=1.2, label="accuracy, observed entries")
     bottom.plot(steps, [r["eval_acc_mask"] for r in rows], color="tab:red", lw=1.2, label="accuracy, hidden entries")
-    if summary.get("drop_step") is not None:
-        for ax in (top, bottom):
-            ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)
+    _mark_transition(top, summary)
+    _mark_transition(bottom, summary, level=False)
     bottom.set_ylim(0, 1)
     bottom.set_xlabel("step")
     bottom.legend(fontsize=7)
@@ -111,15 +110,24 @@ def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -
     for i, key in enumerate(sizes):
         ax.plot(steps, [r.get(key) for r in rows], lw=0.9, ls="--", color=plt.cm.viridis(i / max(len(sizes) - 1, 1)),
                 label=f"L_mask {key.removeprefix('eval_loss_mask_')}")
-    if summary.get("plateau_loss_mask"):
-        ax.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8, label="plateau L_mask")
-    if summary.get("drop_step") is not None:
-        ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8, label=f"drop (step {summary['drop_step']})")
+    _mark_transition(ax, summary)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("MSE (fixed evaluation batch)" if prefix else "MSE (training batch)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+
+
+def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> None:
+    """The detector's findings in the words of summary.json (README, "Transition terms"): the
+    plateau level, the escape from the plateau, and the drop only when the run `dropped`."""
+    if level and summary.get("plateau_loss_mask"):
+        ax.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8,
+                   label=f"plateau_loss_mask {summary['plateau_loss_mask']:.3g}")
+    if summary.get("escape_step") is not None:
+        ax.axvline(summary["escape_step"], color="tab:orange", ls=":", lw=1.0, label=f"escape_step {summary['escape_step']}")
+    if summary.get("dropped") and summary.get("drop_step") is not None:
+        ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.9, label=f"drop_step {summary['drop_step']} (dropped)")
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -133,7 +141,7 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
                         alpha=0.2, step="mid", label="interval")
         ax.plot(steps, [r["forecast_escape"] for r in made], ".", color="tab:blue", ms=3, label="forecast escape step")
         if summary.get("escape_step") is not None:
-            ax.axhline(summary["escape_step"], color="tab:red", ls="--", lw=0.8, label=f"escape (step {summary['escape_step']})")
+            ax.axhline(summary["escape_step"], color="tab:red", ls="--", lw=0.8, label=f"escape_step {summary['escape_step']}")
         lo = min(steps + [r["step"] for r in rows[:1]])
         ax.plot([lo, rows[-1]["step"]], [lo, rows[-1]["step"]], color="gray", ls=":", lw=0.8, label="now")
         ax.set_xlabel("step the forecast was made at")

@@ -10,14 +10,13 @@ files inside the run directory are embedded, whatever a results.json names.
 from __future__ import annotations
 
 import base64
-import math
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from markupsafe import Markup
 
-from .analysis.common import Table, Text
+from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
 from .rundir import RunDirError, atomic_write_bytes, read_json
 
@@ -27,7 +26,8 @@ th{background:#f3f3f3}img{max-width:100%}figure{margin:.5em 0}figcaption{font-si
 .paper{background:#f6f8fa;border-left:4px solid #888;padding:.4em .8em}.ours{border-left:4px solid #c33;padding:.4em .8em}
 section{border-top:1px solid #ddd;margin-top:1.5em}"""
 
-TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>abrupt report: {{ name }}</title>
+TEMPLATE = """{% macro table(header, rows) %}<table><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for v in row %}<td>{{ cell(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>abrupt report: {{ name }}</title>
 <style>{{ style }}</style></head><body>
 <h1>abrupt report: {{ name }}</h1>
 <p>Preset <b>{{ c.preset }}</b>, seed {{ c.seed }}: {{ c.model.layers }} layers, {{ c.model.heads }} heads, width {{ c.model.hidden }};
@@ -38,8 +38,9 @@ TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>
 {% for s in sections %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
 {% if s.selection %}<p><i>{{ s.selection }}</i></p>{% endif %}
 <div class="paper"><b>Paper:</b> {{ s.paper }}</div>
-<div class="ours"><b>This run:</b>{% for b in s.blocks %}{% if b.header is defined %}<table><tr>{% for h in b.header %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in b.rows %}<tr>{% for v in row %}<td>{{ cell(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% else %}<p>{{ b.text }}</p>{% endif %}{% endfor %}</div>
+<div class="ours"><b>This run:</b>{% for b in s.blocks %}{% if b.header is defined and b.rows|length > long %}{{ table(b.header, b.rows[:shown]) }}
+<details><summary>{{ b.rows|length - shown }} more rows</summary>{{ table(b.header, b.rows[shown:]) }}</details>
+{% elif b.header is defined %}{{ table(b.header, b.rows) }}{% else %}<p>{{ b.text }}</p>{% endif %}{% endfor %}</div>
 {% for f in s.figures %}{{ fig(f) }}{% endfor %}</section>
 {% endfor %}
 <script>
@@ -53,10 +54,7 @@ window.addEventListener('load', () => {
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "—" if v is None else str(v)
+LONG_TABLE, SHOWN_ROWS = 16, 10  # a table of more rows shows its first ten and folds the rest into a <details> element
 
 
 def _figure_html(path: Path | None) -> Any:
@@ -78,20 +76,22 @@ def _inside(run_dir: Path, folder: Path, name: Any) -> Path | None:
 
 
 def _transition(summary: dict[str, Any]) -> str:
-    def num(key: str, fmt: str) -> str:
-        v = summary.get(key)
-        return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+    """summary.json in the words of the README's glossary ("Transition terms"), the same as loss.png's."""
+    def get(key: str) -> str:
+        return number(summary.get(key))
 
-    drop = summary.get("drop_step")
-    return (f"Plateau L_mask {num('plateau_loss_mask', '.4f')} from step {summary.get('plateau_start')}; "
-            + (f"drop at step {drop}; " if drop is not None else "no drop detected; ")
-            + f"final L {num('final_loss', '.4g')}, final L_mask {num('final_loss_mask', '.4g')} after {summary.get('steps')} steps."
-            + (f" The loss sat within 25% of the plateau for {summary.get('plateau_steps')} steps (P) and fell "
-               f"{num('drop_factor', '.1f')}x below it (F) within P/4 steps of leaving it: "
-               + ("sudden (F >= 5)." if summary.get("sudden") else "not sudden (the window rule asks F >= 5).")
-               if summary.get("drop_factor") is not None else " The loss never left the plateau.")
-            + (f" The whole fall, 20% to 80% of the way on a log scale, took {num('fall_ratio', '.2f')} of the steps before it."
-               if summary.get("fall_ratio") is not None else ""))
+    parts = [f"plateau_start {get('plateau_start')}, plateau_loss_mask {get('plateau_loss_mask')}"]
+    if summary.get("plateau_end") is not None:
+        parts.append(f"plateau_end {get('plateau_end')} (25% below the plateau), plateau_steps {get('plateau_steps')} (P)")
+    parts.append(f"escape_step {get('escape_step')}" if summary.get("escape_step") is not None else "no escape_step (never 20% below the plateau)")
+    parts.append(f"drop_step {get('drop_step')} (below half the plateau)" if summary.get("drop_step") is not None else "no drop_step (never below half the plateau)")
+    parts.append(f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask {get('final_loss_mask')} after {get('steps')} steps; "
+                 "dropped needs 10x below the plateau)")
+    factor = f" (drop_factor {get('drop_factor')} within P/4 steps after plateau_end; sudden needs 5)" if summary.get("drop_factor") is not None else ""
+    parts.append(f"sudden {'yes' if summary.get('sudden') else 'no'}{factor}")
+    if summary.get("fall_ratio") is not None:
+        parts.append(f"fall_ratio {get('fall_ratio')} (fall_start {get('fall_start')} to fall_end {get('fall_end')})")
+    return "; ".join(parts) + "."
 
 
 def _sections(run_dir: Path) -> list[dict[str, Any]]:
@@ -129,7 +129,7 @@ def build(run_dir: Path) -> Path:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name, style=STYLE, c=config, transition=_transition(summary), loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),
-            sections=_sections(run_dir), skipped=_skipped(run_dir), cell=_cell, fig=lambda p: Markup(_figure_html(p)))
+            sections=_sections(run_dir), skipped=_skipped(run_dir), cell=number, long=LONG_TABLE, shown=SHOWN_ROWS, fig=lambda p: Markup(_figure_html(p)))
     except jinja2.UndefinedError as e:
         raise RunDirError(f"{run_dir / 'config.json'} lacks a field the report needs ({e})") from None
     path = run_dir / "report.html"

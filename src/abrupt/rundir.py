@@ -1,6 +1,6 @@
 """The files of a run directory: atomic writes, strict JSON, metrics rows, and one writer at a time.
 
-    config.json        full resolved configuration, with library versions and thread count
+    config.json        full resolved configuration, with versions (as it started) and segments (each start and resume)
     metrics.jsonl      one JSON object per logged step
     checkpoints/       see checkpoints.py
     summary.json       plateau and drop (transition.py) and final losses

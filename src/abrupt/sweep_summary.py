@@ -26,7 +26,7 @@ def write_summary(sweep: Sweep) -> Path:
     base = f"the configuration of run `{sweep.spec.base_run}`" if sweep.spec.base_run else f"preset `{sweep.spec.preset}`"
     lines = [f"# Sweep `{sweep.out.name}`", "", f"Base: {base}; fixed: "
              + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
-             "| trial | " + " | ".join(keys) + " | status | escape step | drop step | dropped 10x | sudden | plateau L_mask | final L_mask | seconds |",
+             "| trial | " + " | ".join(keys) + " | status | escape_step | drop_step | dropped | sudden | plateau_loss_mask | final L_mask | seconds |",
              "|---" * (len(keys) + 9) + "|"]
     for t in sweep.trials:
         r = rows.get(t.index, {"status": "not run"})
@@ -65,7 +65,7 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
     for key in keys:
         path = sweep.out / f"by_{key.replace('.', '_')}.png"
         with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
-            for ax, field_, label in ((axes[0][0], "drop_step", "drop step"), (axes[0][1], "final_loss_mask", "final L_mask")):
+            for ax, field_, label in ((axes[0][0], "drop_step", "drop_step"), (axes[0][1], "final_loss_mask", "final L_mask")):
                 found = [(t, rows.get(t.index, {}).get("summary") or {}) for t in sweep.trials]
                 pts = [(_number(t.overrides.get(key, "")), _final(s) if field_ == "final_loss_mask" else s.get(field_)) for t, s in found]
                 pts = [(x, y) for x, y in pts if isinstance(y, (int, float))]
@@ -112,10 +112,10 @@ def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
     tenfold = sum(1 for r in rows if r["summary"].get("dropped"))
     if drops:
         median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
-        text = (f"Drop step over {len(rows)} finished trials: {len(drops)} dropped (below half the plateau), {tenfold} reached 10x "
-                f"below it; median {median:g}, range {drops[0]}–{drops[-1]}.")
+        text = (f"drop_step (below half the plateau) in {len(drops)} of {len(rows)} finished trials: median {median:g}, "
+                f"range {drops[0]}–{drops[-1]}; dropped (also 10x below it at the end): {tenfold}.")
     else:
-        text = f"Drop step: no trial of {len(rows)} fell below half its plateau."
+        text = f"drop_step: no trial of {len(rows)} fell below half its plateau; dropped: {tenfold}."
     if escapes:
-        text += f" Escape step (20% below the plateau): median {escapes[len(escapes) // 2]}, range {escapes[0]}–{escapes[-1]}."
+        text += f" escape_step (20% below the plateau): median {escapes[len(escapes) // 2]}, range {escapes[0]}–{escapes[-1]}."
     return text

@@ -13,10 +13,11 @@ import math
 import platform
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from . import __version__, checkpoints, forecast, groups, tasks, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import generator
 from .losses import as_floats, losses, per_size
-from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, finish, read_metrics,
+from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, finish, read_json, read_metrics,
                      remove_temp_files, write_metrics)
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
@@ -66,9 +67,37 @@ def checkpoint_at(cfg: Config) -> Callable[[int], bool]:
 
 
 def runtime() -> dict[str, Any]:
-    """Library versions and the torch thread count: both change floating-point trajectories."""
+    """Library versions, the CPU and the torch thread count: each changes floating-point trajectories."""
     return {"abrupt": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads()}
+            "cpu": _cpu_model(), "threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def segments(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's segments, oldest first: one per start or resume, each with the step it started
+    from (`from_step`), when (`started`), and its device, thread count and versions. A run written
+    before segments were recorded has one, from its `versions`; a directory without config.json none."""
+    path = Path(run_dir) / "config.json"
+    raw = read_json(path) if path.exists() else {}
+    if not isinstance(raw, dict):
+        return []
+    found = raw.get("segments")
+    if isinstance(found, list) and all(isinstance(s, dict) for s in found):
+        return found
+    return [{"from_step": 0, **raw["versions"]}] if isinstance(raw.get("versions"), dict) else []
+
+
+def recorded_threads(run_dir: Path) -> int | None:
+    """The thread count the run last trained with (None when it recorded none)."""
+    threads = next((s.get("threads") for s in reversed(segments(run_dir)) if isinstance(s.get("threads"), int)), None)
+    return threads if threads is None or threads >= 1 else None
 
 
 def resume_point(out_dir: Path) -> checkpoints.Checkpoint | None:
@@ -148,6 +177,67 @@ def divergence_advice(cfg: Config) -> str:
     if t.grokfast_lambda > 100:
         causes.append(f"train.grokfast_lambda={t.grokfast_lambda:g} amplifies the gradient {t.grokfast_lambda:g}-fold")
     return "; ".join(causes) or "lower train.lr or lengthen train.warmup" + ("" if t.warmup else " (it is 0)")
+class StepProgress:
+    """Training progress on standard error, labelled `train_loss` (the current training batch) and
+    `eval_L_mask` (hidden entries of the fixed evaluation batch). On a terminal, a tqdm bar; else
+    (a log file, a pipe) a plain line at every tenth of the steps and at least every `every_s`
+    seconds, never a redraw."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True, every_s: float = 60.0, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.step, self.start, self.every_s = total, start, start, every_s
+        self.enabled = enabled
+        tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=self.stream) if tty else None
+        self.row: dict[str, Any] = {}
+        self.note = ""
+        self.t0 = self.last_time = time.perf_counter()
+        self.last_step = start
+
+    def _tenth_after(self, step: int) -> int:
+        return next((k * self.total + 9) // 10 for k in range(1, 11) if (k * self.total + 9) // 10 > step)
+
+    def _postfix(self) -> str:
+        r = self.row
+        num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+        evaluation = f"eval_L_mask {num(r.get('eval_loss_mask'))}" if "eval_loss_mask" in r else f"eval_loss {num(r.get('eval_loss'))}"
+        return (f"train_loss {num(r.get('loss'))}, {evaluation}" + (f", {self.note}" if self.note else "") if r else "")
+
+    def losses(self, row: dict[str, Any], note: str = "") -> None:
+        """The latest logged row (its losses are shown from now on), and a note to show after them."""
+        self.row, self.note = row, note
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def update(self, step: int) -> None:
+        self.step = step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            return
+        now = time.perf_counter()
+        if self.enabled and (step >= self._tenth_after(self.last_step) or now - self.last_time >= self.every_s):
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        done, elapsed = self.step - self.start, now - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = f", eta {_duration((self.total - self.step) / rate)}" if rate > 0 and self.step < self.total else ""
+        logged = f"; at step {self.row['step']}: {self._postfix()}" if self.row else ""
+        print(f"train: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%), {rate:.1f} step/s, "
+              f"{_duration(elapsed)} elapsed{eta}{logged}", file=self.stream, flush=True)
+        self.last_time, self.last_step = now, self.step
+
+    def close(self) -> None:
+        """Close the bar, or write the line of a step not yet reported (a run stopped early)."""
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.step != self.last_step:
+            self._line(time.perf_counter())
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class Trainer:
@@ -206,7 +296,7 @@ class Trainer:
             reinit = set().union(*(groups.names(self.model, g) for g in groups.split(t.reinit))) if t.reinit else set()
             self.model.load_state_dict({k: v if k in reinit else source[k] for k, v in self.model.state_dict().items()})
         write_metrics(self.out_dir, [])
-        self._write_config()
+        self._write_config(0, history=[])
         self.save(0)
         return 0
 
@@ -223,14 +313,19 @@ class Trainer:
         self.grok_ema = {k.removeprefix("grokfast_ema."): v.to(self.device) for k, v in extra.items() if k.startswith("grokfast_ema.")}
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
         write_metrics(self.out_dir, self.rows)
-        self._write_config()
+        self._write_config(ckpt.step, history=segments(self.out_dir))
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
         return ckpt.step
 
-    def _write_config(self) -> None:
+    def _write_config(self, start: int, history: list[dict[str, Any]]) -> None:
+        """config.json: the configuration, `versions` as the run started (kept on resume), and
+        `segments`: `history` plus this start or resume (a resume may run on other threads or
+        another machine, and each changes the trajectory, so every segment is recorded)."""
         info = {**runtime(), "device": str(self.device), "fused_adam": bool(self.optim.defaults.get("fused")),
                 "device_sampling": self.device.type != "cpu"}
-        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": info})
+        segment = {"from_step": start, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
+        first = {k: v for k, v in history[0].items() if k not in ("from_step", "started")} if history else info
+        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": first, "segments": [*history, segment]})
 
     # --- one step, one log row, one checkpoint ----------------------------------------------------
 
@@ -325,7 +420,10 @@ class Trainer:
 
     def run(self, start: int) -> dict[str, Any]:
         t = self.cfg.train
-        bar = tqdm(total=t.steps, initial=start, disable=not self.progress, desc="train", unit="step")
+        if self.progress:
+            print(f"{'resume' if start else 'train'}: {self.out_dir} from step {start} to {t.steps}, "
+                  f"{torch.get_num_threads()} thread(s), {self.device}", file=sys.stderr, flush=True)
+        bar = StepProgress(t.steps, start, enabled=self.progress)
         drop_seen_at = None
         try:
             with open(self.out_dir / "metrics.jsonl", "a") as mf, _stop_requests() as stop_requested:
@@ -334,13 +432,11 @@ class Trainer:
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         row = self.log(step, parts, norms, mf)
-                        escape = {"escape": self.forecast.label()} if self.forecast.escape is not None else {}
-                        bar.set_postfix(L=f"{row['loss']:.4f}", L_eval=f"{row.get('eval_loss_mask', row['eval_loss']):.4f}",
-                                        refresh=False, **escape)
+                        bar.losses(row, f"forecast escape_step {self.forecast.label()}" if self.forecast.escape is not None else "")
                         after = self.cfg.curriculum.end()
                         if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
                             drop_seen_at = step
-                    bar.update(1)
+                    bar.update(step)
                     stop = drop_seen_at is not None and step >= drop_seen_at + t.stop_after_drop
                     if self.is_ckpt_step(step) or stop or stop_requested.is_set():
                         self.save(step)

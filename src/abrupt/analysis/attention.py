@@ -114,31 +114,43 @@ def run(
         if step not in random_masses:
             random_masses[step] = head_masses(patterns(model, random), random.mask, data.m, data.n)
         numbers["across"][step] = {k: random_masses[step][k].tolist() for k in ("row", "column", "observed")}
-    return Result(numbers, {"maps": maps})
+    return Result(numbers, {"maps": maps, "grid": (data.m, data.n)})
 
 
 def plot(result: Result, out: Path) -> list[Path]:
-    paths = [_plot_map(maps, mode, step, out) for (mode, step), maps in result.figure_data["maps"].items()]
+    grid = result.figure_data["grid"]
+    paths = [_plot_map(maps, mode, step, grid, out) for (mode, step), maps in result.figure_data["maps"].items()]
     if result.numbers["across"]:
         paths.append(_plot_across(result.numbers, out))
     return paths
 
 
-def _plot_map(maps: torch.Tensor, mode: str, step: int, out: Path) -> Path:
+def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], out: Path) -> Path:
+    """(layers, heads, T, T) mean patterns, one panel per head; positions are row-major, so each
+    matrix row is a block of n positions: ticks mark where row r starts."""
     layers, heads = maps.shape[:2]
+    m, n = grid
     path = out / f"maps_{mode}_step{step}.png"
-    title = f"attention, {mode} masks, step {step} (query x key)"
-    with figure(path, layers, heads, title=title, figsize=(1.6 * heads, 1.6 * layers), dpi=100) as (fig, axes):
+    vmax = float(maps.max())
+    title = (f"attention, {mode} masks, step {step}: query (down) x key (across),\npositions row-major, "
+             f"r = first position of matrix row r; colour 0 to {vmax:.2f}")
+    starts = [r * n for r in range(m)]
+    with figure(path, layers, heads, title=title, figsize=(0.6 + 1.6 * heads, 0.8 + 1.6 * layers), dpi=100,
+                sharex=True, sharey=True) as (fig, axes):
+        labels = [f"r{r}" for r in range(m)]
+        axes[0][0].set_xticks(starts, labels, fontsize=7)  # shared by every panel, labelled on the outer ones
+        axes[0][0].set_yticks(starts, labels, fontsize=7)
         for l in range(layers):
             for h in range(heads):
                 ax = axes[l][h]
-                ax.imshow(maps[l, h].numpy(), cmap="viridis", vmin=0)
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.imshow(maps[l, h].numpy(), cmap="viridis", vmin=0, vmax=vmax)
+                ax.tick_params(labelsize=7)
                 if l == 0:
                     ax.set_title(f"head {h}", fontsize=8)
                 if h == 0:
-                    ax.set_ylabel(f"layer {l}", fontsize=8)
+                    ax.set_ylabel(f"layer {l}\nquery", fontsize=8)
+                if l == layers - 1:
+                    ax.set_xlabel("key", fontsize=8)
     return path
 
 

@@ -85,10 +85,28 @@ class Text:
 
 @dataclass
 class Table:
-    """A table of the report: a header and rows of plain values (floats shown to 4 digits)."""
+    """A table of the report: a header and rows of plain values (numbers shown by `number`)."""
 
     header: list[str]
     rows: list[list[Any]]
+
+    def text(self) -> str:
+        """The table as aligned plain text, for a terminal."""
+        cells = [list(self.header)] + [[number(v) for v in row] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.header))]
+        # numbers right-aligned, text left-aligned, each header as its column
+        right = [all(isinstance(row[i], (int, float)) for row in self.rows) for i in range(len(self.header))]
+        return "\n".join("  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(line, widths, right)).rstrip() for line in cells)
+
+
+def number(v: Any) -> str:
+    """A value as shown in reports and tables: floats to 3 significant digits (large ones whole),
+    None as a dash, anything else as it is."""
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "n/a"
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    return "—" if v is None else str(v)
 
 
 @dataclass

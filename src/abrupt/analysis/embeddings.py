@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
+from matplotlib.lines import Line2D
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 
@@ -26,7 +27,7 @@ from ..hooks import act_name
 from ..losses import evaluate
 from ..model import MatrixBert
 from .. import progress
-from ..plots import figure
+from ..plots import figure, plt
 from .common import bert_only, Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells
 
 TITLE = "Embeddings (Fig. 7, 9, 10)"
@@ -152,31 +153,55 @@ def plot(result: Result, out: Path) -> list[Path]:
     show = steps if len(steps) <= 8 else [steps[int(round(i * (len(steps) - 1) / 7))] for i in range(8)]
     path = out / "positions_across_training.png"
     title = "position embeddings in one PCA projection (fitted on the last checkpoint), coloured by column"
-    with figure(path, 1, len(show), title=title, figsize=(2.6 * len(show), 2.8), dpi=100) as (fig, axes):
-        for ax, step in zip(axes[0], show):
-            xy = d["across_xy"][step]
-            ax.scatter(xy[:, 0], xy[:, 1], c=np.arange(m * n) % n, cmap="tab10", s=12)
-            ax.set_title(f"step {step}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+    cols = min(len(show), 4)
+    rows = -(-len(show) // cols)
+    with figure(path, rows, cols, title=title, figsize=(2.5 * cols, 0.4 + 2.4 * rows), dpi=100) as (fig, axes):
+        for i, ax in enumerate(axes.flat):
+            if i >= len(show):
+                ax.axis("off")
+                continue
+            xy = d["across_xy"][show[i]]
+            ax.scatter(xy[:, 0], xy[:, 1], c=_colours(np.arange(m * n) % n), s=12)
+            ax.set_title(f"step {show[i]}", fontsize=8)
+            ax.set_xlabel("PC1", fontsize=7)
+            ax.set_ylabel("PC2", fontsize=7)
+            ax.tick_params(labelsize=6)
+        _legend(axes.flat[min(len(show), cols) - 1], n, "column")
     return paths + [path]
 
 
+def _colours(labels: np.ndarray) -> list[Any]:
+    return [plt.cm.tab10(int(i) % 10) for i in labels]
+
+
+def _legend(ax: Any, count: int, name: str) -> None:
+    """A legend of the colours of labels 0..count-1 (`name` 0, 1, ...), beside `ax`."""
+    handles = [Line2D([], [], ls="", marker="o", ms=5, color=c) for c in _colours(np.arange(count))]
+    ax.legend(handles, [str(i) for i in range(count)], title=name, fontsize=6, title_fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
 def _plot_step(step: int, e: dict[str, Any], m: int, n: int, out: Path) -> Path:
+    """Two by two: token-embedding norm against value, token PCA coloured by value, and the
+    position embeddings' t-SNE coloured by column and by row (a colour legend, not a label per point)."""
     path = out / f"embeddings_step{step}.png"
-    with figure(path, 1, 4, title=f"step {step}", figsize=(16, 3.6), dpi=100) as (fig, axes):
-        axes = axes[0]
-        axes[0].plot(e["values"], e["norms"], lw=1)
-        axes[0].set_xlabel("token value")
-        axes[0].set_title("token embedding L2 norm")
-        sc = axes[1].scatter(e["tok_pca"][:, 0], e["tok_pca"][:, 1], c=e["values"], cmap="coolwarm", s=6)
-        fig.colorbar(sc, ax=axes[1], label="value")
-        axes[1].set_title("token embeddings, PCA")
-        for ax, labels, name in ((axes[2], np.arange(m * n) % n, "column"), (axes[3], np.arange(m * n) // n, "row")):
-            ax.scatter(e["tsne"][:, 0], e["tsne"][:, 1], c=labels, cmap="tab10", s=30)
-            for i, (x, y) in enumerate(e["tsne"]):
-                ax.annotate(str(labels[i]), (x, y), fontsize=6)
-            ax.set_title(f"position embeddings, t-SNE, by {name}")
+    with figure(path, 2, 2, title=f"embeddings, step {step}", figsize=(9.0, 7.0), dpi=100) as (fig, axes):
+        norm_ax, pca_ax = axes[0]
+        norm_ax.plot(e["values"], e["norms"], lw=1)
+        norm_ax.set_xlabel("token value")
+        norm_ax.set_ylabel("L2 norm")
+        norm_ax.set_title("token embedding norm", fontsize=9)
+        sc = pca_ax.scatter(e["tok_pca"][:, 0], e["tok_pca"][:, 1], c=e["values"], cmap="coolwarm", s=6)
+        fig.colorbar(sc, ax=pca_ax, label="token value")
+        pca_ax.set_xlabel("PC1")
+        pca_ax.set_ylabel("PC2")
+        pca_ax.set_title("token embeddings, PCA", fontsize=9)
+        for ax, labels, count, name in ((axes[1][0], np.arange(m * n) % n, n, "column"), (axes[1][1], np.arange(m * n) // n, m, "row")):
+            ax.scatter(e["tsne"][:, 0], e["tsne"][:, 1], c=_colours(labels), s=30)
+            ax.set_xlabel("t-SNE 1")
+            ax.set_ylabel("t-SNE 2")
+            ax.set_title(f"position embeddings, t-SNE, coloured by {name}", fontsize=9)
+            _legend(ax, count, name)
     return path
 
 

@@ -1,0 +1,76 @@
+"""What the package imports is what pyproject.toml declares (a fresh install must be able to run it)."""
+
+import ast
+import functools
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "abrupt"
+
+# Optional imports: the extra that provides each, and the only module allowed to import it, lazily
+# (inside a function), so that `import abrupt` and every command but that one work without it.
+OPTIONAL = {"ray": ("ray", "sweep.py"), "transformers": ("test", "hf.py")}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(req: str) -> str:
+    return _norm(re.split(r"[\s<>=!~;\[]", req.strip(), maxsplit=1)[0])
+
+
+def _imports() -> dict[str, list[tuple[str, bool]]]:
+    """{top-level module: [(file name, imported at module level)]} of third-party imports in src/abrupt."""
+    found: dict[str, list[tuple[str, bool]]] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("abrupt", "__future__"):
+                    continue
+                found.setdefault(top, []).append((path.name, id(node) in top_level))
+    return found
+
+
+@functools.cache
+def _distribution(module: str) -> str:
+    # an optional package may not be installed here: its module name is its distribution name
+    return _norm(_installed().get(module, [module])[0])
+
+
+@functools.cache
+def _installed() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def test_every_import_is_declared_and_every_dependency_imported():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {_requirement_name(r) for r in project["dependencies"]}
+    extras = {name: {_requirement_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    imports = _imports()
+    for module, where in imports.items():
+        dist = _distribution(module)
+        if module in OPTIONAL:
+            extra, allowed = OPTIONAL[module]
+            assert dist in extras[extra], f"{module} is imported but not in the [{extra}] extra"
+            assert all(f == allowed and not top for f, top in where), f"{module} may only be imported lazily in {allowed}: {where}"
+        else:
+            assert dist in required, f"{module} (distribution {dist}) is imported in {where[0][0]} but not in [project] dependencies"
+    used = {_distribution(m) for m in imports if m not in OPTIONAL}
+    assert required <= used, f"declared but never imported: {sorted(required - used)}"
