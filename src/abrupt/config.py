@@ -102,6 +102,8 @@ class TrainConfig:
     grokfast_alpha: float = 0.0  # intervention: gradient low-pass filter (Grokfast EMA); 0 = off
     grokfast_lambda: float = 0.0  # ... the filtered gradient is amplified by this and added
     forecast: bool = True  # forecast the escape step at each log (forecast.py): metrics.jsonl and the progress bar
+    forecast_signal: str = "loss"  # loss (the evaluation loss) or a logged progress measure, e.g. prog_attn_l0
+    forecast_target: float = 0.0  # the signal's departure at the escape (0: 0.2 for loss); a measure's comes from `abrupt forecast`
     progress: bool = False  # log progress measures (attention row/column mass, collapse, position purity, per-group grad norms)
     init_from: str = ""  # start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
     trainable: str = "all"  # train only these parameter groups (comma-separated); the rest stay frozen
@@ -501,6 +503,12 @@ def _check_levers(cfg: Config) -> None:
     need(m.value_init == "random" or m.arch == "bert", "model.value_init=line: built for model.arch=bert")
     attn_bias_layers(m.attn_bias_layers, m.layers)
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
+    need(t.forecast_signal == "loss" or t.forecast_signal.startswith("prog_"),
+         f"train.forecast_signal: must be loss or a progress measure (prog_...), got '{t.forecast_signal}'")
+    need(0 <= t.forecast_target < math.inf, f"train.forecast_target: must be a number >= 0, got {t.forecast_target}")
+    need(t.forecast_signal == "loss" or (t.progress and t.forecast_target > 0),
+         "train.forecast_signal: a progress measure needs train.progress=true and its train.forecast_target "
+         "(the departure at past escapes: `abrupt forecast` prints it)")
 
 
 def _check_task(cfg: Config) -> None:

@@ -396,7 +396,9 @@ class Trainer:
             row.update(self.task.progress(self.model, self.evalset, self.cfg))
             row["time"] = round(time.perf_counter() - self.t0, 3)
         if self.cfg.train.forecast:
-            self.forecast = forecast.forecast(self.rows + [row], after=self.cfg.curriculum.end())
+            t = self.cfg.train
+            self.forecast = forecast.forecast(self.rows + [row], t.forecast_signal, t.forecast_target or forecast.ESCAPE_DEPARTURE,
+                                              after=self.cfg.curriculum.end())
             row.update(self.forecast.as_row())
         out.write(dumps(row) + "\n")
         out.flush()
