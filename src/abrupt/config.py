@@ -478,14 +478,14 @@ def _check_groups(cfg: Config) -> None:
     _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
 
 
-def attn_bias_layers(spec: str, layers: int) -> list[int]:
-    """'0,2' -> [0, 2]; '' -> every layer. Raises ConfigError for a layer the model lacks."""
+def layer_list(spec: str, layers: int, key: str) -> list[int]:
+    """'0,2' -> [0, 2]; '' -> every layer. Raises ConfigError naming `key` for a layer the model lacks."""
     if not spec.strip():
         return list(range(layers))
     out = []
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         if not item.isdigit() or int(item) >= layers:
-            raise ConfigError(f"model.attn_bias_layers: '{item}' is not a layer of 0..{layers - 1}")
+            raise ConfigError(f"{key}: '{item}' is not a layer of 0..{layers - 1}")
         out.append(int(item))
     return sorted(set(out))
 
@@ -501,7 +501,7 @@ def _check_levers(cfg: Config) -> None:
     need(m.attn_bias_until >= 0, f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}")
     need(m.attn_bias == 1.0 or m.arch == "bert", "model.attn_bias: built for model.arch=bert")
     need(m.value_init == "random" or m.arch == "bert", "model.value_init=line: built for model.arch=bert")
-    attn_bias_layers(m.attn_bias_layers, m.layers)
+    layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
     need(t.forecast_signal == "loss" or t.forecast_signal.startswith("prog_"),
          f"train.forecast_signal: must be loss or a progress measure (prog_...), got '{t.forecast_signal}'")

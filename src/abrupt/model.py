@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .config import attn_bias_layers
+from .config import layer_list
 from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from .hooks import HookedModule, HookPoint
 from .losses import as_floats, losses
@@ -225,7 +225,7 @@ class MatrixBert(HookedModule):
         self.seq_len = seq_len
         self.cols = cols
         self.attn_bias_on = cfg.attn_bias != 1.0
-        self.bias_layers = set(attn_bias_layers(cfg.attn_bias_layers, cfg.layers)) if self.attn_bias_on else set()
+        self.bias_layers = set(layer_list(cfg.attn_bias_layers, cfg.layers, "model.attn_bias_layers")) if self.attn_bias_on else set()
         # padding_idx keeps the MASK row at zero and out of training, as in the reference
         # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
         self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.hidden, padding_idx=MASK_ID)

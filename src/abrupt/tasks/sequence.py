@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, TaskConfig
+from ..config import Config, TaskConfig, layer_list
 from ..hooks import HookedModule, act_name
 from ..progress import collapse
 
@@ -53,18 +53,6 @@ def sequence_losses(logits: torch.Tensor, batch: SeqBatch) -> dict[str, torch.Te
     return {"loss": ce, "acc": right.float().mean(), "seq_acc": right.all(-1).float().mean()}
 
 
-def layer_list(spec: str, layers: int) -> list[int]:
-    """'0,1' -> [0, 1]; '' -> every layer. ValueError for a layer the model lacks."""
-    if not spec.strip():
-        return list(range(layers))
-    out = []
-    for item in (x.strip() for x in spec.split(",") if x.strip()):
-        if not item.isdigit() or int(item) >= layers:
-            raise ValueError(f"task.attn_scale_layers: '{item}' is not a layer of 0..{layers - 1}")
-        out.append(int(item))
-    return sorted(set(out))
-
-
 class SequenceTask:
     """Base of a sequence task: subclasses set `name` and define `vocab`, `sample` and `key_map`."""
 
@@ -89,7 +77,7 @@ class SequenceTask:
     # --- what training asks (base.Task) --------------------------------------------------------
 
     def check(self, cfg: Config) -> None:
-        layer_list(cfg.task.attn_scale_layers, cfg.model.layers)
+        layer_list(cfg.task.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
 
     def build_model(self, cfg: Config) -> HookedModule:
         from ..seqgpt import SequenceGPT
@@ -98,7 +86,7 @@ class SequenceTask:
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
         k = cfg.task
         return SequenceGPT(cfg.model, self.vocab(k), tokens.shape[1] - 1, k.attn_scale,
-                           layer_list(k.attn_scale_layers, cfg.model.layers) if k.attn_scale != 1.0 else [])
+                           layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers") if k.attn_scale != 1.0 else [])
 
     def batch(self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None) -> SeqBatch:
         tokens, out_start = self.sample(cfg.task, count, gen)
