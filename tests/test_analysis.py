@@ -357,7 +357,7 @@ def small_runs(tmp_path_factory):
     ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
 ])
 def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(small_runs, name, ran, capsys, one_thread):
-    from abrupt.analysis.registry import discover
+    from abrupt.analysis.registry import default_analyses
     from abrupt.cli import main
 
     run = small_runs[name]
@@ -365,7 +365,7 @@ def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(small_
     out = capsys.readouterr().out
     done = {d.name for d in (run / "analysis").iterdir() if (d / "results.json").exists()}
     skipped = json.loads((run / "analysis" / "skipped.json").read_text())
-    assert done == ran and set(skipped) == set(discover()) - ran
+    assert done == ran and set(skipped) == set(default_analyses()) - ran
     for analysis, why in skipped.items():
         assert f"{analysis:11s} skipped: {why}" in out
     if name == "2x2":  # defaults that exceed 4 positions are lowered, and say so
@@ -406,13 +406,13 @@ def test_no_default_refuses_a_small_run():
 def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(arch, m, n, rank, one_thread):
     import dataclasses
 
-    from abrupt.analysis.registry import discover, plan
+    from abrupt.analysis.registry import default_analyses, discover, plan
     from abrupt.config import apply_overrides, preset
     from abrupt.model import build_model
 
     cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}",
                                            "model.hidden=16", "model.mlp=16"])
-    names, _ = plan(cfg, list(discover()), {})
+    names, _ = plan(cfg, default_analyses(), {})
     inputs = Inputs({s: build_model(cfg.model, m * n, s).eval() for s in (0, 1)}, dataclasses.replace(cfg.data))
     for name in names:
         sizes = {"n": 6, **({"p_masks": (0.3,)} if name == "compare" else {})}  # sizes only: every other option at its default

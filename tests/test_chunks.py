@@ -74,8 +74,8 @@ def test_every_analysis_gives_the_same_numbers_at_two_chunk_sizes(arch, monkeypa
     inputs = Inputs({10: random_model(cfg, 1), 20: random_model(cfg, 2)}, cfg.data)
     ran = []
     for name, mod in discover().items():
-        if getattr(mod, "unsupported", lambda c: None)(cfg):
-            continue
+        if getattr(mod, "unsupported", lambda c: None)(cfg) or getattr(mod, "ON_REQUEST", False):
+            continue  # ON_REQUEST: llc, which does not chunk (SGLD on whole batches), and costs minutes
         options = {"n": 7} if "n" in mod.run.__code__.co_varnames else {}
         if name == "compare":
             options["p_masks"] = (0.3,)

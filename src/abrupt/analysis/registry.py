@@ -37,6 +37,12 @@ def discover() -> dict[str, ModuleType]:
     return {name: mod for _, name, mod in sorted(found)}
 
 
+def default_analyses() -> list[str]:
+    """What `abrupt analyze RUN` runs without --only: every analysis but those marked ON_REQUEST
+    (costly or optional, e.g. llc), which run only when named."""
+    return [n for n, m in discover().items() if not getattr(m, "ON_REQUEST", False)]
+
+
 def options() -> dict[str, dict[str, Any]]:
     """{analysis: {option: default}} for every user-settable option."""
     out = {}
@@ -127,8 +133,7 @@ def analyze(
         raise ValueError(f"{view.path} has only its step-0 checkpoint (untrained): train it further "
                          "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model")
     opts = opts or {}
-    # an analysis marked ON_REQUEST (costly, optional) runs only when named
-    names, skipped = plan(view.cfg, only or [n for n, m in analyses.items() if not getattr(m, "ON_REQUEST", False)], opts)
+    names, skipped = plan(view.cfg, only or default_analyses(), opts)
     for name, why in skipped.items():
         if progress:
             print(f"  {name:11s} skipped: {why}", flush=True)
