@@ -154,10 +154,10 @@ def test_softmax_multiplier_scales_weights_and_renormalises():
     scale = torch.ones(1, 1, 4, 4)
     scale[..., 3, 0] = 3.0
     pats = []
-    h = attn.hook_pattern.register_forward_hook(lambda m, i, o: pats.append(o))
+    attn.hook_pattern.fns.append(lambda pattern, hook: pats.append(pattern))  # what HookedModule.hooks attaches
     attn(x)
     attn(x, scale=scale)
-    h.remove()
+    attn.hook_pattern.fns.clear()
     plain, scaled = pats
     want = plain[..., 3, :].clone()
     want[..., 0] *= 3.0
