@@ -226,6 +226,7 @@ def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path, capfd):
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "sw").exists()
 
 
+@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 def test_ctrl_c_while_the_workers_start_is_one_line_and_resumable(tmp_path):
     out = tmp_path / "sw"
     cmd = [sys.executable, "-m", "abrupt.cli", "sweep", "--preset", "tiny", "--quiet", "--workers", "2", "--out", str(out),

@@ -82,6 +82,7 @@ def test_a_failed_trial_is_recorded_and_the_others_finish(tmp_path):
     assert main(["analyze", str(out / "device=cpu"), "--only", "probe"]) == 0
 
 
+@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
     args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "seed=0,1", "train.steps=400",
             "train.ckpt_every=50"]
@@ -117,6 +118,7 @@ def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')")
+@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 def test_local_and_ray_give_the_same_numbers(tmp_path):
     args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "train.steps=30"]
     assert main(["sweep", *args, "--out", str(tmp_path / "local")]) == 0

@@ -157,6 +157,7 @@ def test_halfway_step():
     assert halfway([0, 10, 20, 30], [1.0, 0.9, 0.4, 0.0], 10) == 20
 
 
+@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 def test_components_trains_each_group_alone(source, tmp_path):
     out = tmp_path / "comp"
     assert main(["components", str(source), "--steps", "5", "--workers", "2", "--quiet", "--out", str(out)]) == 0
