@@ -151,3 +151,21 @@ def test_sigterm_stops_a_sweep_resumably(tmp_path):
     steps = [r["step"] for r in read_metrics(out / "seed=0")]
     ckpt = max(int(p.name[5:-5]) for p in (out / "seed=0" / "checkpoints").glob("step_*[0-9].json"))
     assert ckpt == steps[-1] or ckpt >= steps[-1] - 10  # stopped at a step boundary with a checkpoint
+
+
+def test_across_seeds_table_gives_median_and_range_per_setting():
+    from types import SimpleNamespace
+
+    from abrupt.sweep_summary import _across_seeds, end_fold
+
+    trials = [SimpleNamespace(index=i, overrides={"train.lr": lr, "seed": str(seed)})
+              for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.001", "0.003") for s in (0, 1, 2)])]
+    summaries = [dict(plateau_steps=p, drop_factor=f, sudden=f >= 5, plateau_loss_mask=0.2, final_loss_mask=fin)
+                 for p, f, fin in [(1000, 6.0, 0.01), (1200, 4.0, 0.04), (1100, 5.5, 0.02), (900, 2.0, 0.05),
+                                   (800, 3.0, 0.1), (700, 1.0, 0.2)]]
+    rows = {i: {"status": "done", "summary": s, "seconds": 10.0 * (i + 1)} for i, s in enumerate(summaries)}
+    rows[5] = {"status": "failed", "summary": None}
+    lines = _across_seeds(SimpleNamespace(trials=trials), rows, ["train.lr"])
+    assert lines[4] == "| 0.001 | 3 of 3 | 2 of 3 | 1100 [1000–1200] | 5.5 [4–6] | 10 [5–20] | 0.02 [0.01–0.04] | 20 [10–30] |"
+    assert lines[5] == "| 0.003 | 2 of 3 | 0 of 2 | 850 [800–900] | 2.5 [2–3] | 3 [2–4] | 0.075 [0.05–0.1] | 45 [40–50] |"
+    assert end_fold({"plateau_loss_mask": 0.2, "final_loss_mask": 0.0}) is None

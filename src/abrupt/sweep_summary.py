@@ -1,5 +1,7 @@
-"""A sweep's summary.md and figures: a table of every trial, the drop statistics, and per swept
-key the drop step and final L_mask against its value; every trial's L_mask curve on one plot."""
+"""A sweep's summary.md and figures: a table of every trial (with the window rule's plateau length
+P, drop factor F and the fold below the plateau at the end), the same across seeds when `seed` is
+swept, the drop statistics, and per swept key the drop step and final L_mask against its value;
+every trial's L_mask curve on one plot."""
 
 from __future__ import annotations
 
@@ -26,18 +28,22 @@ def write_summary(sweep: Sweep) -> Path:
     base = f"the configuration of run `{sweep.spec.base_run}`" if sweep.spec.base_run else f"preset `{sweep.spec.preset}`"
     lines = [f"# Sweep `{sweep.out.name}`", "", f"Base: {base}; fixed: "
              + (", ".join(f"`{k}={v}`" for k, v in sweep.spec.fixed.items()) or "none") + ".", "",
-             "| trial | " + " | ".join(keys) + " | status | escape_step | drop_step | dropped | sudden | plateau_loss_mask | final L_mask | seconds |",
-             "|---" * (len(keys) + 9) + "|"]
+             "| trial | " + " | ".join(keys) + " | status | escape_step | drop_step | dropped | P | F | sudden "
+             "| plateau_loss_mask | final L_mask | end fold | seconds |",
+             "|---" * (len(keys) + 12) + "|"]
     for t in sweep.trials:
         r = rows.get(t.index, {"status": "not run"})
         s = r.get("summary") or {}
         cells = [t.overrides.get(k, "") for k in keys]
         lines.append(f"| {t.name} | " + " | ".join(cells) + f" | {r['status']} | {s.get('escape_step')} | {s.get('drop_step')} | {s.get('dropped')} | "
-                     f"{s.get('sudden')} | " + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(_final(s))
+                     f"{s.get('plateau_steps')} | {_fmt(s.get('drop_factor'))} | {s.get('sudden')} | "
+                     + _fmt(s.get("plateau_loss_mask")) + " | " + _fmt(_final(s)) + " | " + _fmt(end_fold(s))
                      + f" | {r.get('seconds', '')} |")
     failed = [r for r in rows.values() if r.get("status") == "failed"]
     if failed:
         lines += ["", "Failed trials:", ""] + [f"- {r['trial']}: {r['error']}" for r in failed]
+    if "seed" in keys:
+        lines += ["", *_across_seeds(sweep, rows, [k for k in keys if k != "seed"])]
     lines += ["", _drop_stats(rows.values()), ""]
     try:
         lines += [f"![{p.stem}]({p.name})" for p in _figures(sweep, rows, keys)]
@@ -55,6 +61,44 @@ def write_summary(sweep: Sweep) -> Path:
 def _final(summary: dict[str, Any]) -> Any:
     """The final headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence task."""
     return summary.get("final_loss") if summary.get("final_loss_mask") is None else summary["final_loss_mask"]
+
+
+def end_fold(summary: dict[str, Any]) -> float | None:
+    """How many times below its plateau level the run ended (plateau L_mask / final L_mask)."""
+    level, final = summary.get("plateau_loss_mask"), _final(summary)
+    if not isinstance(level, (int, float)) or not isinstance(final, (int, float)) or final <= 0:
+        return None
+    return level / final
+
+
+def _spread(values: list[Any]) -> str:
+    """'median [min–max]' of the numbers among values ('—' when none)."""
+    xs = sorted(v for v in values if isinstance(v, (int, float)))
+    if not xs:
+        return "—"
+    mid = len(xs) // 2
+    median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return _fmt(median) if len(xs) == 1 else f"{_fmt(median)} [{_fmt(xs[0])}–{_fmt(xs[-1])}]"
+
+
+def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[str]:
+    """One row per setting (the swept values other than the seed): how many finished seeds were
+    sudden, and P, F, the end fold, the final L_mask and the wall time as median [min–max]."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for t in sweep.trials:
+        groups.setdefault(tuple(t.overrides.get(k, "") for k in keys), []).append(rows.get(t.index, {}))
+    lines = ["Across seeds (median [min–max] over the finished seeds):", "",
+             "| " + " | ".join(keys + ["seeds done", "sudden", "P", "F", "end fold", "final L_mask", "seconds"]) + " |",
+             "|---" * (len(keys) + 7) + "|"]
+    for setting, group in groups.items():
+        done = [r for r in group if r.get("status") == "done" and r.get("summary")]
+        sums = [r["summary"] for r in done]
+        cells = [*setting, f"{len(done)} of {len(group)}", f"{sum(1 for s in sums if s.get('sudden'))} of {len(done)}",
+                 _spread([s.get("plateau_steps") for s in sums]), _spread([s.get("drop_factor") for s in sums]),
+                 _spread([end_fold(s) for s in sums]), _spread([_final(s) for s in sums]),
+                 _spread([r.get("seconds") for r in done])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[Path]:
