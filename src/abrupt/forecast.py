@@ -25,7 +25,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .transition import _series, detect, running_median
+from .transition import detect, loss_series, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
 ESCAPE_DEPARTURE = 0.2  # escape_step: the smoothed loss 20% below the plateau (transition.detect)
@@ -58,7 +58,7 @@ class Forecast:
 
 def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:
     if signal == LOSS:
-        return _series(rows)
+        return loss_series(rows)
     pts = [(int(r["step"]), float(r[signal])) for r in rows if r.get(signal) is not None]
     return [s for s, _ in pts], [v for _, v in pts]
 
@@ -85,7 +85,7 @@ def departure(rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, wi
     return steps, d, found
 
 
-def _noise(d: list[float], n: int) -> float:
+def noise_level(d: list[float], n: int) -> float:
     """Robust standard deviation (1.4826 x median absolute deviation) of the first n departures."""
     head = d[: max(n, 3)]
     med = statistics.median(head)
@@ -108,7 +108,7 @@ def forecast(rows: list[dict[str, Any]], signal: str = LOSS, target: float = ESC
     reached = next((s for s, x in zip(steps, d) if x >= target), None)
     if reached is not None:
         return Forecast(now, reached, reached, reached, "escaped")
-    sigma = _noise(d, len(d) // 2)
+    sigma = noise_level(d, len(d) // 2)
     xs, ys = steps[-fit_points:], d[-fit_points:]
     if min(ys) <= noise_k * sigma:
         return Forecast(now, reason="departure within the plateau's noise")

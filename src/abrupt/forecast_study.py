@@ -63,7 +63,7 @@ def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[
     steps, d, _ = fc.departure(run.rows, signal, run.after)
     if len(steps) < 2 * hold + 3:
         return {"warn": None, "false_alarm": False}
-    sigma = fc._noise(d, max(len(d) // 4, 5))
+    sigma = fc.noise_level(d, max(len(d) // 4, 5))
     above = [x > noise_k * sigma for x in d]
     warn = next((i for i in range(len(d) - hold + 1) if all(above[i : i + hold])), None)
     if warn is None:

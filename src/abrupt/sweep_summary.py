@@ -121,9 +121,10 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
                 ax.grid(alpha=0.3)
         figures.append(path)
     curves = sweep.out / "curves.png"
-    color_key = next((k for k in keys if k != "seed"), keys[0] if keys else None)
-    values = sorted({_number(t.overrides.get(color_key, "")) for t in sweep.trials},
-                    key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v))) if color_key else []
+    # one colour per setting (the swept values other than the seed), so the seeds of a setting share it
+    color_keys = [k for k in keys if k != "seed"] or keys
+    setting = lambda t: ", ".join(f"{k.split('.')[-1]}={t.overrides.get(k, '')}" for k in color_keys)  # noqa: E731
+    values = list(dict.fromkeys(setting(t) for t in sweep.trials))
     with figure(curves, figsize=(7, 4.2)) as (fig, axes):
         ax = axes[0][0]
         labelled = set()
@@ -131,16 +132,16 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
             metrics = read_metrics(sweep.out / t.name) if (sweep.out / t.name).is_dir() else []
             if not metrics:
                 continue
-            v = _number(t.overrides.get(color_key, "")) if color_key else ""
-            color = plt.cm.viridis(values.index(v) / max(len(values) - 1, 1)) if color_key else "tab:red"
-            label = f"{color_key}={v}" if color_key and v not in labelled else None
+            v = setting(t)
+            color = plt.cm.viridis(values.index(v) / max(len(values) - 1, 1)) if color_keys else "tab:red"
+            label = v if color_keys and v not in labelled else None
             labelled.add(v)
             ax.plot([m["step"] for m in metrics], [m.get("eval_loss_mask", m.get("eval_loss")) for m in metrics], color=color, lw=1, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("L_mask (evaluation batch; cross-entropy for a sequence task)")
         ax.grid(alpha=0.3, which="both")
-        if color_key:
+        if color_keys:
             ax.legend(fontsize=7)
     return figures + [curves]
 

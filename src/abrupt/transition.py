@@ -28,7 +28,9 @@ import statistics
 from typing import Any
 
 
-def _series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """(steps, losses) of the run's headline loss: evaluation L_mask on matrices (training L_mask
+    where a row lacks it), the evaluation cross-entropy for the GPT variant and sequence tasks."""
     if rows and ("eval_acc_obs" in rows[0] or "eval_seq_acc" in rows[0]):
         # the GPT variant (Fig. 11) and the sequence tasks: the drop is in the cross-entropy
         key = "eval_loss"
@@ -48,7 +50,7 @@ def detect(
 ) -> dict[str, Any]:
     """`after`: the plateau is looked for only after this step (the end of a training curriculum,
     during which the evaluation loss reflects the shifted training data, not the target's)."""
-    steps, raw = _series(rows)
+    steps, raw = loss_series(rows)
     result: dict[str, Any] = {
         "plateau_start": None,
         "plateau_loss_mask": None,
@@ -95,7 +97,7 @@ def window_rule(rows: list[dict[str, Any]], found: dict[str, Any], window: int =
     level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
     if not level or first is None:
         return out
-    steps, raw = _series(rows)
+    steps, raw = loss_series(rows)
     s = running_median(raw, window)
     start = steps.index(first)
     leave = next((j for j in range(start, len(s)) if s[j] < (1 - band) * level), None)
@@ -119,7 +121,7 @@ def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 
     plateau = found.get("plateau_loss_mask")
     if not found.get("drop_step") or not plateau:
         return out
-    steps, raw = _series(rows)
+    steps, raw = loss_series(rows)
     s = running_median(raw, window)
     final = s[-1]
     if not 0 < final < plateau:
