@@ -158,3 +158,28 @@ def test_sudden_is_the_window_rule_plateau_then_5x_within_a_quarter_of_it():
     assert not shallow["dropped"] and not shallow["sudden"] and shallow["drop_factor"] == 4.0  # only 4x below
     flat = summarize(curve(lambda s: 0.2))
     assert flat["plateau_steps"] is None and not flat["sudden"]
+
+
+def test_loss_plot_shows_the_judged_window_and_the_progress_measures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from abrupt.plots import _draw_losses, _draw_progress, plot_losses
+    from abrupt.transition import summarize
+
+    rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.001, "eval_loss_mask": 0.2 if s < 8000 else 0.01,
+             "prog_row_mass": 0.2 if s < 7900 else 0.9, "prog_col_mass": 0.2, "prog_collapse": 0.8, "prog_pos_purity": 0.1}
+            for s in range(0, 12001, 50)]
+    summary = summarize(rows)
+    fig, (top, bottom) = plt.subplots(2)
+    _draw_losses(top, rows, summary)
+    _draw_progress(bottom, rows, summary)
+    top_labels, bottom_labels = top.get_legend_handles_labels()[1], bottom.get_legend_handles_labels()[1]
+    plt.close(fig)
+    F = summary["drop_factor"]
+    assert f"plateau_end {summary['plateau_end']} + P/4: F {F:.3g} (sudden)" in top_labels
+    assert {"max row mass of a head", "max column mass of a head", "position purity by column"} <= set(bottom_labels)
+    plot_losses(rows, summary, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").stat().st_size > 0

@@ -54,8 +54,32 @@ def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path)
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
         return
+    if rows and "prog_row_mass" in rows[0]:  # train.progress: what the model organises, under the losses
+        with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
+            _draw_losses(axes[0][0], rows, summary)
+            _draw_progress(axes[1][0], rows, summary)
+        return
     with figure(path, figsize=(6.4, 4.0), dpi=120) as (fig, axes):
         _draw_losses(axes[0][0], rows, summary)
+
+
+_PROGRESS = (("prog_row_mass", "max row mass of a head", "tab:purple"),
+             ("prog_col_mass", "max column mass of a head", "tab:green"),
+             ("prog_pos_purity", "position purity by column", "tab:brown"),
+             ("prog_collapse", "representation collapse", "tab:gray"))
+
+
+def _draw_progress(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The logged progress measures (train.progress; progress.py defines them) on [0, 1]."""
+    for key, label, color in _PROGRESS:
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.1, label=label)
+    _mark_transition(ax, summary, level=False)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -128,6 +152,10 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
         ax.axvline(summary["escape_step"], color="tab:orange", ls=":", lw=1.0, label=f"escape_step {summary['escape_step']}")
     if summary.get("dropped") and summary.get("drop_step") is not None:
         ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.9, label=f"drop_step {summary['drop_step']} (dropped)")
+    end, p_steps = summary.get("plateau_end"), summary.get("plateau_steps")
+    if level and end is not None and p_steps:  # the window rule's judge: F is read in this span
+        ax.axvspan(end, end + p_steps / 4, color="tab:green", alpha=0.12,
+                   label=f"plateau_end {end} + P/4: F {summary.get('drop_factor', 0):.3g}" + (" (sudden)" if summary.get("sudden") else ""))
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
