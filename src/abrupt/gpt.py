@@ -104,6 +104,23 @@ class GPTBlock(nn.Module):
         return self.hook_resid_post(x + mlp)
 
 
+def build_decoder(module: HookedModule, cfg: ModelConfig, vocab: int, positions: int) -> None:
+    """Give `module` the decoder's parts (token and position embeddings, `cfg.layers` GPT blocks, a
+    final LayerNorm, an untied head without bias, the embedding and output hook points), name its
+    hook points and initialise it with its own `reset_parameters` (MatrixGPT, SequenceGPT)."""
+    module.tok_embed = nn.Embedding(vocab, cfg.hidden)
+    module.pos_embed = nn.Embedding(positions, cfg.hidden)
+    module.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
+    module.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+    module.head = nn.Linear(cfg.hidden, vocab, bias=False)
+    module.hook_tok_embed = HookPoint()
+    module.hook_pos_embed = HookPoint()
+    module.hook_embed = HookPoint()
+    module.hook_out = HookPoint()
+    module.name_hook_points()
+    module.reset_parameters()
+
+
 class MatrixGPT(HookedModule):
     """tokens (B, L <= 2T) GPT ids -> next-token logits (B, L, GPT_VOCAB)."""
 
@@ -113,17 +130,7 @@ class MatrixGPT(HookedModule):
         super().__init__()
         self.cfg = cfg
         self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
-        self.tok_embed = nn.Embedding(GPT_VOCAB, cfg.hidden)
-        self.pos_embed = nn.Embedding(2 * seq_len, cfg.hidden)
-        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
-        self.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-        self.head = nn.Linear(cfg.hidden, GPT_VOCAB, bias=False)
-        self.hook_tok_embed = HookPoint()
-        self.hook_pos_embed = HookPoint()
-        self.hook_embed = HookPoint()
-        self.hook_out = HookPoint()
-        self.name_hook_points()
-        self.reset_parameters()
+        build_decoder(self, cfg, GPT_VOCAB, 2 * seq_len)
 
     def reset_parameters(self) -> None:
         init_weights(self)

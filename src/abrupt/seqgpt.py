@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .gpt import GPTBlock
-from .hooks import HookedModule, HookPoint
+from .gpt import build_decoder
+from .hooks import HookedModule
 from .losses import as_floats
 from .model import init_weights
 from .tasks.sequence import SeqBatch, sequence_losses
@@ -41,17 +41,7 @@ class SequenceGPT(HookedModule):
         self.attn_scale = attn_scale
         self.scale_layers = set(scale_layers)
         self.attn_scale_on = attn_scale != 1.0 and bool(self.scale_layers)
-        self.tok_embed = nn.Embedding(vocab, cfg.hidden)
-        self.pos_embed = nn.Embedding(seq_len, cfg.hidden)
-        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
-        self.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-        self.head = nn.Linear(cfg.hidden, vocab, bias=False)
-        self.hook_tok_embed = HookPoint()
-        self.hook_pos_embed = HookPoint()
-        self.hook_embed = HookPoint()
-        self.hook_out = HookPoint()
-        self.name_hook_points()
-        self.reset_parameters()
+        build_decoder(self, cfg, vocab, seq_len)
 
     def reset_parameters(self) -> None:
         init_weights(self)
