@@ -10,15 +10,13 @@
 
 import argparse
 import math
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from onoff import time_off_on
 
-from abrupt.config import apply_overrides, preset
+from abrupt.config import preset
 from abrupt.forecast import forecast
-from abrupt.train import train
 
 
 def main() -> None:
@@ -29,16 +27,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=1000, help="history length for (b): 1 000 rows = 50 000 steps at log_every 50")
     args = p.parse_args()
     torch.set_num_threads(1)
-    seconds = {False: [], True: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            for on in (False, True):
-                cfg = apply_overrides(preset(args.preset), [f"train.steps={args.steps}", f"train.forecast={str(on).lower()}",
-                                                            "train.ckpt_every=100000", "train.ckpt_log_points=0"])
-                t0 = time.perf_counter()
-                train(cfg, Path(tmp) / f"{i}-{on}", progress=False)
-                seconds[on].append(time.perf_counter() - t0)
-    off, on = min(seconds[False]), min(seconds[True])
+    off, on = time_off_on(args.preset, "forecast", args.steps, args.repeats)
     log_every = preset(args.preset).train.log_every
     print(f"(a) {args.preset}, {args.steps} steps, log every {log_every}: forecast off {off:.2f} s, on {on:.2f} s "
           f"(best of {args.repeats}); ratio on/off {on / off:.3f}")

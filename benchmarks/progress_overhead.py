@@ -5,14 +5,11 @@ in one process. Prints seconds per run and the ratio on/off (target: at most 1.0
 """
 
 import argparse
-import tempfile
-import time
-from pathlib import Path
 
 import torch
+from onoff import time_off_on
 
-from abrupt.config import apply_overrides, preset
-from abrupt.train import train
+from abrupt.config import preset
 
 
 def main() -> None:
@@ -23,16 +20,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    seconds = {False: [], True: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            for on in (False, True):
-                cfg = apply_overrides(preset(args.preset), [f"train.steps={args.steps}", f"train.progress={str(on).lower()}",
-                                                            "train.ckpt_every=100000", "train.ckpt_log_points=0"])
-                t0 = time.perf_counter()
-                train(cfg, Path(tmp) / f"{i}-{on}", progress=False)
-                seconds[on].append(time.perf_counter() - t0)
-    off, on = min(seconds[False]), min(seconds[True])
+    off, on = time_off_on(args.preset, "progress", args.steps, args.repeats)
     log_every = preset(args.preset).train.log_every
     print(f"{args.preset}, {args.steps} steps, log every {log_every}, {args.threads} thread(s): "
           f"progress off {off:.2f} s, on {on:.2f} s (best of {args.repeats}); ratio on/off {on / off:.3f}")
