@@ -71,7 +71,7 @@ def end_fold(summary: dict[str, Any]) -> float | None:
     return level / final
 
 
-def _spread(values: list[Any]) -> str:
+def spread(values: list[Any]) -> str:
     """'median [min–max]' of the numbers among values ('—' when none)."""
     xs = sorted(v for v in values if isinstance(v, (int, float)))
     if not xs:
@@ -94,9 +94,9 @@ def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]
         done = [r for r in group if r.get("status") == "done" and r.get("summary")]
         sums = [r["summary"] for r in done]
         cells = [*setting, f"{len(done)} of {len(group)}", f"{sum(1 for s in sums if s.get('sudden'))} of {len(done)}",
-                 _spread([s.get("plateau_steps") for s in sums]), _spread([s.get("drop_factor") for s in sums]),
-                 _spread([end_fold(s) for s in sums]), _spread([_final(s) for s in sums]),
-                 _spread([r.get("seconds") for r in done])]
+                 spread([s.get("plateau_steps") for s in sums]), spread([s.get("drop_factor") for s in sums]),
+                 spread([end_fold(s) for s in sums]), spread([_final(s) for s in sums]),
+                 spread([r.get("seconds") for r in done])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
