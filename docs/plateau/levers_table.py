@@ -44,7 +44,7 @@ def main() -> None:
             print(f"| 4×4 rank 1 (`{name}`) | {setting} | {', '.join(r['overrides']['seed'] for r in rows)} | "
                   f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | {spread([s['plateau_steps'] for s in sums])} | "
                   f"{spread([s['drop_factor'] for s in sums])} | {spread([end_fold(s) for s in sums])} ({sums[0]['steps']}) | "
-                  f"{spread([s['final_loss_mask'] for s in sums])} | {spread([r['seconds'] / 60 for r in rows])} |")
+                  f"{spread([s['final_loss_mask'] for s in sums])} | {spread([r['summary']['seconds'] / 60 for r in rows])} |")
     for run in sorted((HERE / "runs").iterdir()):
         s = json.loads((run / "summary.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
