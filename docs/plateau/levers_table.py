@@ -14,7 +14,7 @@ from abrupt.sweep import read_results
 from abrupt.sweep_summary import end_fold, spread
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = ("small_levers", "small_batch", "small_bias")
+SWEEPS = (("small_levers",), ("small_batch",), ("small_bias", "small_bias_seed2"))  # sweeps of one setting pooled
 QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column
 
 
@@ -29,19 +29,17 @@ def overrides(cfg: dict) -> str:
 def main() -> None:
     print("| problem | setting | seeds | sudden | P | F within P/4 | end fold (steps) | final L_mask | minutes per run |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name in SWEEPS:
-        path = HERE / name / "results.jsonl"
-        if not path.exists():
-            continue
+    for names in SWEEPS:
         groups: dict[str, list[dict]] = {}
-        for row in read_results(path):
-            if row["status"] != "done":
-                continue
-            setting = ", ".join(f"{k}={v}" for k, v in row["overrides"].items() if k not in QUIET_KEYS)
-            groups.setdefault(setting, []).append(row)
+        for name in names:
+            path = HERE / name / "results.jsonl"
+            for row in read_results(path) if path.exists() else []:
+                if row["status"] == "done":
+                    setting = ", ".join(f"{k}={v}" for k, v in row["overrides"].items() if k not in QUIET_KEYS)
+                    groups.setdefault(setting, []).append(row)
         for setting, rows in groups.items():
             sums = [r["summary"] for r in rows]
-            print(f"| 4×4 rank 1 (`{name}`) | {setting} | {', '.join(r['overrides']['seed'] for r in rows)} | "
+            print(f"| 4×4 rank 1 (`{'`, `'.join(names)}`) | {setting} | {', '.join(r['overrides']['seed'] for r in rows)} | "
                   f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | {spread([s['plateau_steps'] for s in sums])} | "
                   f"{spread([s['drop_factor'] for s in sums])} | {spread([end_fold(s) for s in sums])} ({sums[0]['steps']}) | "
                   f"{spread([s['final_loss_mask'] for s in sums])} | {spread([r['summary']['seconds'] / 60 for r in rows])} |")
