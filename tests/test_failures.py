@@ -308,3 +308,24 @@ def test_overrides_are_taken_after_flags_too(tmp_path, capfd):
     capfd.readouterr()
     one_line(capfd, main(["train", "--preset", "tiny", "train.steps=3", "--quiet", "--bogus"]), 2, "--bogus")
     one_line(capfd, main(["presets", "x=1"]), 2, "x=1")
+
+
+def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_corrupt_file(tiny_run, monkeypatch):
+    """SIGINT/SIGTERM inside safetensors' reader used to surface as its own ValueError ("cannot read
+    step_1.safetensors: could not determine the shape ..."): now the read finishes and the stop follows."""
+    from abrupt import checkpoints
+
+    real = checkpoints.load_file
+    done = []
+
+    def reader_interrupted_midway(path):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a delivered signal would raise here, inside the reader
+        done.append(path)
+        return real(path)
+
+    monkeypatch.setattr(checkpoints, "load_file", reader_interrupted_midway)
+    weights = next((tiny_run / "checkpoints").glob("step_*.safetensors"))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.load_tensors(weights)
+    assert done == [str(weights)]

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from .config import Config
 from . import tasks
 from .model import MatrixBert
-from .rundir import RunDirError, atomic_write_json, read_json, remove_temp_files
+from .rundir import RunDirError, atomic_write_json, interrupts_held, read_json, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
 
@@ -195,7 +195,8 @@ def find(run_dir: Path, step: int | None = None) -> Checkpoint:
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path))
+        with interrupts_held():  # a Ctrl-C inside the reader would read as a corrupt file
+            return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
 

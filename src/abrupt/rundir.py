@@ -20,17 +20,40 @@ import fcntl
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 LOCK_NAME = ".lock"
 
 
 class RunDirError(RuntimeError):
     """A run directory is in use, unreadable, or not a run."""
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block: one that arrives meanwhile is raised again, to
+    its usual handler, as soon as the block ends. For C code that calls back into Python (reading a
+    checkpoint): an interrupt raised inside it surfaces as that library's own error (a
+    corrupt-looking checkpoint), not as a stop. Python runs signal handlers in the main thread
+    only, so elsewhere this holds nothing back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def jsonable(obj: Any) -> Any:
