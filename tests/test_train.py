@@ -180,6 +180,6 @@ def test_loss_plot_shows_the_judged_window_and_the_progress_measures(tmp_path):
     plt.close(fig)
     F = summary["drop_factor"]
     assert f"plateau_end {summary['plateau_end']} + P/4: F {F:.3g} (sudden)" in top_labels
-    assert {"max row mass of a head", "max column mass of a head", "position purity by column"} <= set(bottom_labels)
+    assert {"max row mass of a head", "max column mass of a head", "position k-NN purity by column"} <= set(bottom_labels)
     plot_losses(rows, summary, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0

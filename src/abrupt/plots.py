@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .progress import LABELS, PROGRESS_KEYS  # noqa: E402
+
 
 @contextlib.contextmanager
 def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
@@ -63,18 +65,12 @@ def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path)
         _draw_losses(axes[0][0], rows, summary)
 
 
-_PROGRESS = (("prog_row_mass", "max row mass of a head", "tab:purple"),
-             ("prog_col_mass", "max column mass of a head", "tab:green"),
-             ("prog_pos_purity", "position purity by column", "tab:brown"),
-             ("prog_collapse", "representation collapse", "tab:gray"))
-
-
 def _draw_progress(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """The logged progress measures (train.progress; progress.py defines them) on [0, 1]."""
-    for key, label, color in _PROGRESS:
+    for key in PROGRESS_KEYS:
         pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, lw=1.1, label=label)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.1, label=LABELS[key])
     _mark_transition(ax, summary, level=False)
     ax.set_ylim(0, 1)
     ax.set_xlabel("step")

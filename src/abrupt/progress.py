@@ -19,6 +19,11 @@ import torch
 from .hooks import act_name
 
 PROGRESS_KEYS = ("prog_row_mass", "prog_col_mass", "prog_collapse", "prog_pos_purity")
+# figure legends (loss.png, the progress analysis), the sequence tasks' measures included
+LABELS = {"prog_row_mass": "max row mass of a head", "prog_col_mass": "max column mass of a head",
+          "prog_collapse": "representation collapse (mean cosine)", "prog_pos_purity": "position k-NN purity by column",
+          "prog_repetition": "repetition (equal consecutive predictions)", "prog_attn_l0": "attention progress, layer 0",
+          "prog_attn_l1": "attention progress, layer 1"}
 
 
 def relation_masks(m: int, n: int) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ every trial's L_mask curve on one plot."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -76,8 +77,7 @@ def spread(values: list[Any]) -> str:
     xs = sorted(v for v in values if isinstance(v, (int, float)))
     if not xs:
         return "—"
-    mid = len(xs) // 2
-    median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    median = statistics.median(xs)
     return _fmt(median) if len(xs) == 1 else f"{_fmt(median)} [{_fmt(xs[0])}–{_fmt(xs[-1])}]"
 
 
@@ -156,8 +156,7 @@ def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
     drops = sorted(r["summary"]["drop_step"] for r in rows if r["summary"].get("drop_step") is not None)
     tenfold = sum(1 for r in rows if r["summary"].get("dropped"))
     if drops:
-        median = drops[len(drops) // 2] if len(drops) % 2 else (drops[len(drops) // 2 - 1] + drops[len(drops) // 2]) / 2
-        text = (f"drop_step (below half the plateau) in {len(drops)} of {len(rows)} finished trials: median {median:g}, "
+        text = (f"drop_step (below half the plateau) in {len(drops)} of {len(rows)} finished trials: median {statistics.median(drops):g}, "
                 f"range {drops[0]}–{drops[-1]}; dropped (also 10x below it at the end): {tenfold}.")
     else:
         text = f"drop_step: no trial of {len(rows)} fell below half its plateau; dropped: {tenfold}."

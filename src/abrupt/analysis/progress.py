@@ -15,19 +15,13 @@ from typing import Any
 from .. import groups
 from ..config import Config
 from ..plots import figure
-from ..progress import PROGRESS_KEYS
+from ..progress import LABELS, PROGRESS_KEYS
 from .common import Inputs, Result, Table, Text
 
 TITLE = "Progress measures during training"
 PAPER = ("The follow-up study (Gopalani & Hu, 2025) finds attention learning to be the bottleneck: attention to the "
          "right keys, and the end of representation collapse, begin before the loss falls.")
 ORDER = 5
-
-LABELS = {"prog_row_mass": "max row mass of a head", "prog_col_mass": "max column mass of a head",
-          "prog_collapse": "representation collapse (mean cosine)", "prog_pos_purity": "position k-NN purity by column",
-          "prog_repetition": "repetition (equal consecutive predictions)", "prog_attn_l0": "attention progress, layer 0",
-          "prog_attn_l1": "attention progress, layer 1"}
-
 
 def unsupported(cfg: Config) -> str | None:
     return None if cfg.train.progress else "the run was trained without train.progress=true"
