@@ -26,6 +26,11 @@ def overrides(cfg: dict) -> str:
     return ", ".join(out)
 
 
+def num(x: float | None) -> str:
+    """Three significant digits; a dash where the run never left its plateau (no P, no F)."""
+    return "—" if x is None else f"{x:.3g}"
+
+
 def main() -> None:
     print("| problem | setting | seeds | sudden | P | F within P/4 | end fold (steps) | final L_mask | minutes per run |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -48,8 +53,8 @@ def main() -> None:
         cfg = json.loads((run / "config.json").read_text())
         problem = f"{cfg['data']['m']}×{cfg['data']['n']} rank {cfg['data']['rank']}"
         print(f"| {problem} (`runs/{run.name}`) | preset {cfg['preset']}: {overrides(cfg)} | {cfg['seed']} | "
-              f"{int(bool(s['sudden']))} of 1 | {s['plateau_steps']} | {s['drop_factor']:.3g} | {end_fold(s):.3g} ({s['steps']}) | "
-              f"{s['final_loss_mask']:.3g} | {s['seconds'] / 60:.3g} |")
+              f"{int(bool(s['sudden']))} of 1 | {s['plateau_steps'] or '—'} | {num(s['drop_factor'])} | {num(end_fold(s))} ({s['steps']}) | "
+              f"{num(s['final_loss_mask'])} | {num(s['seconds'] / 60)} |")
 
 
 if __name__ == "__main__":
