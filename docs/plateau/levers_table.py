@@ -1,7 +1,9 @@
-"""The lever table of docs/plateau/README.md, from the committed results: every setting of the
-sweeps under docs/plateau/ (their results.jsonl; the seeds of a setting pooled) and every single run
-under docs/plateau/runs/ (its config.json and summary.json). P, F and the end fold as
-`median [min–max]` over seeds (sweep_summary.spread), `sudden` counted.
+"""The lever table of docs/plateau/README.md, from the committed results: the finished trials of the
+sweeps under docs/plateau/ (their results.jsonl) and the single runs under docs/plateau/runs/ (a
+config.json and summary.json each; some are sweep trials stopped once their P/4 window had closed).
+Runs of one setting are pooled whatever their source: P, F and the end fold as `median [min–max]`
+over seeds (sweep_summary.spread), `sudden` counted. A run stopped before its planned last step
+shows that step in the end-fold column, so its end fold is not comparable with the others'.
 
     python docs/plateau/levers_table.py
 """
@@ -9,21 +11,40 @@ under docs/plateau/runs/ (its config.json and summary.json). P, F and the end fo
 import json
 from pathlib import Path
 
-from abrupt.config import preset
+from abrupt.config import apply_overrides, preset
 from abrupt.sweep import read_results
 from abrupt.sweep_summary import end_fold, spread
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = (("small_levers",), ("small_batch",), ("small_bias", "small_bias_seed2"))  # sweeps of one setting pooled
+SWEEPS = {"small_levers": "small", "small_batch": "small", "small_bias": "small", "small_bias_seed2": "small",
+          "small_init": "small", "small_bias_b256": "small", "small_bias_lr": "small", "small_init_b256": "small",
+          "small_bias_b256_beta2": "small"}  # sweep: its preset
 QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column
 
 
-def overrides(cfg: dict) -> str:
-    """The run's configuration as `key=value` changes from its preset."""
+def setting(cfg: dict) -> tuple[str, str]:
+    """(problem, `key=value` changes from the preset) of a resolved configuration."""
     base = preset(cfg["preset"]).to_dict()
-    out = [f"{section}.{k}={v}" for section, values in cfg.items() if isinstance(base.get(section), dict)
-           for k, v in values.items() if base[section].get(k) != v and f"{section}.{k}" not in QUIET_KEYS]
-    return ", ".join(out)
+    changes = [f"{section}.{k}={v}" for section, values in cfg.items() if isinstance(base.get(section), dict)
+               for k, v in values.items() if base[section].get(k) != v and f"{section}.{k}" not in QUIET_KEYS]
+    problem = f"{cfg['data']['m']}×{cfg['data']['n']} rank {cfg['data']['rank']}"
+    return problem, f"preset {cfg['preset']}: " + (", ".join(changes) or "as is")
+
+
+def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
+    """(problem, setting) -> [(source, seed, summary)] over the sweeps and the single runs."""
+    out: dict[tuple[str, str], list[tuple[str, int, dict]]] = {}
+    for name, preset_name in SWEEPS.items():
+        path = HERE / name / "results.jsonl"
+        for row in read_results(path) if path.exists() else []:
+            if row["status"] == "done":
+                cfg = apply_overrides(preset(preset_name), [f"{k}={v}" for k, v in row["overrides"].items()]).to_dict()
+                out.setdefault(setting(cfg), []).append((f"`{name}`", cfg["seed"], row["summary"]))
+    for run in sorted((HERE / "runs").iterdir()):
+        cfg = json.loads((run / "config.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
+        out.setdefault(setting(cfg), []).append((f"`runs/{run.name}`", cfg["seed"], summary))
+    return out
 
 
 def num(x: float | None) -> str:
@@ -32,29 +53,26 @@ def num(x: float | None) -> str:
 
 
 def main() -> None:
-    print("| problem | setting | seeds | sudden | P | F within P/4 | end fold (steps) | final L_mask | minutes per run |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for names in SWEEPS:
-        groups: dict[str, list[dict]] = {}
-        for name in names:
-            path = HERE / name / "results.jsonl"
-            for row in read_results(path) if path.exists() else []:
-                if row["status"] == "done":
-                    setting = ", ".join(f"{k}={v}" for k, v in row["overrides"].items() if k not in QUIET_KEYS)
-                    groups.setdefault(setting, []).append(row)
-        for setting, rows in groups.items():
-            sums = [r["summary"] for r in rows]
-            print(f"| 4×4 rank 1 (`{'`, `'.join(names)}`) | {setting} | {', '.join(r['overrides']['seed'] for r in rows)} | "
-                  f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | {spread([s['plateau_steps'] for s in sums])} | "
-                  f"{spread([s['drop_factor'] for s in sums])} | {spread([end_fold(s) for s in sums])} ({sums[0]['steps']}) | "
-                  f"{spread([s['final_loss_mask'] for s in sums])} | {spread([r['summary']['seconds'] / 60 for r in rows])} |")
-    for run in sorted((HERE / "runs").iterdir()):
-        s = json.loads((run / "summary.json").read_text())
-        cfg = json.loads((run / "config.json").read_text())
-        problem = f"{cfg['data']['m']}×{cfg['data']['n']} rank {cfg['data']['rank']}"
-        print(f"| {problem} (`runs/{run.name}`) | preset {cfg['preset']}: {overrides(cfg)} | {cfg['seed']} | "
-              f"{int(bool(s['sudden']))} of 1 | {s['plateau_steps'] or '—'} | {num(s['drop_factor'])} | {num(end_fold(s))} ({s['steps']}) | "
-              f"{num(s['final_loss_mask'])} | {num(s['seconds'] / 60)} |")
+    print("| problem | setting | from | seeds | sudden | P | F within P/4 | end fold (at step) | final L_mask | minutes per run |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (problem, name), rows in records().items():
+        rows.sort(key=lambda r: r[1])
+        sums = [s for _, _, s in rows]
+        sources = ", ".join(dict.fromkeys(src for src, _, _ in rows))
+        if len(rows) == 1:
+            s = sums[0]
+            cells = [str(s["plateau_steps"] or "—"), num(s["drop_factor"]), f"{num(end_fold(s))} ({s['steps']})",
+                     num(s["final_loss_mask"]), num(s["seconds"] / 60)]
+        else:
+            def col(values: list) -> str:
+                return spread(values) if all(v is not None for v in values) else ", ".join(num(v) for v in values)
+
+            steps = sorted({s["steps"] for s in sums})
+            cells = [col([s["plateau_steps"] for s in sums]), col([s["drop_factor"] for s in sums]),
+                     f"{col([end_fold(s) for s in sums])} ({'–'.join(map(str, steps[:1] + steps[1:][-1:]))})",
+                     col([s["final_loss_mask"] for s in sums]), col([s["seconds"] / 60 for s in sums])]
+        print(f"| {problem} | {name} | {sources} | {', '.join(str(seed) for _, seed, _ in rows)} | "
+              f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
