@@ -18,7 +18,7 @@ from abrupt.sweep_summary import end_fold, spread
 HERE = Path(__file__).resolve().parent
 SWEEPS = {"small_levers": "small", "small_batch": "small", "small_bias": "small", "small_bias_seed2": "small",
           "small_init": "small", "small_bias_b256": "small", "small_bias_lr": "small", "small_init_b256": "small",
-          "small_bias_b256_beta2": "small"}  # sweep: its preset
+          "small_bias_b256_beta2": "small", "small_bias3": "small", "small_bias3_seeds34": "small"}  # sweep: its preset
 QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column
 
 
