@@ -11,14 +11,11 @@ shows that step in the end-fold column, so its end fold is not comparable with t
 import json
 from pathlib import Path
 
-from abrupt.config import apply_overrides, preset
-from abrupt.sweep import read_results
+from abrupt.config import preset
+from abrupt.sweep import config_of, read_results, spec_from_file
 from abrupt.sweep_summary import end_fold, spread
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = {"small_levers": "small", "small_batch": "small", "small_bias": "small", "small_bias_seed2": "small",
-          "small_init": "small", "small_bias_b256": "small", "small_bias_lr": "small", "small_init_b256": "small",
-          "small_bias_b256_beta2": "small", "small_bias3": "small", "small_bias3_seeds34": "small"}  # sweep: its preset
 QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column
 
 
@@ -34,12 +31,12 @@ def setting(cfg: dict) -> tuple[str, str]:
 def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
     """(problem, setting) -> [(source, seed, summary)] over the sweeps and the single runs."""
     out: dict[tuple[str, str], list[tuple[str, int, dict]]] = {}
-    for name, preset_name in SWEEPS.items():
-        path = HERE / name / "results.jsonl"
+    for spec in sorted(HERE.glob("*.yaml")):  # a sweep's results lie in the folder named as its spec
+        path = HERE / spec.stem / "results.jsonl"
         for row in read_results(path) if path.exists() else []:
             if row["status"] == "done":
-                cfg = apply_overrides(preset(preset_name), [f"{k}={v}" for k, v in row["overrides"].items()]).to_dict()
-                out.setdefault(setting(cfg), []).append((f"`{name}`", cfg["seed"], row["summary"]))
+                cfg = config_of(spec_from_file(spec).preset, row["overrides"]).to_dict()
+                out.setdefault(setting(cfg), []).append((f"`{spec.stem}`", cfg["seed"], row["summary"]))
     for run in sorted((HERE / "runs").iterdir()):
         cfg = json.loads((run / "config.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
@@ -47,9 +44,12 @@ def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
     return out
 
 
-def num(x: float | None) -> str:
-    """Three significant digits; a dash where the run never left its plateau (no P, no F)."""
-    return "—" if x is None else f"{x:.3g}"
+def col(values: list[float | None]) -> str:
+    """`median [min–max]` of one column over a setting's seeds; each value listed, a dash for a run
+    that never left its plateau (no P, no F), when some are missing."""
+    if all(v is not None for v in values):
+        return spread(values)
+    return ", ".join("—" if v is None else f"{v:.4g}" for v in values)
 
 
 def main() -> None:
@@ -59,18 +59,10 @@ def main() -> None:
         rows.sort(key=lambda r: r[1])
         sums = [s for _, _, s in rows]
         sources = ", ".join(dict.fromkeys(src for src, _, _ in rows))
-        if len(rows) == 1:
-            s = sums[0]
-            cells = [str(s["plateau_steps"] or "—"), num(s["drop_factor"]), f"{num(end_fold(s))} ({s['steps']})",
-                     num(s["final_loss_mask"]), num(s["seconds"] / 60)]
-        else:
-            def col(values: list) -> str:
-                return spread(values) if all(v is not None for v in values) else ", ".join(num(v) for v in values)
-
-            steps = sorted({s["steps"] for s in sums})
-            cells = [col([s["plateau_steps"] for s in sums]), col([s["drop_factor"] for s in sums]),
-                     f"{col([end_fold(s) for s in sums])} ({'–'.join(map(str, steps[:1] + steps[1:][-1:]))})",
-                     col([s["final_loss_mask"] for s in sums]), col([s["seconds"] / 60 for s in sums])]
+        steps = sorted({s["steps"] for s in sums})
+        cells = [col([s["plateau_steps"] for s in sums]), col([s["drop_factor"] for s in sums]),
+                 f"{col([end_fold(s) for s in sums])} ({'–'.join(str(n) for n in dict.fromkeys((steps[0], steps[-1])))})",
+                 col([s["final_loss_mask"] for s in sums]), col([s["seconds"] / 60 for s in sums])]
         print(f"| {problem} | {name} | {sources} | {', '.join(str(seed) for _, seed, _ in rows)} | "
               f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | " + " | ".join(cells) + " |")
 
