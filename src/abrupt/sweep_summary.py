@@ -161,5 +161,5 @@ def _drop_stats(rows: Iterable[dict[str, Any]]) -> str:
     else:
         text = f"drop_step: no trial of {len(rows)} fell below half its plateau; dropped: {tenfold}."
     if escapes:
-        text += f" escape_step (20% below the plateau): median {escapes[len(escapes) // 2]}, range {escapes[0]}–{escapes[-1]}."
+        text += f" escape_step (20% below the plateau): median {statistics.median(escapes):g}, range {escapes[0]}–{escapes[-1]}."
     return text
