@@ -169,3 +169,12 @@ def test_across_seeds_table_gives_median_and_range_per_setting():
     assert lines[4] == "| 0.001 | 3 of 3 | 2 of 3 | 1100 [1000–1200] | 5.5 [4–6] | 10 [5–20] | 0.02 [0.01–0.04] | 20 [10–30] |"
     assert lines[5] == "| 0.003 | 2 of 3 | 0 of 2 | 850 [800–900] | 2.5 [2–3] | 3 [2–4] | 0.075 [0.05–0.1] | 45 [40–50] |"
     assert end_fold({"plateau_loss_mask": 0.2, "final_loss_mask": 0.0}) is None
+
+
+def test_the_drop_and_escape_medians_of_an_even_count_are_the_mean_of_the_middle_two():
+    from abrupt.sweep_summary import _drop_stats
+
+    rows = [{"status": "done", "summary": {"escape_step": e, "drop_step": d, "dropped": False}}
+            for e, d in ((1650, 1900), (2800, 3000))]
+    text = _drop_stats(rows)
+    assert "median 2450, range 1900–3000" in text and "median 2225, range 1650–2800" in text
