@@ -27,7 +27,7 @@ def strip_time(rows):
     ("model.attn_bias=-2", "model.attn_bias"), ("model.attn_bias_layers=7", "model.attn_bias_layers"),
     ("model.attn_bias_layers=a", "model.attn_bias_layers"), ("model.attn_bias_until=-1", "model.attn_bias_until"),
     ("data.mag_low=1.5", "data.mag_low"), ("data.mag_low=-0.1", "data.mag_low"),
-    ("train.lr_width_ref=-64", "train.lr_width_ref"),
+    ("train.lr_width_ref=-64", "train.lr_width_ref"), ("train.eps=0", "train.eps"), ("train.eps=2", "train.eps"),
 ])
 def test_each_lever_refuses_bad_values_in_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
@@ -38,7 +38,8 @@ def test_each_lever_refuses_bad_values_in_one_line(override, message):
 def test_levers_off_explicitly_are_bit_identical(tmp_path):
     train(tiny(), tmp_path / "plain", progress=False)
     train(tiny("model.norm=post", "model.value_init=random", "model.value_init_scale=3", "model.attn_bias=1",
-               "model.attn_bias_layers=0", "model.attn_bias_until=5", "train.lr_width_ref=0", "data.mag_low=0.5"),
+               "model.attn_bias_layers=0", "model.attn_bias_until=5", "train.lr_width_ref=0", "data.mag_low=0.5",
+               "train.eps=1e-8"),
           tmp_path / "off", progress=False)
     assert strip_time(read_metrics(tmp_path / "plain")) == strip_time(read_metrics(tmp_path / "off"))
 
@@ -47,7 +48,7 @@ def test_each_lever_on_changes_the_run(tmp_path):
     train(tiny(), tmp_path / "plain", progress=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
     for i, lever in enumerate(["model.norm=pre", "model.value_init=line", "model.attn_bias=3", "data.distribution=signed",
-                               "train.lr_width_ref=64"]):
+                               "train.lr_width_ref=64", "train.eps=1e-3"]):
         train(tiny(lever), tmp_path / str(i), progress=False)
         assert strip_time(read_metrics(tmp_path / str(i)))[-1]["loss"] != plain[-1]["loss"], lever
 
@@ -114,6 +115,11 @@ def test_signed_factors_are_zero_mean_with_bounded_magnitude():
 def test_width_rule_scales_the_lr_by_reference_over_width(tmp_path):
     trainer = Trainer(tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", progress=False)
     assert trainer.lr_at(10) == pytest.approx(1e-3 * 64 / 32)
+
+
+def test_adam_eps_reaches_every_parameter_group(tmp_path):
+    trainer = Trainer(tiny("train.eps=1e-4", "train.group_lr=mlp=0.5"), tmp_path / "r", progress=False)
+    assert [g["eps"] for g in trainer.optim.param_groups] == [1e-4] * len(trainer.optim.param_groups) != []
 
 
 def test_pre_norm_adds_a_final_layernorm_in_the_readout_group():

@@ -85,6 +85,7 @@ class TrainConfig:
     warmup: int = 0  # linear warm-up steps; 0 = constant lr as in the paper
     beta1: float = 0.9
     beta2: float = 0.999
+    eps: float = 1e-8  # Adam's epsilon (torch's default); far above a weight's gradient scale, that weight's steps become SGD-like
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = False  # bf16 autocast of the training forward (for GPUs; on CPU it runs, slower, so CPU checks cover it); losses in fp32
     compile: bool = False  # torch.compile the training forward (about 1.14x on the cpu preset, after ~1 min of compiling)
@@ -558,6 +559,7 @@ def validate(cfg: Config) -> None:
     need(t.lr > 0 and math.isfinite(t.lr), f"train.lr: must be a positive number, got {t.lr}")
     need(t.warmup >= 0, f"train.warmup: must be >= 0, got {t.warmup}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
+    need(0 < t.eps < 1, f"train.eps: must be in (0, 1), got {t.eps}")
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
          f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'")
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")

@@ -282,7 +282,7 @@ class Trainer:
                 scale = next((scales[g] for g, rx in patterns.items() if rx.search(name)), 1.0)
                 by_scale.setdefault(scale, []).append(p)
         param_groups = [{"params": ps, "lr_scale": scale} for scale, ps in by_scale.items()]
-        kwargs: dict[str, Any] = {"lr": t.lr, "betas": (t.beta1, t.beta2), "fused": self.device.type == "cuda" or None}
+        kwargs: dict[str, Any] = {"lr": t.lr, "betas": (t.beta1, t.beta2), "eps": t.eps, "fused": self.device.type == "cuda" or None}
         if t.optimizer == "adamw":
             return torch.optim.AdamW(param_groups, weight_decay=t.weight_decay, **kwargs)
         return torch.optim.Adam(param_groups, **kwargs)
