@@ -75,3 +75,13 @@ def test_every_import_is_declared_and_every_dependency_imported():
             assert dist in required, f"{module} (distribution {dist}) is imported in {where[0][0]} but not in [project] dependencies"
     used = {_distribution(m) for m in imports if m not in OPTIONAL}
     assert required <= used, f"declared but never imported: {sorted(required - used)}"
+
+
+def test_ci_runs_the_readmes_test_command_with_the_extras_it_needs():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^(python3 -m pytest[^#\n]*?)\s+# run the tests", readme, re.M).group(1)
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert command in ci, f"README's test command {command!r} is not a line of .ci/run"
+    if " -n " in f"{command} ":
+        test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+        assert "pytest-xdist" in {_requirement_name(r) for r in test_extra}
