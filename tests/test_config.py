@@ -46,3 +46,20 @@ def test_bad_values_name_the_key(override, message):
 def test_clip_allows_wide_ranges():
     c = apply_overrides(preset("cpu"), ["data.high=3", "data.clip=true"])
     assert c.data.high == 3.0
+
+
+def test_sudden_preset_is_the_measured_recipe():
+    """`sudden` is the sweep docs/plateau/small_bias3_b256_eps.yaml's trial (sudden on 3 of 3 seeds)
+    with a longer step cap; with a constant lr the cap does not change the trajectory."""
+    from pathlib import Path
+
+    from abrupt.sweep import config_of, expand, spec_from_file
+
+    spec = spec_from_file(Path(__file__).resolve().parents[1] / "docs" / "plateau" / "small_bias3_b256_eps.yaml")
+    trial = config_of(spec.preset, expand(spec)[0].overrides).to_dict()
+    sudden = preset("sudden").to_dict()
+    assert sudden["train"]["warmup"] == 0 and sudden["train"]["steps"] > trial["train"]["steps"]
+    for cfg in (trial, sudden):
+        cfg["train"]["steps"] = cfg["seed"] = 0
+        cfg["preset"] = ""  # the preset's name is recorded
+    assert sudden == trial

@@ -17,3 +17,12 @@ def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
     assert summary["dropped"]  # final L_mask at least 10x below the plateau
     # a straight one-thread run (the README's run was resumed with two threads at step 14 000: 0.0077)
     assert summary["final_loss_mask"] == pytest.approx(0.008283, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_sudden_preset_drops_suddenly_by_the_window_rule(tmp_path, one_thread):
+    # About 20 minutes on one thread. Seed 0 of docs/plateau/small_bias3_b256_eps (the same settings
+    # up to its 5 000-step cap): flat at 0.1125 for 4 149 steps, then 7.47x below within P/4.
+    summary = train(preset("sudden"), tmp_path / "run", progress=False)
+    assert summary["plateau_steps"] == 4149 and summary["sudden"]
+    assert summary["drop_factor"] >= 7.47

@@ -221,6 +221,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that drops 10x on a 2-core CPU",
         {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "train.ckpt_every": 500},
     ),
+    "sudden": (
+        "4x4 rank 1 (small) with the row/column attention bias c = 3, batch 256, Adam eps 1e-4, no warm-up: "
+        "the sudden drop by the window rule on 3 of 3 seeds, ~20 minutes (an intervention on attention: docs/plateau)",
+        {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "model.attn_bias": 3.0,
+         "train.batch_size": 256, "train.eps": 1e-4, "train.warmup": 0, "train.steps": 6000, "train.stop_after_drop": 1000,
+         "train.progress": True, "train.ckpt_every": 500},
+    ),
     "sizes": (
         "Fig. 16 at CPU size: rank-1 matrices of sizes 4x4, 5x5 and 6x6 mixed in every batch, p_mask 0.2, the cpu recipe",
         {**_CPU_RECIPE, "data.m": 6, "data.n": 6, "data.rank": 1, "data.p_mask": 0.2, "data.sizes": "4x4,5x5,6x6",
