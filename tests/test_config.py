@@ -49,7 +49,7 @@ def test_clip_allows_wide_ranges():
 
 
 def test_sudden_preset_is_the_measured_recipe():
-    """`sudden` is the sweep docs/plateau/small_bias3_b256_eps.yaml's trial (sudden on 3 of 3 seeds)
+    """`sudden` is the sweep docs/plateau/small_bias3_b256_eps.yaml's trial (sudden on 5 of 5 seeds)
     with a longer step cap; with a constant lr the cap does not change the trajectory."""
     from pathlib import Path
 
