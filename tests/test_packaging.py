@@ -79,7 +79,9 @@ def test_every_import_is_declared_and_every_dependency_imported():
 
 def test_ci_runs_the_readmes_test_command_with_the_extras_it_needs():
     readme = (ROOT / "README.md").read_text()
-    command = re.search(r"^(python3 -m pytest[^#\n]*?)\s+# run the tests", readme, re.M).group(1)
+    found = re.search(r"^(python3 -m pytest[^#\n]*?)\s+# run the tests", readme, re.M)
+    assert found, "the README's quick start has no line `python3 -m pytest ...  # run the tests`"
+    command = found.group(1)
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command in ci, f"README's test command {command!r} is not a line of .ci/run"
     if " -n " in f"{command} ":

@@ -223,7 +223,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "sudden": (
         "4x4 rank 1 (small) with the row/column attention bias c = 3, batch 256, Adam eps 1e-4, no warm-up: "
-        "the sudden drop by the window rule on 5 of 5 seeds, ~20 minutes (an intervention on attention: docs/plateau)",
+        "the sudden drop by the window rule on 5 of 5 seeds, 20-25 minutes (an intervention on attention: docs/plateau)",
         {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "model.attn_bias": 3.0,
          "train.batch_size": 256, "train.eps": 1e-4, "train.warmup": 0, "train.steps": 6000, "train.stop_after_drop": 1000,
          "train.progress": True, "train.ckpt_every": 500},
