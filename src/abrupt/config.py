@@ -202,6 +202,9 @@ _CPU_RECIPE: dict[str, Any] = {
     "train.steps": 20_000,
 }
 
+# The cheap problem (4x4 rank 1, p_mask 0.2) with the cpu recipe: `small`, and `sudden` on top of it.
+_SMALL = {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "train.ckpt_every": 500}
+
 # Presets: (one-line description, overrides applied to the defaults above, which are the paper's).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "paper": (
@@ -219,14 +222,13 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "small": (
         "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that drops 10x on a 2-core CPU",
-        {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "train.ckpt_every": 500},
+        _SMALL,
     ),
     "sudden": (
         "4x4 rank 1 (small) with the row/column attention bias c = 3, batch 256, Adam eps 1e-4, no warm-up: "
         "the sudden drop by the window rule on 5 of 5 seeds, 20-25 minutes (an intervention on attention: docs/plateau)",
-        {**_CPU_RECIPE, "data.m": 4, "data.n": 4, "data.rank": 1, "data.p_mask": 0.2, "model.attn_bias": 3.0,
-         "train.batch_size": 256, "train.eps": 1e-4, "train.warmup": 0, "train.steps": 6000, "train.stop_after_drop": 1000,
-         "train.progress": True, "train.ckpt_every": 500},
+        {**_SMALL, "model.attn_bias": 3.0, "train.batch_size": 256, "train.eps": 1e-4, "train.warmup": 0,
+         "train.steps": 6000, "train.stop_after_drop": 1000, "train.progress": True},
     ),
     "sizes": (
         "Fig. 16 at CPU size: rank-1 matrices of sizes 4x4, 5x5 and 6x6 mixed in every batch, p_mask 0.2, the cpu recipe",
