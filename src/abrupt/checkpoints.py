@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import Config
-from . import tasks
+from . import interventions, tasks
 from .model import MatrixBert
 from .rundir import RunDirError, atomic_write_json, interrupts_held, read_json, remove_temp_files
 
@@ -218,11 +218,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = tasks.get(cfg.task.name).build_model(cfg)
-    # the row/column bias as it was at this step of training (switched off after attn_bias_until)
-    if cfg.model.attn_bias_until:  # the BERT only (validated): MatrixGPT has no such bias
-        model.attn_bias_on = model.attn_bias_on and not 0 < cfg.model.attn_bias_until < ckpt.step
-    if cfg.task.name != "matrix":  # the attention-score multiplier as it was at this step (on from attn_scale_from)
-        model.attn_scale_on = model.attn_scale_on and ckpt.step >= cfg.task.attn_scale_from
+    interventions.apply(model, cfg, ckpt.step)  # the interventions as they were at this step of training
     load_weights(model, ckpt.weights)
     return model.to(device).eval()
 

@@ -7,7 +7,6 @@ stop (non-finite loss, corrupt checkpoint), 130 when interrupted (the run stays 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -212,7 +211,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
         return 130
-    print(json.dumps(summary, indent=2))
+    print(dumps(summary, indent=2))  # strict JSON: an infinite drop factor prints as null, as on disk
     print(f"run directory: {out}")
     return 0
 
@@ -246,7 +245,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if not read_metrics(args.run):
         raise UsageError(f"{args.run}: no metrics.jsonl with logged steps")
-    print(json.dumps(finish(args.run), indent=2))
+    print(dumps(finish(args.run), indent=2))
     return 0
 
 

@@ -384,9 +384,8 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
     if key == "seed":
         cfg.seed = _coerce(key, raw, int)
         return
-    if key == "preset":
-        cfg.preset = str(raw)
-        return
+    if key == "preset":  # the label of the values a run started from: an override would relabel it
+        raise ConfigError("preset: not a key; choose the preset with --preset NAME (or a sweep spec's preset:)")
     section_name, _, name = key.partition(".")
     sections = _sections(cfg)
     if section_name not in sections or not name:
@@ -532,6 +531,9 @@ def _check_task(cfg: Config) -> None:
     need(cfg.train.clip >= 0 and math.isfinite(cfg.train.clip), f"train.clip: must be a number >= 0 (0 = off), got {cfg.train.clip}")
     if k.name == "matrix":
         need(k.attn_scale == 1.0, "task.attn_scale: built for the sequence tasks; for matrices use model.attn_bias")
+        need(k.attn_scale_from == 0 and not k.attn_scale_layers.strip(),
+             "task.attn_scale_from/attn_scale_layers: built for the sequence tasks' task.attn_scale; "
+             "for matrices use model.attn_bias_until/attn_bias_layers")
         return
     need(m.arch == "gpt", f"task.name={k.name}: a sequence task needs the decoder, model.arch=gpt")
     need(not cfg.curriculum.end(), f"curriculum: built for task.name=matrix, not {k.name}")
@@ -573,6 +575,11 @@ def validate(cfg: Config) -> None:
          f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'")
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
     need(t.eval_size >= 1, f"train.eval_size: must be >= 1, got {t.eval_size}")
+    if cfg.data.sizes.strip():  # a mixture gives each size an equal share of every batch, in turn
+        k = len(cfg.data.size_list())
+        for key, count in (("train.batch_size", t.batch_size), ("train.eval_size", t.eval_size)):
+            need(count >= k, f"{key}={count} is below the {k} sizes of data.sizes: some sizes would never be "
+                             f"{'trained' if key == 'train.batch_size' else 'evaluated'}; use at least {k}")
     need(t.ckpt_every >= 1, f"train.ckpt_every: must be >= 1, got {t.ckpt_every}")
     need(0 <= t.ckpt_log_points <= MAX_LOG_POINTS, f"train.ckpt_log_points: must be in [0, {MAX_LOG_POINTS}], got {t.ckpt_log_points}")
     # Checkpoints and log rows are files and memory that grow with the run: refuse a run that would

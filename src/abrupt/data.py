@@ -44,24 +44,31 @@ class Batch:
         return Batch(**{k: None if v is None else v[rows] for k, v in dataclasses.asdict(self).items()})
 
 
+def hundredths(x: torch.Tensor) -> torch.Tensor:
+    """Values rounded to the vocabulary's 0.01 grid, as whole hundredths (int64): the one rounding
+    that both a value's token and its target come from. In float64, so that a float32 value just
+    below a tie (2.675 is 2.67499995 in float32) rounds as the number it is, not as its product."""
+    return torch.round(x.double() * 100).long()
+
+
 def round_values(x: torch.Tensor) -> torch.Tensor:
-    """Round to the vocabulary's 0.01 grid (half away from zero is not needed: ties have measure 0)."""
-    return torch.round(x * 100) / 100
+    """Values rounded to the vocabulary's 0.01 grid (float32): the value its token stands for."""
+    return (hundredths(x).double() / 100).float()
 
 
 def value_to_id(x: torch.Tensor, clip: bool = False, check: bool = True) -> torch.Tensor:
     """Token ids of values; raises VocabularyRangeError outside [-10, 10] unless clip=True.
     `check=False` skips that test (a device-to-host sync), for data whose range is validated."""
-    hundredths = torch.round(x.double() * 100).long()
+    hundredths_ = hundredths(x)
     if clip:
-        hundredths = hundredths.clamp(-_STEPS, _STEPS)
-    elif check and hundredths.numel() and hundredths.abs().max().item() > _STEPS:
-        worst = x.flatten()[hundredths.abs().flatten().argmax()].item()
+        hundredths_ = hundredths_.clamp(-_STEPS, _STEPS)
+    elif check and hundredths_.numel() and hundredths_.abs().max().item() > _STEPS:
+        worst = x.flatten()[hundredths_.abs().flatten().argmax()].item()
         raise VocabularyRangeError(
             f"value {worst:.4g} is outside the vocabulary [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; "
             "narrow the factor distribution or set data.clip=true"
         )
-    return hundredths + _OFFSET
+    return hundredths_ + _OFFSET
 
 
 def id_to_value(ids: torch.Tensor) -> torch.Tensor:
@@ -109,7 +116,7 @@ def make_batch(matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False, che
         flat = flat.clamp(-VOCAB_MAX, VOCAB_MAX)
     ids = value_to_id(flat, clip=clip, check=check)
     tokens = torch.where(mask, torch.full_like(ids, MASK_ID), ids)
-    return Batch(tokens=tokens, target=round_values(flat).float(), mask=mask, matrix=matrix.float())
+    return Batch(tokens=tokens, target=round_values(flat), mask=mask, matrix=matrix.float())
 
 
 def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0, check: bool = True) -> Batch:

@@ -59,7 +59,8 @@ class Forecast:
 def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:
     if signal == LOSS:
         return loss_series(rows)
-    pts = [(int(r["step"]), float(r[signal])) for r in rows if r.get(signal) is not None]
+    pts = [(int(r["step"]), float(r[signal])) for r in rows
+           if isinstance(r.get(signal), (int, float)) and math.isfinite(r[signal])]  # a measure can be NaN (undefined)
     return [s for s, _ in pts], [v for _, v in pts]
 
 
@@ -78,6 +79,8 @@ def departure(rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, wi
         return [], [], found
     if signal == LOSS:
         level = found["plateau_loss_mask"]
+        if not 0 < level < math.inf:  # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+            return [], [], found
         d = [1.0 - v / level for v in smooth]
     else:
         base = statistics.median(smooth[:window])
@@ -102,7 +105,9 @@ def forecast(rows: list[dict[str, Any]], signal: str = LOSS, target: float = ESC
     Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet; once the
     departure has reached the target it returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
-    steps, d, _ = departure(rows, signal, after, window)
+    steps, d, found = departure(rows, signal, after, window)
+    if not steps and found["plateau_start"] is not None:
+        return Forecast(now, reason="the plateau's level is 0: no departure from it to measure")
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
     reached = next((s for s, x in zip(steps, d) if x >= target), None)

@@ -4,6 +4,7 @@ save-and-close tail written once in `figure`. Also the loss curves drawn from a 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -150,8 +151,10 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
         ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.9, label=f"drop_step {summary['drop_step']} (dropped)")
     end, p_steps = summary.get("plateau_end"), summary.get("plateau_steps")
     if level and end is not None and p_steps:  # the window rule's judge: F is read in this span
+        f = summary.get("drop_factor")  # null on disk where the loss reached exactly 0: F unbounded
+        f_text = f"{f:.3g}" if f is not None and math.isfinite(f) else "unbounded (loss 0)"
         ax.axvspan(end, end + p_steps / 4, color="tab:green", alpha=0.12,
-                   label=f"plateau_end {end} + P/4: F {summary.get('drop_factor', 0):.3g}" + (" (sudden)" if summary.get("sudden") else ""))
+                   label=f"plateau_end {end} + P/4: F {f_text}" + (" (sudden)" if summary.get("sudden") else ""))
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:

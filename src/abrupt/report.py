@@ -87,7 +87,8 @@ def _transition(summary: dict[str, Any]) -> str:
     parts.append(f"drop_step {get('drop_step')} (below half the plateau)" if summary.get("drop_step") is not None else "no drop_step (never below half the plateau)")
     parts.append(f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask {get('final_loss_mask')} after {get('steps')} steps; "
                  "dropped needs 10x below the plateau)")
-    factor = f" (drop_factor {get('drop_factor')} within P/4 steps after plateau_end; sudden needs 5)" if summary.get("drop_factor") is not None else ""
+    f = get("drop_factor") if summary.get("drop_factor") is not None else "unbounded (the loss reached 0)"
+    factor = f" (drop_factor {f} within P/4 steps after plateau_end; sudden needs 5)" if summary.get("plateau_end") is not None else ""
     parts.append(f"sudden {'yes' if summary.get('sudden') else 'no'}{factor}")
     if summary.get("fall_ratio") is not None:
         parts.append(f"fall_ratio {get('fall_ratio')} (fall_start {get('fall_start')} to fall_end {get('fall_end')})")

@@ -22,7 +22,7 @@ from typing import Any, Callable, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, forecast, groups, tasks, transition
+from . import __version__, checkpoints, forecast, groups, interventions, tasks, transition
 from .config import Config, ConfigError, group_lr, validate
 from .data import generator
 from .losses import as_floats, losses, per_size
@@ -32,6 +32,7 @@ from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
 _EVAL_STREAM = 2_000_003
+_UNRECORDED = object()  # a checkpoint written before it recorded the early stop's countdown
 
 
 class TrainingError(RuntimeError):
@@ -267,6 +268,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
         self.forecast = forecast.Forecast(0, reason="not started")
+        self.drop_seen_at: int | None = None  # train.stop_after_drop: the log step its countdown started
         self.t0 = time.perf_counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -312,6 +314,10 @@ class Trainer:
         extra = checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
         self.grok_ema = {k.removeprefix("grokfast_ema."): v.to(self.device) for k, v in extra.items() if k.startswith("grokfast_ema.")}
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
+        if self.cfg.train.stop_after_drop:  # the early stop's countdown goes on where it was
+            seen = ckpt.meta.get("drop_seen_at", _UNRECORDED)
+            self.drop_seen_at = (transition.drop_seen_at(self.rows, after=self.cfg.curriculum.end())
+                                 if seen is _UNRECORDED else seen)
         write_metrics(self.out_dir, self.rows)
         self._write_config(ckpt.step, history=segments(self.out_dir))
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
@@ -338,10 +344,7 @@ class Trainer:
         """One optimizer step on a fresh batch; the batch's losses (tensors, left on the device)
         and, if asked, gradient norms (these read back from the device, so only at log steps)."""
         lr = self.lr_at(step)
-        if self.cfg.model.attn_bias_until:
-            self.model.attn_bias_on = self.cfg.model.attn_bias != 1.0 and step <= self.cfg.model.attn_bias_until
-        if self.cfg.task.attn_scale_from:
-            self.model.attn_scale_on = bool(self.model.scale_layers) and step >= self.cfg.task.attn_scale_from
+        interventions.apply(self.model, self.cfg, step)
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
         batch = self.task.batch(self.cfg, self.cfg.train.batch_size, self.data_rng, step)
@@ -397,8 +400,11 @@ class Trainer:
             row["time"] = round(time.perf_counter() - self.t0, 3)
         if self.cfg.train.forecast:
             t = self.cfg.train
-            self.forecast = forecast.forecast(self.rows + [row], t.forecast_signal, t.forecast_target or forecast.ESCAPE_DEPARTURE,
-                                              after=self.cfg.curriculum.end())
+            try:
+                self.forecast = forecast.forecast(self.rows + [row], t.forecast_signal,
+                                                  t.forecast_target or forecast.ESCAPE_DEPARTURE, after=self.cfg.curriculum.end())
+            except (ArithmeticError, ValueError) as e:  # the forecast is advice: it never stops a run
+                self.forecast = forecast.Forecast(step, reason=f"forecast failed: {type(e).__name__}: {e}")
             row.update(self.forecast.as_row())
         out.write(dumps(row) + "\n")
         out.flush()
@@ -410,7 +416,8 @@ class Trainer:
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise TrainingError(self._divergence(step, "the weights became non-finite"))
         checkpoints.save(self.out_dir / "checkpoints", step, self.model, self.optim, self.data_rng,
-                         {"time": time.perf_counter() - self.t0}, {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()})
+                         {"time": time.perf_counter() - self.t0, "drop_seen_at": self.drop_seen_at},
+                         {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()})
         checkpoints.prune_optim(self.out_dir / "checkpoints", self.cfg.train.keep_optim)
 
     def _divergence(self, step: int, what: str) -> str:
@@ -425,8 +432,10 @@ class Trainer:
         if self.progress:
             print(f"{'resume' if start else 'train'}: {self.out_dir} from step {start} to {t.steps}, "
                   f"{torch.get_num_threads()} thread(s), {self.device}", file=sys.stderr, flush=True)
+        if self._stop_due(start):  # resumed after its early stop had ended it: nothing left to train
+            return self.finish()
         bar = StepProgress(t.steps, start, enabled=self.progress)
-        drop_seen_at = None
+        after = self.cfg.curriculum.end()
         try:
             with open(self.out_dir / "metrics.jsonl", "a") as mf, _stop_requests() as stop_requested:
                 for step in range(start + 1, t.steps + 1):
@@ -435,11 +444,10 @@ class Trainer:
                     if log_now:
                         row = self.log(step, parts, norms, mf)
                         bar.losses(row, f"forecast escape_step {self.forecast.label()}" if self.forecast.escape is not None else "")
-                        after = self.cfg.curriculum.end()
-                        if t.stop_after_drop and drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
-                            drop_seen_at = step
+                        if t.stop_after_drop and self.drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
+                            self.drop_seen_at = step
                     bar.update(step)
-                    stop = drop_seen_at is not None and step >= drop_seen_at + t.stop_after_drop
+                    stop = self._stop_due(step)
                     if self.is_ckpt_step(step) or stop or stop_requested.is_set():
                         self.save(step)
                     if stop_requested.is_set():
@@ -453,6 +461,11 @@ class Trainer:
             raise
         bar.close()
         return self.finish()
+
+    def _stop_due(self, step: int) -> bool:
+        """train.stop_after_drop: whether `step` is that many steps after the drop was first seen."""
+        t = self.cfg.train
+        return bool(t.stop_after_drop) and self.drop_seen_at is not None and step >= self.drop_seen_at + t.stop_after_drop
 
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full

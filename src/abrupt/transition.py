@@ -86,13 +86,24 @@ def detect(
     return result
 
 
+def drop_seen_at(rows: list[dict[str, Any]], after: int = 0) -> int | None:
+    """The first logged step at which `detect` on the rows up to it says `dropped`: where a run's
+    early stop (`train.stop_after_drop`) started counting, log by log; None if it never did. For
+    resuming runs whose checkpoints did not record it (the rows are re-read prefix by prefix)."""
+    for i in range(1, len(rows) + 1):
+        if detect(rows[:i], after=after)["dropped"]:
+            return int(rows[i - 1]["step"])
+    return None
+
+
 def window_rule(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, band: float = 0.25,
                 factor: float = 5.0) -> dict[str, Any]:
     """The window rule on the smoothed series: `plateau_end` is the first step after plateau_start
     where the loss is below (1 - band) x the plateau level; the plateau is the run of logs just
     before it that stay within band x the level, `plateau_steps` P its length in steps;
     `drop_factor` F = level / the lowest loss in (plateau_end - 1 log, plateau_end + P/4];
-    `sudden` = F >= factor. All None/False when the loss never leaves the plateau."""
+    `sudden` = F >= factor. All None/False when the loss never leaves the plateau. F is inf where
+    the loss reaches exactly 0 in the window (float32 cross-entropy can); JSON writes it as null."""
     out: dict[str, Any] = {"plateau_end": None, "plateau_steps": None, "drop_factor": None, "sudden": False}
     level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
     if not level or first is None:

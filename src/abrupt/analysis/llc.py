@@ -62,9 +62,33 @@ def _sequence_loss_fn(out_start: int):
     return loss_fn
 
 
+# A chain whose sampled loss climbs this many times above where it started has left the basin (the
+# step size is too large for the curvature): its number measures the divergence, not the LLC.
+DIVERGED = 100.0
+CALIBRATE = ("lower llc.lr (10x at a time) until every chain's loss rises from its start and levels off, "
+             "as devinterp's calibration advises: sweep lr and localization and keep the largest lr whose chains settle")
+
+
+def chain_failures(per_chain: list[float], traces: list[list[float]], init_loss: float) -> list[str]:
+    """Why each failed chain failed (empty: none did): a non-finite loss or LLC (devinterp's "Chain
+    failed: Loss is NaN or Inf"), or a sampled loss more than DIVERGED times its starting level."""
+    reasons = []
+    for i, (value, trace) in enumerate(zip(per_chain, traces)):
+        if not math.isfinite(value) or not all(math.isfinite(x) for x in trace):
+            reasons.append(f"chain {i}: its loss became NaN or inf")
+        elif max(trace) > DIVERGED * max(init_loss, trace[0], 1e-12):
+            reasons.append(f"chain {i}: its loss rose {max(trace) / max(init_loss, trace[0], 1e-12):.3g}x above its start")
+    return reasons
+
+
 def estimate(model: torch.nn.Module, ids: torch.Tensor, loss_fn, lr: float, n_beta: float, localization: float, chains: int,
-             draws: int, batch_size: int, seed: int) -> dict[str, float]:
-    """{'llc': mean over chains, 'llc_std': spread over chains, 'seconds': cost} for one model."""
+             draws: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """{'llc': mean over chains, 'llc_std': standard deviation over chains (None for one chain:
+    undefined), 'seconds': cost, 'failed': None}; where a chain failed or diverged, 'llc' and
+    'llc_std' are None and 'failed' says why. devinterp's samples go to a temporary folder that is
+    removed before returning."""
+    import tempfile
+
     from datasets import Dataset
     from devinterp.slt.llc import llc
 
@@ -72,11 +96,25 @@ def estimate(model: torch.nn.Module, ids: torch.Tensor, loss_fn, lr: float, n_be
     t0 = time.perf_counter()
     was_training = model.training
     model.train()
-    out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains, num_draws=draws,
-              batch_size=batch_size, num_init_loss_batches=max(1, len(ids) // batch_size), init_seed=seed,
-              loss_fn=loss_fn, device="cpu")
-    model.train(was_training)
-    return {"llc": float(out["llc_mean"]), "llc_std": float(out["llc_std"]), "seconds": time.perf_counter() - t0}
+    try:
+        with tempfile.TemporaryDirectory(prefix="abrupt-llc-") as tmp:
+            out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains,
+                      num_draws=draws, batch_size=batch_size, num_init_loss_batches=max(1, len(ids) // batch_size),
+                      init_seed=seed, loss_fn=loss_fn, device="cpu", output_path=str(Path(tmp) / "samples.zarr"))
+            # read into memory before the folder goes: the result is backed by the zarr store
+            per_chain = [float(v) for v in out["llc_per_chain"].values.reshape(-1)]
+            traces = [[float(x) for x in row] for row in out["loss_trace"].values.reshape(len(per_chain), -1)]
+            init_loss = float(out["init_loss"].values)
+            mean, spread = float(out["llc_mean"]), float(out["llc_std"])
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - t0
+    reasons = chain_failures(per_chain, traces, init_loss)
+    if reasons:
+        return {"llc": None, "llc_std": None, "seconds": seconds, "chains": len(per_chain),
+                "failed": f"{len(reasons)} of {len(per_chain)} chains failed ({'; '.join(reasons)}): {CALIBRATE}"}
+    std = spread if len(per_chain) > 1 else None  # a spread over one chain is undefined, not 0
+    return {"llc": mean, "llc_std": std, "seconds": seconds, "chains": len(per_chain), "failed": None}
 
 
 def run(
@@ -116,12 +154,12 @@ def run(
 
 
 def plot(result: Result, out: Path) -> list[Path]:
-    rows = result.figure_data["rows"]
+    rows = [r for r in result.figure_data["rows"] if r["llc"] is not None]  # failed estimates have no point
     path = out / "llc.png"
     with figure(path, figsize=(6.4, 3.6)) as (fig, axes):
         ax = axes[0][0]
-        ax.errorbar([r["step"] for r in rows], [r["llc"] for r in rows], yerr=[r["llc_std"] for r in rows], marker="o",
-                    ms=3, lw=1, capsize=2, label="LLC (devinterp SGLD)")
+        ax.errorbar([r["step"] for r in rows], [r["llc"] for r in rows], yerr=[r["llc_std"] or 0.0 for r in rows],
+                    marker="o", ms=3, lw=1, capsize=2, label="LLC (devinterp SGLD)")
         for key, style in (("escape_step", ":"), ("drop_step", "--")):
             if result.numbers.get(key) is not None:
                 ax.axvline(result.numbers[key], color="gray", ls=style, lw=0.8, label=key.replace("_", " "))
@@ -133,7 +171,11 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
+    failed = [x for x in r["rows"] if x.get("failed")]
+    notes = [Text(f"Step {x['step']}: no estimate, {x['failed']}.") for x in failed]
     return [Text(f"SGLD with n_beta = {r['n_beta']:.4g}; {r['seconds_per_checkpoint']:.3g} s per checkpoint on this machine. "
                  f"Escape at step {r['escape_step']}, drop at step {r['drop_step']}."),
-            Table(["step", "LLC", "spread over chains", "eval loss (L_mask; a task's cross-entropy)", "seconds"],
-                  [[x["step"], x["llc"], x["llc_std"], x["eval_loss"], x["seconds"]] for x in r["rows"]])]
+            Table(["step", "LLC", "spread over chains (std; none for one chain)", "eval loss (L_mask; a task's cross-entropy)",
+                   "seconds"],
+                  [[x["step"], "failed" if x.get("failed") else x["llc"], x["llc_std"], x["eval_loss"], x["seconds"]]
+                   for x in r["rows"]]), *notes]

@@ -80,6 +80,14 @@ def unsupported(cfg: Config) -> str | None:
     return bert_only(cfg)
 
 
+def r_squared(mse: float, y: torch.Tensor) -> float:
+    """Coefficient of determination 1 - MSE / Var(y), both over the same n points (the variance
+    with divisor n, as scikit-learn's r2_score): 0 for the constant predictor at the mean. NaN when
+    y is constant or empty (undefined)."""
+    var = y.double().var(correction=0).item() if y.numel() else 0.0
+    return 1 - mse / var if var > 0 else float("nan")
+
+
 def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,
         holdout: Annotated[float, between(0, 1, open_lo=True, open_hi=True)] = 0.25,
         ridge: Annotated[float, at_least(0)] = 1e-6) -> Result:
@@ -103,10 +111,9 @@ def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,
                 if name == "value":
                     h = hidden_tok[~split]
                     for part, sel in (("masked", h), ("observed", ~h)):
-                        yt = y[~split][sel].double()
                         mse = err[sel].mean().item()
                         row[f"value_{part}_mse"] = mse
-                        row[f"value_{part}_r2"] = 1 - mse / yt.var().item() if len(yt) > 1 and yt.var() > 0 else float("nan")
+                        row[f"value_{part}_r2"] = r_squared(mse, y[~split][sel])
                 else:
                     row[f"{name}_mse"] = err.mean().item()
                     row[f"{name}_abs_cos"] = mean_abs_cosine(pred, y[~split])

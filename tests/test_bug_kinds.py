@@ -1,0 +1,196 @@
+"""Issue 27: one test per public bug kind, each failing on the code before its fix."""
+
+import json
+import math
+import tempfile
+
+import pytest
+import torch
+
+from abrupt import checkpoints, forecast, interventions, transition
+from abrupt.analysis.probe import r_squared
+from abrupt.config import ConfigError, apply_overrides, preset
+from abrupt.data import generator, id_to_value, make_batch, sample_batch
+from abrupt.rundir import read_metrics, write_metrics
+from abrupt.train import train
+
+
+def tiny(*overrides):
+    return apply_overrides(preset("tiny"), list(overrides))
+
+
+@pytest.fixture
+def drop_at_step_20(monkeypatch):
+    """`detect` says `dropped` from the log of step 20 on (tiny runs never drop by themselves)."""
+    real = transition.detect
+
+    def detect(rows, **kw):
+        return {**real(rows, **kw), "dropped": bool(rows) and rows[-1]["step"] >= 20}
+
+    monkeypatch.setattr(transition, "detect", detect)
+
+
+def last_step(run):
+    return checkpoints.list_checkpoints(run / "checkpoints")[-1].step
+
+
+def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
+    """transformers #28544 kind: the countdown of train.stop_after_drop went back to zero on resume."""
+    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", progress=False)
+    assert last_step(tmp_path / "straight") == 45
+    # interrupted at step 41 (its last checkpoint), then resumed: stops at 45 too (it stopped at 75)
+    train(tiny("train.steps=41", "train.stop_after_drop=25"), tmp_path / "resumed", progress=False)
+    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "resumed", resume=True, progress=False)
+    assert last_step(tmp_path / "resumed") == 45
+    straight = checkpoints.load_tensors(checkpoints.find(tmp_path / "straight").weights)
+    resumed = checkpoints.load_tensors(checkpoints.find(tmp_path / "resumed").weights)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # the same 45 steps
+    # a checkpoint written before the countdown was recorded: rebuilt from the logged rows
+    train(tiny("train.steps=41", "train.stop_after_drop=25"), tmp_path / "old", progress=False)
+    side = checkpoints.find(tmp_path / "old").path
+    meta = json.loads(side.read_text())
+    del meta["drop_seen_at"]
+    side.write_text(json.dumps(meta))
+    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "old", resume=True, progress=False)
+    assert last_step(tmp_path / "old") == 45
+    # resuming a run its early stop already ended trains nothing more
+    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", resume=True, progress=False)
+    assert last_step(tmp_path / "straight") == 45 and read_metrics(tmp_path / "straight")[-1]["step"] == 40
+
+
+def test_drop_seen_at_reads_rows_prefix_by_prefix():
+    rows = [{"step": s, "eval_loss_mask": 0.2} for s in range(0, 400, 10)]
+    rows += [{"step": s, "eval_loss_mask": 0.2 * 0.5 ** ((s - 390) / 10)} for s in range(400, 600, 10)]
+    seen = transition.drop_seen_at(rows)
+    i = next(i for i, r in enumerate(rows) if r["step"] == seen)
+    assert transition.detect(rows[: i + 1])["dropped"] and not transition.detect(rows[:i])["dropped"]
+
+
+@pytest.fixture
+def llc_model():
+    pytest.importorskip("devinterp")
+    from abrupt.analysis import llc
+    from abrupt.data import seeded_batch
+
+    cfg = tiny()
+    model = tiny_model(cfg)
+    ids = llc._pack(seeded_batch(cfg.data, 64, 0))
+    return llc, model, ids
+
+
+def tiny_model(cfg):
+    from abrupt import tasks
+
+    torch.manual_seed(0)
+    return tasks.get("matrix").build_model(cfg)
+
+
+def test_llc_diverged_chains_are_failures_not_values(llc_model, tmp_path, monkeypatch):
+    """devinterp #55 kind (diverged chains reported as 1.65e15), #39 kind (one chain's spread
+    reported as 0.0) and echopype #825 kind (each estimate left its samples.zarr behind)."""
+    llc, model, ids = llc_model
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = dict(loss_fn=llc._loss_fn, n_beta=64 / math.log(64), localization=100.0, draws=6, batch_size=32, seed=0)
+    bad = llc.estimate(model, ids, lr=0.5, chains=2, **args)
+    assert bad["llc"] is None and bad["llc_std"] is None
+    assert "2 of 2 chains failed" in bad["failed"] and "lower llc.lr" in bad["failed"]
+    one = llc.estimate(model, ids, lr=1e-4, chains=1, **args)
+    assert one["failed"] is None and math.isfinite(one["llc"]) and one["llc_std"] is None
+    two = llc.estimate(model, ids, lr=1e-4, chains=2, **args)
+    assert two["failed"] is None and two["llc_std"] > 0
+    assert list(tmp_path.iterdir()) == []  # no temporary store left
+
+
+def test_chain_failures_names_nan_and_divergence():
+    from abrupt.analysis.llc import chain_failures
+
+    assert chain_failures([1.0, 2.0], [[0.2, 0.3], [0.2, 0.25]], 0.2) == []
+    reasons = chain_failures([float("nan"), 1e15], [[0.2, float("inf")], [0.2, 1e13]], 0.2)
+    assert reasons[0].startswith("chain 0: its loss became NaN") and reasons[1].startswith("chain 1: its loss rose")
+
+
+def zero_loss_rows():
+    """A plateau at 0.2, then the loss exactly 0 (float32 cross-entropy reaches it)."""
+    rows = []
+    for s in range(0, 600, 10):
+        level = 0.2 if s < 400 else 0.0
+        rows.append({"step": s, "loss": level, "loss_obs": 1e-3, "loss_mask": level, "eval_loss": level,
+                     "eval_loss_obs": 1e-3, "eval_loss_mask": level})
+    return rows
+
+
+def test_an_infinite_drop_factor_prints_as_strict_json(tmp_path, capsys):
+    """sentry #1979 kind: the CLI printed Infinity, which strict JSON parsers reject."""
+    from abrupt.cli import main
+
+    run = tmp_path / "run"
+    train(tiny("train.steps=10"), run, progress=False)
+    write_metrics(run, zero_loss_rows())
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    summary = json.loads(out, parse_constant=refuse)
+    assert summary["sudden"] is True and summary["drop_factor"] is None
+    assert json.loads((run / "summary.json").read_text(), parse_constant=refuse) == summary
+
+
+def test_forecast_on_a_plateau_at_zero_says_why():
+    rows = [{"step": s, "eval_loss_mask": 0.0} for s in range(0, 400, 10)]
+    f = forecast.forecast(rows)
+    assert f.escape is None and "level is 0" in f.reason
+    nan_measure = [{"step": s, "eval_loss_mask": 0.2, "prog_x": float("nan")} for s in range(0, 400, 10)]
+    assert forecast.forecast(nan_measure, "prog_x", 0.1).escape is None
+
+
+def test_r_squared_divides_by_the_variance_over_n():
+    """scikit-learn #17266 kind: a constant predictor scored 0.25 on 4 points instead of 0."""
+    from sklearn.metrics import r2_score
+
+    y = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    const = torch.full_like(y, y.mean())
+    assert r_squared(((const - y) ** 2).mean().item(), y) == pytest.approx(0.0, abs=1e-12)
+    pred = torch.tensor([1.1, 1.8, 3.3, 3.9])
+    assert r_squared(((pred - y) ** 2).mean().item(), y) == pytest.approx(r2_score(y.numpy(), pred.numpy()))
+    assert math.isnan(r_squared(0.0, torch.ones(3)))
+
+
+def test_an_option_accepted_does_not_crash_mid_run():
+    """attn_scale_from on matrices passed validation and died at the first step."""
+    with pytest.raises(ConfigError, match="task.attn_scale_from"):
+        tiny("task.attn_scale_from=5")
+
+
+def test_one_schedule_for_training_and_loading(tmp_path):
+    cfg = tiny("model.attn_bias=3", "model.attn_bias_until=20", "train.steps=40")
+    train(cfg, tmp_path / "run", progress=False)
+    for step, on in ((0, True), (20, True), (40, False)):
+        model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
+        assert model.attn_bias_on is on is interventions.bias_on(cfg, step)
+    seq = apply_overrides(preset("mws"), ["task.attn_scale=2", "task.attn_scale_from=5"])
+    assert [interventions.scale_on(seq, s) for s in (4, 5)] == [False, True]
+
+
+def test_a_token_and_its_target_are_one_rounding():
+    """blue-oil #397 kind: 2.675 gave token 2.67 and target 2.68."""
+    m = torch.tensor([[[2.675, 0.015], [-2.675, 1.005]]])
+    b = make_batch(m, torch.zeros(1, 4, dtype=torch.bool))
+    assert torch.equal(id_to_value(b.tokens), b.target)
+    assert b.target.tolist()[0][:2] == pytest.approx([2.67, 0.01])
+    batch = sample_batch(preset("cpu").data, 4096, generator(0))
+    seen = ~batch.mask
+    assert torch.equal(id_to_value(batch.tokens[seen]), batch.target[seen])
+
+
+def test_an_override_cannot_relabel_a_run():
+    with pytest.raises(ConfigError, match="--preset"):
+        tiny("preset=small")
+
+
+def test_a_size_mixture_refuses_batches_that_starve_sizes():
+    with pytest.raises(ConfigError, match="train.batch_size=2 is below the 6 sizes"):
+        tiny("data.sizes=2x2,3x3,4x4,5x5,6x6,7x7", "data.rank=1", "train.batch_size=2")
+    with pytest.raises(ConfigError, match="train.eval_size=3"):
+        tiny("data.sizes=5x5,6x6,7x7,7x6", "data.rank=1", "train.eval_size=3")
