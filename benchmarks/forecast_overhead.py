@@ -16,7 +16,7 @@ import torch
 from onoff import time_off_on
 
 from abrupt.config import preset
-from abrupt.forecast import forecast
+from abrupt.dynamics.forecast import forecast
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from abrupt.analysis import ablation, copying, switching
 from abrupt.analysis.common import Inputs
 from abrupt.config import apply_overrides, preset
 from abrupt.data import seeded_batch
-from abrupt.gpt import MatrixGPT
-from abrupt.model import build_model
+from abrupt.models.gpt import MatrixGPT
+from abrupt.models.registry import build_model
 
 ANALYSES = {"copying": copying, "ablation": ablation, "switching": switching}
 

@@ -34,11 +34,13 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # hf_oracle
+
 from abrupt.config import apply_overrides, preset
 from abrupt.data import generator, sample_batch
 from abrupt.losses import losses
-from abrupt.model import build_model
-from abrupt.train import resolve_device, train
+from abrupt.models.registry import build_model
+from abrupt.train.trainer import resolve_device, train
 
 
 def _steps_per_second(model, batches, device, bf16: bool, seconds: float) -> float:
@@ -60,7 +62,7 @@ def _steps_per_second(model, batches, device, bf16: bool, seconds: float) -> flo
 
 def throughput(name: str, device: torch.device, seconds: float) -> dict:
     """Ours against HF BertModel + read-out with the same weights and batches; fp32 (TF32) and bf16."""
-    from abrupt.hf import HFMatrixBert
+    from hf_oracle import HFMatrixBert  # tests/hf_oracle.py: the HuggingFace reference
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

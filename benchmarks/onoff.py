@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from abrupt.config import apply_overrides, preset
-from abrupt.train import train
+from abrupt.train.trainer import train
 
 
 def time_off_on(preset_name: str, option: str, steps: int, repeats: int) -> tuple[float, float]:

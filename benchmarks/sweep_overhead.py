@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from abrupt.sweep import Sweep, config_of, spec_from_args
-from abrupt.train import train
+from abrupt.sweep.runner import Sweep, config_of, spec_from_args
+from abrupt.train.trainer import train
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import torch
 TORCH_DEFAULT = torch.get_num_threads()  # read before anything changes it
 
 from abrupt.config import apply_overrides, preset  # noqa: E402
-from abrupt.train import Trainer  # noqa: E402
+from abrupt.train.trainer import Trainer  # noqa: E402
 
 
 def steps_per_second(name: str, threads: int, steps: int, warmup: int = 5) -> float:

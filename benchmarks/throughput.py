@@ -8,16 +8,20 @@ machine noise hits both. Prints steps/s for each and the ratio ours / HF.
 """
 
 import argparse
+import sys
+from pathlib import Path
 import time
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # hf_oracle
+
 from abrupt.config import preset
 from abrupt.data import generator, sample_batch
-from abrupt.hf import HFMatrixBert
-from abrupt.model import build_model
+from hf_oracle import HFMatrixBert  # tests/hf_oracle.py: the HuggingFace reference
+from abrupt.models.registry import build_model
 from abrupt.losses import losses
-from abrupt.train import resolve_device
+from abrupt.train.trainer import resolve_device
 
 
 def steps_per_second(model, batches, device) -> float:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from abrupt.config import DEFAULT_PRESET, apply_overrides, preset
-from abrupt.rundir import read_metrics
-from abrupt.train import train
+from abrupt.run.rundir import read_metrics
+from abrupt.train.trainer import train
 
 
 def main() -> None:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from abrupt.config import ModelConfig
-from abrupt.model import MatrixBert
+from abrupt.models.bert import MatrixBert
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from abrupt.data import seeded_batch as seeded
 from abrupt.config import DataConfig
 from abrupt.data import MASK_ID, id_to_value
 from abrupt.losses import evaluate
-from abrupt.model import MatrixBert
+from abrupt.models.bert import MatrixBert
 
 from conftest import hand_set_row_head, randomize
 
@@ -211,7 +211,7 @@ def test_parse_heads():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from abrupt.config import apply_overrides, preset
-    from abrupt.train import train
+    from abrupt.train.trainer import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(apply_overrides(preset("tiny"), []), run, progress=False)
@@ -339,7 +339,7 @@ QUICK = ["copying.n=16", "attention.n=16", "probe.n=64", "embeddings.n=16", "pat
 def small_runs(tmp_path_factory):
     """The smallest legal runs, rank 1, trained with the tiny preset for 4 steps."""
     from abrupt.config import apply_overrides, preset
-    from abrupt.train import train
+    from abrupt.train.trainer import train
 
     base = tmp_path_factory.mktemp("small")
     runs = {}
@@ -408,7 +408,7 @@ def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(arch, m,
 
     from abrupt.analysis.registry import default_analyses, discover, plan
     from abrupt.config import apply_overrides, preset
-    from abrupt.model import build_model
+    from abrupt.models.registry import build_model
 
     cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}",
                                            "model.hidden=16", "model.mlp=16"])

@@ -7,12 +7,14 @@ import tempfile
 import pytest
 import torch
 
-from abrupt import checkpoints, forecast, interventions, transition
+from abrupt.run import checkpoints
+from abrupt.dynamics import forecast, transition
+from abrupt.train.trainer import interventions
 from abrupt.analysis.probe import r_squared
 from abrupt.config import ConfigError, apply_overrides, preset
 from abrupt.data import generator, id_to_value, make_batch, sample_batch
-from abrupt.rundir import read_metrics, write_metrics
-from abrupt.train import train
+from abrupt.run.rundir import read_metrics, write_metrics
+from abrupt.train.trainer import train
 
 
 def tiny(*overrides):

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from abrupt import model as model_
+from abrupt.models import layers as model_
 from abrupt.analysis import ablation
 from abrupt.analysis.common import Inputs
 from abrupt.analysis.registry import discover
 from abrupt.config import apply_overrides, preset
 from abrupt.data import seeded_batch
 from abrupt.hooks import act_name
-from abrupt.model import build_model
+from abrupt.models.registry import build_model
 
 
 def config(arch: str):

@@ -167,7 +167,7 @@ def test_a_stopped_training_names_the_resume_command(tmp_path):
 def test_progress_is_labelled_and_plain_lines_when_not_a_terminal(tmp_path, capsys):
     import io
 
-    from abrupt.train import StepProgress
+    from abrupt.train.trainer import StepProgress
 
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "train.steps=60"]) == 0
     err = capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_sudden_preset_is_the_measured_recipe():
     with a longer step cap; with a constant lr the cap does not change the trajectory."""
     from pathlib import Path
 
-    from abrupt.sweep import config_of, expand, spec_from_file
+    from abrupt.sweep.runner import config_of, expand, spec_from_file
 
     spec = spec_from_file(Path(__file__).resolve().parents[1] / "docs" / "plateau" / "small_bias3_b256_eps.yaml")
     trial = config_of(spec.preset, expand(spec)[0].overrides).to_dict()

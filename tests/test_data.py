@@ -4,17 +4,7 @@ import pytest
 import torch
 
 from abrupt.config import DataConfig
-from abrupt.data import (
-    MASK_ID,
-    VOCAB_SIZE,
-    VocabularyRangeError,
-    generator,
-    id_to_value,
-    make_batch,
-    sample_batch,
-    sample_matrices,
-    value_to_id,
-)
+from abrupt.data import MASK_ID, VOCAB_SIZE, VocabularyRangeError, generator, id_to_value, make_batch, sample_batch, sample_matrices, value_to_id
 
 
 def test_token_ids_of_the_spec():

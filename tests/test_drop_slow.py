@@ -3,7 +3,7 @@
 import pytest
 
 from abrupt.config import preset
-from abrupt.train import train
+from abrupt.train.trainer import train
 
 
 @pytest.mark.slow

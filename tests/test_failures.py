@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from abrupt import checkpoints
+from abrupt.run import checkpoints
 from abrupt.cli import _interrupt_hint, _parse, main
-from abrupt.components import component_groups
+from abrupt.sweep.components import component_groups
 from abrupt.config import ModelConfig, preset
-from abrupt.rundir import read_metrics
-from abrupt.train import divergence_advice
+from abrupt.run.rundir import read_metrics
+from abrupt.train.trainer import divergence_advice
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
@@ -313,7 +313,7 @@ def test_overrides_are_taken_after_flags_too(tmp_path, capfd):
 def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_corrupt_file(tiny_run, monkeypatch):
     """SIGINT/SIGTERM inside safetensors' reader used to surface as its own ValueError ("cannot read
     step_1.safetensors: could not determine the shape ..."): now the read finishes and the stop follows."""
-    from abrupt import checkpoints
+    from abrupt.run import checkpoints
 
     real = checkpoints.load_file
     done = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from abrupt.forecast import calibrate, forecast, history
-from abrupt.transition import detect
+from abrupt.dynamics.forecast import calibrate, forecast, history
+from abrupt.dynamics.transition import detect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,8 +65,8 @@ def test_slower_saddles_are_forecast_later_and_the_study_helpers_agree():
 def test_training_writes_forecasts_and_the_report_draws_them(tmp_path):
     from abrupt.config import apply_overrides, preset
     from abrupt.plots import plot_forecast
-    from abrupt.rundir import read_metrics
-    from abrupt.train import train
+    from abrupt.run.rundir import read_metrics
+    from abrupt.train.trainer import train
 
     train(apply_overrides(preset("tiny"), ["train.steps=20", "train.log_every=5"]), tmp_path / "run", progress=False)
     assert all("forecast_escape" not in r for r in read_metrics(tmp_path / "run"))  # no plateau yet: nothing written
@@ -109,7 +109,7 @@ def test_training_can_forecast_from_a_progress_measure(tmp_path):
 def fake_run(path, escape, seed):
     """A run directory whose L_mask escapes at `escape` and whose progress measure starts growing 600 steps earlier."""
     from abrupt.config import preset
-    from abrupt.rundir import atomic_write_json, write_metrics
+    from abrupt.run.rundir import atomic_write_json, write_metrics
 
     rows = saddle(escape=escape, seed=seed, end=escape + 1500)
     for r in rows:

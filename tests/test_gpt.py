@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from abrupt import gpt
+from abrupt.models import gpt
 from abrupt.cli import main
 from abrupt.config import ModelConfig, apply_overrides, preset
 from abrupt.data import generator, sample_batch
-from abrupt.gpt import GPT_MASK, GPT_SEP, GPT_VOCAB, MatrixGPT
-from abrupt.hf import HFMatrixGPT
+from abrupt.models.gpt import GPT_MASK, GPT_SEP, GPT_VOCAB, MatrixGPT
+from hf_oracle import HFMatrixGPT
 
 
 def test_no_value_the_vocabulary_admits_collides_with_a_special_token():
@@ -82,12 +82,13 @@ def test_train_analyze_and_report_the_gpt_through_the_cli(tmp_path, capsys):
 
 
 def test_gpt_refuses_what_it_does_not_support():
+    from abrupt.checks import validate_run
     from abrupt.config import ConfigError
 
     with pytest.raises(ConfigError, match="model.arch=bert only"):
         apply_overrides(preset("gpt_cpu"), ["train.progress=true"])
-    with pytest.raises(ConfigError, match="model.arch"):
-        apply_overrides(preset("tiny"), ["model.arch=rnn"])
+    with pytest.raises(ConfigError, match="model.arch: must be one of bert, gpt"):
+        validate_run(apply_overrides(preset("tiny"), ["model.arch=rnn"]))
 
 
 def random_gpt(seq_len: int, seed: int = 0) -> MatrixGPT:
@@ -111,7 +112,9 @@ def test_cached_greedy_completion_writes_the_same_tokens_as_rerunning_the_sequen
     kv = model.new_cache()
     with torch.no_grad():
         parts = [model(seq[:, :50], cache=kv)] + [model(seq[:, i : i + 1], cache=kv) for i in range(50, 98)]
-        torch.testing.assert_close(torch.cat(parts, 1), model(seq), rtol=1e-5, atol=1e-5)
+        # to float32 rounding: logits ~10, and one of 3 M differed by 1.2e-5 on an AVX512 CPU (the
+        # cached passes multiply shorter matrices, so the kernels sum in another order)
+        torch.testing.assert_close(torch.cat(parts, 1), model(seq), rtol=1e-5, atol=5e-5)
 
 
 def test_analyses_on_the_gpt_give_the_same_numbers_with_and_without_the_cache(monkeypatch, one_thread):

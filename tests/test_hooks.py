@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from abrupt.config import ModelConfig
-from abrupt.gpt import GPT_VOCAB
-from abrupt.model import build_model
+from abrupt.models.gpt import GPT_VOCAB
+from abrupt.models.registry import build_model
 
 T = 9  # 3x3 matrices
 

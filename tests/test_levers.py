@@ -8,9 +8,10 @@ import torch
 
 from abrupt.config import ConfigError, ModelConfig, apply_overrides, preset
 from abrupt.data import VOCAB_SIZE, generator, id_to_value, sample_batch
-from abrupt.model import MatrixBert, build_model, row_column_bias
-from abrupt.rundir import read_metrics
-from abrupt.train import Trainer, train
+from abrupt.models.bert import MatrixBert, row_column_bias
+from abrupt.models.registry import build_model
+from abrupt.run.rundir import read_metrics
+from abrupt.train.trainer import Trainer, train
 
 
 def tiny(*overrides):
@@ -90,7 +91,7 @@ def test_row_column_bias_multiplies_attention_on_row_and_column_keys_by_c():
 
 
 def test_attn_bias_until_switches_the_bias_off_in_training_and_in_loaded_checkpoints(tmp_path):
-    from abrupt.checkpoints import load_run
+    from abrupt.run.checkpoints import load_run
 
     cfg = tiny("model.attn_bias=3", "model.attn_bias_until=10", "train.ckpt_every=5", "train.ckpt_log_points=0")
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
@@ -124,7 +125,7 @@ def test_adam_eps_reaches_every_parameter_group(tmp_path):
 
 
 def test_pre_norm_adds_a_final_layernorm_in_the_readout_group():
-    from abrupt import groups
+    from abrupt.models import groups
 
     model = build_model(ModelConfig(hidden=16, layers=1, heads=2, mlp=32, norm="pre"), 9, seed=0)
     assert "ln_final.weight" in groups.names(model, "readout")

@@ -4,12 +4,12 @@ import torch
 from abrupt.config import ModelConfig
 from abrupt.data import MASK_ID, generator, sample_batch
 from abrupt.config import DataConfig
-from abrupt.model import MatrixBert
+from abrupt.models.bert import MatrixBert
 
 from conftest import randomize
 
 transformers = pytest.importorskip("transformers")
-from abrupt.hf import HFMatrixBert  # noqa: E402
+from hf_oracle import HFMatrixBert  # noqa: E402
 
 
 def tokens(batch=6, seed=1):

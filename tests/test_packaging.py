@@ -16,8 +16,8 @@ SRC = ROOT / "src" / "abrupt"
 
 # Optional imports: the extra that provides each, and the only module allowed to import it, lazily
 # (inside a function), so that `import abrupt` and every command but that one work without it.
-OPTIONAL = {"ray": ("ray", "sweep.py"), "transformers": ("test", "hf.py"), "devinterp": ("devinterp", "llc.py"),
-            "datasets": ("devinterp", "llc.py")}
+# (transformers, the test extra's reference models, is imported by tests/hf_oracle.py only.)
+OPTIONAL = {"ray": ("ray", "runner.py"), "devinterp": ("devinterp", "llc.py"), "datasets": ("devinterp", "llc.py")}
 
 
 def _norm(name: str) -> str:

@@ -43,13 +43,14 @@ ANALYSIS_N = {"copying": 16, "attention": 16, "probe": 64, "embeddings": 16, "pa
 NOT_RUN = ("python3 -m pip", "python3 -m pytest", "PYTHONPATH=src python benchmarks/gpu_paper.py", "abrupt sweep ...")
 
 
-def section(title: str) -> str:
-    """The README's text from the heading `title` to the next heading of the same or a higher level."""
-    match = re.search(rf"^(#+) {re.escape(title)}\n", README, re.M)
-    assert match, f"README has no section '{title}'"
+def section(title: str, text: str = README) -> str:
+    """The text (the README's by default) from the heading `title` to the next heading of the same
+    or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
+    assert match, f"no section '{title}'"
     level = len(match.group(1))
-    end = re.search(rf"^#{{1,{level}}} ", README[match.end():], re.M)
-    return README[match.end(): match.end() + end.start() if end else None]
+    end = re.search(rf"^#{{1,{level}}} ", text[match.end():], re.M)
+    return text[match.end(): match.end() + end.start() if end else None]
 
 
 def quick_start() -> list[str]:
@@ -78,7 +79,10 @@ def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
                 out.pop()
             continue
         prev = words[i - 1] if i else ""
-        word = {"NAME": "small", "RUN": run, "OUT": fresh, "PRE,POST": f"{steps[1]},{steps[-1]}", "LAST": str(steps[-1])}.get(word, word)
+        names = {"NAME": "small", "RUN": run, "OUT": fresh}
+        if steps:  # checkpoints of RUN (none before the quick start has made it)
+            names.update({"PRE,POST": f"{steps[1]},{steps[-1]}", "LAST": str(steps[-1])})
+        word = names.get(word, word)
         if word == "DIR":
             word = fresh if prev == "--out" else run
         if word == "N" and prev == "--seed":
@@ -167,15 +171,15 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
 
     from abrupt.plots import _draw_losses
     from abrupt.report import _transition
-    from abrupt.transition import summarize
+    from abrupt.dynamics.transition import summarize
 
-    glossary = section("Transition terms")
+    glossary = section("Transition terms", (ROOT / "docs" / "run-directory.md").read_text())
     terms = set(re.findall(r"^\| `([^`]+)`", glossary, re.M)) | set(re.findall(r"`(fall_\w+)`", glossary))
     rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.0, "eval_loss_mask": 0.11 if s < 500 else 0.04} for s in range(0, 1000, 10)]
     summary = summarize(rows)
     assert summary["drop_step"] is not None and not summary["dropped"]  # halved, but not 10x below: no drop drawn
     described = {k for k in summary if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")}
-    assert described <= terms, f"summary.json fields missing from the README's glossary: {sorted(described - terms)}"
+    assert described <= terms, f"summary.json fields missing from docs/run-directory.md's glossary: {sorted(described - terms)}"
     fig, ax = plt.subplots()
     _draw_losses(ax, rows, summary)
     labels = ax.get_legend_handles_labels()[1]

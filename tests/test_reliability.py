@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from abrupt.cli import main
-from abrupt.rundir import read_metrics
+from abrupt.run.rundir import read_metrics
 
 TINY = ["--preset", "tiny", "--threads", "1", "--quiet"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from abrupt.cli import main
 from abrupt.config import ConfigError
-from abrupt.sweep import Sweep, expand, read_results, spec_from_args, spec_from_file
+from abrupt.sweep.runner import Sweep, expand, read_results, spec_from_args, spec_from_file
 
 QUIET = ["--preset", "tiny", "--quiet", "--workers", "2"]
 
@@ -107,7 +107,7 @@ def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
     assert main(["sweep", *QUIET, "--out", str(out), "seed=1", "train.steps=10"]) == 2
     assert "already holds a sweep" in capsys.readouterr().err
     busy = Sweep.open(out)
-    from abrupt.rundir import RunLock
+    from abrupt.run.rundir import RunLock
 
     with RunLock(out):  # as a running sweep holds it
         assert main(["sweep", "--resume", str(out), "--quiet"]) == 2
@@ -146,7 +146,7 @@ def test_sigterm_stops_a_sweep_resumably(tmp_path):
     rows = read_results(out / "results.jsonl")
     assert [r["status"] for r in rows] == ["interrupted", "interrupted"]  # the queued trial never started
     assert not (out / "seed=1" / "checkpoints").exists()
-    from abrupt.rundir import read_metrics
+    from abrupt.run.rundir import read_metrics
 
     steps = [r["step"] for r in read_metrics(out / "seed=0")]
     ckpt = max(int(p.name[5:-5]) for p in (out / "seed=0" / "checkpoints").glob("step_*[0-9].json"))
@@ -156,7 +156,7 @@ def test_sigterm_stops_a_sweep_resumably(tmp_path):
 def test_across_seeds_table_gives_median_and_range_per_setting():
     from types import SimpleNamespace
 
-    from abrupt.sweep_summary import _across_seeds, end_fold
+    from abrupt.sweep.summary import _across_seeds, end_fold
 
     trials = [SimpleNamespace(index=i, overrides={"train.lr": lr, "seed": str(seed)})
               for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.001", "0.003") for s in (0, 1, 2)])]
@@ -172,7 +172,7 @@ def test_across_seeds_table_gives_median_and_range_per_setting():
 
 
 def test_the_drop_and_escape_medians_of_an_even_count_are_the_mean_of_the_middle_two():
-    from abrupt.sweep_summary import _drop_stats
+    from abrupt.sweep.summary import _drop_stats
 
     rows = [{"status": "done", "summary": {"escape_step": e, "drop_step": d, "dropped": False}}
             for e, d in ((1650, 1900), (2800, 3000))]

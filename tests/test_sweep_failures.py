@@ -16,8 +16,8 @@ import pytest
 
 from abrupt.cli import main
 from abrupt.config import ConfigError
-from abrupt.rundir import RunDirError, RunLock
-from abrupt.sweep import MAX_NAME, MAX_TRIALS, describe, expand, read_results, spec_from_args, spec_from_file
+from abrupt.run.rundir import RunDirError, RunLock
+from abrupt.sweep.runner import MAX_NAME, MAX_TRIALS, describe, expand, read_results, spec_from_args, spec_from_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
@@ -75,7 +75,7 @@ def test_a_killed_trial_fails_alone_the_sweep_finishes_and_resumes_it(tmp_path):
 
 def test_a_trial_that_exits_on_its_own_fails_with_its_exit_status():
     """Beyond the kill: any way a trial's process ends without reporting is that trial's failure."""
-    from abrupt.sweep import LocalBackend
+    from abrupt.sweep.runner import LocalBackend
 
     engine = LocalBackend(2)
     job = engine.submit(os._exit, 3)
@@ -103,7 +103,7 @@ def test_workers_die_with_a_killed_sweep_and_resume_finishes_their_trials(tmp_pa
 
 def test_the_parent_watch_ends_a_process_whose_parent_died(tmp_path):
     """The fallback where the kernel's parent-death signal is not available (or came too late)."""
-    child = ("import os, threading, time; from abrupt.sweep import watch_parent; "
+    child = ("import os, threading, time; from abrupt.sweep.runner import watch_parent; "
              "threading.Thread(target=watch_parent, args=(int(os.environ['PARENT']), 0.1), daemon=True).start(); time.sleep(120)")
     parent = ("import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
               f"{child!r}], env={{**os.environ, 'PARENT': str(os.getpid())}}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
@@ -145,7 +145,7 @@ def test_ray_trials_that_cannot_start_or_crash_fail_with_their_cause(tmp_path, m
     interrupted), with the original error, and the sweep ends with its summary (not 130)."""
     from ray import cloudpickle  # Ray's own copy: the one that decides how a task's code travels
 
-    from abrupt import sweep as sweep_mod
+    from abrupt.sweep import runner as sweep_mod
 
     module = tmp_path / "driver_only_trial.py"
     module.write_text(textwrap.dedent("""
@@ -191,7 +191,7 @@ def test_every_valid_grid_gets_distinct_names():
 
 
 def _names_only(spec):
-    from abrupt.sweep import _trial_names
+    from abrupt.sweep.runner import _trial_names
 
     return _trial_names(spec, [{"train.trainable": v, "train.reinit": v} for v in spec.zip["train.trainable"]])
 

@@ -10,12 +10,13 @@ import torch
 
 from abrupt import tasks
 from abrupt.analysis import registry
+from abrupt.checks import validate_run
 from abrupt.config import ConfigError, ModelConfig, TaskConfig, apply_overrides, preset
 from abrupt.data import generator
-from abrupt.model import Attention
-from abrupt.seqgpt import SequenceGPT
-from abrupt.tasks.sequence import SeqBatch, sequence_losses
-from abrupt.train import train
+from abrupt.models.layers import Attention
+from abrupt.models.seqgpt import SequenceGPT
+from abrupt.models.seqgpt import SeqBatch, sequence_losses
+from abrupt.train.trainer import train
 
 BASELINE = Path(__file__).parent / "data" / "matrix_baseline.json"
 SEQ_TASKS = ("mws", "prefix_sum", "histogram", "permutation", "addition")
@@ -208,7 +209,7 @@ def test_multiplier_one_is_a_no_op_and_acts_only_on_chosen_layers():
 ])
 def test_bad_task_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        apply_overrides(preset("tiny"), overrides)
+        validate_run(apply_overrides(preset("tiny"), overrides))
 
 
 def test_task_presets_are_the_follow_ups_sizes():
@@ -248,7 +249,7 @@ def test_multiplier_switched_on_late_changes_training_only_from_that_step(tmp_pa
 
 
 def test_detector_reads_the_cross_entropy_on_outputs():
-    from abrupt.transition import summarize
+    from abrupt.dynamics.transition import summarize
 
     rows = [{"step": s, "loss": 1.0, "eval_loss": (2.6 if s < 300 else 0.02), "eval_acc": 0.1, "eval_seq_acc": 0.0}
             for s in range(0, 400, 10)]

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from abrupt import checkpoints
+from abrupt.run import checkpoints
 from abrupt.config import apply_overrides, preset
-from abrupt.rundir import read_metrics
-from abrupt.train import TrainingError, checkpoint_at, train
+from abrupt.run.rundir import read_metrics
+from abrupt.train.trainer import TrainingError, checkpoint_at, train
 
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "loss.png", "checkpoints"}
 METRIC_KEYS = {"step", "loss", "loss_obs", "loss_mask", "mask_value", "eval_loss", "eval_loss_mask", "grad_norm", "time"}
@@ -141,7 +141,7 @@ def test_curriculum_schedule():
 
 
 def test_sudden_is_the_window_rule_plateau_then_5x_within_a_quarter_of_it():
-    from abrupt.transition import summarize
+    from abrupt.dynamics.transition import summarize
 
     def curve(f):
         return [{"step": s, "eval_loss_mask": f(s)} for s in range(0, 12001, 50)]
@@ -167,7 +167,7 @@ def test_loss_plot_shows_the_judged_window_and_the_progress_measures(tmp_path):
     import matplotlib.pyplot as plt
 
     from abrupt.plots import _draw_losses, _draw_progress, plot_losses
-    from abrupt.transition import summarize
+    from abrupt.dynamics.transition import summarize
 
     rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.001, "eval_loss_mask": 0.2 if s < 8000 else 0.01,
              "prog_row_mass": 0.2 if s < 7900 else 0.9, "prog_col_mass": 0.2, "prog_collapse": 0.8, "prog_pos_purity": 0.1}

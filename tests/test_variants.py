@@ -6,12 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from abrupt import checkpoints, groups, progress
+from abrupt.run import checkpoints
+from abrupt.models import groups
+from abrupt import progress
 from abrupt.cli import main
 from abrupt.config import ModelConfig, apply_overrides, preset
-from abrupt.model import MatrixBert, build_model
-from abrupt.rundir import read_metrics
-from abrupt.train import eval_batch, train
+from abrupt.models.bert import MatrixBert
+from abrupt.models.registry import build_model
+from abrupt.run.rundir import read_metrics
+from abrupt.train.trainer import eval_batch, train
 from conftest import hand_set_row_head
 
 TINY = ["--preset", "tiny", "--quiet", "--threads", "1"]
@@ -71,7 +74,7 @@ def test_init_from_a_model_of_another_shape_is_one_line(source, tmp_path, capsys
 
 
 def test_group_learning_rates(tmp_path):
-    from abrupt.train import Trainer
+    from abrupt.train.trainer import Trainer
 
     trainer = Trainer(tiny("train.group_lr=pos_embed=10"), tmp_path / "t", progress=False)
     trainer.step(1, False)

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from abrupt.config import preset
-from abrupt.sweep import config_of, read_results, spec_from_file
-from abrupt.sweep_summary import end_fold, spread
+from abrupt.sweep.runner import config_of, read_results, spec_from_file
+from abrupt.sweep.summary import end_fold, spread
 
 HERE = Path(__file__).resolve().parent
 QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column

@@ -17,9 +17,11 @@ import threading
 import time
 from pathlib import Path
 
-from . import checkpoints
-from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, all_keys, apply_overrides, preset, set_key, validate
-from .rundir import dumps
+from .checks import validate_run
+from .run import checkpoints
+from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
+from .config.reference import keys_text
+from .run.rundir import dumps, read_config
 
 
 class UsageError(Exception):
@@ -38,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model into a run directory")
+    t = sub.add_parser("train", help="train a model into a run directory", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="configuration keys (section.key=value; defaults are the paper's, a preset changes some):\n"
+                              + keys_text(96))
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`")
     t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-seed<N>-<YYYYmmdd-HHMMSS>)")
     t.add_argument("--seed", type=int, help="seed for weights, data and evaluation batch")
@@ -46,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS}; with --resume, the run's last "
                    "count); more cores are best used by several runs at once: `abrupt sweep`")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides; keys: " + ", ".join(all_keys()))
+    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (the keys are listed below)")
 
     sub.add_parser("presets", help="list presets")
 
@@ -177,21 +181,21 @@ def _set_threads(threads: int | None) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .rundir import unique_dir
-    from .train import recorded_threads, resume_point, train
+    from .run.rundir import unique_dir
+    from .train.trainer import recorded_threads, resume_point, train
 
     if args.threads is not None:
         _check_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
             raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
-        cfg = checkpoints.read_config(args.resume)
+        cfg = read_config(args.resume)
         for item in args.overrides:
             key, _, value = item.partition("=")
             if key.strip() != "train.steps":
                 raise UsageError(f"--resume: only train.steps may be overridden, got '{key}'")
             set_key(cfg, "train.steps", value)
-        validate(cfg)
+        validate_run(cfg)
         last = resume_point(args.resume)
         if last is not None and last.step >= cfg.train.steps:
             raise UsageError(f"{args.resume} is already at step {last.step}; give train.steps=N with N > {last.step} to extend it "
@@ -218,8 +222,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _interrupted(out: Path, steps: int) -> str:
     """What a stopped training says: where it stopped, its last losses, and the command that resumes it."""
-    from .rundir import read_metrics
-    from .train import resume_point
+    from .run.rundir import read_metrics
+    from .train.trainer import resume_point
 
     if not (out / "config.json").exists():
         return f"abrupt: interrupted before {out} held a run; nothing to resume"
@@ -237,11 +241,13 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     for name, (desc, _) in PRESETS.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         print(f"{name:<{width}}  {desc}{mark}")
+    print(f"\nconfiguration keys (section.key=value; docs/configuration.md):\n{keys_text()}")
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .rundir import finish, read_metrics
+    from .run.rundir import read_metrics
+    from .train.summary import finish
 
     if not read_metrics(args.run):
         raise UsageError(f"{args.run}: no metrics.jsonl with logged steps")
@@ -303,7 +309,7 @@ def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
 def _headline(run: Path, name: str) -> str:
     """compare / ood: the hidden-entry MSE of each method in each setting, as a plain table."""
     from .analysis.common import Table
-    from .rundir import read_json
+    from .run.rundir import read_json
 
     res = read_json(Path(run) / "analysis" / name / "results.json")
     keys = ("p_mask",) if name == "compare" else ("family", "variant")
@@ -354,7 +360,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise UsageError(f"--device: must be cpu, cuda or cuda:N, got '{args.device}'")
     if args.device != "cpu":
-        from .train import resolve_device
+        from .train.trainer import resolve_device
 
         resolve_device(args.device, "--device")
     return _analyze(args.run, only, steps, opts, args.device)
@@ -383,8 +389,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .rundir import unique_dir
-    from .sweep import Sweep, check_backend, spec_from_args, spec_from_file
+    from .run.rundir import unique_dir
+    from .sweep.runner import Sweep, check_backend, spec_from_args, spec_from_file
 
     if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
         args.overrides.insert(0, str(args.spec))
@@ -422,8 +428,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_components(args: argparse.Namespace) -> int:
-    from . import components
-    from .sweep import Sweep
+    from .sweep import components
+    from .sweep.runner import Sweep
 
     _check_workers(args.workers)
     if args.resume:
@@ -444,7 +450,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
-    from . import forecast_study
+    from .dynamics import study as forecast_study
 
     if args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
@@ -518,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The command, with every way it can fail turned into one line and an exit status."""
-    from .rundir import RunDirError
-    from .train import TrainingError
+    from .run.rundir import RunDirError
+    from .train.trainer import TrainingError
 
     try:
         return COMMANDS[args.command](args)

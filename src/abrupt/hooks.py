@@ -36,6 +36,18 @@ def act_name(kind: str, layer: int | None = None) -> str:
     return f"blocks.{layer}.attn.hook_{kind}" if kind in ATTN_KINDS else f"blocks.{layer}.hook_{kind}"
 
 
+@contextlib.contextmanager
+def mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
+    """`model` in training or evaluation mode for the block, its own mode restored after (also when
+    the block raises)."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 class HookPoint(nn.Module):
     """Identity; the place where hooks read or replace an activation.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .hooks import act_name
+from .hooks import act_name, mode
 
 PROGRESS_KEYS = ("prog_row_mass", "prog_col_mass", "prog_collapse", "prog_pos_purity")
 # figure legends (loss.png, the progress analysis), the sequence tasks' measures included
@@ -77,10 +77,8 @@ def measures(model, tokens: torch.Tensor, hidden: torch.Tensor, m: int, n: int, 
     size mixture is attended by no query)."""
     layers = len(model.blocks)
     names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
-    was_training = model.training
-    model.eval()
-    _, cache = model.run_with_cache(tokens, names=names, **({} if pad is None else {"pad": pad}))
-    model.train(was_training)
+    with mode(model):
+        _, cache = model.run_with_cache(tokens, names=names, **({} if pad is None else {"pad": pad}))
     pats = torch.stack([cache[name] for name in names[:-1]])
     masses = head_masses(pats, hidden, m, n)
     t = m * n

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
-from .rundir import RunDirError, atomic_write_bytes, read_json
+from .run.rundir import RunDirError, atomic_write_bytes, read_json
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}

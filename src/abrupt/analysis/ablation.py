@@ -8,7 +8,7 @@ alone.
 
 Every hook acts on each matrix and position alone, the batch mean being computed beforehand over
 the whole batch: the numbers do not depend on how prediction splits the batch into chunks
-(model.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full reruns.
+(models.layers.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full reruns.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from typing import Annotated, Any, Sequence
 
 import torch
 
-from .. import model as model_
 from ..config import Config
 from ..data import Batch, seeded_batch
-from ..hooks import act_name
+from ..hooks import act_name, mode
+from ..models import layers
 from ..losses import evaluate
-from ..model import MatrixBert
-from .common import (needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, group_by_layer, loss_cells, one_of, parse_heads,
-                     plot_head_tables)
+from ..models.bert import MatrixBert
+from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, group_by_layer, loss_cells, one_of, parse_heads, plot_head_tables
 
 TITLE = "Attention ablation"
 PAPER = ("Replacing attention patterns by input-independent (batch-mean) or uniform ones raises the "
@@ -45,18 +44,16 @@ def check_modes(modes: Sequence[str]) -> None:
 def mean_patterns(model: MatrixBert, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """{layer: (H, L, L)} each head's attention pattern averaged over the whole batch, on the
     sequences the intact model reads when it predicts (`prediction_inputs`: L = T for the BERT,
-    2T for the GPT variant); summed in float64 over chunks of model.CHUNK matrices, so the mean
+    2T for the GPT variant); summed in float64 over chunks of models.layers.CHUNK matrices, so the mean
     is the same whatever the chunk size."""
     names = {l: act_name("pattern", l) for l in range(len(model.blocks))}
-    was_training = model.training
-    model.eval()
     total: dict[int, torch.Tensor] = {}
-    for i in range(0, len(tokens), model_.CHUNK):
-        _, cache = model.run_with_cache(model.prediction_inputs(tokens[i : i + model_.CHUNK]), names=list(names.values()))
-        for l, name in names.items():
-            part = cache[name].double().sum(dim=0)
-            total[l] = part if l not in total else total[l] + part
-    model.train(was_training)
+    with mode(model):
+        for i in range(0, len(tokens), layers.CHUNK):
+            _, cache = model.run_with_cache(model.prediction_inputs(tokens[i : i + layers.CHUNK]), names=list(names.values()))
+            for l, name in names.items():
+                part = cache[name].double().sum(dim=0)
+                total[l] = part if l not in total else total[l] + part
     return {l: (s / len(tokens)).float() for l, s in total.items()}
 
 

@@ -18,7 +18,7 @@ import torch
 from ..config import Config, DataConfig
 from ..data import Batch, make_batch, seeded_batch
 from ..hooks import act_name
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from ..plots import figure, plt
 from ..progress import head_masses
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between

@@ -22,11 +22,11 @@ from typing import Annotated, Any, Callable
 
 import numpy as np
 
-from .. import checkpoints
+from ..run import checkpoints
 from ..config import Config, DataConfig
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from ..plots import figure
-from ..rundir import RunDirError, read_json, read_metrics
+from ..run.rundir import RunDirError, read_config, read_json, read_metrics
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ class RunView:
 
 def open_run(path: Path, device: str = "cpu") -> RunView:
     path = Path(path)
-    cfg = checkpoints.read_config(path)
+    cfg = read_config(path)
     steps = [c.step for c in checkpoints.list_checkpoints(path / "checkpoints", verify=False)]
     if not steps:
         raise checkpoints.CheckpointError(f"no checkpoints in {path / 'checkpoints'}")

@@ -25,7 +25,7 @@ from ..config import Config, DataConfig, max_abs_entry
 from ..data import id_to_value, seeded_batch, value_to_id
 from ..hooks import act_name
 from ..losses import evaluate
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from .. import progress
 from ..plots import figure, plt
 from .common import bert_only, Count, Inputs, Result, Seed, Table, Text, at_least, loss_cells

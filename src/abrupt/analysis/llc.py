@@ -20,6 +20,7 @@ import torch
 
 from ..config import Config
 from ..data import Batch, id_to_value, seeded_batch, value_to_id
+from ..hooks import mode
 from ..plots import figure
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, bert_only, between, one_of
 
@@ -94,20 +95,15 @@ def estimate(model: torch.nn.Module, ids: torch.Tensor, loss_fn, lr: float, n_be
 
     data = Dataset.from_dict({"input_ids": ids.tolist()}).with_format("torch")
     t0 = time.perf_counter()
-    was_training = model.training
-    model.train()
-    try:
-        with tempfile.TemporaryDirectory(prefix="abrupt-llc-") as tmp:
-            out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains,
-                      num_draws=draws, batch_size=batch_size, num_init_loss_batches=max(1, len(ids) // batch_size),
-                      init_seed=seed, loss_fn=loss_fn, device="cpu", output_path=str(Path(tmp) / "samples.zarr"))
-            # read into memory before the folder goes: the result is backed by the zarr store
-            per_chain = [float(v) for v in out["llc_per_chain"].values.reshape(-1)]
-            traces = [[float(x) for x in row] for row in out["loss_trace"].values.reshape(len(per_chain), -1)]
-            init_loss = float(out["init_loss"].values)
-            mean, spread = float(out["llc_mean"]), float(out["llc_std"])
-    finally:
-        model.train(was_training)
+    with mode(model, training=True), tempfile.TemporaryDirectory(prefix="abrupt-llc-") as tmp:
+        out = llc(model, data, {}, lr=lr, n_beta=n_beta, localization=localization, num_chains=chains,
+                  num_draws=draws, batch_size=batch_size, num_init_loss_batches=max(1, len(ids) // batch_size),
+                  init_seed=seed, loss_fn=loss_fn, device="cpu", output_path=str(Path(tmp) / "samples.zarr"))
+        # read into memory before the folder goes: the result is backed by the zarr store
+        per_chain = [float(v) for v in out["llc_per_chain"].values.reshape(-1)]
+        traces = [[float(x) for x in row] for row in out["loss_trace"].values.reshape(len(per_chain), -1)]
+        init_loss = float(out["init_loss"].values)
+        mean, spread = float(out["llc_mean"]), float(out["llc_std"])
     seconds = time.perf_counter() - t0
     reasons = chain_failures(per_chain, traces, init_loss)
     if reasons:

@@ -18,7 +18,7 @@ import torch
 from ..config import Config
 from ..data import Batch, make_batch, sample_batch, seeded_batch
 from ..hooks import act_name
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from .common import bert_only, needs_hidden, Count, Inputs, Result, Seed, Table, Text, group_by_layer, parse_heads, plot_head_tables
 
 TITLE = "Activation patching"

@@ -19,7 +19,7 @@ import torch
 from ..config import Config
 from ..data import seeded_batch
 from ..hooks import act_name
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from ..plots import figure
 from .common import bert_only, Inputs, Result, Seed, Table, Text, at_least, between
 

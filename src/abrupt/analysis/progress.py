@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .. import groups
+from ..models import groups
 from ..config import Config
 from ..plots import figure
 from ..progress import LABELS, PROGRESS_KEYS

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import tasks
-from ..rundir import atomic_write_json, read_json
+from ..run.rundir import atomic_write_json, read_json
 from ..config import Config
 from .common import Check, RunView, open_run
 

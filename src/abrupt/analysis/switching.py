@@ -11,11 +11,11 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any
 
-from .. import groups as groups_
+from ..models import groups as groups_
 from ..config import Config
 from ..data import seeded_batch
 from ..losses import evaluate
-from ..model import MatrixBert
+from ..models.bert import MatrixBert
 from ..plots import figure
 from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, loss_cells, one_of
 

@@ -1,23 +1,40 @@
-"""Tasks: what a model learns. One module per task; `get(name)` returns its `TASK` object.
+"""Tasks: what a model learns. One module per task, found by `names()`: a module of this package
+that defines `TASK` (an object with the calls of `base.Task`) is a task, named by `TASK.name`.
 
-A task answers what training, evaluation and the analyses ask of it (see `base.Task`): the
-model it trains, seeded batches drawn on the training device, the objective and its metrics
-(the model's `objective` / `evaluate_batch`), progress measures, and which analyses apply.
-`matrix` is the paper's matrix completion; `sequence.SequenceTask` is the shared part of the
-follow-up's sequence tasks, so that a new one is a module defining its tokens and correct keys.
+A task answers what training, evaluation and the analyses ask of it: the model it trains, seeded
+batches drawn on the training device, the objective and its metrics (the model's `objective` /
+`evaluate_batch`), progress measures, and which analyses apply. `matrix` is the paper's matrix
+completion; `sequence.SequenceTask` is the shared part of the follow-up's sequence tasks, so that
+a new one is a module defining its tokens and correct keys (docs/extending.md).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 
 from .base import Task
 
 
-def get(name: str) -> Task:
-    """The task called `name` (config.TASKS); raises ValueError for an unknown one."""
-    from ..config import TASKS
+@functools.cache
+def _registry() -> dict[str, Task]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        task = getattr(module, "TASK", None)
+        if task is not None:
+            found[task.name] = task
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != "matrix", kv[0])))  # matrix first: the default
 
-    if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
-    return importlib.import_module(f"{__name__}.{name}").TASK
+
+def names() -> tuple[str, ...]:
+    """Every task's name, `matrix` first."""
+    return tuple(_registry())
+
+
+def get(name: str) -> Task:
+    """The task called `name`; raises ValueError naming the tasks for an unknown one."""
+    if name not in _registry():
+        raise ValueError(f"unknown task '{name}'; choose one of: {', '.join(names())}")
+    return _registry()[name]

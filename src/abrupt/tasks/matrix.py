@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..config import Config
 from ..data import Batch, sample_batch
 from ..hooks import HookedModule
-from ..model import build_model
+from ..models.registry import build_model
 from .. import progress as measures
 
 PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluation batch

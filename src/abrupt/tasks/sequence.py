@@ -18,39 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config, TaskConfig, layer_list
-from ..hooks import HookedModule, act_name
+from ..hooks import HookedModule, act_name, mode
+from ..models.seqgpt import SeqBatch, SequenceGPT
 from ..progress import collapse
 
 PROGRESS_BATCH = 256  # progress measures use the first sequences of the evaluation batch
 SEQ_KEYS = ("loss", "acc", "seq_acc")  # the objective's metrics (metrics.jsonl: these and eval_*)
-
-
-@dataclass
-class SeqBatch:
-    tokens: torch.Tensor  # (B, L) int64: inputs, separator(s), outputs
-    out_start: int  # index of the first output token
-    keys: torch.Tensor  # (B, layers, L-1, L-1) bool: each layer's correct keys of each output query (False elsewhere)
-    pad: None = None  # no padding and no size mixture (the trainer asks)
-    size: None = None
-
-    def to(self, device: torch.device | str) -> "SeqBatch":
-        return dataclasses.replace(self, tokens=self.tokens.to(device), keys=self.keys.to(device))
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def __getitem__(self, rows: slice) -> "SeqBatch":
-        return dataclasses.replace(self, tokens=self.tokens[rows], keys=self.keys[rows])
-
-
-def sequence_losses(logits: torch.Tensor, batch: SeqBatch) -> dict[str, torch.Tensor]:
-    """logits (B, L-1, V) -> cross-entropy over the outputs (nats per output token; the training
-    objective), token accuracy and whole-sequence accuracy of the argmax (teacher-forced)."""
-    out = logits[:, batch.out_start - 1 :].float()
-    target = batch.tokens[:, batch.out_start :].to(out.device)
-    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
-    right = out.argmax(-1) == target
-    return {"loss": ce, "acc": right.float().mean(), "seq_acc": right.all(-1).float().mean()}
 
 
 class SequenceTask:
@@ -77,11 +50,16 @@ class SequenceTask:
     # --- what training asks (base.Task) --------------------------------------------------------
 
     def check(self, cfg: Config) -> None:
+        name = cfg.task.name
+        if cfg.model.arch != "gpt":
+            raise ValueError(f"task.name={name}: a sequence task needs the decoder, model.arch=gpt")
+        if cfg.curriculum.end():
+            raise ValueError(f"curriculum: built for task.name=matrix, not {name}")
+        if cfg.data.sizes.strip():
+            raise ValueError(f"data.sizes: built for task.name=matrix, not {name}")
         layer_list(cfg.task.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
 
     def build_model(self, cfg: Config) -> HookedModule:
-        from ..seqgpt import SequenceGPT
-
         torch.manual_seed(cfg.seed)
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
         k = cfg.task
@@ -113,10 +91,8 @@ class SequenceTask:
         b = batch[:PROGRESS_BATCH]
         layers = len(model.blocks)
         names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
-        was_training = model.training
-        model.eval()
-        logits, cache = model.run_with_cache(b.tokens[:, :-1], names=names, keys=b.keys)
-        model.train(was_training)
+        with mode(model):
+            logits, cache = model.run_with_cache(b.tokens[:, :-1], names=names, keys=b.keys)
         q0 = b.out_start - 1
         pred = logits[:, q0:].argmax(-1)
         out = {"prog_repetition": (pred[:, 1:] == pred[:, :-1]).float().mean().item(),

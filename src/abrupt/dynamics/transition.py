@@ -27,6 +27,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+ESCAPE_DEPARTURE = 0.2  # escape_step: the first step the smoothed loss is this fraction below the plateau
+
 
 def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
     """(steps, losses) of the run's headline loss: evaluation L_mask on matrices (training L_mask
@@ -76,7 +78,7 @@ def detect(
     end = next((j for j in range(start, len(s)) if s[j] < 0.8 * s[start]), len(s))
     plateau = statistics.median(s[start:end])
     drop = next((j for j in range(start, len(s)) if s[j] < 0.5 * plateau), None)
-    escape = next((j for j in range(start, len(s)) if s[j] < 0.8 * plateau), None)
+    escape = next((j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * plateau), None)
     result["plateau_start"] = steps[start]
     result["plateau_loss_mask"] = plateau
     result["escape_step"] = steps[escape] if escape is not None else None

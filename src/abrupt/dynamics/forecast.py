@@ -25,10 +25,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .transition import detect, loss_series, running_median
+from .transition import ESCAPE_DEPARTURE, detect, loss_series, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
-ESCAPE_DEPARTURE = 0.2  # escape_step: the smoothed loss 20% below the plateau (transition.detect)
 
 
 @dataclass

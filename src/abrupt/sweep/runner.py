@@ -39,9 +39,9 @@ from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
-from .config import ConfigError, apply_overrides, preset
-from .rundir import (RunDirError, RunLock, atomic_write_bytes, atomic_write_json, check_name, dumps, ensure_dir, read_json,
-                     read_jsonl, remove_temp_files)
+from ..checks import validate_run
+from ..config import ConfigError, apply_overrides, preset
+from ..run.rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, check_name, dumps, ensure_dir, read_json, read_jsonl, remove_temp_files
 
 
 @dataclass
@@ -205,10 +205,10 @@ def expand(spec: SweepSpec) -> list[Trial]:
 
 
 def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
-    from .checkpoints import read_config
+    from ..run.rundir import read_config
 
     base = read_config(Path(base_run)) if base_run else preset(preset_name)
-    return apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()])
+    return validate_run(apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
 
 
 # --- one trial, in its own process -------------------------------------------------------------------
@@ -221,9 +221,9 @@ def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads
     """Train (or finish) one trial's run directory; never raises: the row says what happened."""
     import torch
 
-    from . import checkpoints
-    from .rundir import finish
-    from .train import resume_point, train
+    from ..run import checkpoints
+    from ..train.summary import finish
+    from ..train.trainer import resume_point, train
 
     if (Path(out_dir).parent / STOP_NAME).exists():  # the sweep was stopped while this trial waited (Ray)
         return _not_started()
@@ -546,7 +546,7 @@ class Sweep:
                 engine.stop()
                 self._rewrite_results()
             rows = self.rows()
-            from .sweep_summary import write_summary
+            from .summary import write_summary
 
             write_summary(self)
         return rows

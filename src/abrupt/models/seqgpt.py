@@ -13,17 +13,48 @@ the chosen layers on each output query's correct keys is multiplied by c (`Atten
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .gpt import build_decoder
-from .hooks import HookedModule
-from .losses import as_floats
-from .model import init_weights
-from .tasks.sequence import SeqBatch, sequence_losses
+from ..hooks import HookedModule, mode
+from ..losses import as_floats
+from . import layers
+from .layers import init_weights
+
+
+@dataclass
+class SeqBatch:
+    tokens: torch.Tensor  # (B, L) int64: inputs, separator(s), outputs
+    out_start: int  # index of the first output token
+    keys: torch.Tensor  # (B, layers, L-1, L-1) bool: each layer's correct keys of each output query (False elsewhere)
+    pad: None = None  # no padding and no size mixture (the trainer asks)
+    size: None = None
+
+    def to(self, device: torch.device | str) -> "SeqBatch":
+        return dataclasses.replace(self, tokens=self.tokens.to(device), keys=self.keys.to(device))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, rows: slice) -> "SeqBatch":
+        return dataclasses.replace(self, tokens=self.tokens[rows], keys=self.keys[rows])
+
+
+def sequence_losses(logits: torch.Tensor, batch: SeqBatch) -> dict[str, torch.Tensor]:
+    """logits (B, L-1, V) -> cross-entropy over the outputs (nats per output token; the training
+    objective), token accuracy and whole-sequence accuracy of the argmax (teacher-forced)."""
+    out = logits[:, batch.out_start - 1 :].float()
+    target = batch.tokens[:, batch.out_start :].to(out.device)
+    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+    right = out.argmax(-1) == target
+    return {"loss": ce, "acc": right.float().mean(), "seq_acc": right.all(-1).float().mean()}
 
 
 class SequenceGPT(HookedModule):
@@ -74,10 +105,10 @@ class SequenceGPT(HookedModule):
     objective = staticmethod(sequence_losses)
 
     @torch.no_grad()
-    def evaluate_batch(self, batch: SeqBatch, chunk: int = 512) -> dict[str, float]:
-        """Teacher-forced metrics on a batch (evaluation mode), as floats."""
-        was_training = self.training
-        self.eval()
-        logits = torch.cat([self(*self.train_inputs(batch[i : i + chunk])).float() for i in range(0, len(batch), chunk)])
-        self.train(was_training)
+    def evaluate_batch(self, batch: SeqBatch, chunk: int | None = None) -> dict[str, float]:
+        """Teacher-forced metrics on a batch (evaluation mode, `chunk` sequences a forward pass,
+        default layers.CHUNK), as floats."""
+        chunk = chunk or layers.CHUNK
+        with mode(self):
+            logits = torch.cat([self(*self.train_inputs(batch[i : i + chunk])).float() for i in range(0, len(batch), chunk)])
         return as_floats(sequence_losses(logits, batch))

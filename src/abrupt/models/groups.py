@@ -12,7 +12,10 @@ import dataclasses
 import re
 from typing import Any
 
+import torch
 from torch import nn
+
+from .registry import build_model
 
 GROUPS = {
     "tok_embed": r"^tok_embed\.",
@@ -76,10 +79,6 @@ _NAMES: dict[str, tuple[str, ...]] = {}
 
 
 def _parameter_names(model_cfg: Any) -> tuple[str, ...]:
-    import torch
-
-    from .model import build_model
-
     # Width never changes which tensors exist: the smallest model is built, once per kind, and the
     # global RNG (which build_model seeds) is restored.
     small = dataclasses.replace(model_cfg, hidden=model_cfg.heads, mlp=1, value_init="random")  # no data-dependent init on meta

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import MASK_ID, VOCAB_SIZE
-from .model import MatrixBert
+from abrupt.data import MASK_ID, VOCAB_SIZE
+from abrupt.models.bert import MatrixBert
 
 
 def hf_config(model: MatrixBert):
@@ -87,7 +87,7 @@ class HFMatrixGPT(nn.Module):
         super().__init__()
         from transformers import GPT2Config, GPT2Model
 
-        from .gpt import GPT_VOCAB
+        from abrupt.models.gpt import GPT_VOCAB
 
         c = model.cfg
         config = GPT2Config(vocab_size=GPT_VOCAB, n_positions=2 * model.seq_len, n_embd=c.hidden, n_layer=c.layers,

@@ -24,10 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import Config
-from . import interventions, tasks
-from .model import MatrixBert
-from .rundir import RunDirError, atomic_write_json, interrupts_held, read_json, remove_temp_files
+from ..config import Config
+from ..train import interventions
+from .. import tasks
+from ..models.bert import MatrixBert
+from .rundir import atomic_write_json, interrupts_held, read_config, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
 
@@ -246,18 +247,6 @@ def load_training_state(
                                   "was config.json edited after the run was written?")
         optim.state[p][field] = value.to(p.device) if field != "step" or fused else value
     return extra
-
-
-def read_config(run_dir: Path) -> Config:
-    """The resolved configuration a run wrote to its config.json."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise RunDirError(f"{run_dir} is not a run directory (no config.json)")
-    raw = read_json(path)
-    try:
-        return Config.from_dict({k: v for k, v in raw.items() if k != "versions"})
-    except (AttributeError, ValueError) as e:
-        raise RunDirError(f"{path} is not a valid run configuration: {e}") from None
 
 
 def load_run(run_dir: Path, step: int | None = None, device: str | torch.device = "cpu") -> tuple[Config, MatrixBert, Checkpoint]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import groups
-from .checkpoints import read_config
-from .config import ModelConfig
-from .plots import figure, plt
-from .rundir import atomic_write_bytes, read_metrics
-from .sweep import Sweep, SweepSpec
+from ..models import groups
+from ..run.rundir import read_config
+from ..config import ModelConfig
+from ..plots import figure, plt
+from ..run.rundir import atomic_write_bytes, read_metrics
+from .runner import Sweep, SweepSpec
 
 
 def component_groups(model_cfg: ModelConfig) -> list[str]:

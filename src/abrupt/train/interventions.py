@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 
 def bias_on(cfg: Config, step: int) -> bool:

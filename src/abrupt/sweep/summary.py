@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .rundir import atomic_write_bytes, read_metrics
-from .sweep import Sweep
+from ..run.rundir import atomic_write_bytes, read_metrics
+
+if TYPE_CHECKING:  # the runner calls this module; only its type is named here
+    from .runner import Sweep
 
 
 def _number(v: str) -> int | float | str:
@@ -103,7 +105,7 @@ def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]
 
 def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[Path]:
     """Per swept key, drop step and final L_mask against its value; every trial's L_mask curve."""
-    from .plots import figure, plt
+    from ..plots import figure, plt
 
     figures = []
     for key in keys:

@@ -22,12 +22,17 @@ from typing import Any, Callable, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, checkpoints, forecast, groups, interventions, tasks, transition
-from .config import Config, ConfigError, group_lr, validate
-from .data import generator
-from .losses import as_floats, losses, per_size
-from .rundir import (RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, finish, read_json, read_metrics,
-                     remove_temp_files, write_metrics)
+from .. import __version__, tasks
+from ..run import checkpoints
+from ..dynamics import forecast, transition
+from ..models import groups
+from . import interventions
+from .summary import finish
+from ..checks import validate_run
+from ..config import Config, ConfigError, group_lr
+from ..data import generator
+from ..losses import as_floats, losses, per_size
+from ..run.rundir import RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, read_json, read_metrics, remove_temp_files, write_metrics
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -480,7 +485,7 @@ class Trainer:
 
 def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
-    validate(cfg)
+    validate_run(cfg)
     check_name(out_dir)
     trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
     source = init_source(trainer.model, cfg.train.init_from) if cfg.train.init_from and not resume else None  # refuse before writing

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
-from .hooks import HookedModule, HookPoint
-from . import model as base
-from .model import Attention, KVCache, init_weights
+from ..config import ModelConfig
+from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
+from ..hooks import HookedModule, HookPoint, mode
+from . import layers
+from .layers import Attention, KVCache, init_weights
 
 GPT_MASK, GPT_SEP = 0, 1
 _SHIFT = 1  # a GPT value id is the BERT value id + 1 (room for SEP after MASK)
@@ -126,7 +126,7 @@ class MatrixGPT(HookedModule):
 
     causal = True  # a position attends to itself and earlier ones
 
-    def __init__(self, cfg: ModelConfig, seq_len: int) -> None:
+    def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:  # cols: unused (no row/column bias)
         super().__init__()
         self.cfg = cfg
         self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
@@ -173,10 +173,8 @@ class MatrixGPT(HookedModule):
     @torch.no_grad()
     def evaluate_batch(self, batch: Batch) -> dict[str, float]:
         """Teacher-forced losses on a batch (evaluation mode), as floats."""
-        was_training = self.training
-        self.eval()
-        logits = torch.cat([self(*self.train_inputs(batch[i : i + base.CHUNK])).float() for i in range(0, len(batch), base.CHUNK)])
-        self.train(was_training)
+        with mode(self):
+            logits = torch.cat([self(*self.train_inputs(batch[i : i + layers.CHUNK])).float() for i in range(0, len(batch), layers.CHUNK)])
         return {k: v.item() for k, v in gpt_losses(logits, batch).items()}
 
     @torch.no_grad()
@@ -209,13 +207,10 @@ class MatrixGPT(HookedModule):
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: bool = True) -> torch.Tensor:
         """The completed matrix (B, T) for masked BERT tokens (see `complete`), in evaluation mode,
-        abrupt.model.CHUNK matrices at a time."""
+        layers.CHUNK matrices at a time."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
-        was_training = self.training
-        self.eval()
         t = tokens.shape[1]
-        out = torch.cat([id_values(self.complete(tokens[i : i + base.CHUNK], cache)[:, t + 1 :]).cpu()
-                         for i in range(0, len(tokens), base.CHUNK)])
-        self.train(was_training)
-        return out
+        with mode(self):
+            return torch.cat([id_values(self.complete(tokens[i : i + layers.CHUNK], cache)[:, t + 1 :]).cpu()
+                              for i in range(0, len(tokens), layers.CHUNK)])

@@ -28,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..config import Config, CurriculumConfig
+
 LOCK_NAME = ".lock"
 
 
@@ -245,26 +247,22 @@ def unique_dir(parent: Path, stem: str) -> Path:
     raise RunDirError(f"no free directory name for {stem} in {parent}")
 
 
+def read_config(run_dir: Path) -> Config:
+    """The resolved configuration a run wrote to its config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise RunDirError(f"{run_dir} is not a run directory (no config.json)")
+    raw = read_json(path)
+    try:
+        return Config.from_dict({k: v for k, v in raw.items() if k != "versions"})
+    except (AttributeError, ValueError) as e:
+        raise RunDirError(f"{path} is not a valid run configuration: {e}") from None
+
+
 def curriculum_end(run_dir: Path) -> int:
     """The last step of the run's training curriculum (0 without one), from its config.json."""
     path = Path(run_dir) / "config.json"
-    from .config import CurriculumConfig
-
     cfg = read_json(path) if path.exists() else {}
     raw = cfg.get("curriculum", {}) if isinstance(cfg, dict) else {}
     known = {f.name for f in dataclasses.fields(CurriculumConfig)}
     return CurriculumConfig(**{k: v for k, v in raw.items() if k in known}).end()
-
-
-def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
-    """(Re)write summary.json and loss.png from metrics.jsonl."""
-    from . import plots, transition
-
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
-    summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
-    atomic_write_json(run_dir / "summary.json", summary)
-    plots.plot_losses(rows, summary, run_dir / "loss.png")
-    if any("forecast_escape" in r for r in rows):
-        plots.plot_forecast(rows, summary, run_dir / "forecast.png")
-    return summary

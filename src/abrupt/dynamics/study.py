@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from . import forecast as fc
-from .checkpoints import read_config
-from .rundir import read_metrics
+from ..run.rundir import read_config
+from ..run.rundir import read_metrics
 from .transition import detect
 
 
@@ -153,8 +153,8 @@ def error_by_horizon(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write(result: dict[str, Any], out: Path) -> Path:
     """results.json, summary.md and error_vs_horizon.png in `out`; returns summary.md's path."""
-    from .plots import figure
-    from .rundir import atomic_write_json
+    from ..plots import figure
+    from ..run.rundir import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     by_h = error_by_horizon(result["errors"])

@@ -1,0 +1,39 @@
+"""`validate_run(cfg)`: every rule a run's configuration must meet, in one place. The schema's own
+rules (config.validate) and those that need the registries: the task exists and accepts the
+configuration, the architecture exists, the named parameter groups exist in that model."""
+
+from __future__ import annotations
+
+from . import tasks
+from .config import Config, ConfigError, group_lr, validate
+from .models import groups
+from .models.registry import ARCHS
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate_run(cfg: Config) -> Config:
+    """Raise ConfigError (one line, naming the key) for a configuration no run can train; returns cfg."""
+    m, t, k = cfg.model, cfg.train, cfg.task
+    _need(m.arch in ARCHS, f"model.arch: must be one of {', '.join(ARCHS)}, got '{m.arch}'")
+    _need(k.name in tasks.names(), f"task.name: must be one of {', '.join(tasks.names())}, got '{k.name}'")
+    validate(cfg)
+    try:
+        tasks.get(k.name).check(cfg)  # the task's own rules (the layers it defines correct keys in)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit),
+                      ("train.group_lr", ",".join(group_lr(t.group_lr)))):
+        try:
+            groups.check(groups.split(spec), m.layers)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit)):
+        lacking = groups.absent(groups.split(spec), m)
+        _need(not lacking, f"{key}: model.arch={m.arch} has no parameters in group(s) {', '.join(lacking)}")
+    _need(bool(groups.split(t.trainable)), "train.trainable: name at least one group (all = everything)")
+    _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
+    return cfg

@@ -1,0 +1,26 @@
+"""A run's summary.json and figures, (re)written from its metrics.jsonl: at the end of training, by
+`abrupt plot RUN`, and for each finished sweep trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import plots
+from ..dynamics import transition
+from ..run.rundir import atomic_write_json, curriculum_end, read_metrics
+
+
+def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
+    """(Re)write summary.json and loss.png from metrics.jsonl."""
+    from .. import plots
+    from ..dynamics import transition
+
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
+    atomic_write_json(run_dir / "summary.json", summary)
+    plots.plot_losses(rows, summary, run_dir / "loss.png")
+    if any("forecast_escape" in r for r in rows):
+        plots.plot_forecast(rows, summary, run_dir / "forecast.png")
+    return summary
