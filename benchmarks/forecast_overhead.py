@@ -5,7 +5,8 @@
     one forecast on a history of --rows rows (a synthetic plateau-then-escape curve), against the
     training time between two logs measured in (a): the worst-case share at that run length.
 
-    python benchmarks/forecast_overhead.py [--preset small] [--steps 300] [--repeats 2] [--rows 1000]
+    python benchmarks/forecast_overhead.py [--preset small] [--steps 300] [--repeats 2] [--rows
+    1000]
 """
 
 import argparse
@@ -24,22 +25,38 @@ def main() -> None:
     p.add_argument("--preset", default="small")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--rows", type=int, default=1000, help="history length for (b): 1 000 rows = 50 000 steps at log_every 50")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=1000,
+        help="history length for (b): 1 000 rows = 50 000 steps at log_every 50",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     off, on = time_off_on(args.preset, "forecast", args.steps, args.repeats)
     log_every = preset(args.preset).train.log_every
-    print(f"(a) {args.preset}, {args.steps} steps, log every {log_every}: forecast off {off:.2f} s, on {on:.2f} s "
-          f"(best of {args.repeats}); ratio on/off {on / off:.3f}")
-    rows = [{"step": 50 * i, "eval_loss_mask": 0.2 * (1 - min(0.9, 0.2 * math.exp((i - 0.8 * args.rows) / 40)))}
-            for i in range(args.rows)]
+    print(
+        f"(a) {args.preset}, {args.steps} steps, log every {log_every}: forecast off {off:.2f} s, "
+        f"on {on:.2f} s "
+        f"(best of {args.repeats}); ratio on/off {on / off:.3f}"
+    )
+    rows = [
+        {
+            "step": 50 * i,
+            "eval_loss_mask": 0.2 * (1 - min(0.9, 0.2 * math.exp((i - 0.8 * args.rows) / 40))),
+        }
+        for i in range(args.rows)
+    ]
     t0 = time.perf_counter()
     for _ in range(5):
         forecast(rows)
     per_call = (time.perf_counter() - t0) / 5
     between_logs = off / args.steps * log_every
-    print(f"(b) one forecast on {args.rows} rows: {per_call * 1e3:.1f} ms; training between two logs: "
-          f"{between_logs * 1e3:.0f} ms; share {per_call / between_logs:.2%}")
+    print(
+        f"(b) one forecast on {args.rows} rows: {per_call * 1e3:.1f} ms; training between two "
+        "logs: "
+        f"{between_logs * 1e3:.0f} ms; share {per_call / between_logs:.2%}"
+    )
 
 
 if __name__ == "__main__":

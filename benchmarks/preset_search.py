@@ -1,7 +1,9 @@
-"""Run one trial of the CPU preset search: `python benchmarks/preset_search.py NAME MINUTES key=value ...`.
+"""Run one trial of the CPU preset search: `python benchmarks/preset_search.py NAME MINUTES
+key=value ...`.
 
 Each trial trains with one thread under runs/search/NAME for at most MINUTES of wall time (then
-it is interrupted like Ctrl-C: a checkpoint is saved and the run can be resumed) and appends one row to
+it is interrupted like Ctrl-C: a checkpoint is saved and the run can be resumed) and appends one row
+to
 runs/search/results.jsonl: configuration, seconds per step, drop step and time, final L_mask.
 """
 
@@ -21,13 +23,23 @@ from abrupt.train.trainer import train
 
 def table() -> None:
     """Print runs/search/results.jsonl as the markdown table kept in docs/preset-search.md."""
-    print("| trial | overrides of `cpu` | s/step | steps run | plateau L_mask | drop step (wall) | final L_mask |")
+    print(
+        "| trial | overrides of `cpu` | s/step | steps run | plateau L_mask | drop step (wall) | "
+        "final L_mask |"
+    )
     print("|---|---|---|---|---|---|---|")
     for line in Path("runs/search/results.jsonl").read_text().splitlines():
         r = json.loads(line)
-        drop = f"{r['drop_step']} ({r['drop_seconds'] / 60:.1f} min)" if r["drop_step"] else f"none by step {r['steps_run']}"
-        print(f"| {r['name']} | {' '.join(r['overrides'])} | {r['sec_per_step']:.3f} | {r['steps_run']} | "
-              f"{r['plateau_loss_mask']:.4f} | {drop} | {r['final_loss_mask']:.4f} |")
+        drop = (
+            f"{r['drop_step']} ({r['drop_seconds'] / 60:.1f} min)"
+            if r["drop_step"]
+            else f"none by step {r['steps_run']}"
+        )
+        print(
+            f"| {r['name']} | {' '.join(r['overrides'])} | {r['sec_per_step']:.3f} | "
+            f"{r['steps_run']} | "
+            f"{r['plateau_loss_mask']:.4f} | {drop} | {r['final_loss_mask']:.4f} |"
+        )
 
 
 def main() -> None:
@@ -36,7 +48,9 @@ def main() -> None:
         return
     name, minutes, overrides = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
     torch.set_num_threads(1)
-    cfg = apply_overrides(preset("cpu_plain"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides])
+    cfg = apply_overrides(
+        preset("cpu_plain"), ["train.stop_after_drop=500", "train.ckpt_every=100000", *overrides]
+    )
     out = Path("runs/search") / name
     # At the time limit, ask training to stop as SIGINT would: it saves a checkpoint and returns.
     signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGINT))

@@ -22,8 +22,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     off, on = time_off_on(args.preset, "progress", args.steps, args.repeats)
     log_every = preset(args.preset).train.log_every
-    print(f"{args.preset}, {args.steps} steps, log every {log_every}, {args.threads} thread(s): "
-          f"progress off {off:.2f} s, on {on:.2f} s (best of {args.repeats}); ratio on/off {on / off:.3f}")
+    print(
+        f"{args.preset}, {args.steps} steps, log every {log_every}, {args.threads} thread(s): "
+        f"progress off {off:.2f} s, on {on:.2f} s (best of {args.repeats}); ratio on/off "
+        f"{on / off:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,18 @@ def main() -> None:
         direct = []
         for s in range(args.trials):
             t = time.perf_counter()
-            train(config_of(args.preset, {"seed": str(s), "train.steps": str(args.steps)}), tmp / f"seq{s}", progress=False)
+            train(
+                config_of(args.preset, {"seed": str(s), "train.steps": str(args.steps)}),
+                tmp / f"seq{s}",
+                progress=False,
+            )
             direct.append(time.perf_counter() - t)
         sequential = time.perf_counter() - t0
         print(f"{args.trials} trials of {args.preset}, {args.steps} steps, one thread each")
-        print(f"sequential, in process : {sequential:7.1f} s  (per trial {sum(direct) / len(direct):.2f} s)")
+        print(
+            f"sequential, in process : {sequential:7.1f} s  (per trial "
+            f"{sum(direct) / len(direct):.2f} s)"
+        )
         backends = ["local"] + (["ray"] if args.ray else [])
         for backend in backends:
             sweep = Sweep.create(tmp / backend, spec, threads=1)
@@ -47,9 +54,13 @@ def main() -> None:
             rows = sweep.run(backend, workers=2, progress=False)
             wall = time.perf_counter() - t0
             per_trial = sum(r["seconds"] for r in rows.values()) / len(rows)
-            print(f"{backend:6s} backend, 2 workers: {wall:7.1f} s  speed-up {sequential / wall:4.2f}x;  "
-                  f"per trial {per_trial:.2f} s = {per_trial / (sum(direct) / len(direct)):.2f}x the direct trial "
-                  "(process start and imports included)")
+            print(
+                f"{backend:6s} backend, 2 workers: {wall:7.1f} s  speed-up "
+                f"{sequential / wall:4.2f}x;  "
+                f"per trial {per_trial:.2f} s = {per_trial / (sum(direct) / len(direct)):.2f}x "
+                "the direct trial "
+                "(process start and imports included)"
+            )
 
 
 if __name__ == "__main__":

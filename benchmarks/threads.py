@@ -4,7 +4,8 @@ the measurement behind the command line's default of one thread (`cli.DEFAULT_TH
     PYTHONPATH=src python benchmarks/threads.py [--presets cpu,small] [--steps 40] [--busy 2]
     taskset -c 0,1 env PYTHONPATH=src python benchmarks/threads.py      # as on a 2-core machine
 
-For each preset, each load (the machine as it is, its load average printed; then with `--busy` processes spinning `while 1: pass`, started here and
+For each preset, each load (the machine as it is, its load average printed; then with `--busy`
+processes spinning `while 1: pass`, started here and
 killed after) and each thread count (1, 2 and torch's own default, one per core it may use), it
 times `--steps` training steps after a short warm-up, in one process (the model, data and
 optimizer of `abrupt train`), and prints steps/s and each count's ratio to one thread.
@@ -32,7 +33,9 @@ def steps_per_second(name: str, threads: int, steps: int, warmup: int = 5) -> fl
     torch.set_num_threads(threads)
     cfg = apply_overrides(preset(name), ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), progress=False)  # builds the model and optimizer; writes nothing
+        trainer = Trainer(
+            cfg, Path(tmp), progress=False
+        )  # builds the model and optimizer; writes nothing
         for step in range(1, warmup + 1):
             trainer.step(step, want_norms=False)
         t0 = time.perf_counter()
@@ -48,12 +51,17 @@ def main() -> int:
     p.add_argument("--busy", type=int, default=2, help="busy processes in the loaded condition")
     args = p.parse_args()
     counts = sorted({1, 2, TORCH_DEFAULT})
-    print(f"torch {torch.__version__}; torch's default here: {TORCH_DEFAULT} threads; {args.steps} steps per measurement; "
-          f"{os.cpu_count()} cores, load average before: {os.getloadavg()[0]:.1f} (other jobs)")
+    print(
+        f"torch {torch.__version__}; torch's default here: {TORCH_DEFAULT} threads; {args.steps} "
+        "steps per measurement; "
+        f"{os.cpu_count()} cores, load average before: {os.getloadavg()[0]:.1f} (other jobs)"
+    )
     print(f"{'preset':8s} {'load':8s} " + "  ".join(f"{t} thr steps/s (x1)" for t in counts))
     for name in args.presets.split(","):
         for busy in dict.fromkeys((0, args.busy)):
-            spinners = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)]
+            spinners = [
+                subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)
+            ]
             try:
                 rates = {t: steps_per_second(name, t, args.steps) for t in counts}
             finally:
@@ -61,7 +69,11 @@ def main() -> int:
                     proc.kill()
                     proc.wait()
             load = f"+{busy} busy" if busy else "as is"
-            print(f"{name:8s} {load:8s} " + "  ".join(f"{rates[t]:9.1f} ({rates[t] / rates[1]:.2f})" for t in counts), flush=True)
+            print(
+                f"{name:8s} {load:8s} "
+                + "  ".join(f"{rates[t]:9.1f} ({rates[t] / rates[1]:.2f})" for t in counts),
+                flush=True,
+            )
     return 0
 
 

@@ -9,8 +9,8 @@ machine noise hits both. Prints steps/s for each and the ratio ours / HF.
 
 import argparse
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 import torch
 
@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # hf_ora
 
 from abrupt.config import preset
 from abrupt.data import generator, sample_batch
-from hf_oracle import HFMatrixBert  # tests/hf_oracle.py: the HuggingFace reference
-from abrupt.models.registry import build_model
 from abrupt.losses import losses
+from abrupt.models.registry import build_model
 from abrupt.train.trainer import resolve_device
+from hf_oracle import HFMatrixBert  # tests/hf_oracle.py: the HuggingFace reference
 
 
 def steps_per_second(model, batches, device) -> float:
@@ -55,14 +55,22 @@ def bench(name: str, rounds: int, steps: int, device: torch.device, compile_: bo
     best = {k: max(v) for k, v in rates.items()}
     line = ", ".join(f"{k} {v:.2f} steps/s" for k, v in best.items())
     ratios = ", ".join(f"{k}/hf = {v / best['hf']:.2f}x" for k, v in best.items() if k != "hf")
-    print(f"{name:6s} ({device.type}, batch {cfg.train.batch_size}, width {cfg.model.hidden}): {line}; {ratios}")
+    print(
+        f"{name:6s} ({device.type}, batch {cfg.train.batch_size}, width {cfg.model.hidden}): "
+        f"{line}; {ratios}"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--presets", default="cpu,paper")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=0, help="steps per round (default: 30 for cpu, 2 for paper on CPU)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="steps per round (default: 30 for cpu, 2 for paper on CPU)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of our model")
     args = p.parse_args()

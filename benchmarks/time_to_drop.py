@@ -1,4 +1,5 @@
-"""Train the default preset (or another) and print the drop step, its wall time and the final L_mask.
+"""Train the default preset (or another) and print the drop step, its wall time and the final
+L_mask.
 
     python benchmarks/time_to_drop.py                      # default preset, seed 0
     python benchmarks/time_to_drop.py --preset small --threads 1     # the README's run
@@ -24,7 +25,9 @@ def main() -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="keep the run here (default: a temporary folder)")
-    p.add_argument("--threads", type=int, help="torch threads (1 reproduces the README's small run)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads (1 reproduces the README's small run)"
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.threads:
@@ -37,10 +40,24 @@ def main() -> None:
         summary = train(cfg, out, progress=True)
         rows = read_metrics(out)
     drop = summary["drop_step"]
-    drop_time = next((r["time"] for r in rows if r["step"] == drop), None) if drop is not None else None
-    print(json.dumps({"preset": args.preset, "seed": args.seed, "plateau_loss_mask": summary["plateau_loss_mask"],
-                      "drop_step": drop, "drop_seconds": drop_time, "final_loss_mask": summary["final_loss_mask"],
-                      "dropped_10x": summary["dropped"], "steps": summary["steps"], "seconds": round(summary["seconds"], 1)}))
+    drop_time = (
+        next((r["time"] for r in rows if r["step"] == drop), None) if drop is not None else None
+    )
+    print(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "seed": args.seed,
+                "plateau_loss_mask": summary["plateau_loss_mask"],
+                "drop_step": drop,
+                "drop_seconds": drop_time,
+                "final_loss_mask": summary["final_loss_mask"],
+                "dropped_10x": summary["dropped"],
+                "steps": summary["steps"],
+                "seconds": round(summary["seconds"], 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def randomize(model: MatrixBert, seed: int = 0) -> MatrixBert:
 
 
 def hand_set_row_head() -> MatrixBert:
-    """One layer whose single head attends within the query's row: positions one-hot by row, Q = K = 20 I."""
+    """One layer whose single head attends within the query's row: positions one-hot by row, Q = K =
+    20 I."""
     model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
     with torch.no_grad():
         for p in model.parameters():

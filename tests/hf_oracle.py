@@ -70,13 +70,19 @@ class HFMatrixBert(nn.Module):
         self.bert = BertModel(hf_config(model), add_pooling_layer=False)
         missing, unexpected = self.bert.load_state_dict(hf_state_dict(model), strict=False)
         # position_ids / token_type_ids are buffers, not weights
-        if [k for k in missing if "position_ids" not in k and "token_type_ids" not in k] or unexpected:
-            raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+        if [
+            k for k in missing if "position_ids" not in k and "token_type_ids" not in k
+        ] or unexpected:
+            raise RuntimeError(
+                f"weight mapping incomplete: missing {missing}, unexpected {unexpected}"
+            )
         self.readout = nn.Linear(model.cfg.hidden, 1)
         self.readout.load_state_dict(model.readout.state_dict())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.bert(input_ids=tokens, token_type_ids=torch.zeros_like(tokens)).last_hidden_state
+        hidden = self.bert(
+            input_ids=tokens, token_type_ids=torch.zeros_like(tokens)
+        ).last_hidden_state
         return self.readout(hidden).squeeze(-1)
 
 
@@ -90,26 +96,58 @@ class HFMatrixGPT(nn.Module):
         from abrupt.models.gpt import GPT_VOCAB
 
         c = model.cfg
-        config = GPT2Config(vocab_size=GPT_VOCAB, n_positions=2 * model.seq_len, n_embd=c.hidden, n_layer=c.layers,
-                            n_head=c.heads, n_inner=c.mlp, activation_function="gelu_new", resid_pdrop=0.0,
-                            embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.ln_eps)
+        config = GPT2Config(
+            vocab_size=GPT_VOCAB,
+            n_positions=2 * model.seq_len,
+            n_embd=c.hidden,
+            n_layer=c.layers,
+            n_head=c.heads,
+            n_inner=c.mlp,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            layer_norm_epsilon=c.ln_eps,
+        )
         self.gpt = GPT2Model(config)
         sd = model.state_dict()
-        out = {"wte.weight": sd["tok_embed.weight"], "wpe.weight": sd["pos_embed.weight"],
-               "ln_f.weight": sd["ln_final.weight"], "ln_f.bias": sd["ln_final.bias"]}
+        out = {
+            "wte.weight": sd["tok_embed.weight"],
+            "wpe.weight": sd["pos_embed.weight"],
+            "ln_f.weight": sd["ln_final.weight"],
+            "ln_f.bias": sd["ln_final.bias"],
+        }
         for l in range(c.layers):
             b, h = f"blocks.{l}.", f"h.{l}."
             # GPT-2's Conv1D stores (in, out): our Linear weights transposed; Q, K, V side by side
-            out[h + "attn.c_attn.weight"] = torch.cat([sd[b + f"attn.{x}.weight"].T for x in "qkv"], dim=1)
+            out[h + "attn.c_attn.weight"] = torch.cat(
+                [sd[b + f"attn.{x}.weight"].T for x in "qkv"], dim=1
+            )
             out[h + "attn.c_attn.bias"] = torch.cat([sd[b + f"attn.{x}.bias"] for x in "qkv"])
-            out[h + "attn.c_proj.weight"], out[h + "attn.c_proj.bias"] = sd[b + "attn.o.weight"].T, sd[b + "attn.o.bias"]
-            out[h + "mlp.c_fc.weight"], out[h + "mlp.c_fc.bias"] = sd[b + "mlp_in.weight"].T, sd[b + "mlp_in.bias"]
-            out[h + "mlp.c_proj.weight"], out[h + "mlp.c_proj.bias"] = sd[b + "mlp_out.weight"].T, sd[b + "mlp_out.bias"]
+            out[h + "attn.c_proj.weight"], out[h + "attn.c_proj.bias"] = (
+                sd[b + "attn.o.weight"].T,
+                sd[b + "attn.o.bias"],
+            )
+            out[h + "mlp.c_fc.weight"], out[h + "mlp.c_fc.bias"] = (
+                sd[b + "mlp_in.weight"].T,
+                sd[b + "mlp_in.bias"],
+            )
+            out[h + "mlp.c_proj.weight"], out[h + "mlp.c_proj.bias"] = (
+                sd[b + "mlp_out.weight"].T,
+                sd[b + "mlp_out.bias"],
+            )
             for ours, theirs in (("ln_attn", "ln_1"), ("ln_mlp", "ln_2")):
-                out[h + f"{theirs}.weight"], out[h + f"{theirs}.bias"] = sd[b + f"{ours}.weight"], sd[b + f"{ours}.bias"]
+                out[h + f"{theirs}.weight"], out[h + f"{theirs}.bias"] = (
+                    sd[b + f"{ours}.weight"],
+                    sd[b + f"{ours}.bias"],
+                )
         missing, unexpected = self.gpt.load_state_dict(out, strict=False)
-        if [k for k in missing if not k.endswith(".attn.bias") and not k.endswith("masked_bias")] or unexpected:
-            raise RuntimeError(f"weight mapping incomplete: missing {missing}, unexpected {unexpected}")
+        if [
+            k for k in missing if not k.endswith(".attn.bias") and not k.endswith("masked_bias")
+        ] or unexpected:
+            raise RuntimeError(
+                f"weight mapping incomplete: missing {missing}, unexpected {unexpected}"
+            )
         self.head = nn.Linear(c.hidden, GPT_VOCAB, bias=False)
         self.head.load_state_dict(model.head.state_dict())
 

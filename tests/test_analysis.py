@@ -13,12 +13,11 @@ import torch
 from abrupt import progress
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
 from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
-from abrupt.data import seeded_batch as seeded
 from abrupt.config import DataConfig
 from abrupt.data import MASK_ID, id_to_value
+from abrupt.data import seeded_batch as seeded
 from abrupt.losses import evaluate
 from abrupt.models.bert import MatrixBert
-
 from conftest import hand_set_row_head, randomize
 
 DATA = DataConfig()
@@ -39,7 +38,9 @@ def test_copying_model_copies_substitutes():
         assert row["mse_to_substitute"] == pytest.approx(0.0, abs=1e-10)
         assert row["loss_obs"] == pytest.approx(0.0, abs=1e-10)
     # predicting 0 at hidden entries costs L_mask = E[X^2] on low-rank inputs, 2/9 in expectation
-    mask_row = next(r for r in res["rows"] if r["input"] == "low-rank" and r["substitute"] == "MASK")
+    mask_row = next(
+        r for r in res["rows"] if r["input"] == "low-rank" and r["substitute"] == "MASK"
+    )
     assert mask_row["loss_mask"] == pytest.approx(2 / 9, rel=0.15)
 
 
@@ -78,7 +79,11 @@ def test_hand_set_row_head_is_found():
 
 def test_structured_masks():
     rows = attention.structured_mask(DATA, 3, "rows", (1, 3), keep=2)[0].reshape(7, 7)
-    assert rows[1].tolist() == [True, True, False, True, True, True, True] and rows[3].sum() == 6 and rows.sum() == 12
+    assert (
+        rows[1].tolist() == [True, True, False, True, True, True, True]
+        and rows[3].sum() == 6
+        and rows.sum() == 12
+    )
     cols = attention.structured_mask(DATA, 3, "columns", (0,), keep=4)[0].reshape(7, 7)
     assert cols[:, 0].tolist() == [True] * 4 + [False] + [True] * 2 and cols.sum() == 6
     with pytest.raises(ValueError, match="outside"):
@@ -141,7 +146,9 @@ def test_patching_plumbing(small_model):
     z = part[names[1]]
     torch.testing.assert_close(z[:, [0, 5], 2], clean_cache[names[1]][:, [0, 5], 2])
     torch.testing.assert_close(z[:, 1:5], corrupt_cache[names[1]][:, 1:5])
-    torch.testing.assert_close(z[:, [0, 5]][:, :, [0, 1, 3]], corrupt_cache[names[1]][:, [0, 5]][:, :, [0, 1, 3]])
+    torch.testing.assert_close(
+        z[:, [0, 5]][:, :, [0, 1, 3]], corrupt_cache[names[1]][:, [0, 5]][:, :, [0, 1, 3]]
+    )
 
 
 def test_recovery_fraction():
@@ -182,7 +189,10 @@ def test_switching_groups_partition_the_parameters(small_model):
     attn = set(switching.group_names(small_model, "attention"))
     rest = set(switching.group_names(small_model, "rest"))
     assert attn and rest and attn | rest == names and not attn & rest
-    singles = [set(switching.group_names(small_model, g)) for g in ("qkv", "attn_out", "mlp", "layernorm", "embeddings", "readout")]
+    singles = [
+        set(switching.group_names(small_model, g))
+        for g in ("qkv", "attn_out", "mlp", "layernorm", "embeddings", "readout")
+    ]
     assert set().union(*singles) == names and sum(map(len, singles)) == len(names)
     a, b = randomize(small_model, 1), randomize(MatrixBert(small_model.cfg, 49), 2)
     both = switching.transplant(switching.transplant(a, b, "attention"), b, "rest")
@@ -196,7 +206,10 @@ def test_choose_pre_post():
     pre, post, note = choose_pre_post(steps, {"drop_step": None})
     assert (pre, post) == (1, 2000) and "no drop" in note
     # a slide before the detected halving: the last checkpoint still within 10% of the plateau
-    rows = [{"step": s, "eval_loss_mask": v} for s, v in ((100, 0.11), (500, 0.109), (1000, 0.08), (1500, 0.07))]
+    rows = [
+        {"step": s, "eval_loss_mask": v}
+        for s, v in ((100, 0.11), (500, 0.109), (1000, 0.08), (1500, 0.07))
+    ]
     summary = {"drop_step": 1200, "plateau_start": 50, "plateau_loss_mask": 0.11}
     assert choose_pre_post(steps, summary, rows)[:2] == (500, 2000)
 
@@ -226,25 +239,63 @@ def test_analyze_and_report_end_to_end(tiny_run):
     from abrupt.cli import main
 
     assert main(["analyze", str(tiny_run), "--set", "compare.n=16", "--set", "ood.n=8"]) == 0
-    for name in ("copying", "attention", "probe", "embeddings", "patching", "ablation", "switching"):
+    for name in (
+        "copying",
+        "attention",
+        "probe",
+        "embeddings",
+        "patching",
+        "ablation",
+        "switching",
+    ):
         res = json.loads((tiny_run / "analysis" / name / "results.json").read_text())
-        assert res["figures"] and all((tiny_run / "analysis" / name / f).exists() for f in res["figures"])
+        assert res["figures"] and all(
+            (tiny_run / "analysis" / name / f).exists() for f in res["figures"]
+        )
         assert "no drop" in res["selection"]
     first = strip(json.loads((tiny_run / "analysis" / "probe" / "results.json").read_text()))
-    assert main(["analyze", str(tiny_run), "--only", "probe,copying", "--steps", "20,60", "--set", "copying.substitutes=0.5"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(tiny_run),
+                "--only",
+                "probe,copying",
+                "--steps",
+                "20,60",
+                "--set",
+                "copying.substitutes=0.5",
+            ]
+        )
+        == 0
+    )
     assert main(["analyze", str(tiny_run), "--only", "probe"]) == 0
-    assert strip(json.loads((tiny_run / "analysis" / "probe" / "results.json").read_text())) == first  # seeded
+    assert (
+        strip(json.loads((tiny_run / "analysis" / "probe" / "results.json").read_text())) == first
+    )  # seeded
     cop = json.loads((tiny_run / "analysis" / "copying" / "results.json").read_text())
-    assert {r["substitute"] for r in cop["rows"]} == {"MASK", 0.5} and {r["step"] for r in cop["rows"]} == {20, 60}
+    assert {r["substitute"] for r in cop["rows"]} == {"MASK", 0.5} and {
+        r["step"] for r in cop["rows"]
+    } == {20, 60}
     assert main(["report", str(tiny_run)]) == 0
     page = (tiny_run / "report.html").read_text()
-    for title in ("Copying before the drop", "Attention maps", "Linear probes", "Embeddings", "Activation patching", "Attention ablation", "Switching"):
+    for title in (
+        "Copying before the drop",
+        "Attention maps",
+        "Linear probes",
+        "Embeddings",
+        "Activation patching",
+        "Attention ablation",
+        "Switching",
+    ):
         assert title in page
     assert main(["analyze", str(tiny_run), "--set", "patching.heads=9:0"]) == 2
     assert main(["analyze", str(tiny_run), "--only", "nonsense"]) == 2
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (installed by .ci/run)")
@@ -254,16 +305,37 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert main(["analyze", str(tiny_run), "--only", "copying,attention"]) == 0
     assert main(["report", str(tiny_run)]) == 0
     url = (tiny_run / "report.html").resolve().as_uri()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            *flags,
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0
     images = dom.stdout.split('data-images="')[1].split('"')[0]
     loaded, total = map(int, images.split("/"))
     assert total >= 5 and loaded == total
     assert "CONSOLE" not in dom.stderr, dom.stderr
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True, timeout=120)
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
@@ -287,7 +359,8 @@ def plot(result, out):
 
 
 def render(r):
-    return [Text("demo rows:"), Table(["step", "L_mask"], [[x["step"], x["loss_mask"]] for x in r["rows"]])]
+    rows = [[x["step"], x["loss_mask"]] for x in r["rows"]]
+    return [Text("demo rows:"), Table(["step", "L_mask"], rows)]
 '''
 
 
@@ -297,14 +370,35 @@ def test_a_new_analysis_module_is_one_file(tiny_run):
     path = Path(abrupt.analysis.__path__[0]) / "zz_demo_plugin.py"
     path.write_text(PLUGIN)
     try:
-        listed = subprocess.run([sys.executable, "-m", "abrupt.cli", "analyze", "--options"], capture_output=True, text=True)
+        listed = subprocess.run(
+            [sys.executable, "-m", "abrupt.cli", "analyze", "--options"],
+            capture_output=True,
+            text=True,
+        )
         assert "zz_demo_plugin: seed=0, n=8" in listed.stdout
-        r = subprocess.run([sys.executable, "-m", "abrupt.cli", "analyze", str(tiny_run), "--only", "zz_demo_plugin",
-                            "--set", "zz_demo_plugin.n=4"], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "abrupt.cli",
+                "analyze",
+                str(tiny_run),
+                "--only",
+                "zz_demo_plugin",
+                "--set",
+                "zz_demo_plugin.n=4",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         res = json.loads((tiny_run / "analysis" / "zz_demo_plugin" / "results.json").read_text())
         assert res["options"] == {"seed": 0, "n": 4} and len(res["rows"]) == 2
-        r = subprocess.run([sys.executable, "-m", "abrupt.cli", "report", str(tiny_run)], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "abrupt.cli", "report", str(tiny_run)],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         page = (tiny_run / "report.html").read_text()
         assert "Demo analysis added as one file" in page and "demo rows:" in page
@@ -320,7 +414,18 @@ def test_hook_names_have_one_spelling(small_model):
     assert act_name("embed") == "hook_embed"
     points = set(small_model.hook_points())
     for layer in range(2):
-        for kind in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "q", "k", "v", "pattern", "z"):
+        for kind in (
+            "resid_pre",
+            "attn_out",
+            "resid_mid",
+            "mlp_out",
+            "resid_post",
+            "q",
+            "k",
+            "v",
+            "pattern",
+            "z",
+        ):
             assert act_name(kind, layer) in points
     for kind in ("tok_embed", "pos_embed", "embed", "out"):
         assert act_name(kind) in points
@@ -330,9 +435,24 @@ def test_hook_names_have_one_spelling(small_model):
         act_name("nonsense", 0)
 
 
-SMALL = {"1x2": ("bert", 1, 2), "2x2": ("bert", 2, 2), "2x3": ("bert", 2, 3), "gpt 2x2": ("gpt", 2, 2)}
-QUICK = ["copying.n=16", "attention.n=16", "probe.n=64", "embeddings.n=16", "patching.n=16", "ablation.n=16", "switching.n=16",
-         "compare.n=8", "compare.p_masks=0.3", "ood.n=8"]
+SMALL = {
+    "1x2": ("bert", 1, 2),
+    "2x2": ("bert", 2, 2),
+    "2x3": ("bert", 2, 3),
+    "gpt 2x2": ("gpt", 2, 2),
+}
+QUICK = [
+    "copying.n=16",
+    "attention.n=16",
+    "probe.n=64",
+    "embeddings.n=16",
+    "patching.n=16",
+    "ablation.n=16",
+    "switching.n=16",
+    "compare.n=8",
+    "compare.p_masks=0.3",
+    "ood.n=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -345,18 +465,52 @@ def small_runs(tmp_path_factory):
     runs = {}
     for name, (arch, m, n) in SMALL.items():
         runs[name] = base / name.replace(" ", "-")
-        cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", "data.rank=1", "train.steps=4"])
+        cfg = apply_overrides(
+            preset("tiny"),
+            [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", "data.rank=1", "train.steps=4"],
+        )
         train(cfg, runs[name], progress=False)
     return runs
 
 
-@pytest.mark.parametrize("name,ran", [
-    ("1x2", {"copying", "probe", "patching", "ablation", "switching"}),
-    ("2x2", {"copying", "attention", "probe", "embeddings", "patching", "ablation", "switching", "compare", "ood"}),
-    ("2x3", {"copying", "attention", "probe", "embeddings", "patching", "ablation", "switching", "compare", "ood"}),
-    ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
-])
-def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(small_runs, name, ran, capsys, one_thread):
+@pytest.mark.parametrize(
+    "name,ran",
+    [
+        ("1x2", {"copying", "probe", "patching", "ablation", "switching"}),
+        (
+            "2x2",
+            {
+                "copying",
+                "attention",
+                "probe",
+                "embeddings",
+                "patching",
+                "ablation",
+                "switching",
+                "compare",
+                "ood",
+            },
+        ),
+        (
+            "2x3",
+            {
+                "copying",
+                "attention",
+                "probe",
+                "embeddings",
+                "patching",
+                "ablation",
+                "switching",
+                "compare",
+                "ood",
+            },
+        ),
+        ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
+    ],
+)
+def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(
+    small_runs, name, ran, capsys, one_thread
+):
     from abrupt.analysis.registry import default_analyses
     from abrupt.cli import main
 
@@ -371,18 +525,24 @@ def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(small_
     if name == "2x2":  # defaults that exceed 4 positions are lowered, and say so
         emb = json.loads((run / "analysis" / "embeddings" / "results.json").read_text())
         assert emb["k"] == 3 and emb["perplexity"] == 1.0 and emb["options"]["k"] == 4
-        assert emb["notes"] == ["k lowered from 4 to 3: a position has only 3 neighbours",
-                                "t-SNE perplexity lowered from 10 to 1 = (positions - 1) / 3"]
+        assert emb["notes"] == [
+            "k lowered from 4 to 3: a position has only 3 neighbours",
+            "t-SNE perplexity lowered from 10 to 1 = (positions - 1) / 3",
+        ]
         assert "note: k lowered from 4 to 3" in out
         ood = json.loads((run / "analysis" / "ood" / "results.json").read_text())
-        assert {r["family"] for r in ood["rows"]} == {"rank", "distribution", "p_mask"} and len(ood["notes"]) == 2
+        assert {r["family"] for r in ood["rows"]} == {"rank", "distribution", "p_mask"} and len(
+            ood["notes"]
+        ) == 2
         assert main(["report", str(run)]) == 0
         assert "Adjusted to this run: k lowered from 4 to 3" in (run / "report.html").read_text()
         # an explicit value the run cannot take is still refused, in one line
         capsys.readouterr()
         assert main(["analyze", str(run), "--only", "embeddings", "--set", "embeddings.k=4"]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            "abrupt: error: embeddings options: embeddings.k=4: a position has only 3 neighbours in a 2x2 matrix"]
+            "abrupt: error: embeddings options: embeddings.k=4: a position has only 3 neighbours "
+            "in a 2x2 matrix"
+        ]
         assert main(["analyze", str(run), "--only", "attention", "--set", "attention.lines=2"]) == 2
 
 
@@ -396,24 +556,45 @@ def test_no_default_refuses_a_small_run():
         for m in (1, 2, 3):
             for n in (1, 2, 3):
                 for rank in range(1, min(m, n) + 1):
-                    cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}"])
+                    cfg = apply_overrides(
+                        preset("tiny"),
+                        [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}"],
+                    )
                     names, skipped = plan(cfg, list(discover()), {})
                     assert set(names) | set(skipped) == set(discover()) and all(skipped.values())
-                    assert "copying" in names and ("embeddings" in names) == (arch == "bert" and m * n >= 4)
+                    assert "copying" in names and ("embeddings" in names) == (
+                        arch == "bert" and m * n >= 4
+                    )
 
 
 @pytest.mark.parametrize("arch,m,n,rank", [("bert", 1, 1, 1), ("bert", 3, 2, 2), ("gpt", 2, 3, 2)])
-def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(arch, m, n, rank, one_thread):
+def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(
+    arch, m, n, rank, one_thread
+):
     import dataclasses
 
     from abrupt.analysis.registry import default_analyses, discover, plan
     from abrupt.config import apply_overrides, preset
     from abrupt.models.registry import build_model
 
-    cfg = apply_overrides(preset("tiny"), [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", f"data.rank={rank}",
-                                           "model.hidden=16", "model.mlp=16"])
+    cfg = apply_overrides(
+        preset("tiny"),
+        [
+            f"model.arch={arch}",
+            f"data.m={m}",
+            f"data.n={n}",
+            f"data.rank={rank}",
+            "model.hidden=16",
+            "model.mlp=16",
+        ],
+    )
     names, _ = plan(cfg, default_analyses(), {})
-    inputs = Inputs({s: build_model(cfg.model, m * n, s).eval() for s in (0, 1)}, dataclasses.replace(cfg.data))
+    inputs = Inputs(
+        {s: build_model(cfg.model, m * n, s).eval() for s in (0, 1)}, dataclasses.replace(cfg.data)
+    )
     for name in names:
-        sizes = {"n": 6, **({"p_masks": (0.3,)} if name == "compare" else {})}  # sizes only: every other option at its default
+        sizes = {
+            "n": 6,
+            **({"p_masks": (0.3,)} if name == "compare" else {}),
+        }  # sizes only: every other option at its default
         assert discover()[name].run(inputs, **sizes).numbers, name

@@ -116,7 +116,8 @@ def test_bad_shapes():
 
 
 def solve_with_statuses(monkeypatch, statuses: dict[int, str]) -> None:
-    """CVXPY reports `statuses[i]` for the i-th problem it solves (its solution is kept), as a solver
+    """CVXPY reports `statuses[i]` for the i-th problem it solves (its solution is kept), as a
+    solver
     that stops short of its tolerance does."""
     cp = pytest.importorskip("cvxpy")
     original, calls = cp.Problem.solve, []
@@ -136,7 +137,11 @@ def test_an_inaccurate_cvxpy_solve_is_recorded_and_counted_apart(monkeypatch):
     solve_with_statuses(monkeypatch, {1: "optimal_inaccurate"})
     out = B.complete(a, obs, solver="cvxpy")
     assert out.status == ["optimal", "optimal_inaccurate", "optimal", "optimal"]
-    assert out.inaccurate == 1 and out.failures == 0 and out.converged.tolist() == [True, False, True, True]
+    assert (
+        out.inaccurate == 1
+        and out.failures == 0
+        and out.converged.tolist() == [True, False, True, True]
+    )
 
 
 def test_every_solver_outcome_short_of_optimal_is_visible(monkeypatch, capsys):
@@ -147,15 +152,23 @@ def test_every_solver_outcome_short_of_optimal_is_visible(monkeypatch, capsys):
 
     a, obs = problems(6)
     out = B.torch_admm(a, obs, max_iter=200, tol=1e-6)
-    assert out.failures == 3 and out.status.count("optimal") == 6 - out.failures  # some converged, some not
+    assert (
+        out.failures == 3 and out.status.count("optimal") == 6 - out.failures
+    )  # some converged, some not
     assert out.converged.tolist() == [s == "optimal" for s in out.status] and out.inaccurate == 0
 
     solve_with_statuses(monkeypatch, {0: "optimal_inaccurate", 2: "optimal_inaccurate"})
     batch = seeded_batch(DataConfig(p_mask=0.3), 4, 0)
     rows = B.score_methods(batch, 7, 7, solver="cvxpy")
     assert [(r["method"], r["failures"], r["inaccurate"]) for r in rows] == [("nuclear_norm", 0, 2)]
-    text = compare.render({"step": 1, "rows": [{"p_mask": 0.3, **r} for r in rows], "true_nuclear_norm": 1.0,
-                           "flips": {"bert_better_at": [], "flips_at": []}})[0].text
+    text = compare.render(
+        {
+            "step": 1,
+            "rows": [{"p_mask": 0.3, **r} for r in rows],
+            "true_nuclear_norm": 1.0,
+            "flips": {"bert_better_at": [], "flips_at": []},
+        }
+    )[0].text
     assert "solved only inaccurately (CVXPY optimal_inaccurate): 2" in text
 
     solve_with_statuses(monkeypatch, {2: "optimal_inaccurate"})

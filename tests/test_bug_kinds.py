@@ -7,14 +7,13 @@ import tempfile
 import pytest
 import torch
 
-from abrupt.run import checkpoints
-from abrupt.dynamics import forecast, transition
-from abrupt.train.trainer import interventions
 from abrupt.analysis.probe import r_squared
 from abrupt.config import ConfigError, apply_overrides, preset
 from abrupt.data import generator, id_to_value, make_batch, sample_batch
+from abrupt.dynamics import forecast, transition
+from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics, write_metrics
-from abrupt.train.trainer import train
+from abrupt.train.trainer import interventions, train
 
 
 def tiny(*overrides):
@@ -37,12 +36,20 @@ def last_step(run):
 
 
 def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
-    """transformers #28544 kind: the countdown of train.stop_after_drop went back to zero on resume."""
-    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", progress=False)
+    """transformers #28544 kind: the countdown of train.stop_after_drop went back to zero on
+    resume."""
+    train(
+        tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", progress=False
+    )
     assert last_step(tmp_path / "straight") == 45
     # interrupted at step 41 (its last checkpoint), then resumed: stops at 45 too (it stopped at 75)
     train(tiny("train.steps=41", "train.stop_after_drop=25"), tmp_path / "resumed", progress=False)
-    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "resumed", resume=True, progress=False)
+    train(
+        tiny("train.steps=100", "train.stop_after_drop=25"),
+        tmp_path / "resumed",
+        resume=True,
+        progress=False,
+    )
     assert last_step(tmp_path / "resumed") == 45
     straight = checkpoints.load_tensors(checkpoints.find(tmp_path / "straight").weights)
     resumed = checkpoints.load_tensors(checkpoints.find(tmp_path / "resumed").weights)
@@ -53,19 +60,36 @@ def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
     meta = json.loads(side.read_text())
     del meta["drop_seen_at"]
     side.write_text(json.dumps(meta))
-    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "old", resume=True, progress=False)
+    train(
+        tiny("train.steps=100", "train.stop_after_drop=25"),
+        tmp_path / "old",
+        resume=True,
+        progress=False,
+    )
     assert last_step(tmp_path / "old") == 45
     # resuming a run its early stop already ended trains nothing more
-    train(tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", resume=True, progress=False)
-    assert last_step(tmp_path / "straight") == 45 and read_metrics(tmp_path / "straight")[-1]["step"] == 40
+    train(
+        tiny("train.steps=100", "train.stop_after_drop=25"),
+        tmp_path / "straight",
+        resume=True,
+        progress=False,
+    )
+    assert (
+        last_step(tmp_path / "straight") == 45
+        and read_metrics(tmp_path / "straight")[-1]["step"] == 40
+    )
 
 
 def test_drop_seen_at_reads_rows_prefix_by_prefix():
     rows = [{"step": s, "eval_loss_mask": 0.2} for s in range(0, 400, 10)]
-    rows += [{"step": s, "eval_loss_mask": 0.2 * 0.5 ** ((s - 390) / 10)} for s in range(400, 600, 10)]
+    rows += [
+        {"step": s, "eval_loss_mask": 0.2 * 0.5 ** ((s - 390) / 10)} for s in range(400, 600, 10)
+    ]
     seen = transition.drop_seen_at(rows)
     i = next(i for i, r in enumerate(rows) if r["step"] == seen)
-    assert transition.detect(rows[: i + 1])["dropped"] and not transition.detect(rows[:i])["dropped"]
+    assert (
+        transition.detect(rows[: i + 1])["dropped"] and not transition.detect(rows[:i])["dropped"]
+    )
 
 
 @pytest.fixture
@@ -92,7 +116,14 @@ def test_llc_diverged_chains_are_failures_not_values(llc_model, tmp_path, monkey
     reported as 0.0) and echopype #825 kind (each estimate left its samples.zarr behind)."""
     llc, model, ids = llc_model
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    args = dict(loss_fn=llc._loss_fn, n_beta=64 / math.log(64), localization=100.0, draws=6, batch_size=32, seed=0)
+    args = dict(
+        loss_fn=llc._loss_fn,
+        n_beta=64 / math.log(64),
+        localization=100.0,
+        draws=6,
+        batch_size=32,
+        seed=0,
+    )
     bad = llc.estimate(model, ids, lr=0.5, chains=2, **args)
     assert bad["llc"] is None and bad["llc_std"] is None
     assert "2 of 2 chains failed" in bad["failed"] and "lower llc.lr" in bad["failed"]
@@ -108,7 +139,9 @@ def test_chain_failures_names_nan_and_divergence():
 
     assert chain_failures([1.0, 2.0], [[0.2, 0.3], [0.2, 0.25]], 0.2) == []
     reasons = chain_failures([float("nan"), 1e15], [[0.2, float("inf")], [0.2, 1e13]], 0.2)
-    assert reasons[0].startswith("chain 0: its loss became NaN") and reasons[1].startswith("chain 1: its loss rose")
+    assert reasons[0].startswith("chain 0: its loss became NaN") and reasons[1].startswith(
+        "chain 1: its loss rose"
+    )
 
 
 def zero_loss_rows():
@@ -116,8 +149,17 @@ def zero_loss_rows():
     rows = []
     for s in range(0, 600, 10):
         level = 0.2 if s < 400 else 0.0
-        rows.append({"step": s, "loss": level, "loss_obs": 1e-3, "loss_mask": level, "eval_loss": level,
-                     "eval_loss_obs": 1e-3, "eval_loss_mask": level})
+        rows.append(
+            {
+                "step": s,
+                "loss": level,
+                "loss_obs": 1e-3,
+                "loss_mask": level,
+                "eval_loss": level,
+                "eval_loss_obs": 1e-3,
+                "eval_loss_mask": level,
+            }
+        )
     return rows
 
 
@@ -131,6 +173,7 @@ def test_an_infinite_drop_factor_prints_as_strict_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(["plot", str(run)]) == 0
     out = capsys.readouterr().out
+
     def refuse(name):
         raise ValueError(f"not strict JSON: {name}")
 
@@ -143,7 +186,9 @@ def test_forecast_on_a_plateau_at_zero_says_why():
     rows = [{"step": s, "eval_loss_mask": 0.0} for s in range(0, 400, 10)]
     f = forecast.forecast(rows)
     assert f.escape is None and "level is 0" in f.reason
-    nan_measure = [{"step": s, "eval_loss_mask": 0.2, "prog_x": float("nan")} for s in range(0, 400, 10)]
+    nan_measure = [
+        {"step": s, "eval_loss_mask": 0.2, "prog_x": float("nan")} for s in range(0, 400, 10)
+    ]
     assert forecast.forecast(nan_measure, "prog_x", 0.1).escape is None
 
 
@@ -155,7 +200,9 @@ def test_r_squared_divides_by_the_variance_over_n():
     const = torch.full_like(y, y.mean())
     assert r_squared(((const - y) ** 2).mean().item(), y) == pytest.approx(0.0, abs=1e-12)
     pred = torch.tensor([1.1, 1.8, 3.3, 3.9])
-    assert r_squared(((pred - y) ** 2).mean().item(), y) == pytest.approx(r2_score(y.numpy(), pred.numpy()))
+    assert r_squared(((pred - y) ** 2).mean().item(), y) == pytest.approx(
+        r2_score(y.numpy(), pred.numpy())
+    )
     assert math.isnan(r_squared(0.0, torch.ones(3)))
 
 

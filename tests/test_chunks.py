@@ -6,19 +6,29 @@ import math
 import pytest
 import torch
 
-from abrupt.models import layers as model_
 from abrupt.analysis import ablation
 from abrupt.analysis.common import Inputs
 from abrupt.analysis.registry import discover
 from abrupt.config import apply_overrides, preset
 from abrupt.data import seeded_batch
 from abrupt.hooks import act_name
+from abrupt.models import layers as model_
 from abrupt.models.registry import build_model
 
 
 def config(arch: str):
-    return apply_overrides(preset("tiny"), [f"model.arch={arch}", "model.hidden=16", "model.mlp=32", "data.m=3", "data.n=3",
-                                            "data.rank=1", "data.p_mask=0.3"])
+    return apply_overrides(
+        preset("tiny"),
+        [
+            f"model.arch={arch}",
+            "model.hidden=16",
+            "model.mlp=32",
+            "data.m=3",
+            "data.n=3",
+            "data.rank=1",
+            "data.p_mask=0.3",
+        ],
+    )
 
 
 def random_model(cfg, seed: int):
@@ -42,7 +52,9 @@ def assert_same(a, b, where="numbers"):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
-        assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7), f"{where}: {a} != {b}"
+        assert (math.isnan(a) and math.isnan(b)) or math.isclose(
+            a, b, rel_tol=1e-5, abs_tol=1e-7
+        ), f"{where}: {a} != {b}"
     else:
         assert a == b, where
 
@@ -54,11 +66,15 @@ def test_the_reported_case_the_matrix_alone_in_the_last_chunk_is_ablated(monkeyp
     monkeypatch.setattr(model_, "CHUNK", 8)
     batch = seeded_batch(cfg.data, 9, 0)
     heads = [(l, h) for l in range(2) for h in range(2)]
-    hooks = ablation.ablation_hooks(heads, "mean", means=ablation.mean_patterns(model, batch.tokens))
+    hooks = ablation.ablation_hooks(
+        heads, "mean", means=ablation.mean_patterns(model, batch.tokens)
+    )
     with model.hooks(hooks):
         ablated = model.predict(batch.tokens)
     clean = model.predict(batch.tokens)
-    assert (ablated[8] - clean[8]).abs().max() > 0.05  # it is ablated: before the fix it moved ~1e-7
+    assert (
+        ablated[8] - clean[8]
+    ).abs().max() > 0.05  # it is ablated: before the fix it moved ~1e-7
     with model.hooks(hooks):  # and exactly as when it shares its chunk with the others
         monkeypatch.setattr(model_, "CHUNK", 16)
         torch.testing.assert_close(model.predict(batch.tokens), ablated)
@@ -75,7 +91,8 @@ def test_every_analysis_gives_the_same_numbers_at_two_chunk_sizes(arch, monkeypa
     ran = []
     for name, mod in discover().items():
         if getattr(mod, "unsupported", lambda c: None)(cfg) or getattr(mod, "ON_REQUEST", False):
-            continue  # ON_REQUEST: llc, which does not chunk (SGLD on whole batches), and costs minutes
+            # ON_REQUEST: llc, which does not chunk (SGLD on whole batches), and costs minutes
+            continue
         options = {"n": 7} if "n" in mod.run.__code__.co_varnames else {}
         if name == "compare":
             options["p_masks"] = (0.3,)
@@ -86,4 +103,6 @@ def test_every_analysis_gives_the_same_numbers_at_two_chunk_sizes(arch, monkeypa
         assert_same(results[0], results[1], name)
         ran.append(name)
     expected = {"copying", "attention", "ablation", "switching", "compare", "ood"}
-    assert set(ran) == (expected | {"probe", "embeddings", "patching"} if arch == "bert" else expected)
+    assert set(ran) == (
+        expected | {"probe", "embeddings", "patching"} if arch == "bert" else expected
+    )

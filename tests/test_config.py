@@ -18,26 +18,31 @@ def test_paper_preset_is_the_paper():
 
 
 def test_overrides_are_typed():
-    c = apply_overrides(preset("cpu"), ["data.m=5", "train.lr=3e-3", "data.clip=true", "train.steps=1e3"])
+    c = apply_overrides(
+        preset("cpu"), ["data.m=5", "train.lr=3e-3", "data.clip=true", "train.steps=1e3"]
+    )
     assert c.data.m == 5 and c.train.lr == 3e-3 and c.data.clip is True and c.train.steps == 1000
 
 
-@pytest.mark.parametrize("override,message", [
-    ("data.bogus=1", "unknown key 'data.bogus'"),
-    ("nonsense=1", "unknown key 'nonsense'"),
-    ("data.m=seven", "data.m: expected an integer"),
-    ("data.m=2.5", "data.m: expected an integer"),
-    ("data.rank=8", r"data.rank: must be in \[1, min\(m, n\)\]"),
-    ("data.p_mask=1.0", r"data.p_mask: must be in \[0, 1\)"),
-    ("data.p_mask=-0.1", r"data.p_mask: must be in \[0, 1\)"),
-    ("data.high=3", "beyond the vocabulary"),
-    ("data.distribution=cauchy", "data.distribution: must be one of"),
-    ("model.heads=3", "model.heads: must divide model.hidden"),
-    ("train.steps=0", "train.steps: must be >= 1"),
-    ("train.lr=-1", "train.lr: must be a positive number"),
-    ("train.bf16=maybe", "train.bf16: expected true/false"),
-    ("train.device=tpu", "train.device"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.bogus=1", "unknown key 'data.bogus'"),
+        ("nonsense=1", "unknown key 'nonsense'"),
+        ("data.m=seven", "data.m: expected an integer"),
+        ("data.m=2.5", "data.m: expected an integer"),
+        ("data.rank=8", r"data.rank: must be in \[1, min\(m, n\)\]"),
+        ("data.p_mask=1.0", r"data.p_mask: must be in \[0, 1\)"),
+        ("data.p_mask=-0.1", r"data.p_mask: must be in \[0, 1\)"),
+        ("data.high=3", "beyond the vocabulary"),
+        ("data.distribution=cauchy", "data.distribution: must be one of"),
+        ("model.heads=3", "model.heads: must divide model.hidden"),
+        ("train.steps=0", "train.steps: must be >= 1"),
+        ("train.lr=-1", "train.lr: must be a positive number"),
+        ("train.bf16=maybe", "train.bf16: expected true/false"),
+        ("train.device=tpu", "train.device"),
+    ],
+)
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(preset("cpu"), [override])
@@ -55,7 +60,9 @@ def test_sudden_preset_is_the_measured_recipe():
 
     from abrupt.sweep.runner import config_of, expand, spec_from_file
 
-    spec = spec_from_file(Path(__file__).resolve().parents[1] / "docs" / "plateau" / "small_bias3_b256_eps.yaml")
+    spec = spec_from_file(
+        Path(__file__).resolve().parents[1] / "docs" / "plateau" / "small_bias3_b256_eps.yaml"
+    )
     trial = config_of(spec.preset, expand(spec)[0].overrides).to_dict()
     sudden = preset("sudden").to_dict()
     assert sudden["train"]["warmup"] == 0 and sudden["train"]["steps"] > trial["train"]["steps"]

@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from abrupt.config import DataConfig
-from abrupt.data import MASK_ID, VOCAB_SIZE, VocabularyRangeError, generator, id_to_value, make_batch, sample_batch, sample_matrices, value_to_id
+from abrupt.data import (
+    MASK_ID,
+    VOCAB_SIZE,
+    VocabularyRangeError,
+    generator,
+    id_to_value,
+    make_batch,
+    sample_batch,
+    sample_matrices,
+    value_to_id,
+)
 
 
 def test_token_ids_of_the_spec():
@@ -58,11 +68,14 @@ def test_sampler_rank_and_distribution():
     assert abs((x[:, :, 0] * x[:, :, 1]).mean().item()) < 0.01
 
 
-@pytest.mark.parametrize("dist,kw,second_moment", [
-    ("gaussian", {"sigma": 0.5}, 2 * 0.25**2),
-    ("laplace", {"scale": 0.25}, 2 * (2 * 0.25**2) ** 2),
-    ("uniform", {"low": 0.0, "high": 1.0}, 2 * (1 / 3) ** 2 + 2 * 1 * (1 / 4) ** 2),
-])
+@pytest.mark.parametrize(
+    "dist,kw,second_moment",
+    [
+        ("gaussian", {"sigma": 0.5}, 2 * 0.25**2),
+        ("laplace", {"scale": 0.25}, 2 * (2 * 0.25**2) ** 2),
+        ("uniform", {"low": 0.0, "high": 1.0}, 2 * (1 / 3) ** 2 + 2 * 1 * (1 / 4) ** 2),
+    ],
+)
 def test_other_factor_distributions(dist, kw, second_moment):
     cfg = DataConfig(distribution=dist, **kw)
     x = sample_matrices(cfg, 20000, generator(1)).double()

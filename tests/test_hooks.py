@@ -14,7 +14,9 @@ T = 9  # 3x3 matrices
 
 def tiny(arch: str):
     """A 2-layer model of `arch` with every parameter moved off its init (LayerNorms included)."""
-    model = build_model(ModelConfig(arch=arch, hidden=16, layers=2, heads=2, mlp=32, ln_eps=1e-5), T, seed=0).eval()
+    model = build_model(
+        ModelConfig(arch=arch, hidden=16, layers=2, heads=2, mlp=32, ln_eps=1e-5), T, seed=0
+    ).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -24,7 +26,11 @@ def tiny(arch: str):
 
 def inputs(arch: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(2)
-    return torch.randint(1, 2000, (3, T), generator=g) if arch == "bert" else torch.randint(0, GPT_VOCAB, (3, 2 * T), generator=g)
+    return (
+        torch.randint(1, 2000, (3, T), generator=g)
+        if arch == "bert"
+        else torch.randint(0, GPT_VOCAB, (3, 2 * T), generator=g)
+    )
 
 
 def test_the_reported_case_a_zeroing_hook_on_pos_embed_keeps_the_weights():
@@ -55,7 +61,9 @@ def test_in_place_edits_at_every_hook_point_write_through_to_nothing(arch, grad)
                 edited = model(tokens)
             with model.hooks([(name, lambda x, h: x * 0.5 + 0.25)]):
                 replaced = model(tokens)
-        torch.testing.assert_close(edited, replaced, rtol=0, atol=0, msg=f"{name}: in place != replacement")
+        torch.testing.assert_close(
+            edited, replaced, rtol=0, atol=0, msg=f"{name}: in place != replacement"
+        )
         assert not torch.allclose(edited, clean), f"{name}: the edit had no effect"
         for k, v in model.state_dict().items():
             assert torch.equal(v, weights[k]), f"{name}: in-place edit changed {k}"
@@ -72,11 +80,17 @@ def test_a_kept_activation_is_never_edited_by_a_later_hook(arch):
     zero = lambda x, h: x.zero_()  # noqa: E731
     with torch.no_grad():
         _, clean = model.run_with_cache(tokens, names=["blocks.0.hook_resid_post", "hook_embed"])
-        _, cache = model.run_with_cache(tokens, names=["blocks.0.hook_resid_post"], fwd_hooks=[("blocks.1.hook_resid_pre", zero)])
+        _, cache = model.run_with_cache(
+            tokens,
+            names=["blocks.0.hook_resid_post"],
+            fwd_hooks=[("blocks.1.hook_resid_pre", zero)],
+        )
         kept: dict[str, torch.Tensor] = {}
         with model.hooks([("hook_embed", lambda x, h: kept.update(x=x)), ("hook_embed", zero)]):
             model(tokens)
-    torch.testing.assert_close(cache["blocks.0.hook_resid_post"], clean["blocks.0.hook_resid_post"], rtol=0, atol=0)
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_post"], clean["blocks.0.hook_resid_post"], rtol=0, atol=0
+    )
     torch.testing.assert_close(kept["x"], clean["hook_embed"], rtol=0, atol=0)
 
 
@@ -86,6 +100,9 @@ def test_hooks_are_detached_after_an_exception():
     def boom(x, h):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"), model.hooks([("hook_embed", boom), ("hook_out", boom)]):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        model.hooks([("hook_embed", boom), ("hook_out", boom)]),
+    ):
         model(inputs("bert"))
     assert not any(p.active for p in model.hook_points().values())

@@ -22,14 +22,24 @@ def strip_time(rows):
     return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.norm=mid", "model.norm"), ("model.value_init=spiral", "model.value_init"),
-    ("model.value_init_scale=0", "model.value_init_scale"), ("model.attn_bias=0", "model.attn_bias"),
-    ("model.attn_bias=-2", "model.attn_bias"), ("model.attn_bias_layers=7", "model.attn_bias_layers"),
-    ("model.attn_bias_layers=a", "model.attn_bias_layers"), ("model.attn_bias_until=-1", "model.attn_bias_until"),
-    ("data.mag_low=1.5", "data.mag_low"), ("data.mag_low=-0.1", "data.mag_low"),
-    ("train.lr_width_ref=-64", "train.lr_width_ref"), ("train.eps=0", "train.eps"), ("train.eps=2", "train.eps"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.norm=mid", "model.norm"),
+        ("model.value_init=spiral", "model.value_init"),
+        ("model.value_init_scale=0", "model.value_init_scale"),
+        ("model.attn_bias=0", "model.attn_bias"),
+        ("model.attn_bias=-2", "model.attn_bias"),
+        ("model.attn_bias_layers=7", "model.attn_bias_layers"),
+        ("model.attn_bias_layers=a", "model.attn_bias_layers"),
+        ("model.attn_bias_until=-1", "model.attn_bias_until"),
+        ("data.mag_low=1.5", "data.mag_low"),
+        ("data.mag_low=-0.1", "data.mag_low"),
+        ("train.lr_width_ref=-64", "train.lr_width_ref"),
+        ("train.eps=0", "train.eps"),
+        ("train.eps=2", "train.eps"),
+    ],
+)
 def test_each_lever_refuses_bad_values_in_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         tiny("data.distribution=signed" if override.startswith("data.mag") else "seed=0", override)
@@ -38,18 +48,39 @@ def test_each_lever_refuses_bad_values_in_one_line(override, message):
 
 def test_levers_off_explicitly_are_bit_identical(tmp_path):
     train(tiny(), tmp_path / "plain", progress=False)
-    train(tiny("model.norm=post", "model.value_init=random", "model.value_init_scale=3", "model.attn_bias=1",
-               "model.attn_bias_layers=0", "model.attn_bias_until=5", "train.lr_width_ref=0", "data.mag_low=0.5",
-               "train.eps=1e-8"),
-          tmp_path / "off", progress=False)
-    assert strip_time(read_metrics(tmp_path / "plain")) == strip_time(read_metrics(tmp_path / "off"))
+    train(
+        tiny(
+            "model.norm=post",
+            "model.value_init=random",
+            "model.value_init_scale=3",
+            "model.attn_bias=1",
+            "model.attn_bias_layers=0",
+            "model.attn_bias_until=5",
+            "train.lr_width_ref=0",
+            "data.mag_low=0.5",
+            "train.eps=1e-8",
+        ),
+        tmp_path / "off",
+        progress=False,
+    )
+    assert strip_time(read_metrics(tmp_path / "plain")) == strip_time(
+        read_metrics(tmp_path / "off")
+    )
 
 
 def test_each_lever_on_changes_the_run(tmp_path):
     train(tiny(), tmp_path / "plain", progress=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
-    for i, lever in enumerate(["model.norm=pre", "model.value_init=line", "model.attn_bias=3", "data.distribution=signed",
-                               "train.lr_width_ref=64", "train.eps=1e-3"]):
+    for i, lever in enumerate(
+        [
+            "model.norm=pre",
+            "model.value_init=line",
+            "model.attn_bias=3",
+            "data.distribution=signed",
+            "train.lr_width_ref=64",
+            "train.eps=1e-3",
+        ]
+    ):
         train(tiny(lever), tmp_path / str(i), progress=False)
         assert strip_time(read_metrics(tmp_path / str(i)))[-1]["loss"] != plain[-1]["loss"], lever
 
@@ -57,7 +88,9 @@ def test_each_lever_on_changes_the_run(tmp_path):
 def test_value_line_changes_only_value_rows_along_one_direction():
     cfg = ModelConfig(hidden=32, layers=1, heads=2, mlp=64, init_std=0.07)
     plain = build_model(cfg, 49, seed=3).state_dict()
-    line = build_model(ModelConfig(**{**cfg.__dict__, "value_init": "line", "value_init_scale": 2.0}), 49, seed=3).state_dict()
+    line = build_model(
+        ModelConfig(**{**cfg.__dict__, "value_init": "line", "value_init_scale": 2.0}), 49, seed=3
+    ).state_dict()
     assert all(torch.equal(plain[k], line[k]) for k in plain if k != "tok_embed.weight")
     diff = line["tok_embed.weight"] - plain["tok_embed.weight"]
     assert torch.equal(diff[0], torch.zeros(32))  # MASK stays zero
@@ -73,38 +106,63 @@ def test_row_column_bias_multiplies_attention_on_row_and_column_keys_by_c():
     for k in range(6):
         assert bias[0, k].item() == pytest.approx(math.log(2.5) if (0, k) in same else 0.0)
     torch.manual_seed(0)
-    model = MatrixBert(ModelConfig(hidden=16, layers=2, heads=2, mlp=32, attn_bias=4.0, attn_bias_layers="1"), 6, cols=3).eval()
+    model = MatrixBert(
+        ModelConfig(hidden=16, layers=2, heads=2, mlp=32, attn_bias=4.0, attn_bias_layers="1"),
+        6,
+        cols=3,
+    ).eval()
     tokens = torch.randint(1, VOCAB_SIZE, (2, 6))
     base = MatrixBert(ModelConfig(hidden=16, layers=2, heads=2, mlp=32), 6)
     base.load_state_dict(model.state_dict())
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern",
-                                                       "blocks.1.attn.hook_q", "blocks.1.attn.hook_k"])
+        _, cache = model.run_with_cache(
+            tokens,
+            names=[
+                "blocks.0.attn.hook_pattern",
+                "blocks.1.attn.hook_pattern",
+                "blocks.1.attn.hook_q",
+                "blocks.1.attn.hook_k",
+            ],
+        )
         _, ref = base.eval().run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"])
         fused = model(tokens)
         exact = model.run_with_cache(tokens, names=["blocks.1.attn.hook_pattern"])[0]
-    assert torch.allclose(cache["blocks.0.attn.hook_pattern"], ref["blocks.0.attn.hook_pattern"], atol=1e-6)  # layer 0: no bias
+    assert torch.allclose(
+        cache["blocks.0.attn.hook_pattern"], ref["blocks.0.attn.hook_pattern"], atol=1e-6
+    )  # layer 0: no bias
     q, k = cache["blocks.1.attn.hook_q"], cache["blocks.1.attn.hook_k"]
     w = torch.exp(q @ k.transpose(-1, -2) / math.sqrt(8)) * torch.exp(row_column_bias(6, 3, 4.0))
-    assert torch.allclose(cache["blocks.1.attn.hook_pattern"], w / w.sum(-1, keepdim=True), atol=1e-5)
+    assert torch.allclose(
+        cache["blocks.1.attn.hook_pattern"], w / w.sum(-1, keepdim=True), atol=1e-5
+    )
     assert torch.allclose(fused, exact, atol=1e-5)  # the fused path adds the same bias
 
 
 def test_attn_bias_until_switches_the_bias_off_in_training_and_in_loaded_checkpoints(tmp_path):
     from abrupt.run.checkpoints import load_run
 
-    cfg = tiny("model.attn_bias=3", "model.attn_bias_until=10", "train.ckpt_every=5", "train.ckpt_log_points=0")
+    cfg = tiny(
+        "model.attn_bias=3",
+        "model.attn_bias_until=10",
+        "train.ckpt_every=5",
+        "train.ckpt_log_points=0",
+    )
     trainer = Trainer(cfg, tmp_path / "r", progress=False)
     trainer.step(10, False)
     assert trainer.model.attn_bias_on
     trainer.step(11, False)
     assert not trainer.model.attn_bias_on
     train(cfg, tmp_path / "run", progress=False)
-    assert load_run(tmp_path / "run", 10)[1].attn_bias_on and not load_run(tmp_path / "run", 15)[1].attn_bias_on
+    assert (
+        load_run(tmp_path / "run", 10)[1].attn_bias_on
+        and not load_run(tmp_path / "run", 15)[1].attn_bias_on
+    )
 
 
 def test_signed_factors_are_zero_mean_with_bounded_magnitude():
-    cfg = apply_overrides(preset("cpu"), ["data.distribution=signed", "data.mag_low=0.3", "data.mag_high=1.0"]).data
+    cfg = apply_overrides(
+        preset("cpu"), ["data.distribution=signed", "data.mag_low=0.3", "data.mag_high=1.0"]
+    ).data
     from abrupt.data import sample_factors
 
     f = sample_factors(cfg, 4000, 7, generator(0))
@@ -114,12 +172,16 @@ def test_signed_factors_are_zero_mean_with_bounded_magnitude():
 
 
 def test_width_rule_scales_the_lr_by_reference_over_width(tmp_path):
-    trainer = Trainer(tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", progress=False)
+    trainer = Trainer(
+        tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", progress=False
+    )
     assert trainer.lr_at(10) == pytest.approx(1e-3 * 64 / 32)
 
 
 def test_adam_eps_reaches_every_parameter_group(tmp_path):
-    trainer = Trainer(tiny("train.eps=1e-4", "train.group_lr=mlp=0.5"), tmp_path / "r", progress=False)
+    trainer = Trainer(
+        tiny("train.eps=1e-4", "train.group_lr=mlp=0.5"), tmp_path / "r", progress=False
+    )
     groups = trainer.optim.param_groups
     assert len(groups) > 1 and all(g["eps"] == 1e-4 for g in groups)
 

@@ -1,11 +1,9 @@
 import pytest
 import torch
 
-from abrupt.config import ModelConfig
+from abrupt.config import DataConfig, ModelConfig
 from abrupt.data import MASK_ID, generator, sample_batch
-from abrupt.config import DataConfig
 from abrupt.models.bert import MatrixBert
-
 from conftest import randomize
 
 transformers = pytest.importorskip("transformers")
@@ -16,9 +14,13 @@ def tokens(batch=6, seed=1):
     return sample_batch(DataConfig(), batch, generator(seed)).tokens
 
 
-@pytest.mark.parametrize("hidden,layers,heads,mlp", [(32, 2, 4, 64), (48, 3, 2, 96), (64, 1, 8, 256)])
+@pytest.mark.parametrize(
+    "hidden,layers,heads,mlp", [(32, 2, 4, 64), (48, 3, 2, 96), (64, 1, 8, 256)]
+)
 def test_equal_to_huggingface_bert(hidden, layers, heads, mlp):
-    model = randomize(MatrixBert(ModelConfig(hidden=hidden, layers=layers, heads=heads, mlp=mlp), 49), seed=hidden).eval()
+    model = randomize(
+        MatrixBert(ModelConfig(hidden=hidden, layers=layers, heads=heads, mlp=mlp), 49), seed=hidden
+    ).eval()
     ref = HFMatrixBert(model).eval()
     x = tokens()
     with torch.no_grad():
@@ -41,7 +43,9 @@ def test_mask_embedding_is_zero_and_frozen(small_model):
 
 def test_init_scale():
     torch.manual_seed(0)
-    m = MatrixBert(ModelConfig(hidden=256, layers=1, heads=4, mlp=512, init_std=0.02, pos_init_std=0.5), 49)
+    m = MatrixBert(
+        ModelConfig(hidden=256, layers=1, heads=4, mlp=512, init_std=0.02, pos_init_std=0.5), 49
+    )
     assert abs(m.blocks[0].attn.q.weight.std().item() - 0.02) < 1e-3
     assert abs(m.pos_embed.weight.std().item() - 0.5) < 0.02
     assert m.blocks[0].attn.q.bias.abs().sum() == 0
@@ -70,14 +74,17 @@ def test_overwriting_a_hook_changes_output_as_expected(small_model):
         with small_model.hooks([("blocks.0.hook_mlp_out", lambda a, h: a.clone())]):
             same = small_model(x)
         torch.testing.assert_close(same, clean)
-        # The read-out is linear: overwriting the final residual with zeros yields the read-out bias.
+        # The read-out is linear: overwriting the final residual with zeros yields the read-out
+        # bias.
         with small_model.hooks([("blocks.1.hook_resid_post", lambda a, h: torch.zeros_like(a))]):
             zeroed = small_model(x)
         torch.testing.assert_close(zeroed, small_model.readout.bias.expand(2, 49))
         # A uniform attention pattern equals attention that averages all values.
         uniform = lambda p, h: torch.full_like(p, 1 / p.shape[-1])
         with small_model.hooks([("blocks.0.attn.hook_pattern", uniform)]):
-            _, c2 = small_model.run_with_cache(x, names=["blocks.0.attn.hook_z", "blocks.0.attn.hook_v"])
+            _, c2 = small_model.run_with_cache(
+                x, names=["blocks.0.attn.hook_z", "blocks.0.attn.hook_v"]
+            )
         v = c2["blocks.0.attn.hook_v"]  # (B, H, T, dh)
         expect = v.mean(dim=2, keepdim=True).expand_as(v).transpose(1, 2)
         torch.testing.assert_close(c2["blocks.0.attn.hook_z"], expect)

@@ -1,4 +1,5 @@
-"""What the package imports is what pyproject.toml declares (a fresh install must be able to run it)."""
+"""What the package imports is what pyproject.toml declares (a fresh install must be able to run
+it)."""
 
 import ast
 import functools
@@ -17,7 +18,11 @@ SRC = ROOT / "src" / "abrupt"
 # Optional imports: the extra that provides each, and the only module allowed to import it, lazily
 # (inside a function), so that `import abrupt` and every command but that one work without it.
 # (transformers, the test extra's reference models, is imported by tests/hf_oracle.py only.)
-OPTIONAL = {"ray": ("ray", "runner.py"), "devinterp": ("devinterp", "llc.py"), "datasets": ("devinterp", "llc.py")}
+OPTIONAL = {
+    "ray": ("ray", "runner.py"),
+    "devinterp": ("devinterp", "llc.py"),
+    "datasets": ("devinterp", "llc.py"),
+}
 
 
 def _norm(name: str) -> str:
@@ -29,7 +34,8 @@ def _requirement_name(req: str) -> str:
 
 
 def _imports() -> dict[str, list[tuple[str, bool]]]:
-    """{top-level module: [(file name, imported at module level)]} of third-party imports in src/abrupt."""
+    """{top-level module: [(file name, imported at module level)]} of third-party imports in
+    src/abrupt."""
     found: dict[str, list[tuple[str, bool]]] = {}
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text())
@@ -63,16 +69,24 @@ def _installed() -> dict[str, list[str]]:
 def test_every_import_is_declared_and_every_dependency_imported():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     required = {_requirement_name(r) for r in project["dependencies"]}
-    extras = {name: {_requirement_name(r) for r in reqs} for name, reqs in project["optional-dependencies"].items()}
+    extras = {
+        name: {_requirement_name(r) for r in reqs}
+        for name, reqs in project["optional-dependencies"].items()
+    }
     imports = _imports()
     for module, where in imports.items():
         dist = _distribution(module)
         if module in OPTIONAL:
             extra, allowed = OPTIONAL[module]
             assert dist in extras[extra], f"{module} is imported but not in the [{extra}] extra"
-            assert all(f == allowed and not top for f, top in where), f"{module} may only be imported lazily in {allowed}: {where}"
+            assert all(f == allowed and not top for f, top in where), (
+                f"{module} may only be imported lazily in {allowed}: {where}"
+            )
         else:
-            assert dist in required, f"{module} (distribution {dist}) is imported in {where[0][0]} but not in [project] dependencies"
+            assert dist in required, (
+                f"{module} (distribution {dist}) is imported in {where[0][0]} but not in "
+                "[project] dependencies"
+            )
     used = {_distribution(m) for m in imports if m not in OPTIONAL}
     assert required <= used, f"declared but never imported: {sorted(required - used)}"
 
@@ -85,5 +99,7 @@ def test_ci_runs_the_readmes_test_command_with_the_extras_it_needs():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command in ci, f"README's test command {command!r} is not a line of .ci/run"
     if " -n " in f"{command} ":
-        test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+        test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]["test"]
         assert "pytest-xdist" in {_requirement_name(r) for r in test_extra}

@@ -1,4 +1,5 @@
-"""The README holds: its quick start and every command of its commands table run, on the README's own
+"""The README holds: its quick start and every command of its commands table run, on the README's
+own
 `small` run made short; every path it links or names exists in the repository; its count of
 analyses is the registry's.
 
@@ -35,12 +36,41 @@ from abrupt.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
-TRAIN_SHORT = ["train.steps=4", "train.batch_size=8", "train.eval_size=32", "train.log_every=2", "train.ckpt_every=2"]
-SMALL_NARROW = ["train.steps=20", "train.batch_size=16", "train.eval_size=64", "train.log_every=5", "train.ckpt_every=10",
-                "train.ckpt_log_points=0", "model.hidden=16", "model.mlp=32", "train.progress=true"]
-ANALYSIS_N = {"copying": 16, "attention": 16, "probe": 64, "embeddings": 16, "patching": 8, "ablation": 8, "switching": 8,
-              "compare": 8, "ood": 4}
-NOT_RUN = ("python3 -m pip", "python3 -m pytest", "PYTHONPATH=src python benchmarks/gpu_paper.py", "abrupt sweep ...")
+TRAIN_SHORT = [
+    "train.steps=4",
+    "train.batch_size=8",
+    "train.eval_size=32",
+    "train.log_every=2",
+    "train.ckpt_every=2",
+]
+SMALL_NARROW = [
+    "train.steps=20",
+    "train.batch_size=16",
+    "train.eval_size=64",
+    "train.log_every=5",
+    "train.ckpt_every=10",
+    "train.ckpt_log_points=0",
+    "model.hidden=16",
+    "model.mlp=32",
+    "train.progress=true",
+]
+ANALYSIS_N = {
+    "copying": 16,
+    "attention": 16,
+    "probe": 64,
+    "embeddings": 16,
+    "patching": 8,
+    "ablation": 8,
+    "switching": 8,
+    "compare": 8,
+    "ood": 4,
+}
+NOT_RUN = (
+    "python3 -m pip",
+    "python3 -m pytest",
+    "PYTHONPATH=src python benchmarks/gpu_paper.py",
+    "abrupt sweep ...",
+)
 
 
 def section(title: str, text: str = README) -> str:
@@ -49,8 +79,8 @@ def section(title: str, text: str = README) -> str:
     match = re.search(rf"^(#+) {re.escape(title)}\n", text, re.M)
     assert match, f"no section '{title}'"
     level = len(match.group(1))
-    end = re.search(rf"^#{{1,{level}}} ", text[match.end():], re.M)
-    return text[match.end(): match.end() + end.start() if end else None]
+    end = re.search(rf"^#{{1,{level}}} ", text[match.end() :], re.M)
+    return text[match.end() : match.end() + end.start() if end else None]
 
 
 def quick_start() -> list[str]:
@@ -60,14 +90,23 @@ def quick_start() -> list[str]:
 
 def table_commands() -> list[str]:
     """Each code span of the commands table's second column that is a command."""
-    rows = [line for line in section("Commands").splitlines() if line.startswith("| ") and not line.startswith("| what")]
+    rows = [
+        line
+        for line in section("Commands").splitlines()
+        if line.startswith("| ") and not line.startswith("| what")
+    ]
     cells = [re.split(r"(?<!\\)\|", row)[2] for row in rows]
-    return [span for cell in cells for span in re.findall(r"`([^`]+)`", cell)
-            if span.startswith(("abrupt ", "PYTHONPATH="))]
+    return [
+        span
+        for cell in cells
+        for span in re.findall(r"`([^`]+)`", cell)
+        if span.startswith(("abrupt ", "PYTHONPATH="))
+    ]
 
 
 def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
-    """The argument list that runs `command` (see the module docstring), without the leading `abrupt`."""
+    """The argument list that runs `command` (see the module docstring), without the leading
+    `abrupt`."""
     command = re.sub(r"\[[^\[\]]*\.\.\.[^\[\]]*\]", "", command)  # optional syntax placeholders
     command = re.sub(r"\[([^\[\]]*)\]", r"\1", command)  # optional examples: included
     command = re.sub(r"(\S+?)\\\|\S+", r"\1", command)  # a\|b: a
@@ -98,14 +137,20 @@ def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
         out += TRAIN_SHORT
     if out[0] == "analyze":
         only = out[out.index("--only") + 1].split(",") if "--only" in out else list(ANALYSIS_N)
-        out += [x for name in only if name in ANALYSIS_N and f"{name}.n=" not in " ".join(out)
-                for x in ("--set", f"{name}.n={ANALYSIS_N[name]}")]
+        out += [
+            x
+            for name in only
+            if name in ANALYSIS_N and f"{name}.n=" not in " ".join(out)
+            for x in ("--set", f"{name}.n={ANALYSIS_N[name]}")
+        ]
     if out[0] in ("compare", "ood"):
         out += ["--n", str(ANALYSIS_N[out[0]])]
     return out
 
 
-def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(tmp_path, monkeypatch):
+def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(
+    tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # the README's relative paths (runs/small) land here
     commands = quick_start() + table_commands()
     assert len(commands) >= 25 and any("--only attention" in c for c in commands)
@@ -113,19 +158,28 @@ def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(t
     for i, command in enumerate(commands):
         if command.startswith(NOT_RUN):
             continue
-        if command == "abrupt train --preset small --out runs/small":  # the quick start's run: RUN below
+        if (
+            command == "abrupt train --preset small --out runs/small"
+        ):  # the quick start's run: RUN below
             args = shlex.split(command)[1:] + SMALL_NARROW
         else:
-            steps = sorted(int(p.stem.removeprefix("step_")) for p in Path("runs/small/checkpoints").glob("step_*.json"))
+            steps = sorted(
+                int(p.stem.removeprefix("step_"))
+                for p in Path("runs/small/checkpoints").glob("step_*.json")
+            )
             args = expand(command, "runs/small", str(tmp_path / f"fresh{i}"), steps)
-        assert main(args) == 0, f"README command failed: {command}\n  ran as: abrupt {shlex.join(args)}"
+        assert main(args) == 0, (
+            f"README command failed: {command}\n  ran as: abrupt {shlex.join(args)}"
+        )
         ran += 1
     assert ran == len(commands) - len([c for c in commands if c.startswith(NOT_RUN)])
 
 
 def _tracked() -> set[str]:
     try:
-        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: cannot tell tracked files from ignored ones")
     return set(out.splitlines())
@@ -138,7 +192,10 @@ def _exists(path: str, tracked: set[str]) -> bool:
 
 def test_every_path_the_readme_links_or_names_is_in_the_repository():
     tracked = _tracked()
-    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", README, re.M)}
+    slugs = {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", README, re.M)
+    }
     missing = []
     for target in re.findall(r"\]\(([^)\s]+)\)", README):  # markdown links and images
         if target.startswith(("http://", "https://")):
@@ -148,7 +205,9 @@ def test_every_path_the_readme_links_or_names_is_in_the_repository():
                 missing.append(target)
         elif not _exists(target.split("#")[0], tracked):
             missing.append(target)
-    for span in re.findall(r"`((?:docs|src|tests|benchmarks|\.ci)/[^`\s]*)`", README):  # paths named in code
+    for span in re.findall(
+        r"`((?:docs|src|tests|benchmarks|\.ci)/[^`\s]*)`", README
+    ):  # paths named in code
         if not re.search(r"[*<>]|[A-Z]{3,}\.py", span) and not _exists(span, tracked):
             missing.append(span)
     assert not missing, f"README links or names paths that are not in the repository: {missing}"
@@ -169,22 +228,43 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from abrupt.dynamics.transition import summarize
     from abrupt.plots import _draw_losses
     from abrupt.report import _transition
-    from abrupt.dynamics.transition import summarize
 
     glossary = section("Transition terms", (ROOT / "docs" / "run-directory.md").read_text())
-    terms = set(re.findall(r"^\| `([^`]+)`", glossary, re.M)) | set(re.findall(r"`(fall_\w+)`", glossary))
-    rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.0, "eval_loss_mask": 0.11 if s < 500 else 0.04} for s in range(0, 1000, 10)]
+    terms = set(re.findall(r"^\| `([^`]+)`", glossary, re.M)) | set(
+        re.findall(r"`(fall_\w+)`", glossary)
+    )
+    rows = [
+        {
+            "step": s,
+            "eval_loss": 0.1,
+            "eval_loss_obs": 0.0,
+            "eval_loss_mask": 0.11 if s < 500 else 0.04,
+        }
+        for s in range(0, 1000, 10)
+    ]
     summary = summarize(rows)
-    assert summary["drop_step"] is not None and not summary["dropped"]  # halved, but not 10x below: no drop drawn
-    described = {k for k in summary if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")}
-    assert described <= terms, f"summary.json fields missing from docs/run-directory.md's glossary: {sorted(described - terms)}"
+    assert (
+        summary["drop_step"] is not None and not summary["dropped"]
+    )  # halved, but not 10x below: no drop drawn
+    described = {
+        k
+        for k in summary
+        if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")
+    }
+    assert described <= terms, (
+        "summary.json fields missing from docs/run-directory.md's glossary: "
+        f"{sorted(described - terms)}"
+    )
     fig, ax = plt.subplots()
     _draw_losses(ax, rows, summary)
     labels = ax.get_legend_handles_labels()[1]
     plt.close(fig)
-    assert f"escape_step {summary['escape_step']}" in labels and not any("drop" in label for label in labels)
+    assert f"escape_step {summary['escape_step']}" in labels and not any(
+        "drop" in label for label in labels
+    )
     text = _transition(summary)
     assert f"escape_step {summary['escape_step']}" in text and "dropped no" in text
     dropped = {**summary, "dropped": True}

@@ -24,7 +24,9 @@ TINY = ["--preset", "tiny", "--threads", "1", "--quiet"]
 def cli(*args, cwd=None, wait=True):
     cmd = [sys.executable, "-m", "abrupt.cli", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
@@ -48,8 +50,12 @@ def tree(path):
 
 # --- 1-6: lost or mixed data ----------------------------------------------------------------------
 
+
 def test_1_runs_started_together_get_their_own_directories(tmp_path):
-    procs = [cli("train", *TINY, "--seed", str(s), "train.steps=30", cwd=tmp_path, wait=False) for s in range(3)]
+    procs = [
+        cli("train", *TINY, "--seed", str(s), "train.steps=30", cwd=tmp_path, wait=False)
+        for s in range(3)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0], [p.stderr.read() for p in procs]
     dirs = sorted((tmp_path / "runs").iterdir())
     assert len(dirs) == 3
@@ -62,29 +68,53 @@ def test_1_runs_started_together_get_their_own_directories(tmp_path):
 
 def test_2_a_second_writer_is_refused_and_a_killed_writer_leaves_no_stale_lock(tmp_path):
     run = make_run(tmp_path / "run", 20)
-    first = cli("train", "--resume", str(run), "--threads", "1", "--quiet", "train.steps=100000", wait=False)
+    first = cli(
+        "train", "--resume", str(run), "--threads", "1", "--quiet", "train.steps=100000", wait=False
+    )
     try:
         deadline = time.time() + 120
-        while len(read_metrics(run)) <= 3 and time.time() < deadline:  # the first writer is under way
+        while (
+            len(read_metrics(run)) <= 3 and time.time() < deadline
+        ):  # the first writer is under way
             time.sleep(0.2)
         second = cli("train", "--resume", str(run), "--quiet", "train.steps=100000")
         assert second.returncode == 2
-        assert "in use by another process" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert (
+            "in use by another process" in second.stderr
+            and len(second.stderr.strip().splitlines()) == 1
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # killed outright: the lock went with the process, so the run resumes
-    assert main(["train", "--resume", str(run), "--threads", "1", "--quiet", f"train.steps={read_metrics(run)[-1]['step'] + 20}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(run),
+                "--threads",
+                "1",
+                "--quiet",
+                f"train.steps={read_metrics(run)[-1]['step'] + 20}",
+            ]
+        )
+        == 0
+    )
     steps = [r["step"] for r in read_metrics(run)]
     assert steps == sorted(set(steps))
 
 
-def test_3_a_foreign_directory_is_not_reused_and_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+def test_3_a_foreign_directory_is_not_reused_and_empty_out_is_refused(
+    tmp_path, capsys, monkeypatch
+):
     foreign = tmp_path / "foreign"
     (foreign / "checkpoints").mkdir(parents=True)
     (foreign / "notes.txt").write_text("mine")
     before = tree(foreign)
-    one_line_error(capsys, main(["train", *TINY, "--out", str(foreign)]), 2, "not empty and is not a run")
+    one_line_error(
+        capsys, main(["train", *TINY, "--out", str(foreign)]), 2, "not empty and is not a run"
+    )
     assert tree(foreign) == before
     monkeypatch.chdir(tmp_path / "foreign")
     one_line_error(capsys, main(["train", *TINY, "--out", ""]), 2, "not the current directory")
@@ -96,7 +126,13 @@ def test_4_a_run_killed_before_its_first_checkpoint_restarts(tmp_path, capsys):
     for p in (run / "checkpoints").iterdir():
         p.unlink()
     (run / "metrics.jsonl").write_text("")
-    one_line_error(capsys, main(["train", *TINY, "--out", str(run)]), 2, "before its first checkpoint", "--resume")
+    one_line_error(
+        capsys,
+        main(["train", *TINY, "--out", str(run)]),
+        2,
+        "before its first checkpoint",
+        "--resume",
+    )
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert [r["step"] for r in read_metrics(run)][-1] == 20
 
@@ -115,39 +151,51 @@ def test_5_a_corrupt_middle_line_drops_no_other_row(tmp_path):
 def test_6_resume_below_the_current_step_is_refused_without_changing_the_record(tmp_path, capsys):
     run = make_run(tmp_path / "run", 20)
     before = (run / "config.json").read_text()
-    one_line_error(capsys, main(["train", "--resume", str(run), "train.steps=10"]), 2, "already at step 20")
+    one_line_error(
+        capsys, main(["train", "--resume", str(run), "train.steps=10"]), 2, "already at step 20"
+    )
     one_line_error(capsys, main(["train", "--resume", str(run)]), 2, "already at step 20")
     assert (run / "config.json").read_text() == before
 
 
-# --- 7-11: refused before anything is written ------------------------------------------------------
+# --- 7-11: refused before anything is written
+# ------------------------------------------------------
+
 
 def test_7_unbounded_laws_need_clip(tmp_path, capsys):
     out = tmp_path / "g"
-    one_line_error(capsys, main(["train", *TINY, "--out", str(out), "data.distribution=gaussian", "data.sigma=0.85"]), 2,
-                   "unbounded support", "data.clip=true")
+    one_line_error(
+        capsys,
+        main(["train", *TINY, "--out", str(out), "data.distribution=gaussian", "data.sigma=0.85"]),
+        2,
+        "unbounded support",
+        "data.clip=true",
+    )
     assert not out.exists()
     make_run(out, 20, "data.distribution=gaussian", "data.sigma=0.85", "data.clip=true")
     assert json.loads((out / "config.json").read_text())["data"]["clip"] is True
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["train", "model.init_std=inf"], "model.init_std"),
-    (["train", "model.pos_init_std=inf"], "model.pos_init_std"),
-    (["train", "model.ln_eps=inf"], "model.ln_eps"),
-    (["train", "data.low=-inf"], "finite"),
-    (["train", "data.high=inf"], "finite"),
-    (["train", "--threads", "-1"], "--threads"),
-    (["train", "--threads", "100000"], "--threads"),
-    (["train", "seed=2e19"], "seed"),
-    (["train", "train.device=cudaXYZ"], "train.device"),
-    (["train", "data.m=200", "data.n=200"], "at most 1024"),
-    (["baseline", "--lambdas=nan"], "finite"),
-    (["baseline", "--lambdas=inf"], "finite"),
-    (["baseline", "--seed", "1e23"], "--seed"),
-    (["baseline", "--n", "100000000"], "--n"),
-    (["baseline", "data.m=200", "data.n=200"], "at most 1024"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "model.init_std=inf"], "model.init_std"),
+        (["train", "model.pos_init_std=inf"], "model.pos_init_std"),
+        (["train", "model.ln_eps=inf"], "model.ln_eps"),
+        (["train", "data.low=-inf"], "finite"),
+        (["train", "data.high=inf"], "finite"),
+        (["train", "--threads", "-1"], "--threads"),
+        (["train", "--threads", "100000"], "--threads"),
+        (["train", "seed=2e19"], "seed"),
+        (["train", "train.device=cudaXYZ"], "train.device"),
+        (["train", "data.m=200", "data.n=200"], "at most 1024"),
+        (["baseline", "--lambdas=nan"], "finite"),
+        (["baseline", "--lambdas=inf"], "finite"),
+        (["baseline", "--seed", "1e23"], "--seed"),
+        (["baseline", "--n", "100000000"], "--n"),
+        (["baseline", "data.m=200", "data.n=200"], "at most 1024"),
+    ],
+)
 def test_8_absurd_values_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     if args[0] == "train":
@@ -162,28 +210,60 @@ def tiny_run(tmp_path_factory):
     return make_run(run, 20)
 
 
-@pytest.mark.parametrize("option", [
-    "copying.n=0", "probe.n=1", "probe.holdout=1.0", "ablation.modes=", "switching.n=0", "copying.substitutes=nan",
-    "embeddings.k=0", "embeddings.permutations=-1", "attention.head_threshold=nan", "probe.ridge=-1",
-    "patching.heads=9:0", "attention.lines=9", "embeddings.k=500", "compare.lambdas=-1",
-])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "copying.n=0",
+        "probe.n=1",
+        "probe.holdout=1.0",
+        "ablation.modes=",
+        "switching.n=0",
+        "copying.substitutes=nan",
+        "embeddings.k=0",
+        "embeddings.permutations=-1",
+        "attention.head_threshold=nan",
+        "probe.ridge=-1",
+        "patching.heads=9:0",
+        "attention.lines=9",
+        "embeddings.k=500",
+        "compare.lambdas=-1",
+    ],
+)
 def test_9_analysis_options_are_checked_before_anything_is_written(tiny_run, capsys, option):
-    one_line_error(capsys, main(["analyze", str(tiny_run), "--set", option]), 2, option.split(".")[0])
+    one_line_error(
+        capsys, main(["analyze", str(tiny_run), "--set", option]), 2, option.split(".")[0]
+    )
     assert not (tiny_run / "analysis").exists()
 
 
 def test_9_every_option_is_checked_before_the_first_analysis(tiny_run, capsys):
-    one_line_error(capsys, main(["analyze", str(tiny_run), "--only", "copying,ablation", "--set", "ablation.modes=bogus"]), 2,
-                   "ablation.modes")
+    one_line_error(
+        capsys,
+        main(
+            [
+                "analyze",
+                str(tiny_run),
+                "--only",
+                "copying,ablation",
+                "--set",
+                "ablation.modes=bogus",
+            ]
+        ),
+        2,
+        "ablation.modes",
+    )
     assert not (tiny_run / "analysis").exists()
     one_line_error(capsys, main(["compare", str(tiny_run), "--lambdas=-1"]), 2, "compare.lambdas")
     assert not (tiny_run / "analysis").exists()
 
 
-@pytest.mark.parametrize("data,skipped", [
-    (["data.m=1", "data.n=1", "data.rank=1"], ["attention", "embeddings", "compare", "ood"]),
-    (["data.p_mask=0"], ["copying", "patching", "ablation", "switching", "ood"]),
-])
+@pytest.mark.parametrize(
+    "data,skipped",
+    [
+        (["data.m=1", "data.n=1", "data.rank=1"], ["attention", "embeddings", "compare", "ood"]),
+        (["data.p_mask=0"], ["copying", "patching", "ablation", "switching", "ood"]),
+    ],
+)
 def test_9_runs_some_analyses_cannot_handle_skip_them_up_front(tmp_path, capsys, data, skipped):
     run = make_run(tmp_path / "run", 20, *data)
     capsys.readouterr()
@@ -200,8 +280,12 @@ def test_9_runs_some_analyses_cannot_handle_skip_them_up_front(tmp_path, capsys,
 def test_10_output_paths_that_cannot_be_runs(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
-    for out, fragment in ((afile, "is a file"), (afile / "sub", "cannot create"), ("/dev/null", "is a file"),
-                          ("/proc/abrupt-run", "cannot create")):
+    for out, fragment in (
+        (afile, "is a file"),
+        (afile / "sub", "cannot create"),
+        ("/dev/null", "is a file"),
+        ("/proc/abrupt-run", "cannot create"),
+    ):
         one_line_error(capsys, main(["train", *TINY, "--out", str(out)]), 2, fragment)
 
 
@@ -224,23 +308,34 @@ def test_10_corrupt_run_files_are_named(tiny_run, tmp_path, capsys):
 
 
 def test_11_bad_input_exits_2(tiny_run, tmp_path, capsys):
-    one_line_error(capsys, main(["compare", str(tiny_run), "--step", "7"]), 2, "no checkpoint at step")
+    one_line_error(
+        capsys, main(["compare", str(tiny_run), "--step", "7"]), 2, "no checkpoint at step"
+    )
     one_line_error(capsys, main(["train", "--resume", str(tmp_path)]), 2, "not a run directory")
     one_line_error(capsys, main(["analyze", str(tmp_path)]), 2, "not a run directory")
 
 
-# --- 12: divergence ------------------------------------------------------------------------------------
+# --- 12: divergence
+# ------------------------------------------------------------------------------------
+
 
 def strict(text):
     def refuse(name):
         raise ValueError(f"non-standard JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 @pytest.mark.parametrize("lr", ["1e6", "1e308"])
 def test_12_divergence_keeps_only_finite_checkpoints_and_strict_json(tmp_path, capsys, lr):
     run = tmp_path / "run"
-    line = one_line_error(capsys, main(["train", *TINY, "--out", str(run), f"train.lr={lr}"]), 1, "diverged", "train.lr")
+    line = one_line_error(
+        capsys,
+        main(["train", *TINY, "--out", str(run), f"train.lr={lr}"]),
+        1,
+        "diverged",
+        "train.lr",
+    )
     assert "far too large" in line
     for f in (run / "checkpoints").glob("step_*[0-9].safetensors"):
         assert all(torch.isfinite(t).all() for t in load_file(str(f)).values()), f
@@ -249,7 +344,9 @@ def test_12_divergence_keeps_only_finite_checkpoints_and_strict_json(tmp_path, c
         strict(row)
 
 
-# --- 13: the report trusts nothing in the run directory ----------------------------------------------
+# --- 13: the report trusts nothing in the run directory
+# ----------------------------------------------
+
 
 def test_13_report_escapes_values_and_embeds_only_the_runs_own_figures(tiny_run, tmp_path):
     import shutil
@@ -265,12 +362,17 @@ def test_13_report_escapes_values_and_embeds_only_the_runs_own_figures(tiny_run,
     res["rows"][0]["input"] = "<b>bold</b>"
     secret = tmp_path / "secret.png"
     secret.write_bytes(b"\x89PNG not yours")
-    res["figures"] = [os.path.relpath(secret, run / "analysis" / "copying"), "../../../../etc/passwd", "copying.png"]
+    res["figures"] = [
+        os.path.relpath(secret, run / "analysis" / "copying"),
+        "../../../../etc/passwd",
+        "copying.png",
+    ]
     (run / "analysis" / "copying" / "results.json").write_text(json.dumps(res))
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
     assert "<img src=x" not in page and "<b>bold</b>" not in page
     import base64
+
     assert base64.b64encode(b"\x89PNG not yours").decode() not in page
-    assert page.count("<img src=\"data:image/png") == 2  # loss.png and the run's own copying.png
+    assert page.count('<img src="data:image/png') == 2  # loss.png and the run's own copying.png

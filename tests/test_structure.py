@@ -16,7 +16,10 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     """Lines inside `if TYPE_CHECKING:` blocks (never executed: no edge of the graph)."""
     lines = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+        if (
+            isinstance(node, ast.If)
+            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+        ):
             for inner in node.body:
                 lines.update(range(inner.lineno, (inner.end_lineno or inner.lineno) + 1))
     return lines

@@ -1,4 +1,5 @@
-"""Sweeps: spec parsing and expansion, backends giving the same numbers, failures, kills, one sweep per directory."""
+"""Sweeps: spec parsing and expansion, backends giving the same numbers, failures, kills, one sweep
+per directory."""
 
 import json
 import os
@@ -29,7 +30,11 @@ def comparable(path):
 
 def test_grid_from_the_command_line():
     spec = spec_from_args("tiny", ["model.hidden=16,32", "seed=0,1,2", "train.steps=40"])
-    assert spec.grid == {"model.hidden": ["16", "32"]} and spec.seeds == [0, 1, 2] and spec.fixed == {"train.steps": "40"}
+    assert (
+        spec.grid == {"model.hidden": ["16", "32"]}
+        and spec.seeds == [0, 1, 2]
+        and spec.fixed == {"train.steps": "40"}
+    )
     trials = expand(spec)
     assert [t.name for t in trials] == [f"hidden={h}_seed={s}" for h in (16, 32) for s in (0, 1, 2)]
     assert trials[4].overrides == {"train.steps": "40", "model.hidden": "32", "seed": "1"}
@@ -37,22 +42,30 @@ def test_grid_from_the_command_line():
 
 def test_spec_file_with_zip_and_a_seed_count(tmp_path):
     path = tmp_path / "depth.yaml"
-    path.write_text("preset: tiny\nfixed: {train.steps: 40}\ngrid: {model.heads: [1, 2]}\n"
-                    "zip: {model.layers: [1, 2], model.mlp: [32, 64]}\nseeds: 2\n")
+    path.write_text(
+        "preset: tiny\nfixed: {train.steps: 40}\ngrid: {model.heads: [1, 2]}\n"
+        "zip: {model.layers: [1, 2], model.mlp: [32, 64]}\nseeds: 2\n"
+    )
     spec = spec_from_file(path)
     trials = expand(spec)
     assert len(trials) == 2 * 2 * 2
-    assert {(t.overrides["model.layers"], t.overrides["model.mlp"]) for t in trials} == {("1", "32"), ("2", "64")}
+    assert {(t.overrides["model.layers"], t.overrides["model.mlp"]) for t in trials} == {
+        ("1", "32"),
+        ("2", "64"),
+    }
     assert {t.overrides["seed"] for t in trials} == {"0", "1"}
 
 
-@pytest.mark.parametrize("items,message", [
-    (["model.bogus=1,2"], "unknown key"),
-    (["model.hidden="], "non-empty"),
-    (["model.hidden=16,x"], "expected an integer"),
-    (["model.heads=3,4"], "must divide"),
-    (["seed=a,b"], "seed"),
-])
+@pytest.mark.parametrize(
+    "items,message",
+    [
+        (["model.bogus=1,2"], "unknown key"),
+        (["model.hidden="], "non-empty"),
+        (["model.hidden=16,x"], "expected an integer"),
+        (["model.heads=3,4"], "must divide"),
+        (["seed=a,b"], "seed"),
+    ],
+)
 def test_bad_specs_are_refused_before_any_trial(items, message):
     with pytest.raises(ConfigError, match=message):
         expand(spec_from_args("tiny", items))
@@ -72,33 +85,60 @@ def test_bad_spec_on_the_command_line_writes_nothing(tmp_path, capsys):
 
 def test_a_failed_trial_is_recorded_and_the_others_finish(tmp_path):
     out = tmp_path / "sw"
-    assert main(["sweep", *QUIET, "--out", str(out), "train.device=cpu,cuda", "train.steps=20"]) == 0
+    assert (
+        main(["sweep", *QUIET, "--out", str(out), "train.device=cpu,cuda", "train.steps=20"]) == 0
+    )
     rows = {r["trial"]: r for r in read_results(out / "results.jsonl")}
     assert rows["device=cpu"]["status"] == "done" and rows["device=cpu"]["summary"]["steps"] == 20
-    assert rows["device=cuda"]["status"] == "failed" and "CUDA is not available" in rows["device=cuda"]["error"]
+    assert (
+        rows["device=cuda"]["status"] == "failed"
+        and "CUDA is not available" in rows["device=cuda"]["error"]
+    )
     summary = (out / "summary.md").read_text()
-    assert "Failed trials" in summary and (out / "curves.png").exists() and (out / "by_train_device.png").exists()
+    assert (
+        "Failed trials" in summary
+        and (out / "curves.png").exists()
+        and (out / "by_train_device.png").exists()
+    )
     # each trial is an ordinary run directory
     assert main(["analyze", str(out / "device=cpu"), "--only", "probe"]) == 0
 
 
-@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+# over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
-    args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "seed=0,1", "train.steps=400",
-            "train.ckpt_every=50"]
+    args = [
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--workers",
+        "2",
+        "model.hidden=16,32",
+        "seed=0,1",
+        "train.steps=400",
+        "train.ckpt_every=50",
+    ]
     assert main(["sweep", *args, "--out", str(tmp_path / "straight")]) == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not any((killed / d / "checkpoints" / "step_100.json").exists()
-                                             for d in ("hidden=16_seed=0", "hidden=16_seed=1")):
+    while time.time() < deadline and not any(
+        (killed / d / "checkpoints" / "step_100.json").exists()
+        for d in ("hidden=16_seed=0", "hidden=16_seed=1")
+    ):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every trial, outright
     proc.wait()
     assert len(read_results(killed / "results.jsonl")) < 4
     assert main(["sweep", "--resume", str(killed), "--quiet", "--workers", "2"]) == 0
-    assert comparable(killed / "results.jsonl") == comparable(tmp_path / "straight" / "results.jsonl")
+    assert comparable(killed / "results.jsonl") == comparable(
+        tmp_path / "straight" / "results.jsonl"
+    )
 
 
 def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
@@ -115,42 +155,69 @@ def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
     assert busy.rows()[0]["status"] == "done"
 
 
-
-
-@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')")
-@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ray") is None,
+    reason="Ray not installed (pip install 'abrupt[ray]')",
+)
+# over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+@pytest.mark.slow
 def test_local_and_ray_give_the_same_numbers(tmp_path):
     args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "train.steps=30"]
     assert main(["sweep", *args, "--out", str(tmp_path / "local")]) == 0
     assert main(["sweep", *args, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
-    local, ray_rows = comparable(tmp_path / "local" / "results.jsonl"), comparable(tmp_path / "ray" / "results.jsonl")
+    local, ray_rows = (
+        comparable(tmp_path / "local" / "results.jsonl"),
+        comparable(tmp_path / "ray" / "results.jsonl"),
+    )
     assert local == ray_rows and all(r["status"] == "done" for r in local)
     m_local = (tmp_path / "local" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
     m_ray = (tmp_path / "ray" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]  # noqa: E731
+    # noqa: E731
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
     assert strip(m_local) == strip(m_ray)
 
 
 def test_sigterm_stops_a_sweep_resumably(tmp_path):
     out = tmp_path / "sw"
-    args = ["--preset", "tiny", "--quiet", "--workers", "1", "seed=0,1", "train.steps=100000", "train.ckpt_every=50",
-            "train.log_every=10"]
-    proc = subprocess.Popen([sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--workers",
+        "1",
+        "seed=0,1",
+        "train.steps=100000",
+        "train.ckpt_every=50",
+        "train.log_every=10",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abrupt.cli", "sweep", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "seed=0" / "checkpoints" / "step_50.json").exists():
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 130
-    assert proc.stderr.read().strip().splitlines()[-1] == f"abrupt: interrupted; resume with `abrupt sweep --resume {out}`"
+    assert (
+        proc.stderr.read().strip().splitlines()[-1]
+        == f"abrupt: interrupted; resume with `abrupt sweep --resume {out}`"
+    )
     rows = read_results(out / "results.jsonl")
-    assert [r["status"] for r in rows] == ["interrupted", "interrupted"]  # the queued trial never started
+    assert [r["status"] for r in rows] == [
+        "interrupted",
+        "interrupted",
+    ]  # the queued trial never started
     assert not (out / "seed=1" / "checkpoints").exists()
     from abrupt.run.rundir import read_metrics
 
     steps = [r["step"] for r in read_metrics(out / "seed=0")]
     ckpt = max(int(p.name[5:-5]) for p in (out / "seed=0" / "checkpoints").glob("step_*[0-9].json"))
-    assert ckpt == steps[-1] or ckpt >= steps[-1] - 10  # stopped at a step boundary with a checkpoint
+    assert (
+        ckpt == steps[-1] or ckpt >= steps[-1] - 10
+    )  # stopped at a step boundary with a checkpoint
 
 
 def test_across_seeds_table_gives_median_and_range_per_setting():
@@ -158,23 +225,51 @@ def test_across_seeds_table_gives_median_and_range_per_setting():
 
     from abrupt.sweep.summary import _across_seeds, end_fold
 
-    trials = [SimpleNamespace(index=i, overrides={"train.lr": lr, "seed": str(seed)})
-              for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.001", "0.003") for s in (0, 1, 2)])]
-    summaries = [dict(plateau_steps=p, drop_factor=f, sudden=f >= 5, plateau_loss_mask=0.2, final_loss_mask=fin)
-                 for p, f, fin in [(1000, 6.0, 0.01), (1200, 4.0, 0.04), (1100, 5.5, 0.02), (900, 2.0, 0.05),
-                                   (800, 3.0, 0.1), (700, 1.0, 0.2)]]
-    rows = {i: {"status": "done", "summary": s, "seconds": 10.0 * (i + 1)} for i, s in enumerate(summaries)}
+    trials = [
+        SimpleNamespace(index=i, overrides={"train.lr": lr, "seed": str(seed)})
+        for i, (lr, seed) in enumerate([(lr, s) for lr in ("0.001", "0.003") for s in (0, 1, 2)])
+    ]
+    summaries = [
+        dict(
+            plateau_steps=p,
+            drop_factor=f,
+            sudden=f >= 5,
+            plateau_loss_mask=0.2,
+            final_loss_mask=fin,
+        )
+        for p, f, fin in [
+            (1000, 6.0, 0.01),
+            (1200, 4.0, 0.04),
+            (1100, 5.5, 0.02),
+            (900, 2.0, 0.05),
+            (800, 3.0, 0.1),
+            (700, 1.0, 0.2),
+        ]
+    ]
+    rows = {
+        i: {"status": "done", "summary": s, "seconds": 10.0 * (i + 1)}
+        for i, s in enumerate(summaries)
+    }
     rows[5] = {"status": "failed", "summary": None}
     lines = _across_seeds(SimpleNamespace(trials=trials), rows, ["train.lr"])
-    assert lines[4] == "| 0.001 | 3 of 3 | 2 of 3 | 1100 [1000–1200] | 5.5 [4–6] | 10 [5–20] | 0.02 [0.01–0.04] | 20 [10–30] |"
-    assert lines[5] == "| 0.003 | 2 of 3 | 0 of 2 | 850 [800–900] | 2.5 [2–3] | 3 [2–4] | 0.075 [0.05–0.1] | 45 [40–50] |"
+    assert (
+        lines[4] == "| 0.001 | 3 of 3 | 2 of 3 | 1100 [1000–1200] | 5.5 [4–6] | 10 [5–20] | 0.02 "
+        "[0.01–0.04] | 20 [10–30] |"
+    )
+    assert (
+        lines[5]
+        == "| 0.003 | 2 of 3 | 0 of 2 | 850 [800–900] | 2.5 [2–3] | 3 [2–4] | 0.075 [0.05–0.1] | "
+        "45 [40–50] |"
+    )
     assert end_fold({"plateau_loss_mask": 0.2, "final_loss_mask": 0.0}) is None
 
 
 def test_the_drop_and_escape_medians_of_an_even_count_are_the_mean_of_the_middle_two():
     from abrupt.sweep.summary import _drop_stats
 
-    rows = [{"status": "done", "summary": {"escape_step": e, "drop_step": d, "dropped": False}}
-            for e, d in ((1650, 1900), (2800, 3000))]
+    rows = [
+        {"status": "done", "summary": {"escape_step": e, "drop_step": d, "dropped": False}}
+        for e, d in ((1650, 1900), (2800, 3000))
+    ]
     text = _drop_stats(rows)
     assert "median 2450, range 1900–3000" in text and "median 2225, range 1650–2800" in text

@@ -17,16 +17,46 @@ import pytest
 from abrupt.cli import main
 from abrupt.config import ConfigError
 from abrupt.run.rundir import RunDirError, RunLock
-from abrupt.sweep.runner import MAX_NAME, MAX_TRIALS, describe, expand, read_results, spec_from_args, spec_from_file
+from abrupt.sweep.runner import (
+    MAX_NAME,
+    MAX_TRIALS,
+    describe,
+    expand,
+    read_results,
+    spec_from_args,
+    spec_from_file,
+)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
-needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')")
+needs_ray = pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')"
+)
 
 
 def start_sweep(out, *items, workers=2):
-    cmd = [sys.executable, "-m", "abrupt.cli", "sweep", "--preset", "tiny", "--quiet", "--workers", str(workers), "--out", str(out), *items]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "abrupt.cli",
+        "sweep",
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--workers",
+        str(workers),
+        "--out",
+        str(out),
+        *items,
+    ]
+    return subprocess.Popen(
+        cmd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(predicate, seconds=240):
@@ -40,7 +70,9 @@ def wait_for(predicate, seconds=240):
 
 def trial_pid(trial_dir):
     """The pid a training trial wrote into its lock, once it has written its step-1 checkpoint."""
-    assert wait_for(lambda: (trial_dir / "checkpoints" / "step_1.json").exists()), f"{trial_dir} never started"
+    assert wait_for(lambda: (trial_dir / "checkpoints" / "step_1.json").exists()), (
+        f"{trial_dir} never started"
+    )
     return int((trial_dir / ".lock").read_text())
 
 
@@ -56,7 +88,9 @@ def rows(out):
     return {r["trial"]: r for r in read_results(out / "results.jsonl")}
 
 
-# --- 6: one trial's death does not take the sweep down -------------------------------------------------
+# --- 6: one trial's death does not take the sweep down
+# -------------------------------------------------
+
 
 def test_a_killed_trial_fails_alone_the_sweep_finishes_and_resumes_it(tmp_path):
     out = tmp_path / "sw"
@@ -69,8 +103,12 @@ def test_a_killed_trial_fails_alone_the_sweep_finishes_and_resumes_it(tmp_path):
     assert r["seed=0"]["status"] == "failed" and "killed by SIGKILL" in r["seed=0"]["error"]
     assert r["seed=1"]["status"] == "done" and r["seed=1"]["summary"]["steps"] == 150
     assert "seed=0: the trial's process died" in (out / "summary.md").read_text()
-    assert main(["sweep", "--resume", str(out), "--quiet", "--workers", "2"]) == 0  # the failed trial resumes
-    assert rows(out)["seed=0"]["status"] == "done" and rows(out)["seed=0"]["summary"]["steps"] == 150
+    assert (
+        main(["sweep", "--resume", str(out), "--quiet", "--workers", "2"]) == 0
+    )  # the failed trial resumes
+    assert (
+        rows(out)["seed=0"]["status"] == "done" and rows(out)["seed=0"]["summary"]["steps"] == 150
+    )
 
 
 def test_a_trial_that_exits_on_its_own_fails_with_its_exit_status():
@@ -85,7 +123,9 @@ def test_a_trial_that_exits_on_its_own_fails_with_its_exit_status():
     assert row["status"] == "failed" and "exit status 3" in row["error"]
 
 
-# --- 7: workers die with their sweep -----------------------------------------------------------------
+# --- 7: workers die with their sweep
+# -----------------------------------------------------------------
+
 
 def test_workers_die_with_a_killed_sweep_and_resume_finishes_their_trials(tmp_path):
     out = tmp_path / "sw"
@@ -98,23 +138,33 @@ def test_workers_die_with_a_killed_sweep_and_resume_finishes_their_trials(tmp_pa
     assert not (out / "seed=2").exists()  # nobody went on with the queued trial
     assert main(["sweep", "--resume", str(out), "--quiet", "--workers", "2"]) == 0
     assert {t: (r["status"], r["summary"]["steps"]) for t, r in rows(out).items()} == {
-        f"seed={s}": ("done", 150) for s in range(3)}
+        f"seed={s}": ("done", 150) for s in range(3)
+    }
 
 
 def test_the_parent_watch_ends_a_process_whose_parent_died(tmp_path):
     """The fallback where the kernel's parent-death signal is not available (or came too late)."""
-    child = ("import os, threading, time; from abrupt.sweep.runner import watch_parent; "
-             "threading.Thread(target=watch_parent, args=(int(os.environ['PARENT']), 0.1), daemon=True).start(); time.sleep(120)")
-    parent = ("import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
-              f"{child!r}], env={{**os.environ, 'PARENT': str(os.getpid())}}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-              "print(p.pid, flush=True)")
-    out = subprocess.run([sys.executable, "-c", parent], env=ENV, capture_output=True, text=True, timeout=60)
+    child = (
+        "import os, threading, time; from abrupt.sweep.runner import watch_parent; "
+        "threading.Thread(target=watch_parent, args=(int(os.environ['PARENT']), 0.1), "
+        "daemon=True).start(); time.sleep(120)"
+    )
+    parent = (
+        "import os, subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+        f"{child!r}], env={{**os.environ, 'PARENT': str(os.getpid())}}, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(p.pid, flush=True)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", parent], env=ENV, capture_output=True, text=True, timeout=60
+    )
     pid = int(out.stdout)
     assert wait_for(lambda: gone(pid), 60)
 
 
 def test_a_run_lock_can_wait_for_its_holder(tmp_path):
-    """A trial resumed while a worker of the killed sweep still saves waits for it (RunLock wait)."""
+    """A trial resumed while a worker of the killed sweep still saves waits for it (RunLock
+    wait)."""
     holder = RunLock(tmp_path).__enter__()
     with pytest.raises(RunDirError, match="in use"):
         RunLock(tmp_path).__enter__()
@@ -123,7 +173,9 @@ def test_a_run_lock_can_wait_for_its_holder(tmp_path):
         pass
 
 
-# --- 4: every failure keeps its cause ------------------------------------------------------------------
+# --- 4: every failure keeps its cause
+# ------------------------------------------------------------------
+
 
 def test_describe_keeps_the_inner_cause():
     class Wrapped(RuntimeError):
@@ -131,10 +183,16 @@ def test_describe_keeps_the_inner_cause():
             super().__init__("wrapped")
             self.cause = cause
 
-    inner = RuntimeError("The remote function failed to import on the worker. This may be because ... sys.path [...]:\n\n"
-                         "Traceback (most recent call last):\n  File \"x.py\", line 1\nModuleNotFoundError: No module named 'drv'\n")
-    assert describe(Wrapped(inner)) == ("RuntimeError: The remote function failed to import on the worker: "
-                                        "ModuleNotFoundError: No module named 'drv'")
+    inner = RuntimeError(
+        "The remote function failed to import on the worker. This may be because ... sys.path "
+        "[...]:\n\n"
+        'Traceback (most recent call last):\n  File "x.py", line 1\nModuleNotFoundError: No '
+        "module named 'drv'\n"
+    )
+    assert describe(Wrapped(inner)) == (
+        "RuntimeError: The remote function failed to import on the worker: "
+        "ModuleNotFoundError: No module named 'drv'"
+    )
     assert describe(ValueError("bad")) == "ValueError: bad"
     assert len(describe(OSError("x" * 2000))) <= 500
 
@@ -148,22 +206,38 @@ def test_ray_trials_that_cannot_start_or_crash_fail_with_their_cause(tmp_path, m
     from abrupt.sweep import runner as sweep_mod
 
     module = tmp_path / "driver_only_trial.py"
-    module.write_text(textwrap.dedent("""
+    module.write_text(
+        textwrap.dedent("""
         import os, signal
 
         def run_trial(preset, overrides, out_dir, threads, base_run=""):
             if out_dir.endswith("seed=0"):
                 os.kill(os.getpid(), signal.SIGKILL)
             return {"status": "done", "summary": {}, "error": None, "seconds": 0.5}
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import driver_only_trial
 
     monkeypatch.setattr(sweep_mod, "run_trial", driver_only_trial.run_trial)
-    args = ["sweep", "--preset", "tiny", "--quiet", "--workers", "1", "--backend", "ray", "seed=0,1", "train.steps=5"]
+    args = [
+        "sweep",
+        "--preset",
+        "tiny",
+        "--quiet",
+        "--workers",
+        "1",
+        "--backend",
+        "ray",
+        "seed=0,1",
+        "train.steps=5",
+    ]
     assert main([*args, "--out", str(tmp_path / "import")]) == 1  # every trial failed
     for r in read_results(tmp_path / "import" / "results.jsonl"):
-        assert r["status"] == "failed" and "ModuleNotFoundError: No module named 'driver_only_trial'" in r["error"], r
+        assert (
+            r["status"] == "failed"
+            and "ModuleNotFoundError: No module named 'driver_only_trial'" in r["error"]
+        ), r
     assert "ModuleNotFoundError" in (tmp_path / "import" / "summary.md").read_text()
     cloudpickle.register_pickle_by_value(driver_only_trial)  # now the workers get the code itself
     try:
@@ -173,16 +247,26 @@ def test_ray_trials_that_cannot_start_or_crash_fail_with_their_cause(tmp_path, m
     r = rows(tmp_path / "crash")
     assert r["seed=0"]["status"] == "failed" and "WorkerCrashedError" in r["seed=0"]["error"]
     assert r["seed=1"]["status"] == "done"
-    assert (tmp_path / "crash" / "summary.md").exists() and "resume with" not in capsys.readouterr().err
+    assert (
+        tmp_path / "crash" / "summary.md"
+    ).exists() and "resume with" not in capsys.readouterr().err
 
 
-# --- 11: names keep every value; spec gaps ---------------------------------------------------------------
+# --- 11: names keep every value; spec gaps
+# ---------------------------------------------------------------
+
 
 def test_every_valid_grid_gets_distinct_names():
     trials = expand(spec_from_args("tiny", ["model.layers=1,2", "model.heads=1,2", "seed=1,2"]))
-    assert len({t.name for t in trials}) == 8 and "layers=1_heads=1_seed=1" in {t.name for t in trials}
+    assert len({t.name for t in trials}) == 8 and "layers=1_heads=1_seed=1" in {
+        t.name for t in trials
+    }
     # keys sharing their last part are named in full
-    trials = expand(spec_from_args("tiny", ["data.p_mask=0.1,0.2", "curriculum.p_mask=0.1,0.2", "curriculum.hold=10"]))
+    trials = expand(
+        spec_from_args(
+            "tiny", ["data.p_mask=0.1,0.2", "curriculum.p_mask=0.1,0.2", "curriculum.hold=10"]
+        )
+    )
     assert trials[1].name == "data.p_mask=0.1_curriculum.p_mask=0.2"
     # zip lists walked with the same values show once (the components sweep)
     spec = spec_from_args("tiny", ["train.init_from=x"])
@@ -193,7 +277,9 @@ def test_every_valid_grid_gets_distinct_names():
 def _names_only(spec):
     from abrupt.sweep.runner import _trial_names
 
-    return _trial_names(spec, [{"train.trainable": v, "train.reinit": v} for v in spec.zip["train.trainable"]])
+    return _trial_names(
+        spec, [{"train.trainable": v, "train.reinit": v} for v in spec.zip["train.trainable"]]
+    )
 
 
 def test_names_that_sanitise_alike_or_run_long_stay_distinct_and_short(tmp_path):
@@ -211,25 +297,35 @@ def test_names_that_sanitise_alike_or_run_long_stay_distinct_and_short(tmp_path)
 def test_a_trial_with_a_long_name_runs(tmp_path):
     long = ",".join(["tok_embed", "pos_embed", "mlp", "qkv"] * 20)
     path = tmp_path / "s.yaml"
-    path.write_text(f'preset: tiny\nfixed: {{train.steps: 3}}\ngrid: {{train.trainable: ["{long}", "mlp"]}}\n')
+    path.write_text(
+        f'preset: tiny\nfixed: {{train.steps: 3}}\ngrid: {{train.trainable: ["{long}", "mlp"]}}\n'
+    )
     out = tmp_path / "sw"
     assert main(["sweep", str(path), "--quiet", "--workers", "1", "--out", str(out)]) == 0
     assert all(r["status"] == "done" for r in rows(out).values()) and (out / "summary.md").exists()
 
 
-@pytest.mark.parametrize("text,message", [
-    ("seeds: 0", "count must be in"),
-    ("seeds: -3", "count must be in"),
-    ("seeds: []", "non-empty list"),
-    ("fixed: {seed: 5}\nseeds: [0, 1]", "given more than once"),
-    ("grid: {seed: [5, 6]}\nseeds: 2", "given more than once"),
-    ("grid: {model.hidden: [32, 32.0]}", "same configuration"),
-    ("seeds: [0, 0]", "same configuration"),
-    ("grid: {train.bf16: [true, 'yes']}", "same configuration"),
-    (f"seeds: {MAX_TRIALS + 1}", "count must be in"),
-    ("seeds: 1000000", "count must be in"),
-    ("grid: {model.hidden: [" + ", ".join(str(2 * i + 2) for i in range(200)) + "]}\nseeds: 100", "at most"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("seeds: 0", "count must be in"),
+        ("seeds: -3", "count must be in"),
+        ("seeds: []", "non-empty list"),
+        ("fixed: {seed: 5}\nseeds: [0, 1]", "given more than once"),
+        ("grid: {seed: [5, 6]}\nseeds: 2", "given more than once"),
+        ("grid: {model.hidden: [32, 32.0]}", "same configuration"),
+        ("seeds: [0, 0]", "same configuration"),
+        ("grid: {train.bf16: [true, 'yes']}", "same configuration"),
+        (f"seeds: {MAX_TRIALS + 1}", "count must be in"),
+        ("seeds: 1000000", "count must be in"),
+        (
+            "grid: {model.hidden: ["
+            + ", ".join(str(2 * i + 2) for i in range(200))
+            + "]}\nseeds: 100",
+            "at most",
+        ),
+    ],
+)
 def test_spec_gaps_are_refused_quickly(tmp_path, text, message):
     path = tmp_path / "s.yaml"
     path.write_text(f"preset: tiny\n{text}\n")

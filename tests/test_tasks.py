@@ -14,8 +14,7 @@ from abrupt.checks import validate_run
 from abrupt.config import ConfigError, ModelConfig, TaskConfig, apply_overrides, preset
 from abrupt.data import generator
 from abrupt.models.layers import Attention
-from abrupt.models.seqgpt import SequenceGPT
-from abrupt.models.seqgpt import SeqBatch, sequence_losses
+from abrupt.models.seqgpt import SequenceGPT, sequence_losses
 from abrupt.train.trainer import train
 
 BASELINE = Path(__file__).parent / "data" / "matrix_baseline.json"
@@ -32,22 +31,47 @@ def one_thread():
 
 def small(name, *overrides):
     """A task's preset at test size."""
-    return apply_overrides(preset(name), ["model.hidden=32", "model.mlp=64", "train.batch_size=32", "train.eval_size=64",
-                                          "train.steps=20", "train.log_every=5", "train.ckpt_every=10", *overrides])
+    return apply_overrides(
+        preset(name),
+        [
+            "model.hidden=32",
+            "model.mlp=64",
+            "train.batch_size=32",
+            "train.eval_size=64",
+            "train.steps=20",
+            "train.log_every=5",
+            "train.ckpt_every=10",
+            *overrides,
+        ],
+    )
 
 
-# --- matrix completion: the same numbers as before tasks existed ------------------------------------
+# --- matrix completion: the same numbers as before tasks existed
+# ------------------------------------
 
-@pytest.mark.parametrize("variant,overrides", [("bert", []), ("gpt", ["model.arch=gpt", "model.ln_eps=1e-5"]),
-                                               ("progress", ["train.progress=true"])])
-def test_matrix_runs_reproduce_the_pre_task_metrics_exactly(tmp_path, one_thread, variant, overrides):
-    # tests/data/matrix_baseline.json: metrics.jsonl rows (time dropped) of these runs, one thread, per
+
+@pytest.mark.parametrize(
+    "variant,overrides",
+    [
+        ("bert", []),
+        ("gpt", ["model.arch=gpt", "model.ln_eps=1e-5"]),
+        ("progress", ["train.progress=true"]),
+    ],
+)
+def test_matrix_runs_reproduce_the_pre_task_metrics_exactly(
+    tmp_path, one_thread, variant, overrides
+):
+    # tests/data/matrix_baseline.json: metrics.jsonl rows (time dropped) of these runs, one thread,
+    # per
     # CPU capability (torch picks its kernels by it, and they round differently): AVX2 made with the
-    # code before the task abstraction (commit 81bb5ab), AVX512 with commit 006079c, checked equal to
+    # code before the task abstraction (commit 81bb5ab), AVX512 with commit 006079c, checked equal
+    # to
     # the AVX2 rows within 1e-6. Bit for bit where the capability has rows; within 1e-5 elsewhere.
     cfg = apply_overrides(preset("tiny"), ["train.steps=20", *overrides])
     train(cfg, tmp_path / "run", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     got = [{k: v for k, v in r.items() if k != "time"} for r in rows]
     pinned = json.loads(BASELINE.read_text())
     capability = torch.backends.cpu.get_cpu_capability()
@@ -63,7 +87,9 @@ def test_the_pinned_rows_agree_across_cpu_capabilities():
         assert pinned["AVX512"][variant] == [pytest.approx(r, rel=1e-6) for r in rows]
 
 
-# --- the sequence tasks' data on hand-made examples ---------------------------------------------------
+# --- the sequence tasks' data on hand-made examples
+# ---------------------------------------------------
+
 
 def test_each_task_writes_the_right_outputs():
     k = TaskConfig(length=4, digits=3)
@@ -72,7 +98,9 @@ def test_each_task_writes_the_right_outputs():
         x = seq[:, : k.length]
         if name == "mws":
             assert start == 5 and (seq[:, 4] == 17).all()
-            assert torch.equal(seq[:, 5], x[:, 0]) and torch.equal(seq[:, 6:], (x[:, :-1] + x[:, 1:]) % 17)
+            assert torch.equal(seq[:, 5], x[:, 0]) and torch.equal(
+                seq[:, 6:], (x[:, :-1] + x[:, 1:]) % 17
+            )
         elif name == "prefix_sum":
             assert torch.equal(seq[:, 5:], x.cumsum(1) % 17)
         elif name == "histogram":
@@ -83,17 +111,25 @@ def test_each_task_writes_the_right_outputs():
             assert start == 10 and seq.shape[1] == 14
             for row in seq[:5].tolist():
                 values, perm, out = row[:4], row[5:9], row[10:]
-                assert sorted(perm) == [1, 2, 3, 4] and out == [values[p - 1] for p in perm] and min(values) >= 5
+                assert (
+                    sorted(perm) == [1, 2, 3, 4]
+                    and out == [values[p - 1] for p in perm]
+                    and min(values) >= 5
+                )
         else:
             assert start == 8 and seq.shape[1] == 12
             for row in seq[:5].tolist():
                 a, b = int("".join(map(str, row[:3]))), int("".join(map(str, row[4:7])))
-                assert row[3] == 10 and row[7] == 11 and int("".join(map(str, row[8:][::-1]))) == a + b
+                assert (
+                    row[3] == 10 and row[7] == 11 and int("".join(map(str, row[8:][::-1]))) == a + b
+                )
 
 
 def test_hand_made_addition_and_mws_sequences():
     seq, _ = tasks.get("addition").sample(TaskConfig(digits=2), 50_000, generator(0))
-    row = next(r for r in seq.tolist() if r[:2] == [9, 5] and r[3:5] == [0, 7])  # 95 + 07 = 102, written 2, 0, 1
+    row = next(
+        r for r in seq.tolist() if r[:2] == [9, 5] and r[3:5] == [0, 7]
+    )  # 95 + 07 = 102, written 2, 0, 1
     assert row == [9, 5, 10, 0, 7, 11, 2, 0, 1]
 
 
@@ -102,17 +138,45 @@ def test_correct_keys_on_hand_made_sequences():
     mws = tasks.get("mws").key_map(torch.zeros(1, 9, dtype=torch.long), 5, k, 0, 1)[0]
     assert [row.nonzero().flatten().tolist() for row in mws] == [[0], [0, 1], [1, 2], [2, 3]]
     prefix = tasks.get("prefix_sum").key_map(torch.zeros(1, 9, dtype=torch.long), 5, k, 0, 1)[0]
-    assert [row.nonzero().flatten().tolist() for row in prefix] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    assert [row.nonzero().flatten().tolist() for row in prefix] == [
+        [0],
+        [0, 1],
+        [0, 1, 2],
+        [0, 1, 2, 3],
+    ]
     hist = torch.tensor([[3, 1, 3, 2, 0, 2, 1, 2, 1]])
     h = tasks.get("histogram")
-    assert [r.nonzero().flatten().tolist() for r in h.key_map(hist, 5, k, 0, 2)[0]] == [[0], [1], [2], [3]]
-    assert [r.nonzero().flatten().tolist() for r in h.key_map(hist, 5, k, 1, 2)[0]] == [[0, 2], [1], [0, 2], [3]]
+    assert [r.nonzero().flatten().tolist() for r in h.key_map(hist, 5, k, 0, 2)[0]] == [
+        [0],
+        [1],
+        [2],
+        [3],
+    ]
+    assert [r.nonzero().flatten().tolist() for r in h.key_map(hist, 5, k, 1, 2)[0]] == [
+        [0, 2],
+        [1],
+        [0, 2],
+        [3],
+    ]
     perm = torch.tensor([[5, 6, 7, 8, 0, 3, 1, 4, 2, 0, 7, 5, 8, 6]])
     p = tasks.get("permutation")
-    assert [r.nonzero().flatten().tolist() for r in p.key_map(perm, 10, k, 0, 2)[0]] == [[5], [6], [7], [8]]
-    assert [r.nonzero().flatten().tolist() for r in p.key_map(perm, 10, k, 1, 2)[0]] == [[2], [0], [3], [1]]
-    # addition, 2 digits: a at 0 (tens), 1 (units); b at 3, 4; the sum's units read places 0, tens 0 and 1, hundreds 1
-    add = tasks.get("addition").key_map(torch.zeros(1, 9, dtype=torch.long), 6, TaskConfig(digits=2), 0, 1)[0]
+    assert [r.nonzero().flatten().tolist() for r in p.key_map(perm, 10, k, 0, 2)[0]] == [
+        [5],
+        [6],
+        [7],
+        [8],
+    ]
+    assert [r.nonzero().flatten().tolist() for r in p.key_map(perm, 10, k, 1, 2)[0]] == [
+        [2],
+        [0],
+        [3],
+        [1],
+    ]
+    # addition, 2 digits: a at 0 (tens), 1 (units); b at 3, 4; the sum's units read places 0, tens 0
+    # and 1, hundreds 1
+    add = tasks.get("addition").key_map(
+        torch.zeros(1, 9, dtype=torch.long), 6, TaskConfig(digits=2), 0, 1
+    )[0]
     assert [r.nonzero().flatten().tolist() for r in add] == [[1, 4], [0, 1, 3, 4], [0, 3]]
 
 
@@ -121,16 +185,27 @@ def test_true_answer_logits_give_zero_loss_and_full_accuracy():
         cfg = small(name)
         batch = tasks.get(name).batch(cfg, 16, generator(0))
         vocab = tasks.get(name).vocab(cfg.task)
-        logits = 100.0 * torch.nn.functional.one_hot(batch.tokens[:, 1:], vocab).float()  # the next token, everywhere
+        logits = (
+            100.0 * torch.nn.functional.one_hot(batch.tokens[:, 1:], vocab).float()
+        )  # the next token, everywhere
         parts = sequence_losses(logits, batch)
-        assert parts["loss"].item() == pytest.approx(0.0, abs=1e-6) and parts["acc"] == 1 and parts["seq_acc"] == 1
-        # uniform logits: log(vocab) nats per output token; one wrong output token: that sequence fails
-        assert sequence_losses(torch.zeros_like(logits), batch)["loss"].item() == pytest.approx(math.log(vocab), rel=1e-6)
+        assert (
+            parts["loss"].item() == pytest.approx(0.0, abs=1e-6)
+            and parts["acc"] == 1
+            and parts["seq_acc"] == 1
+        )
+        # uniform logits: log(vocab) nats per output token; one wrong output token: that sequence
+        # fails
+        assert sequence_losses(torch.zeros_like(logits), batch)["loss"].item() == pytest.approx(
+            math.log(vocab), rel=1e-6
+        )
         wrong = logits.clone()
         wrong[0, -1] = wrong[0, -1].roll(1)
         out = sequence_losses(wrong, batch)
         n_out = batch.tokens.shape[1] - batch.out_start
-        assert out["seq_acc"].item() == pytest.approx(15 / 16) and out["loss"].item() == pytest.approx(100 / (16 * n_out), rel=1e-4)
+        assert out["seq_acc"].item() == pytest.approx(15 / 16) and out[
+            "loss"
+        ].item() == pytest.approx(100 / (16 * n_out), rel=1e-4)
         # the inputs are not predicted: garbage logits there change nothing
         noisy = logits.clone()
         noisy[:, : batch.out_start - 1] = torch.randn_like(noisy[:, : batch.out_start - 1])
@@ -141,11 +216,17 @@ def test_batches_are_seeded_and_drawn_on_the_generators_device():
     cfg = small("permutation")
     a = tasks.get("permutation").batch(cfg, 8, generator(3))
     b = tasks.get("permutation").batch(cfg, 8, generator(3))
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.keys, b.keys) and a.tokens.device.type == "cpu"
+    assert (
+        torch.equal(a.tokens, b.tokens)
+        and torch.equal(a.keys, b.keys)
+        and a.tokens.device.type == "cpu"
+    )
     assert a.keys.shape == (8, 2, 49, 49) and len(a[2:5]) == 3
 
 
-# --- the model: linear attention, the multiplier -------------------------------------------------------
+# --- the model: linear attention, the multiplier
+# -------------------------------------------------------
+
 
 def test_linear_attention_is_the_masked_scaled_scores_without_softmax():
     torch.manual_seed(0)
@@ -158,7 +239,9 @@ def test_linear_attention_is_the_masked_scaled_scores_without_softmax():
     torch.testing.assert_close(attn(x), want)
     scale = torch.ones(1, 1, 5, 5)
     scale[..., 4, 1] = 2.5
-    torch.testing.assert_close(attn(x, scale=scale), attn.o(((scores * scale) @ v).transpose(1, 2).reshape(3, 5, 8)))
+    torch.testing.assert_close(
+        attn(x, scale=scale), attn.o(((scores * scale) @ v).transpose(1, 2).reshape(3, 5, 8))
+    )
 
 
 def test_softmax_multiplier_scales_weights_and_renormalises():
@@ -168,7 +251,9 @@ def test_softmax_multiplier_scales_weights_and_renormalises():
     scale = torch.ones(1, 1, 4, 4)
     scale[..., 3, 0] = 3.0
     pats = []
-    attn.hook_pattern.fns.append(lambda pattern, hook: pats.append(pattern))  # what HookedModule.hooks attaches
+    attn.hook_pattern.fns.append(
+        lambda pattern, hook: pats.append(pattern)
+    )  # what HookedModule.hooks attaches
     attn(x)
     attn(x, scale=scale)
     attn.hook_pattern.fns.clear()
@@ -194,55 +279,116 @@ def test_multiplier_one_is_a_no_op_and_acts_only_on_chosen_layers():
     assert plain.blocks[0].mlp_in.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
-# --- configuration ---------------------------------------------------------------------------------
+# --- configuration
+# ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("overrides,message", [
-    (["task.name=sorting"], "task.name: must be one of"),
-    (["task.name=mws"], "needs the decoder, model.arch=gpt"),
-    (["model.attention=linear"], "model.attention=linear: built for the decoder"),
-    (["model.attention=cosine"], "model.attention: must be softmax or linear"),
-    (["task.attn_scale=2"], "built for the sequence tasks"),
-    (["model.arch=gpt", "task.name=mws", "task.attn_scale=0"], "task.attn_scale: must be a positive number"),
-    (["model.arch=gpt", "task.name=mws", "task.attn_scale=2", "task.attn_scale_layers=3"], "not a layer of 0..1"),
-    (["model.arch=gpt", "task.name=mws", "task.modulus=16"], "task.modulus: must exceed task.high"),
-    (["train.clip=-1"], "train.clip: must be a number >= 0"),
-])
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["task.name=sorting"], "task.name: must be one of"),
+        (["task.name=mws"], "needs the decoder, model.arch=gpt"),
+        (["model.attention=linear"], "model.attention=linear: built for the decoder"),
+        (["model.attention=cosine"], "model.attention: must be softmax or linear"),
+        (["task.attn_scale=2"], "built for the sequence tasks"),
+        (
+            ["model.arch=gpt", "task.name=mws", "task.attn_scale=0"],
+            "task.attn_scale: must be a positive number",
+        ),
+        (
+            ["model.arch=gpt", "task.name=mws", "task.attn_scale=2", "task.attn_scale_layers=3"],
+            "not a layer of 0..1",
+        ),
+        (
+            ["model.arch=gpt", "task.name=mws", "task.modulus=16"],
+            "task.modulus: must exceed task.high",
+        ),
+        (["train.clip=-1"], "train.clip: must be a number >= 0"),
+    ],
+)
 def test_bad_task_settings_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate_run(apply_overrides(preset("tiny"), overrides))
 
 
 def test_task_presets_are_the_follow_ups_sizes():
-    for name, steps, layers in (("mws", 400, 1), ("prefix_sum", 1000, 1), ("histogram", 5000, 2),
-                                ("permutation", 2000, 2), ("addition", 10_000, 1)):
+    for name, steps, layers in (
+        ("mws", 400, 1),
+        ("prefix_sum", 1000, 1),
+        ("histogram", 5000, 2),
+        ("permutation", 2000, 2),
+        ("addition", 10_000, 1),
+    ):
         cfg = preset(f"{name}_full")
-        assert (cfg.task.name, cfg.train.steps, cfg.model.layers, cfg.model.hidden, cfg.train.lr) == (name, steps, layers, 256, 1e-4)
-        assert cfg.model.attention == "linear" and cfg.train.batch_size == 256 and cfg.train.warmup == 0
+        assert (
+            cfg.task.name,
+            cfg.train.steps,
+            cfg.model.layers,
+            cfg.model.hidden,
+            cfg.train.lr,
+        ) == (name, steps, layers, 256, 1e-4)
+        assert (
+            cfg.model.attention == "linear"
+            and cfg.train.batch_size == 256
+            and cfg.train.warmup == 0
+        )
     assert preset("histogram_full").train.clip == 1.0 and preset("mws").task.name == "mws"
 
 
-# --- training, resume, detector, analyses ------------------------------------------------------------
+# --- training, resume, detector, analyses
+# ------------------------------------------------------------
+
 
 def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_path, one_thread):
     cfg = small("mws", "train.progress=true", "task.attn_scale=2.5", "task.attn_scale_from=8")
     summary = train(cfg, tmp_path / "full", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "acc", "seq_acc", "eval_loss", "eval_acc", "eval_seq_acc", "prog_repetition", "prog_collapse",
-            "prog_attn_l0"} <= set(rows[-1])
-    assert rows[0]["eval_loss"] == pytest.approx(math.log(18), rel=0.05)  # uniform over 18 tokens at init
+    rows = [
+        json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {
+        "loss",
+        "acc",
+        "seq_acc",
+        "eval_loss",
+        "eval_acc",
+        "eval_seq_acc",
+        "prog_repetition",
+        "prog_collapse",
+        "prog_attn_l0",
+    } <= set(rows[-1])
+    assert rows[0]["eval_loss"] == pytest.approx(
+        math.log(18), rel=0.05
+    )  # uniform over 18 tokens at init
     assert summary["steps"] == 20 and (tmp_path / "full" / "loss.png").exists()
-    train(small("mws", "train.progress=true", "task.attn_scale=2.5", "task.attn_scale_from=8", "train.steps=10"),
-          tmp_path / "part", progress=False)
+    train(
+        small(
+            "mws",
+            "train.progress=true",
+            "task.attn_scale=2.5",
+            "task.attn_scale_from=8",
+            "train.steps=10",
+        ),
+        tmp_path / "part",
+        progress=False,
+    )
     train(cfg, tmp_path / "part", resume=True, progress=False)
-    part = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    part = [
+        json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    ]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
     assert strip(part) == strip(rows)
 
 
 def test_multiplier_switched_on_late_changes_training_only_from_that_step(tmp_path, one_thread):
     base = train(small("mws", "train.steps=10"), tmp_path / "a", progress=False)
-    late = train(small("mws", "train.steps=10", "task.attn_scale=2.5", "task.attn_scale_from=6"), tmp_path / "b", progress=False)
-    rows = lambda d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    late = train(
+        small("mws", "train.steps=10", "task.attn_scale=2.5", "task.attn_scale_from=6"),
+        tmp_path / "b",
+        progress=False,
+    )
+    rows = lambda d: [
+        json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+    ]  # noqa: E731
     a, b = rows("a"), rows("b")
     assert a[1]["loss"] == b[1]["loss"]  # step 5: before the switch
     assert a[2]["loss"] != b[2]["loss"] and base["steps"] == late["steps"] == 10
@@ -251,8 +397,16 @@ def test_multiplier_switched_on_late_changes_training_only_from_that_step(tmp_pa
 def test_detector_reads_the_cross_entropy_on_outputs():
     from abrupt.dynamics.transition import summarize
 
-    rows = [{"step": s, "loss": 1.0, "eval_loss": (2.6 if s < 300 else 0.02), "eval_acc": 0.1, "eval_seq_acc": 0.0}
-            for s in range(0, 400, 10)]
+    rows = [
+        {
+            "step": s,
+            "loss": 1.0,
+            "eval_loss": (2.6 if s < 300 else 0.02),
+            "eval_acc": 0.1,
+            "eval_seq_acc": 0.0,
+        }
+        for s in range(0, 400, 10)
+    ]
     rows[0]["eval_loss"] = 2.9
     s = summarize(rows)
     assert s["plateau_loss_mask"] == pytest.approx(2.6) and s["drop_step"] == 300 and s["sudden"]
@@ -265,7 +419,9 @@ def test_only_the_applicable_analyses_run_on_a_sequence_task(tmp_path, one_threa
     assert run == ["progress"] and "built for matrix completion" in skipped["copying"]
     written = registry.analyze(tmp_path / "run", progress=False)
     numbers = json.loads((written["progress"] / "results.json").read_text())
-    assert {"prog_attn_l0", "prog_attn_l1", "prog_repetition"} <= {r["measure"] for r in numbers["rows"]}
+    assert {"prog_attn_l0", "prog_attn_l1", "prog_repetition"} <= {
+        r["measure"] for r in numbers["rows"]
+    }
 
 
 @pytest.mark.slow
@@ -275,6 +431,10 @@ def test_mws_preset_drops_suddenly_within_two_minutes(tmp_path, one_thread):
     summary = train(preset("mws"), tmp_path / "run", progress=False)
     assert summary["sudden"] and summary["drop_factor"] >= 5
     assert summary["plateau_end"] == 160 and summary["drop_factor"] == pytest.approx(28.8, rel=0.01)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    after_drop = next(r for r in rows if r["step"] >= summary["plateau_end"] + summary["plateau_steps"] / 4)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    after_drop = next(
+        r for r in rows if r["step"] >= summary["plateau_end"] + summary["plateau_steps"] / 4
+    )
     assert after_drop["time"] <= 120  # seconds from the start to the end of the drop window

@@ -5,13 +5,23 @@ import json
 import pytest
 import torch
 
-from abrupt.run import checkpoints
 from abrupt.config import apply_overrides, preset
+from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics
 from abrupt.train.trainer import TrainingError, checkpoint_at, train
 
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "loss.png", "checkpoints"}
-METRIC_KEYS = {"step", "loss", "loss_obs", "loss_mask", "mask_value", "eval_loss", "eval_loss_mask", "grad_norm", "time"}
+METRIC_KEYS = {
+    "step",
+    "loss",
+    "loss_obs",
+    "loss_mask",
+    "mask_value",
+    "eval_loss",
+    "eval_loss_mask",
+    "grad_norm",
+    "time",
+}
 
 
 def tiny(*overrides):
@@ -30,7 +40,14 @@ def test_run_directory_contract(tmp_path):
     assert METRIC_KEYS <= set(rows[0])
     assert [r["step"] for r in rows] == [1, 10, 20, 30, 40, 50, 60]
     assert set(json.loads((run / "summary.json").read_text())) >= {
-        "plateau_loss_mask", "plateau_start", "drop_step", "final_loss", "final_loss_mask", "steps", "seconds"}
+        "plateau_loss_mask",
+        "plateau_start",
+        "drop_step",
+        "final_loss",
+        "final_loss_mask",
+        "steps",
+        "seconds",
+    }
     assert summary["steps"] == 60
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["preset"] == "tiny" and cfg["model"]["hidden"] == 32 and "torch" in cfg["versions"]
@@ -50,7 +67,9 @@ def test_checkpoint_schedule():
     assert schedule(cfg) == [1, 10, 100, 1000, 2000, 3000, 4000, 5000]
     cfg = tiny("train.steps=2500", "train.ckpt_every=1000", "train.ckpt_log_points=0")
     assert schedule(cfg) == [1000, 2000, 2500]
-    cfg = tiny("train.steps=50", "train.ckpt_every=1000", "train.ckpt_log_points=3")  # early points past the end: none
+    cfg = tiny(
+        "train.steps=50", "train.ckpt_every=1000", "train.ckpt_log_points=3"
+    )  # early points past the end: none
     assert schedule(cfg) == [1, 10, 50]
 
 
@@ -73,7 +92,9 @@ def test_resume_gives_identical_metrics(tmp_path):
         f.write('{"step": 41, "loss": 1.0')  # a line cut by the kill
     cfg = tiny()
     train(cfg, tmp_path / "part", resume=True, progress=False)
-    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(read_metrics(tmp_path / "full"))
+    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(
+        read_metrics(tmp_path / "full")
+    )
     full = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "full"))
     part = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "part"))
     for (n, p), (_, q) in zip(full.state_dict().items(), part.state_dict().items()):
@@ -110,7 +131,12 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
     import threading
 
     run = tmp_path / "run"
-    cfg = tiny("train.steps=100000", "train.ckpt_every=100000", "train.ckpt_log_points=0", "train.log_every=5")
+    cfg = tiny(
+        "train.steps=100000",
+        "train.ckpt_every=100000",
+        "train.ckpt_log_points=0",
+        "train.log_every=5",
+    )
     threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run, progress=False)
@@ -119,7 +145,12 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
     assert (run / "summary.json").exists()
     # it resumes from there to the same numbers as a run that was never stopped
     stop_at = last.step
-    cfg_to = tiny("train.steps=100000", "train.ckpt_every=100000", "train.ckpt_log_points=0", "train.log_every=5")
+    cfg_to = tiny(
+        "train.steps=100000",
+        "train.ckpt_every=100000",
+        "train.ckpt_log_points=0",
+        "train.log_every=5",
+    )
     cfg_to.train.steps = stop_at + 10
     train(cfg_to, run, resume=True, progress=False)
     train(cfg_to, tmp_path / "straight", progress=False)
@@ -128,9 +159,19 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
 
 def test_curriculum_off_is_bit_identical_and_on_changes_only_training_data(tmp_path):
     train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
-    train(tiny("train.steps=20", "curriculum.mean=0", "curriculum.hold=10"), tmp_path / "zero", progress=False)
-    train(tiny("train.steps=20", "curriculum.mean=0.5", "curriculum.hold=10"), tmp_path / "shift", progress=False)
-    plain, zero, shift = (strip_time(read_metrics(tmp_path / x)) for x in ("plain", "zero", "shift"))
+    train(
+        tiny("train.steps=20", "curriculum.mean=0", "curriculum.hold=10"),
+        tmp_path / "zero",
+        progress=False,
+    )
+    train(
+        tiny("train.steps=20", "curriculum.mean=0.5", "curriculum.hold=10"),
+        tmp_path / "shift",
+        progress=False,
+    )
+    plain, zero, shift = (
+        strip_time(read_metrics(tmp_path / x)) for x in ("plain", "zero", "shift")
+    )
     assert plain == zero
     assert plain[1]["loss"] != shift[1]["loss"]
 
@@ -146,16 +187,33 @@ def test_sudden_is_the_window_rule_plateau_then_5x_within_a_quarter_of_it():
     def curve(f):
         return [{"step": s, "eval_loss_mask": f(s)} for s in range(0, 12001, 50)]
 
-    cliff = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.01, 0.2 * 0.05 ** ((s - 8000) / 1000))))
+    cliff = summarize(
+        curve(lambda s: 0.2 if s < 8000 else max(0.01, 0.2 * 0.05 ** ((s - 8000) / 1000)))
+    )
     assert cliff["dropped"] and cliff["sudden"] and cliff["fall_ratio"] < 0.1
     assert 7000 <= cliff["plateau_steps"] <= 8200 and cliff["drop_factor"] >= 19
     slide = summarize(curve(lambda s: 0.2 if s <= 1000 else 0.2 * 0.05 ** (s / 12000)))
-    assert slide["dropped"] and not slide["sudden"] and slide["fall_ratio"] > 1 and slide["drop_factor"] < 2
+    assert (
+        slide["dropped"]
+        and not slide["sudden"]
+        and slide["fall_ratio"] > 1
+        and slide["drop_factor"] < 2
+    )
     # a sharp drop to 7x below, then a long slow tail: sudden, though never 10x below the plateau
-    tail = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.03 - 1e-6 * (s - 8000), 0.2 * 0.05 ** ((s - 8000) / 300))))
+    tail = summarize(
+        curve(
+            lambda s: (
+                0.2 if s < 8000 else max(0.03 - 1e-6 * (s - 8000), 0.2 * 0.05 ** ((s - 8000) / 300))
+            )
+        )
+    )
     assert tail["sudden"] and not tail["dropped"] and 6 < tail["drop_factor"] < 8
-    shallow = summarize(curve(lambda s: 0.2 if s < 8000 else max(0.05, 0.2 * 0.05 ** ((s - 8000) / 1000))))
-    assert not shallow["dropped"] and not shallow["sudden"] and shallow["drop_factor"] == 4.0  # only 4x below
+    shallow = summarize(
+        curve(lambda s: 0.2 if s < 8000 else max(0.05, 0.2 * 0.05 ** ((s - 8000) / 1000)))
+    )
+    assert (
+        not shallow["dropped"] and not shallow["sudden"] and shallow["drop_factor"] == 4.0
+    )  # only 4x below
     flat = summarize(curve(lambda s: 0.2))
     assert flat["plateau_steps"] is None and not flat["sudden"]
 
@@ -166,20 +224,37 @@ def test_loss_plot_shows_the_judged_window_and_the_progress_measures(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from abrupt.plots import _draw_losses, _draw_progress, plot_losses
     from abrupt.dynamics.transition import summarize
+    from abrupt.plots import _draw_losses, _draw_progress, plot_losses
 
-    rows = [{"step": s, "eval_loss": 0.1, "eval_loss_obs": 0.001, "eval_loss_mask": 0.2 if s < 8000 else 0.01,
-             "prog_row_mass": 0.2 if s < 7900 else 0.9, "prog_col_mass": 0.2, "prog_collapse": 0.8, "prog_pos_purity": 0.1}
-            for s in range(0, 12001, 50)]
+    rows = [
+        {
+            "step": s,
+            "eval_loss": 0.1,
+            "eval_loss_obs": 0.001,
+            "eval_loss_mask": 0.2 if s < 8000 else 0.01,
+            "prog_row_mass": 0.2 if s < 7900 else 0.9,
+            "prog_col_mass": 0.2,
+            "prog_collapse": 0.8,
+            "prog_pos_purity": 0.1,
+        }
+        for s in range(0, 12001, 50)
+    ]
     summary = summarize(rows)
     fig, (top, bottom) = plt.subplots(2)
     _draw_losses(top, rows, summary)
     _draw_progress(bottom, rows, summary)
-    top_labels, bottom_labels = top.get_legend_handles_labels()[1], bottom.get_legend_handles_labels()[1]
+    top_labels, bottom_labels = (
+        top.get_legend_handles_labels()[1],
+        bottom.get_legend_handles_labels()[1],
+    )
     plt.close(fig)
     F = summary["drop_factor"]
     assert f"plateau_end {summary['plateau_end']} + P/4: F {F:.3g} (sudden)" in top_labels
-    assert {"max row mass of a head", "max column mass of a head", "position k-NN purity by column"} <= set(bottom_labels)
+    assert {
+        "max row mass of a head",
+        "max column mass of a head",
+        "position k-NN purity by column",
+    } <= set(bottom_labels)
     plot_losses(rows, summary, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0

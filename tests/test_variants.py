@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from abrupt.run import checkpoints
-from abrupt.models import groups
 from abrupt import progress
 from abrupt.cli import main
 from abrupt.config import ModelConfig, apply_overrides, preset
+from abrupt.models import groups
 from abrupt.models.bert import MatrixBert
 from abrupt.models.registry import build_model
+from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics
 from abrupt.train.trainer import eval_batch, train
 from conftest import hand_set_row_head
@@ -41,7 +41,11 @@ def source(tmp_path_factory):
 
 def test_training_one_group_leaves_every_other_tensor_bit_identical(source, tmp_path):
     run = tmp_path / "pos"
-    train(tiny("train.steps=20", f"train.init_from={source}", "train.trainable=pos_embed"), run, progress=False)
+    train(
+        tiny("train.steps=20", f"train.init_from={source}", "train.trainable=pos_embed"),
+        run,
+        progress=False,
+    )
     start, end = last_weights(source), last_weights(run)
     inside = set(groups.names(build_model(tiny().model, 49, 0), "pos_embed"))
     assert inside == {"pos_embed.weight"}
@@ -54,18 +58,44 @@ def test_training_one_group_leaves_every_other_tensor_bit_identical(source, tmp_
 
 def test_reinit_restarts_a_group_from_step_zero_and_keeps_the_rest(source, tmp_path):
     run = tmp_path / "re"
-    train(tiny("train.steps=1", f"train.init_from={source}@20", "train.reinit=mlp", "train.trainable=readout"), run, progress=False)
+    train(
+        tiny(
+            "train.steps=1",
+            f"train.init_from={source}@20",
+            "train.reinit=mlp",
+            "train.trainable=readout",
+        ),
+        run,
+        progress=False,
+    )
     fresh = build_model(tiny().model, 49, seed=0).state_dict()
     start = load_file(str(checkpoints.find(source, 20).weights))
     step0 = load_file(str(checkpoints.find(run, 0).weights))
     for name in step0:
-        expected = fresh[name] if name in groups.names(build_model(tiny().model, 49, 0), "mlp") else start[name]
+        expected = (
+            fresh[name]
+            if name in groups.names(build_model(tiny().model, 49, 0), "mlp")
+            else start[name]
+        )
         assert torch.equal(step0[name], expected), name
 
 
 def test_init_from_a_model_of_another_shape_is_one_line(source, tmp_path, capsys):
     out = tmp_path / "wide"
-    assert main(["train", *TINY, "--out", str(out), f"train.init_from={source}", "model.hidden=16", "model.mlp=32"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *TINY,
+                "--out",
+                str(out),
+                f"train.init_from={source}",
+                "model.hidden=16",
+                "model.mlp=32",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tok_embed.weight" in err[0] and "(2002, 32)" in err[0]
     assert not out.exists()
@@ -79,20 +109,36 @@ def test_group_learning_rates(tmp_path):
     trainer = Trainer(tiny("train.group_lr=pos_embed=10"), tmp_path / "t", progress=False)
     trainer.step(1, False)
     lrs = {id(p): g["lr"] for g in trainer.optim.param_groups for p in g["params"]}
-    assert lrs[id(trainer.model.pos_embed.weight)] == pytest.approx(10 * lrs[id(trainer.model.readout.weight)])
+    assert lrs[id(trainer.model.pos_embed.weight)] == pytest.approx(
+        10 * lrs[id(trainer.model.readout.weight)]
+    )
 
 
 def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
     train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
-    off = ["model.attn_temperature=1", "train.grokfast_alpha=0", "curriculum.rank=0", "curriculum.p_mask=-1", "train.group_lr="]
+    off = [
+        "model.attn_temperature=1",
+        "train.grokfast_alpha=0",
+        "curriculum.rank=0",
+        "curriculum.p_mask=-1",
+        "train.group_lr=",
+    ]
     train(tiny("train.steps=20", *off), tmp_path / "off", progress=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
     assert plain == strip_time(read_metrics(tmp_path / "off"))
-    for i, on in enumerate((["model.attn_temperature=2"], ["train.grokfast_alpha=0.9", "train.grokfast_lambda=2"],
-                            ["curriculum.rank=1", "curriculum.hold=10"], ["curriculum.p_mask=0.1", "curriculum.hold=10"])):
+    for i, on in enumerate(
+        (
+            ["model.attn_temperature=2"],
+            ["train.grokfast_alpha=0.9", "train.grokfast_lambda=2"],
+            ["curriculum.rank=1", "curriculum.hold=10"],
+            ["curriculum.p_mask=0.1", "curriculum.hold=10"],
+        )
+    ):
         train(tiny("train.steps=20", *on), tmp_path / f"on{i}", progress=False)
         rows = strip_time(read_metrics(tmp_path / f"on{i}"))
-        assert torch.equal(eval_batch(tiny(*on)).tokens, eval_batch(tiny()).tokens)  # evaluation: the target's data
+        assert torch.equal(
+            eval_batch(tiny(*on)).tokens, eval_batch(tiny()).tokens
+        )  # evaluation: the target's data
         assert rows[-1]["loss"] != plain[-1]["loss"], on
 
 
@@ -101,12 +147,16 @@ def test_grokfast_state_resumes_exactly(tmp_path):
     train(tiny("train.steps=40", *knobs), tmp_path / "straight", progress=False)
     train(tiny("train.steps=20", *knobs), tmp_path / "part", progress=False)
     train(tiny("train.steps=40", *knobs), tmp_path / "part", resume=True, progress=False)
-    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(read_metrics(tmp_path / "straight"))
+    assert strip_time(read_metrics(tmp_path / "part")) == strip_time(
+        read_metrics(tmp_path / "straight")
+    )
 
 
 def test_attention_temperature_on_both_attention_paths(small_model):
     torch.manual_seed(0)
-    model = MatrixBert(ModelConfig(hidden=32, layers=2, heads=4, mlp=64, attn_temperature=3.0), seq_len=49).eval()
+    model = MatrixBert(
+        ModelConfig(hidden=32, layers=2, heads=4, mlp=64, attn_temperature=3.0), seq_len=49
+    ).eval()
     tokens = torch.randint(1, 2002, (4, 49))
     fused = model(tokens)
     exact, cache = model.run_with_cache(tokens, names=["blocks.0.attn.hook_pattern"])
@@ -125,14 +175,21 @@ def test_progress_measures_on_hand_set_weights():
     same = torch.ones(2, 5, 3)
     assert progress.collapse(same) == pytest.approx(1.0)
     assert progress.collapse(torch.eye(3).expand(2, 3, 3)) == pytest.approx(0.0)
-    by_column = torch.nn.functional.one_hot(torch.arange(49) % 7, 7).float() + 0.01 * torch.randn(49, 7)
+    by_column = torch.nn.functional.one_hot(torch.arange(49) % 7, 7).float() + 0.01 * torch.randn(
+        49, 7
+    )
     assert progress.knn_purity(by_column, torch.arange(49) % 7, 4) == 1.0
 
 
 def test_progress_measures_are_logged(tmp_path):
     train(tiny("train.steps=20", "train.progress=true"), tmp_path / "p", progress=False)
     rows = read_metrics(tmp_path / "p")
-    for key in (*progress.PROGRESS_KEYS, "grad_norm_pos_embed", "grad_norm_attention", "grad_norm_mlp"):
+    for key in (
+        *progress.PROGRESS_KEYS,
+        "grad_norm_pos_embed",
+        "grad_norm_attention",
+        "grad_norm_mlp",
+    ):
         assert all(isinstance(r[key], float) for r in rows), key
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["train"]["progress"] is True and cfg["versions"]["threads"] >= 1
@@ -150,7 +207,10 @@ def test_progress_analysis_reads_the_logged_measures(tmp_path, capsys):
     train(tiny("train.steps=10"), plain, progress=False)
     capsys.readouterr()
     assert main(["analyze", str(plain), "--only", "progress,probe"]) == 0
-    assert "progress    skipped: the run was trained without train.progress=true" in capsys.readouterr().out
+    assert (
+        "progress    skipped: the run was trained without train.progress=true"
+        in capsys.readouterr().out
+    )
 
 
 def test_halfway_step():
@@ -160,16 +220,44 @@ def test_halfway_step():
     assert halfway([0, 10, 20, 30], [1.0, 0.9, 0.4, 0.0], 10) == 20
 
 
-@pytest.mark.slow  # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+# over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
+@pytest.mark.slow
 def test_components_trains_each_group_alone(source, tmp_path):
     out = tmp_path / "comp"
-    assert main(["components", str(source), "--steps", "5", "--workers", "2", "--quiet", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "components",
+                str(source),
+                "--steps",
+                "5",
+                "--workers",
+                "2",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = (out / "components.md").read_text()
-    for group in ("tok_embed", "pos_embed", "attn.0", "attn.1", "mlp.0", "mlp.1", "layernorm", "readout"):
+    for group in (
+        "tok_embed",
+        "pos_embed",
+        "attn.0",
+        "attn.1",
+        "mlp.0",
+        "mlp.1",
+        "layernorm",
+        "readout",
+    ):
         assert f"| {group} |" in table
     assert (out / "components.png").exists()
     cfg = json.loads((out / "reinit=pos_embed" / "config.json").read_text())
-    assert cfg["train"]["trainable"] == cfg["train"]["reinit"] == "pos_embed" and cfg["model"]["hidden"] == 32
+    assert (
+        cfg["train"]["trainable"] == cfg["train"]["reinit"] == "pos_embed"
+        and cfg["model"]["hidden"] == 32
+    )
     start, end = last_weights(source), last_weights(out / "reinit=pos_embed")
     assert all(torch.equal(start[k], end[k]) for k in start if k != "pos_embed.weight")
 
@@ -182,7 +270,9 @@ def test_size_mixture_layout_padding_and_per_size_metrics(tmp_path):
     b = sample_batch(cfg.data, 4, generator(0))
     assert b.size.tolist() == [0, 1, 0, 1]  # equal shares
     grid = b.pad[0].reshape(5, 5)
-    assert not grid[:3, :3].any() and grid[3:, :].all() and grid[:, 3:].all()  # top-left corner of the grid
+    assert (
+        not grid[:3, :3].any() and grid[3:, :].all() and grid[:, 3:].all()
+    )  # top-left corner of the grid
     assert not (b.mask & b.pad).any() and not b.pad[1].any()
     assert torch.linalg.matrix_rank(b.matrix[0, :3, :3].double(), rtol=1e-5) == 1
     # padding is never attended: what stands there changes no prediction at a real position
@@ -194,14 +284,22 @@ def test_size_mixture_layout_padding_and_per_size_metrics(tmp_path):
     torch.testing.assert_close(a[~b.pad], c[~b.pad])
     assert cache["blocks.0.attn.hook_pattern"][0][..., b.pad[0]].abs().max() == 0
     # and excluded from the loss
-    assert losses(a.masked_fill(b.pad, 1e6), b)["loss"].item() == pytest.approx(losses(a, b)["loss"].item())
+    assert losses(a.masked_fill(b.pad, 1e6), b)["loss"].item() == pytest.approx(
+        losses(a, b)["loss"].item()
+    )
     run = tmp_path / "mix"
-    summary = train(tiny("data.m=5", "data.n=5", "data.rank=1", "data.sizes=3x3,5x5", "train.steps=20"), run, progress=False)
+    summary = train(
+        tiny("data.m=5", "data.n=5", "data.rank=1", "data.sizes=3x3,5x5", "train.steps=20"),
+        run,
+        progress=False,
+    )
     assert {"drop_step_3x3", "drop_step_5x5"} <= set(summary)
     assert {"eval_loss_mask_3x3", "eval_loss_mask_5x5"} <= set(read_metrics(run)[-1])
 
 
-@pytest.mark.parametrize("sizes,message", [("5x5", "two or more"), ("3x3,4x4", "largest"), ("3x3,5x", "ROWSxCOLUMNS")])
+@pytest.mark.parametrize(
+    "sizes,message", [("5x5", "two or more"), ("3x3,4x4", "largest"), ("3x3,5x", "ROWSxCOLUMNS")]
+)
 def test_bad_size_mixtures(sizes, message):
     from abrupt.config import ConfigError
 

@@ -22,7 +22,9 @@ def main(n: int = 20_000, m: int = 7, rank: int = 2, p_mask: float = 0.3, seed: 
     for i in range(m):
         for j in range(m):
             sel = hidden[:, i, j]
-            s = np.einsum("nl,nk,nkl->n", xo[:, i, :], xo[:, :, j], xo)  # x_ij itself is hidden: its terms are 0
+            s = np.einsum(
+                "nl,nk,nkl->n", xo[:, i, :], xo[:, :, j], xo
+            )  # x_ij itself is hidden: its terms are 0
             c = np.einsum("nl,nk,nkl->n", seen[:, i, :], seen[:, :, j], seen)
             ys.append(x[sel, i, j])
             stats.append(s[sel])
@@ -34,8 +36,10 @@ def main(n: int = 20_000, m: int = 7, rank: int = 2, p_mask: float = 0.3, seed: 
         a = np.stack([s[k], np.ones(k.sum())], 1)
         w = np.linalg.lstsq(a, y[k], rcond=None)[0]
         sse += float(np.sum((a @ w - y[k]) ** 2))
-    print(f"{len(y)} hidden entries; copying level (predict 0): L_mask {np.mean(y ** 2):.4f}; "
-          f"best linear in S per term count: L_mask {sse / len(y):.4f}")
+    print(
+        f"{len(y)} hidden entries; copying level (predict 0): L_mask {np.mean(y**2):.4f}; "
+        f"best linear in S per term count: L_mask {sse / len(y):.4f}"
+    )
 
 
 if __name__ == "__main__":

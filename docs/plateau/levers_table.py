@@ -16,14 +16,24 @@ from abrupt.sweep.runner import config_of, read_results, spec_from_file
 from abrupt.sweep.summary import end_fold, spread
 
 HERE = Path(__file__).resolve().parent
-QUIET_KEYS = ("seed", "train.progress", "train.steps", "train.stop_after_drop")  # the steps are in the end-fold column
+QUIET_KEYS = (
+    "seed",
+    "train.progress",
+    "train.steps",
+    "train.stop_after_drop",
+)  # the steps are in the end-fold column
 
 
 def setting(cfg: dict) -> tuple[str, str]:
     """(problem, `key=value` changes from the preset) of a resolved configuration."""
     base = preset(cfg["preset"]).to_dict()
-    changes = [f"{section}.{k}={v}" for section, values in cfg.items() if isinstance(base.get(section), dict)
-               for k, v in values.items() if base[section].get(k) != v and f"{section}.{k}" not in QUIET_KEYS]
+    changes = [
+        f"{section}.{k}={v}"
+        for section, values in cfg.items()
+        if isinstance(base.get(section), dict)
+        for k, v in values.items()
+        if base[section].get(k) != v and f"{section}.{k}" not in QUIET_KEYS
+    ]
     problem = f"{cfg['data']['m']}×{cfg['data']['n']} rank {cfg['data']['rank']}"
     return problem, f"preset {cfg['preset']}: " + (", ".join(changes) or "as is")
 
@@ -31,12 +41,16 @@ def setting(cfg: dict) -> tuple[str, str]:
 def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
     """(problem, setting) -> [(source, seed, summary)] over the sweeps and the single runs."""
     out: dict[tuple[str, str], list[tuple[str, int, dict]]] = {}
-    for spec in sorted(HERE.glob("*.yaml")):  # a sweep's results lie in the folder named as its spec
+    for spec in sorted(
+        HERE.glob("*.yaml")
+    ):  # a sweep's results lie in the folder named as its spec
         path = HERE / spec.stem / "results.jsonl"
         for row in read_results(path) if path.exists() else []:
             if row["status"] == "done":
                 cfg = config_of(spec_from_file(spec).preset, row["overrides"]).to_dict()
-                out.setdefault(setting(cfg), []).append((f"`{spec.stem}`", cfg["seed"], row["summary"]))
+                out.setdefault(setting(cfg), []).append(
+                    (f"`{spec.stem}`", cfg["seed"], row["summary"])
+                )
     for run in sorted((HERE / "runs").iterdir()):
         cfg = json.loads((run / "config.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
@@ -53,18 +67,28 @@ def col(values: list[float | None]) -> str:
 
 
 def main() -> None:
-    print("| problem | setting | from | seeds | sudden | P | F within P/4 | end fold (at step) | final L_mask | minutes per run |")
+    print(
+        "| problem | setting | from | seeds | sudden | P | F within P/4 | end fold (at step) | "
+        "final L_mask | minutes per run |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (problem, name), rows in records().items():
         rows.sort(key=lambda r: r[1])
         sums = [s for _, _, s in rows]
         sources = ", ".join(dict.fromkeys(src for src, _, _ in rows))
         steps = sorted({s["steps"] for s in sums})
-        cells = [col([s["plateau_steps"] for s in sums]), col([s["drop_factor"] for s in sums]),
-                 f"{col([end_fold(s) for s in sums])} ({'–'.join(str(n) for n in dict.fromkeys((steps[0], steps[-1])))})",
-                 col([s["final_loss_mask"] for s in sums]), col([s["seconds"] / 60 for s in sums])]
-        print(f"| {problem} | {name} | {sources} | {', '.join(str(seed) for _, seed, _ in rows)} | "
-              f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | " + " | ".join(cells) + " |")
+        cells = [
+            col([s["plateau_steps"] for s in sums]),
+            col([s["drop_factor"] for s in sums]),
+            f"{col([end_fold(s) for s in sums])} "
+            f"({'–'.join(str(n) for n in dict.fromkeys((steps[0], steps[-1])))})",
+            col([s["final_loss_mask"] for s in sums]),
+            col([s["seconds"] / 60 for s in sums]),
+        ]
+        print(
+            f"| {problem} | {name} | {sources} | {', '.join(str(seed) for _, seed, _ in rows)} | "
+            f"{sum(bool(s['sudden']) for s in sums)} of {len(sums)} | " + " | ".join(cells) + " |"
+        )
 
 
 if __name__ == "__main__":

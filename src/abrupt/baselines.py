@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
 from typing import Any, Sequence
 
 import numpy as np
@@ -80,7 +79,9 @@ def svt(x: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
     lam, v = torch.linalg.eigh(gram)
     s = lam.clamp_min(0).sqrt()
     tau_t = torch.as_tensor(tau, dtype=x.dtype).reshape(-1, 1) if torch.is_tensor(tau) else tau
-    scale = torch.where(s > 0, torch.clamp(s - tau_t, min=0) / s.clamp_min(1e-300), torch.zeros_like(s))
+    scale = torch.where(
+        s > 0, torch.clamp(s - tau_t, min=0) / s.clamp_min(1e-300), torch.zeros_like(s)
+    )
     return x @ (v * scale.unsqueeze(-2)) @ v.mT
 
 
@@ -90,7 +91,10 @@ def nuclear_norm(x: torch.Tensor) -> torch.Tensor:
 
 def _prepare(a: torch.Tensor, observed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if a.shape != observed.shape or a.dim() != 3:
-        raise ValueError(f"expected matrices and observed-mask of the same shape (B, m, n), got {tuple(a.shape)} and {tuple(observed.shape)}")
+        raise ValueError(
+            "expected matrices and observed-mask of the same shape (B, m, n), got "
+            f"{tuple(a.shape)} and {tuple(observed.shape)}"
+        )
     obs = observed.bool()
     return torch.where(obs, a.double(), torch.zeros((), dtype=torch.float64)), obs
 
@@ -149,11 +153,17 @@ def torch_admm(
             active, z, u, r, s = active[keep], z[keep], u[keep], r[keep], s[keep]
             if active.numel() == 0:
                 break
-        # Residual balancing (Boyd et al. 2011, sec. 3.4.1); u is the scaled dual, so it rescales too.
+        # Residual balancing (Boyd et al. 2011, sec. 3.4.1); u is the scaled dual, so it rescales
+        # too.
         factor = torch.where(r > 10 * s, 2.0, torch.where(s > 10 * r, 0.5, 1.0)).to(torch.float64)
         rho_t[active] = rho_t[active] * factor
         u = u / factor.reshape(-1, 1, 1)
-    return Completion(z_out, [OPTIMAL if d else NOT_CONVERGED for d in done.tolist()], it, time.perf_counter() - t0)
+    return Completion(
+        z_out,
+        [OPTIMAL if d else NOT_CONVERGED for d in done.tolist()],
+        it,
+        time.perf_counter() - t0,
+    )
 
 
 def _cvxpy_problem(m: int, n: int, lam: float | None):
@@ -163,13 +173,24 @@ def _cvxpy_problem(m: int, n: int, lam: float | None):
     mask = cp.Parameter((m, n), nonneg=True)
     observed_values = cp.Parameter((m, n))  # mask * A, so the problem stays DPP
     if lam is None:
-        return cp.Problem(cp.Minimize(cp.normNuc(x)), [cp.multiply(mask, x) == observed_values]), x, mask, observed_values
+        return (
+            cp.Problem(cp.Minimize(cp.normNuc(x)), [cp.multiply(mask, x) == observed_values]),
+            x,
+            mask,
+            observed_values,
+        )
     # mask and values arrive scaled by 1/sqrt(|Omega|), which keeps the problem DPP (compiled once)
     fit = cp.sum_squares(cp.multiply(mask, x) - observed_values)
     return cp.Problem(cp.Minimize(fit + lam * cp.normNuc(x))), x, mask, observed_values
 
 
-def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = None, solver: str = CVXPY_SOLVER, tol: float = CVXPY_TOL) -> Completion:
+def cvxpy_solve(
+    a: torch.Tensor,
+    observed: torch.Tensor,
+    lam: float | None = None,
+    solver: str = CVXPY_SOLVER,
+    tol: float = CVXPY_TOL,
+) -> Completion:
     """One CVXPY problem per matrix: exact (lam=None) or regularized, each problem's status
     recorded (OPTIMAL or INACCURATE); raises SolverError on any other status."""
     import cvxpy as cp
@@ -197,7 +218,9 @@ def cvxpy_solve(a: torch.Tensor, observed: torch.Tensor, lam: float | None = Non
         status.append(prob.status)
         out[i] = x.value
     result = torch.from_numpy(out)
-    if lam is None:  # the constraint holds to solver tolerance; make it exact as in the torch solver
+    if (
+        lam is None
+    ):  # the constraint holds to solver tolerance; make it exact as in the torch solver
         result = torch.where(obs, b, result)
     return Completion(result, status, 0, time.perf_counter() - t0)
 
@@ -237,7 +260,9 @@ def score(x: torch.Tensor, batch: Batch) -> dict[str, float]:
     """L, L_obs, L_mask of completions (B, m, n) against the batch (the one loss definition, in
     float64) and their mean nuclear norm."""
     parts = as_floats(losses(x.double(), batch))
-    return {k: parts[k] for k in ("loss", "loss_obs", "loss_mask")} | {"nuclear_norm": nuclear_norm(x).mean().item()}
+    return {k: parts[k] for k in ("loss", "loss_obs", "loss_mask")} | {
+        "nuclear_norm": nuclear_norm(x).mean().item()
+    }
 
 
 def outcome(c: Completion) -> dict[str, int]:
@@ -245,8 +270,11 @@ def outcome(c: Completion) -> dict[str, int]:
     return {"failures": c.failures, "inaccurate": c.inaccurate}
 
 
-def score_methods(batch: Batch, m: int, n: int, model=None, lambdas: Sequence[float] = (), solver: str = "torch") -> list[dict[str, Any]]:
-    """Score BERT (if given), exact nuclear-norm minimization and each regularized form on one batch.
+def score_methods(
+    batch: Batch, m: int, n: int, model=None, lambdas: Sequence[float] = (), solver: str = "torch"
+) -> list[dict[str, Any]]:
+    """Score BERT (if given), exact nuclear-norm minimization and each regularized form on one
+    batch.
     Every method sees what BERT sees: the rounded values at observed entries. Each row counts the
     problems its solver did not converge on (`failures`) and those solved only inaccurately
     (`inaccurate`, CVXPY)."""
@@ -256,10 +284,32 @@ def score_methods(batch: Batch, m: int, n: int, model=None, lambdas: Sequence[fl
     if model is not None:
         t0 = time.perf_counter()
         pred = model.predict(batch.tokens).reshape(-1, m, n)
-        rows.append({"method": "bert", **score(pred, batch), "seconds": time.perf_counter() - t0, "failures": 0, "inaccurate": 0})
+        rows.append(
+            {
+                "method": "bert",
+                **score(pred, batch),
+                "seconds": time.perf_counter() - t0,
+                "failures": 0,
+                "inaccurate": 0,
+            }
+        )
     exact = complete(target, observed, None, solver=solver)
-    rows.append({"method": method_name(None), **score(exact.x, batch), "seconds": exact.seconds, **outcome(exact)})
+    rows.append(
+        {
+            "method": method_name(None),
+            **score(exact.x, batch),
+            "seconds": exact.seconds,
+            **outcome(exact),
+        }
+    )
     for lam in lambdas:
         reg = complete(target, observed, lam, solver=solver, exact=exact.x)
-        rows.append({"method": method_name(lam), **score(reg.x, batch), "seconds": reg.seconds, **outcome(reg)})
+        rows.append(
+            {
+                "method": method_name(lam),
+                **score(reg.x, batch),
+                "seconds": reg.seconds,
+                **outcome(reg),
+            }
+        )
     return rows

@@ -16,24 +16,40 @@ def _need(ok: bool, msg: str) -> None:
 
 
 def validate_run(cfg: Config) -> Config:
-    """Raise ConfigError (one line, naming the key) for a configuration no run can train; returns cfg."""
+    """Raise ConfigError (one line, naming the key) for a configuration no run can train; returns
+    cfg."""
     m, t, k = cfg.model, cfg.train, cfg.task
     _need(m.arch in ARCHS, f"model.arch: must be one of {', '.join(ARCHS)}, got '{m.arch}'")
-    _need(k.name in tasks.names(), f"task.name: must be one of {', '.join(tasks.names())}, got '{k.name}'")
+    _need(
+        k.name in tasks.names(),
+        f"task.name: must be one of {', '.join(tasks.names())}, got '{k.name}'",
+    )
     validate(cfg)
     try:
         tasks.get(k.name).check(cfg)  # the task's own rules (the layers it defines correct keys in)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit),
-                      ("train.group_lr", ",".join(group_lr(t.group_lr)))):
+    for key, spec in (
+        ("train.trainable", t.trainable),
+        ("train.reinit", t.reinit),
+        ("train.group_lr", ",".join(group_lr(t.group_lr))),
+    ):
         try:
             groups.check(groups.split(spec), m.layers)
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
     for key, spec in (("train.trainable", t.trainable), ("train.reinit", t.reinit)):
         lacking = groups.absent(groups.split(spec), m)
-        _need(not lacking, f"{key}: model.arch={m.arch} has no parameters in group(s) {', '.join(lacking)}")
-    _need(bool(groups.split(t.trainable)), "train.trainable: name at least one group (all = everything)")
-    _need(not t.reinit or t.init_from, "train.reinit: only with train.init_from (re-initialise part of a trained model)")
+        _need(
+            not lacking,
+            f"{key}: model.arch={m.arch} has no parameters in group(s) {', '.join(lacking)}",
+        )
+    _need(
+        bool(groups.split(t.trainable)),
+        "train.trainable: name at least one group (all = everything)",
+    )
+    _need(
+        not t.reinit or t.init_from,
+        "train.reinit: only with train.init_from (re-initialise part of a trained model)",
+    )
     return cfg

@@ -10,17 +10,17 @@ import argparse
 import math
 import os
 import re
-import signal
 import shlex
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
 from .checks import validate_run
-from .run import checkpoints
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
+from .run import checkpoints
 from .run.rundir import dumps, read_config
 
 
@@ -29,28 +29,57 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (`abrupt: error: ...`), like every other bad input."""
+    """argparse, but a bad argument is one line (`abrupt: error: ...`), like every other bad
+    input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"abrupt: error: {self.prog.split()[-1]}: {message} (see `{self.prog} --help`)\n")
+        self.exit(
+            2, f"abrupt: error: {self.prog.split()[-1]}: {message} (see `{self.prog} --help`)\n"
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
     # One flat list of argparse declarations, a block per command: long, but read as a table.
-    p = _Parser(prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion.")
+    p = _Parser(
+        prog="abrupt", description="Abrupt learning in a BERT trained on matrix completion."
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model into a run directory", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="configuration keys (section.key=value; defaults are the paper's, a preset changes some):\n"
-                              + keys_text(96))
-    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`")
-    t.add_argument("--out", type=Path, help="run directory (default runs/<preset>-seed<N>-<YYYYmmdd-HHMMSS>)")
+    t = sub.add_parser(
+        "train",
+        help="train a model into a run directory",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="configuration keys (section.key=value; defaults are the paper's, a preset changes "
+        "some):\n" + keys_text(96),
+    )
+    t.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help=f"preset name (default {DEFAULT_PRESET}); see `abrupt presets`",
+    )
+    t.add_argument(
+        "--out", type=Path, help="run directory (default runs/<preset>-seed<N>-<YYYYmmdd-HHMMSS>)"
+    )
     t.add_argument("--seed", type=int, help="seed for weights, data and evaluation batch")
-    t.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its last complete checkpoint")
-    t.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS}; with --resume, the run's last "
-                   "count); more cores are best used by several runs at once: `abrupt sweep`")
+    t.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last complete checkpoint",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        help=f"CPU threads for torch (default {DEFAULT_THREADS}; with --resume, the run's last "
+        "count); more cores are best used by several runs at once: `abrupt sweep`",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (the keys are listed below)")
+    t.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides (the keys are listed below)",
+    )
 
     sub.add_parser("presets", help="list presets")
 
@@ -62,13 +91,34 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, default=512, help="number of matrices")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--solver", choices=("torch", "cvxpy"), default="torch")
-    b.add_argument("--lambdas", type=_floats, default=baselines_lambdas(), help="regularization weights, comma-separated ('' for none)")
-    b.add_argument("--json", action="store_true", help="one JSON object per method on standard output")
-    b.add_argument("overrides", nargs="*", metavar="data.key=value", help="other data settings (data.m, data.rank, ...)")
+    b.add_argument(
+        "--lambdas",
+        type=_floats,
+        default=baselines_lambdas(),
+        help="regularization weights, comma-separated ('' for none)",
+    )
+    b.add_argument(
+        "--json", action="store_true", help="one JSON object per method on standard output"
+    )
+    b.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="data.key=value",
+        help="other data settings (data.m, data.rank, ...)",
+    )
     _threads_arg(b)
 
-    for name, helptext in (("compare", "Fig. 3: BERT vs nuclear-norm minimization across p_mask (= analyze --only compare)"),
-                           ("ood", "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution (= analyze --only ood)")):
+    for name, helptext in (
+        (
+            "compare",
+            "Fig. 3: BERT vs nuclear-norm minimization across p_mask (= analyze --only compare)",
+        ),
+        (
+            "ood",
+            "Fig. 18/19: BERT vs nuclear-norm minimization out of distribution (= analyze --only "
+            "ood)",
+        ),
+    ):
         c = sub.add_parser(name, help=helptext)
         c.add_argument("run", type=Path)
         c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
@@ -76,45 +126,108 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--seed", type=int, default=0)
         c.add_argument("--solver", choices=("torch", "cvxpy"), default="torch")
         if name == "compare":
-            c.add_argument("--p-masks", type=_floats, default=None, help="comma-separated (default 0.10,0.15,...,0.60)")
-            c.add_argument("--lambdas", type=_floats, default=(), help="also regularized forms, comma-separated")
+            c.add_argument(
+                "--p-masks",
+                type=_floats,
+                default=None,
+                help="comma-separated (default 0.10,0.15,...,0.60)",
+            )
+            c.add_argument(
+                "--lambdas",
+                type=_floats,
+                default=(),
+                help="also regularized forms, comma-separated",
+            )
         _threads_arg(c)
 
     a = sub.add_parser("analyze", help="run the interpretability analyses on a trained run")
     a.add_argument("run", type=Path, nargs="?")
     a.add_argument("--only", help="comma-separated analyses (default all; `--options` lists them)")
-    a.add_argument("--steps", help="comma-separated checkpoint steps (default: a plateau and a post-drop checkpoint)")
-    a.add_argument("--set", action="append", default=[], metavar="analysis.option=value",
-                   help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options")
-    a.add_argument("--options", action="store_true", help="list every analysis option with its default and exit")
-    a.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda or cuda:N")
+    a.add_argument(
+        "--steps",
+        help="comma-separated checkpoint steps (default: a plateau and a post-drop checkpoint)",
+    )
+    a.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="analysis.option=value",
+        help="analysis option, e.g. patching.heads=1:0,2:* or ablation.modes=mean; see --options",
+    )
+    a.add_argument(
+        "--options",
+        action="store_true",
+        help="list every analysis option with its default and exit",
+    )
+    a.add_argument(
+        "--device", default="cpu", help="where the models run: cpu (default), cuda or cuda:N"
+    )
     _threads_arg(a)
 
-    w = sub.add_parser("sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray")
-    w.add_argument("spec", nargs="?", type=Path, help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c")
+    w = sub.add_parser(
+        "sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray"
+    )
+    w.add_argument(
+        "spec",
+        nargs="?",
+        type=Path,
+        help="YAML spec file (preset, fixed, grid, zip, seeds); or give key=a,b,c",
+    )
     w.add_argument("--preset", help="preset of every trial (default: the spec's, else small)")
     w.add_argument("--out", help="sweep directory (default sweeps/<preset>-<time>)")
-    w.add_argument("--resume", type=Path, metavar="SWEEP", help="finish the trials a stopped sweep left")
-    w.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="trials at once (default: one per core)")
-    w.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1: trials do not oversubscribe)")
+    w.add_argument(
+        "--resume", type=Path, metavar="SWEEP", help="finish the trials a stopped sweep left"
+    )
+    w.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 1)),
+        help="trials at once (default: one per core)",
+    )
+    w.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per trial (default 1: trials do not oversubscribe)",
+    )
     w.add_argument("--backend", choices=("local", "ray"), default="local")
-    w.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray cluster")
+    w.add_argument(
+        "--address",
+        help="Ray cluster address (auto, ray://host:10001); default: a local Ray cluster",
+    )
     w.add_argument("--gpus", type=float, default=0.0, help="GPUs per trial (Ray backend)")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
-    w.add_argument("overrides", nargs="*", metavar="key=a,b,c", help="swept (several values) or fixed (one value) keys; seed=0,1,2")
+    w.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=a,b,c",
+        help="swept (several values) or fixed (one value) keys; seed=0,1,2",
+    )
 
-    k = sub.add_parser("components", help="Fig. 8: re-initialise each component of a converged run and train it alone")
+    k = sub.add_parser(
+        "components",
+        help="Fig. 8: re-initialise each component of a converged run and train it alone",
+    )
     k.add_argument("run", type=Path, nargs="?")
-    k.add_argument("--steps", type=int, default=5000, help="training steps per component (default 5000)")
+    k.add_argument(
+        "--steps", type=int, default=5000, help="training steps per component (default 5000)"
+    )
     k.add_argument("--step", type=int, help="start from this checkpoint of RUN (default: its last)")
     k.add_argument("--out", type=Path, help="sweep directory (default RUN/components)")
     k.add_argument("--resume", type=Path, metavar="DIR", help="finish a stopped components sweep")
     k.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     k.add_argument("--quiet", action="store_true")
 
-    f = sub.add_parser("forecast", help="how early each signal warns of the escape, over runs or sweeps (issue 19)")
+    f = sub.add_parser(
+        "forecast", help="how early each signal warns of the escape, over runs or sweeps (issue 19)"
+    )
     f.add_argument("paths", type=Path, nargs="+", help="run directories or sweep directories")
-    f.add_argument("--out", type=Path, required=True, help="folder for summary.md, results.json, error_vs_horizon.png")
+    f.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for summary.md, results.json, error_vs_horizon.png",
+    )
     f.add_argument("--every", type=int, default=1, help="forecast at every N-th log (default 1)")
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
@@ -136,13 +249,17 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got '{text}'"
+        ) from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
     return values
 
 
-MAX_MATRICES = 1_000_000  # baseline/compare/ood: beyond this the batched solver's memory is the limit
+MAX_MATRICES = (
+    1_000_000  # baseline/compare/ood: beyond this the batched solver's memory is the limit
+)
 
 
 def _check_count_and_seed(n: int, seed: int) -> None:
@@ -155,7 +272,10 @@ def _check_count_and_seed(n: int, seed: int) -> None:
 def _check_threads(threads: int) -> None:
     limit = 4 * (os.cpu_count() or 1)
     if not 1 <= threads <= limit:
-        raise UsageError(f"--threads: must be in [1, {limit}] on this machine ({os.cpu_count()} cores), got {threads}")
+        raise UsageError(
+            f"--threads: must be in [1, {limit}] on this machine ({os.cpu_count()} cores), got "
+            f"{threads}"
+        )
 
 
 def _check_workers(workers: int) -> None:
@@ -188,7 +308,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_threads(args.threads)
     if args.resume:
         if args.out or args.seed is not None or args.preset != DEFAULT_PRESET:
-            raise UsageError("--resume takes its configuration from the run; only train.steps=N may be given")
+            raise UsageError(
+                "--resume takes its configuration from the run; only train.steps=N may be given"
+            )
         cfg = read_config(args.resume)
         for item in args.overrides:
             key, _, value = item.partition("=")
@@ -198,30 +320,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
         validate_run(cfg)
         last = resume_point(args.resume)
         if last is not None and last.step >= cfg.train.steps:
-            raise UsageError(f"{args.resume} is already at step {last.step}; give train.steps=N with N > {last.step} to extend it "
-                             "(nothing was changed)")
+            raise UsageError(
+                f"{args.resume} is already at step {last.step}; give train.steps=N with N > "
+                f"{last.step} to extend it "
+                "(nothing was changed)"
+            )
         out = args.resume
-        # a resumed run goes on as it last ran (thread counts change the trajectory), unless told otherwise
-        _set_threads(args.threads or min(recorded_threads(out) or DEFAULT_THREADS, os.cpu_count() or 1))
+        # a resumed run goes on as it last ran (thread counts change the trajectory), unless told
+        # otherwise
+        _set_threads(
+            args.threads or min(recorded_threads(out) or DEFAULT_THREADS, os.cpu_count() or 1)
+        )
     else:
         _set_threads(args.threads)
         cfg = preset(args.preset)
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
         apply_overrides(cfg, args.overrides)
-        out = args.out if args.out is not None else unique_dir(Path("runs"), f"{cfg.preset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = (
+            args.out
+            if args.out is not None
+            else unique_dir(
+                Path("runs"), f"{cfg.preset}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
+        )
     try:
         summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
     except KeyboardInterrupt:
         print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
         return 130
-    print(dumps(summary, indent=2))  # strict JSON: an infinite drop factor prints as null, as on disk
+    print(
+        dumps(summary, indent=2)
+    )  # strict JSON: an infinite drop factor prints as null, as on disk
     print(f"run directory: {out}")
     return 0
 
 
 def _interrupted(out: Path, steps: int) -> str:
-    """What a stopped training says: where it stopped, its last losses, and the command that resumes it."""
+    """What a stopped training says: where it stopped, its last losses, and the command that resumes
+    it."""
     from .run.rundir import read_metrics
     from .train.trainer import resume_point
 
@@ -230,10 +367,21 @@ def _interrupted(out: Path, steps: int) -> str:
     rows, last = read_metrics(out), resume_point(out)
     row = rows[-1] if rows else {}
     num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-    losses = f"; at step {row['step']} train_loss {num(row.get('loss'))}, eval_L_mask {num(row.get('eval_loss_mask'))}" if row else ""
-    kept = f"last checkpoint step {last.step} of {steps}" if last else "no checkpoint yet (it restarts from step 0)"
-    return (f"abrupt: interrupted: {kept}{losses}; summary in {out / 'summary.json'}\n"
-            f"resume with `abrupt train --resume {shlex.quote(str(out))}`")
+    losses = (
+        f"; at step {row['step']} train_loss {num(row.get('loss'))}, eval_L_mask "
+        f"{num(row.get('eval_loss_mask'))}"
+        if row
+        else ""
+    )
+    kept = (
+        f"last checkpoint step {last.step} of {steps}"
+        if last
+        else "no checkpoint yet (it restarts from step 0)"
+    )
+    return (
+        f"abrupt: interrupted: {kept}{losses}; summary in {out / 'summary.json'}\n"
+        f"resume with `abrupt train --resume {shlex.quote(str(out))}`"
+    )
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
@@ -277,22 +425,50 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     rows = score_methods(batch, cfg.data.m, cfg.data.n, lambdas=args.lambdas, solver=args.solver)
     d = cfg.data
     if not args.json:
-        print(f"baseline: {args.n} seeded {d.m}x{d.n} rank-{d.rank} matrices ({d.distribution} factors; data.m, data.n, "
-              f"data.rank, ... to change), p_mask {args.p_mask}, seed {args.seed}, {args.solver} solver")
+        print(
+            f"baseline: {args.n} seeded {d.m}x{d.n} rank-{d.rank} matrices ({d.distribution} "
+            "factors; data.m, data.n, "
+            f"data.rank, ... to change), p_mask {args.p_mask}, seed {args.seed}, {args.solver} "
+            "solver"
+        )
     for row in rows:
         row.update(n=args.n, p_mask=args.p_mask, size=f"{d.m}x{d.n}", rank=d.rank)
         if args.json:
-            print(dumps({k: row[k] for k in ("method", "loss", "loss_obs", "loss_mask", "nuclear_norm", "n", "size", "rank",
-                                             "p_mask", "seconds", "failures", "inaccurate")}))
+            print(
+                dumps(
+                    {
+                        k: row[k]
+                        for k in (
+                            "method",
+                            "loss",
+                            "loss_obs",
+                            "loss_mask",
+                            "nuclear_norm",
+                            "n",
+                            "size",
+                            "rank",
+                            "p_mask",
+                            "seconds",
+                            "failures",
+                            "inaccurate",
+                        )
+                    }
+                )
+            )
         else:
-            print(f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask {row['loss_mask']:.5f}  "
-                  f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s" + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else "")
-                  + (f"  INACCURATE: {row['inaccurate']}" if row["inaccurate"] else ""))
+            print(
+                f"{row['method']:28s} L {row['loss']:.5f}  L_obs {row['loss_obs']:.5f}  L_mask "
+                f"{row['loss_mask']:.5f}  "
+                f"||X||_* {row['nuclear_norm']:.4f}  {row['seconds']:.2f}s"
+                + (f"  NOT CONVERGED: {row['failures']}" if row["failures"] else "")
+                + (f"  INACCURATE: {row['inaccurate']}" if row["inaccurate"] else "")
+            )
     return 0
 
 
 def _cmd_compare_or_ood(args: argparse.Namespace) -> int:
-    """`abrupt compare|ood RUN [flags]`: the same as `abrupt analyze RUN --only NAME --steps STEP --set ...`."""
+    """`abrupt compare|ood RUN [flags]`: the same as `abrupt analyze RUN --only NAME --steps STEP
+    --set ...`."""
     _check_count_and_seed(args.n, args.seed)
     _set_threads(args.threads)
     opts = {"n": args.n, "seed": args.seed, "solver": args.solver}
@@ -318,9 +494,15 @@ def _headline(run: Path, name: str) -> str:
     for r in res["rows"]:
         by_setting.setdefault(tuple(r[k] for k in keys), {})[r["method"]] = r["loss_mask"]
     header = ["p_mask"] if name == "compare" else ["family", "setting"]
-    table = Table([*header, *methods], [[*setting, *(losses.get(m) for m in methods)] for setting, losses in by_setting.items()])
+    table = Table(
+        [*header, *methods],
+        [[*setting, *(losses.get(m) for m in methods)] for setting, losses in by_setting.items()],
+    )
     per = "per p_mask" if name == "compare" else "per setting"
-    return f"{name}: L_mask (MSE at hidden entries) at step {res['step']}, {res['n']} matrices {per}\n{table.text()}"
+    head = (
+        f"{name}: L_mask (MSE at hidden entries) at step {res['step']}, {res['n']} matrices {per}"
+    )
+    return f"{head}\n{table.text()}"
 
 
 def _last_step(run: Path) -> int:
@@ -346,7 +528,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     try:
         steps = [int(x) for x in args.steps.split(",")] if args.steps else None
     except ValueError:
-        raise UsageError(f"--steps: expected comma-separated integers, got '{args.steps}'") from None
+        raise UsageError(
+            f"--steps: expected comma-separated integers, got '{args.steps}'"
+        ) from None
     opts: dict = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -366,7 +550,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return _analyze(args.run, only, steps, opts, args.device)
 
 
-def _analyze(run: Path, only: list[str] | None, steps: list[int] | None, opts: dict, device: str = "cpu") -> int:
+def _analyze(
+    run: Path, only: list[str] | None, steps: list[int] | None, opts: dict, device: str = "cpu"
+) -> int:
     from .analysis.registry import analyze
 
     print(f"analyze: {run}")
@@ -392,7 +578,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .run.rundir import unique_dir
     from .sweep.runner import Sweep, check_backend, spec_from_args, spec_from_file
 
-    if args.spec is not None and "=" in str(args.spec):  # no spec file: the first word is an override
+    if args.spec is not None and "=" in str(
+        args.spec
+    ):  # no spec file: the first word is an override
         args.overrides.insert(0, str(args.spec))
         args.spec = None
     _check_workers(args.workers)
@@ -402,7 +590,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     check_backend(args.backend, args.address)
     if args.resume:
         if args.spec or args.overrides or args.preset or args.out:
-            raise UsageError("--resume takes everything from the sweep's sweep.json; give only --workers, --backend, --address")
+            raise UsageError(
+                "--resume takes everything from the sweep's sweep.json; give only --workers, "
+                "--backend, --address"
+            )
         sweep = Sweep.open(args.resume)
     else:
         if args.spec:
@@ -414,16 +605,25 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 spec.seeds = extra.seeds or spec.seeds
         else:
             spec = spec_from_args(args.preset or "small", args.overrides)
-        out = Path(args.out) if args.out is not None else unique_dir(Path("sweeps"), f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = (
+            Path(args.out)
+            if args.out is not None
+            else unique_dir(Path("sweeps"), f"{spec.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        )
         sweep = Sweep.create(out, spec, args.threads)
     args.resumable = sweep.out
-    print(f"sweep: {len(sweep.trials)} trials in {sweep.out} ({args.backend}, {args.workers} at once, {sweep.threads} thread(s) each)")
+    print(
+        f"sweep: {len(sweep.trials)} trials in {sweep.out} ({args.backend}, {args.workers} at "
+        f"once, {sweep.threads} thread(s) each)"
+    )
     rows = sweep.run(args.backend, args.workers, args.gpus, args.address, progress=not args.quiet)
     status = [r.get("status") for r in rows.values()]
     left = len(sweep.trials) - status.count("done") - status.count("failed")
-    print(f"done: {status.count('done')} finished, {status.count('failed')} failed"
-          + (f", {left} stopped (`abrupt sweep --resume {sweep.out}` finishes them)" if left else "")
-          + f"; see {sweep.out / 'summary.md'}")
+    print(
+        f"done: {status.count('done')} finished, {status.count('failed')} failed"
+        + (f", {left} stopped (`abrupt sweep --resume {sweep.out}` finishes them)" if left else "")
+        + f"; see {sweep.out / 'summary.md'}"
+    )
     return 1 if status.count("failed") == len(sweep.trials) else 0  # 1: nothing came of it
 
 
@@ -441,7 +641,11 @@ def _cmd_components(args: argparse.Namespace) -> int:
             raise UsageError(f"--steps: must be >= 1, got {args.steps}")
         if args.step is not None:
             checkpoints.find(args.run, args.step)
-        sweep = Sweep.create(args.out or args.run / "components", components.spec(args.run, args.steps, args.step), command="components")
+        sweep = Sweep.create(
+            args.out or args.run / "components",
+            components.spec(args.run, args.steps, args.step),
+            command="components",
+        )
     args.resumable = sweep.out
     print(f"components: {len(sweep.trials)} groups, each trained alone, in {sweep.out}")
     sweep.run("local", args.workers, progress=not args.quiet)
@@ -459,7 +663,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
     if len(runs) < 2:
-        raise UsageError(f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}")
+        raise UsageError(
+            f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"
+        )
     print(f"wrote {forecast_study.write(forecast_study.study(runs, args.every), args.out)}")
     return 0
 
@@ -483,10 +689,14 @@ def _interrupt_hint(args: argparse.Namespace) -> str:
     """What to run after an interrupt: the interrupted command's own way to go on, with its path."""
     if args.command in ("sweep", "components"):
         out = getattr(args, "resumable", None)
-        return f"resume with `abrupt {args.command} --resume {out}`" if out else "nothing was started"
+        return (
+            f"resume with `abrupt {args.command} --resume {out}`" if out else "nothing was started"
+        )
     if args.command == "analyze" and args.run is not None:
-        return (f"the analyses that finished are kept in {args.run / 'analysis'}; "
-                f"`abrupt analyze {args.run} --only NAMES` runs the others")
+        return (
+            f"the analyses that finished are kept in {args.run / 'analysis'}; "
+            f"`abrupt analyze {args.run} --only NAMES` runs the others"
+        )
     if args.command in ("report", "compare", "ood"):
         return f"nothing was lost; run `abrupt {args.command} {args.run}` again"
     return "resume with `abrupt train --resume DIR`"
@@ -548,9 +758,16 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     except (MemoryError, RuntimeError) as e:
         # torch reports a failed allocation as a RuntimeError (OutOfMemoryError on a GPU)
-        if not isinstance(e, MemoryError) and type(e).__name__ != "OutOfMemoryError" and "can't allocate memory" not in str(e):
+        if (
+            not isinstance(e, MemoryError)
+            and type(e).__name__ != "OutOfMemoryError"
+            and "can't allocate memory" not in str(e)
+        ):
             raise
-        print("abrupt: error: out of memory; lower model.hidden, train.batch_size or train.eval_size", file=sys.stderr)
+        print(
+            "abrupt: error: out of memory; lower model.hidden, train.batch_size or train.eval_size",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -30,18 +30,24 @@ class Batch:
     target: torch.Tensor  # (B, m*n) float32, the rounded full matrix
     mask: torch.Tensor  # (B, m*n) bool, True where hidden
     matrix: torch.Tensor  # (B, m, n) float32, unrounded X
-    pad: torch.Tensor | None = None  # (B, m*n) bool, True outside an example's own size (a size mixture)
+    pad: torch.Tensor | None = (
+        None  # (B, m*n) bool, True outside an example's own size (a size mixture)
+    )
     size: torch.Tensor | None = None  # (B,) int64, index into DataConfig.size_list()
 
     def to(self, device: torch.device | str) -> "Batch":
-        moved = {k: None if v is None else v.to(device) for k, v in dataclasses.asdict(self).items()}
+        moved = {
+            k: None if v is None else v.to(device) for k, v in dataclasses.asdict(self).items()
+        }
         return Batch(**moved)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
     def __getitem__(self, rows: slice) -> "Batch":
-        return Batch(**{k: None if v is None else v[rows] for k, v in dataclasses.asdict(self).items()})
+        return Batch(
+            **{k: None if v is None else v[rows] for k, v in dataclasses.asdict(self).items()}
+        )
 
 
 def hundredths(x: torch.Tensor) -> torch.Tensor:
@@ -78,14 +84,21 @@ def id_to_value(ids: torch.Tensor) -> torch.Tensor:
     return (ids - _OFFSET).double().div(100).float()
 
 
-def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator, shift: float = 0.0) -> torch.Tensor:
+def sample_factors(
+    cfg: DataConfig, batch: int, rows: int, gen: torch.Generator, shift: float = 0.0
+) -> torch.Tensor:
     shape = (batch, rows, cfg.rank)
     if cfg.distribution == "uniform":
         # `shift` (a curriculum) is added to the bounds so that shift 0 draws bit-identical factors
-        return (cfg.low + shift) + (cfg.high - cfg.low) * torch.rand(shape, generator=gen, device=gen.device)
+        return (cfg.low + shift) + (cfg.high - cfg.low) * torch.rand(
+            shape, generator=gen, device=gen.device
+        )
     if cfg.distribution == "signed":
-        # zero mean (so the plateau's high-order saddle stays) but |factor| >= mag_low (better conditioned)
-        magnitude = cfg.mag_low + (cfg.mag_high - cfg.mag_low) * torch.rand(shape, generator=gen, device=gen.device)
+        # zero mean (so the plateau's high-order saddle stays) but |factor| >= mag_low (better
+        # conditioned)
+        magnitude = cfg.mag_low + (cfg.mag_high - cfg.mag_low) * torch.rand(
+            shape, generator=gen, device=gen.device
+        )
         sign = torch.rand(shape, generator=gen, device=gen.device) < 0.5
         return torch.where(sign, -magnitude, magnitude) + shift
     if cfg.distribution == "gaussian":
@@ -98,7 +111,9 @@ def sample_factors(cfg: DataConfig, batch: int, rows: int, gen: torch.Generator,
     raise ValueError(f"unknown distribution '{cfg.distribution}'")
 
 
-def sample_matrices(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0) -> torch.Tensor:
+def sample_matrices(
+    cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0
+) -> torch.Tensor:
     u = sample_factors(cfg, batch, cfg.m, gen, shift)
     v = sample_factors(cfg, batch, cfg.n, gen, shift)
     return u @ v.transpose(1, 2)
@@ -109,7 +124,9 @@ def sample_mask(cfg: DataConfig, batch: int, gen: torch.Generator) -> torch.Tens
     return torch.rand((batch, cfg.m * cfg.n), generator=gen, device=gen.device) < cfg.p_mask
 
 
-def make_batch(matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False, check: bool = True) -> Batch:
+def make_batch(
+    matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False, check: bool = True
+) -> Batch:
     """Tokenize given matrices (B, m, n) under a given hidden-mask (B, m*n)."""
     flat = matrix.reshape(matrix.shape[0], -1)
     if clip:
@@ -119,7 +136,9 @@ def make_batch(matrix: torch.Tensor, mask: torch.Tensor, clip: bool = False, che
     return Batch(tokens=tokens, target=round_values(flat), mask=mask, matrix=matrix.float())
 
 
-def sample_batch(cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0, check: bool = True) -> Batch:
+def sample_batch(
+    cfg: DataConfig, batch: int, gen: torch.Generator, shift: float = 0.0, check: bool = True
+) -> Batch:
     """A batch drawn on `gen`'s device (a CUDA generator samples on the GPU: no host copy)."""
     matrix = sample_matrices(cfg, batch, gen, shift)
     mask = sample_mask(cfg, batch, gen)
@@ -149,7 +168,8 @@ def _mixture(cfg: DataConfig, matrix: torch.Tensor, mask: torch.Tensor, check: b
 def seeded_batch(cfg: DataConfig, count: int, seed: int) -> Batch:
     """The one seeded batch every analysis and baseline uses: matrices then masks from one stream
     seeded by `seed`, so batches that differ only in p_mask share their matrices and have nested
-    masks. Clipping follows `cfg.clip`: pass a copy with clip=True to evaluate out of distribution."""
+    masks. Clipping follows `cfg.clip`: pass a copy with clip=True to evaluate out of
+    distribution."""
     return sample_batch(cfg, count, generator(seed))
 
 

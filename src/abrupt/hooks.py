@@ -30,10 +30,15 @@ def act_name(kind: str, layer: int | None = None) -> str:
             raise ValueError(f"hook '{kind}' is model-level: it takes no layer")
         return f"hook_{kind}"
     if kind not in BLOCK_KINDS + ATTN_KINDS:
-        raise ValueError(f"unknown hook kind '{kind}'; one of {', '.join(MODEL_KINDS + BLOCK_KINDS + ATTN_KINDS)}")
+        raise ValueError(
+            f"unknown hook kind '{kind}'; one of "
+            f"{', '.join(MODEL_KINDS + BLOCK_KINDS + ATTN_KINDS)}"
+        )
     if layer is None:
         raise ValueError(f"hook '{kind}' is per layer: give a layer")
-    return f"blocks.{layer}.attn.hook_{kind}" if kind in ATTN_KINDS else f"blocks.{layer}.hook_{kind}"
+    return (
+        f"blocks.{layer}.attn.hook_{kind}" if kind in ATTN_KINDS else f"blocks.{layer}.hook_{kind}"
+    )
 
 
 @contextlib.contextmanager
@@ -96,7 +101,9 @@ class HookedModule(nn.Module):
         names = list(names)
         unknown = [n for n in names if n not in points]
         if unknown:
-            raise KeyError(f"unknown hook point(s) {unknown}; see {type(self).__name__}.hook_points()")
+            raise KeyError(
+                f"unknown hook point(s) {unknown}; see {type(self).__name__}.hook_points()"
+            )
         return [points[n] for n in names]
 
     @contextlib.contextmanager

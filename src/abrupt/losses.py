@@ -24,7 +24,9 @@ KEYS = ("loss", "loss_obs", "loss_mask", "mask_value")
 def _mean_over(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     w = where.to(values.dtype)
     count = w.sum()
-    return torch.where(count > 0, (values * w).sum() / count.clamp_min(1), torch.full_like(count, float("nan")))
+    return torch.where(
+        count > 0, (values * w).sum() / count.clamp_min(1), torch.full_like(count, float("nan"))
+    )
 
 
 def losses(pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
@@ -36,8 +38,12 @@ def losses(pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     sq = (pred - target) ** 2
     if batch.pad is not None:  # a size mixture: padding is no entry of any matrix
         real = ~batch.pad.to(pred.device)
-        return {"loss": _mean_over(sq, real), "loss_obs": _mean_over(sq, real & ~hidden),
-                "loss_mask": _mean_over(sq, hidden), "mask_value": _mean_over(pred.abs(), hidden)}
+        return {
+            "loss": _mean_over(sq, real),
+            "loss_obs": _mean_over(sq, real & ~hidden),
+            "loss_mask": _mean_over(sq, hidden),
+            "mask_value": _mean_over(pred.abs(), hidden),
+        }
     return {
         "loss": sq.mean(),
         "loss_obs": _mean_over(sq, ~hidden),
@@ -60,4 +66,7 @@ def per_size(pred: torch.Tensor, batch: Batch, names: list[str]) -> dict[str, fl
     """L_mask of each size of a mixture: {"loss_mask_5x5": ..., ...}."""
     sq = (pred.float() - batch.target.to(pred.device)) ** 2
     hidden, size = batch.mask.to(pred.device), batch.size.to(pred.device)
-    return {f"loss_mask_{name}": _mean_over(sq, hidden & (size == k)[:, None]).item() for k, name in enumerate(names)}
+    return {
+        f"loss_mask_{name}": _mean_over(sq, hidden & (size == k)[:, None]).item()
+        for k, name in enumerate(names)
+    }

@@ -19,7 +19,9 @@ from .progress import LABELS, PROGRESS_KEYS  # noqa: E402
 
 
 @contextlib.contextmanager
-def figure(path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+def figure(
+    path: Path, nrows: int = 1, ncols: int = 1, title: str | None = None, **kwargs: Any
+) -> Iterator[tuple[Any, Any]]:
     """`with figure(path, 1, 3, figsize=...) as (fig, axes):` draw; on exit the figure is laid
     out, saved to `path` and closed. `axes` is always a 2-D array (squeeze=False)."""
     kwargs.setdefault("dpi", 110)
@@ -49,7 +51,9 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    if rows and "eval_seq_acc" in rows[0]:  # a sequence task: cross-entropy on the outputs and accuracies
+    if (
+        rows and "eval_seq_acc" in rows[0]
+    ):  # a sequence task: cross-entropy on the outputs and accuracies
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_sequence(axes[0][0], axes[1][0], rows, summary)
         return
@@ -57,7 +61,9 @@ def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path)
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
         return
-    if rows and "prog_row_mass" in rows[0]:  # train.progress: what the model organises, under the losses
+    if (
+        rows and "prog_row_mass" in rows[0]
+    ):  # train.progress: what the model organises, under the losses
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_losses(axes[0][0], rows, summary)
             _draw_progress(axes[1][0], rows, summary)
@@ -81,14 +87,44 @@ def _draw_progress(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any])
 
 def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     steps = [r["step"] for r in rows]
-    top.plot(steps, [r["eval_loss"] for r in rows], color="black", lw=1.2, label="cross-entropy (written half)")
-    top.plot(steps, [r["eval_loss_obs"] for r in rows], color="tab:blue", lw=1.0, label="MSE of decoded value, observed")
-    top.plot(steps, [r["eval_loss_mask"] for r in rows], color="tab:red", lw=1.0, label="MSE of decoded value, hidden")
+    top.plot(
+        steps,
+        [r["eval_loss"] for r in rows],
+        color="black",
+        lw=1.2,
+        label="cross-entropy (written half)",
+    )
+    top.plot(
+        steps,
+        [r["eval_loss_obs"] for r in rows],
+        color="tab:blue",
+        lw=1.0,
+        label="MSE of decoded value, observed",
+    )
+    top.plot(
+        steps,
+        [r["eval_loss_mask"] for r in rows],
+        color="tab:red",
+        lw=1.0,
+        label="MSE of decoded value, hidden",
+    )
     top.set_yscale("log")
     top.legend(fontsize=7)
     top.grid(alpha=0.3, which="both")
-    bottom.plot(steps, [r["eval_acc_obs"] for r in rows], color="tab:blue", lw=1.2, label="accuracy, observed entries")
-    bottom.plot(steps, [r["eval_acc_mask"] for r in rows], color="tab:red", lw=1.2, label="accuracy, hidden entries")
+    bottom.plot(
+        steps,
+        [r["eval_acc_obs"] for r in rows],
+        color="tab:blue",
+        lw=1.2,
+        label="accuracy, observed entries",
+    )
+    bottom.plot(
+        steps,
+        [r["eval_acc_mask"] for r in rows],
+        color="tab:red",
+        lw=1.2,
+        label="accuracy, hidden entries",
+    )
     _mark_transition(top, summary)
     _mark_transition(bottom, summary, level=False)
     bottom.set_ylim(0, 1)
@@ -97,18 +133,40 @@ def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[s
     bottom.grid(alpha=0.3)
 
 
-def _draw_sequence(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def _draw_sequence(
+    top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]
+) -> None:
     steps = [r["step"] for r in rows]
-    top.plot(steps, [r["loss"] for r in rows], color="tab:gray", lw=0.8, label="cross-entropy, training batch")
-    top.plot(steps, [r["eval_loss"] for r in rows], color="black", lw=1.2, label="cross-entropy on outputs (evaluation)")
+    top.plot(
+        steps,
+        [r["loss"] for r in rows],
+        color="tab:gray",
+        lw=0.8,
+        label="cross-entropy, training batch",
+    )
+    top.plot(
+        steps,
+        [r["eval_loss"] for r in rows],
+        color="black",
+        lw=1.2,
+        label="cross-entropy on outputs (evaluation)",
+    )
     if summary.get("plateau_loss_mask"):
         top.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8, label="plateau")
     top.set_yscale("log")
     top.set_ylabel("nats per output token")
     top.legend(fontsize=7)
     top.grid(alpha=0.3, which="both")
-    bottom.plot(steps, [r["eval_acc"] for r in rows], color="tab:blue", lw=1.2, label="token accuracy")
-    bottom.plot(steps, [r["eval_seq_acc"] for r in rows], color="tab:green", lw=1.2, label="whole-sequence accuracy")
+    bottom.plot(
+        steps, [r["eval_acc"] for r in rows], color="tab:blue", lw=1.2, label="token accuracy"
+    )
+    bottom.plot(
+        steps,
+        [r["eval_seq_acc"] for r in rows],
+        color="tab:green",
+        lw=1.2,
+        label="whole-sequence accuracy",
+    )
     if summary.get("drop_step") is not None:
         for ax in (top, bottom):
             ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)
@@ -129,8 +187,14 @@ def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -
         ax.plot(steps, [r[prefix + key] for r in rows], label=label, color=color, lw=1.2)
     sizes = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
     for i, key in enumerate(sizes):
-        ax.plot(steps, [r.get(key) for r in rows], lw=0.9, ls="--", color=plt.cm.viridis(i / max(len(sizes) - 1, 1)),
-                label=f"L_mask {key.removeprefix('eval_loss_mask_')}")
+        ax.plot(
+            steps,
+            [r.get(key) for r in rows],
+            lw=0.9,
+            ls="--",
+            color=plt.cm.viridis(i / max(len(sizes) - 1, 1)),
+            label=f"L_mask {key.removeprefix('eval_loss_mask_')}",
+        )
     _mark_transition(ax, summary)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -143,18 +207,41 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
     """The detector's findings in the words of summary.json (README, "Transition terms"): the
     plateau level, the escape from the plateau, and the drop only when the run `dropped`."""
     if level and summary.get("plateau_loss_mask"):
-        ax.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8,
-                   label=f"plateau_loss_mask {summary['plateau_loss_mask']:.3g}")
+        ax.axhline(
+            summary["plateau_loss_mask"],
+            color="tab:red",
+            ls=":",
+            lw=0.8,
+            label=f"plateau_loss_mask {summary['plateau_loss_mask']:.3g}",
+        )
     if summary.get("escape_step") is not None:
-        ax.axvline(summary["escape_step"], color="tab:orange", ls=":", lw=1.0, label=f"escape_step {summary['escape_step']}")
+        ax.axvline(
+            summary["escape_step"],
+            color="tab:orange",
+            ls=":",
+            lw=1.0,
+            label=f"escape_step {summary['escape_step']}",
+        )
     if summary.get("dropped") and summary.get("drop_step") is not None:
-        ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.9, label=f"drop_step {summary['drop_step']} (dropped)")
+        ax.axvline(
+            summary["drop_step"],
+            color="gray",
+            ls="--",
+            lw=0.9,
+            label=f"drop_step {summary['drop_step']} (dropped)",
+        )
     end, p_steps = summary.get("plateau_end"), summary.get("plateau_steps")
     if level and end is not None and p_steps:  # the window rule's judge: F is read in this span
         f = summary.get("drop_factor")  # null on disk where the loss reached exactly 0: F unbounded
         f_text = f"{f:.3g}" if f is not None and math.isfinite(f) else "unbounded (loss 0)"
-        ax.axvspan(end, end + p_steps / 4, color="tab:green", alpha=0.12,
-                   label=f"plateau_end {end} + P/4: F {f_text}" + (" (sudden)" if summary.get("sudden") else ""))
+        ax.axvspan(
+            end,
+            end + p_steps / 4,
+            color="tab:green",
+            alpha=0.12,
+            label=f"plateau_end {end} + P/4: F {f_text}"
+            + (" (sudden)" if summary.get("sudden") else ""),
+        )
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -164,13 +251,40 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
     with figure(path, figsize=(6.4, 3.6), dpi=120) as (fig, axes):
         ax = axes[0][0]
         steps = [r["step"] for r in made]
-        ax.fill_between(steps, [r["forecast_low"] for r in made], [r["forecast_high"] for r in made], color="tab:blue",
-                        alpha=0.2, step="mid", label="interval")
-        ax.plot(steps, [r["forecast_escape"] for r in made], ".", color="tab:blue", ms=3, label="forecast escape step")
+        ax.fill_between(
+            steps,
+            [r["forecast_low"] for r in made],
+            [r["forecast_high"] for r in made],
+            color="tab:blue",
+            alpha=0.2,
+            step="mid",
+            label="interval",
+        )
+        ax.plot(
+            steps,
+            [r["forecast_escape"] for r in made],
+            ".",
+            color="tab:blue",
+            ms=3,
+            label="forecast escape step",
+        )
         if summary.get("escape_step") is not None:
-            ax.axhline(summary["escape_step"], color="tab:red", ls="--", lw=0.8, label=f"escape_step {summary['escape_step']}")
+            ax.axhline(
+                summary["escape_step"],
+                color="tab:red",
+                ls="--",
+                lw=0.8,
+                label=f"escape_step {summary['escape_step']}",
+            )
         lo = min(steps + [r["step"] for r in rows[:1]])
-        ax.plot([lo, rows[-1]["step"]], [lo, rows[-1]["step"]], color="gray", ls=":", lw=0.8, label="now")
+        ax.plot(
+            [lo, rows[-1]["step"]],
+            [lo, rows[-1]["step"]],
+            color="gray",
+            ls=":",
+            lw=0.8,
+            label="now",
+        )
         ax.set_xlabel("step the forecast was made at")
         ax.set_ylabel("forecast escape step")
         ax.legend(fontsize=7)

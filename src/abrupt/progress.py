@@ -20,10 +20,15 @@ from .hooks import act_name, mode
 
 PROGRESS_KEYS = ("prog_row_mass", "prog_col_mass", "prog_collapse", "prog_pos_purity")
 # figure legends (loss.png, the progress analysis), the sequence tasks' measures included
-LABELS = {"prog_row_mass": "max row mass of a head", "prog_col_mass": "max column mass of a head",
-          "prog_collapse": "representation collapse (mean cosine)", "prog_pos_purity": "position k-NN purity by column",
-          "prog_repetition": "repetition (equal consecutive predictions)", "prog_attn_l0": "attention progress, layer 0",
-          "prog_attn_l1": "attention progress, layer 1"}
+LABELS = {
+    "prog_row_mass": "max row mass of a head",
+    "prog_col_mass": "max column mass of a head",
+    "prog_collapse": "representation collapse (mean cosine)",
+    "prog_pos_purity": "position k-NN purity by column",
+    "prog_repetition": "repetition (equal consecutive predictions)",
+    "prog_attn_l0": "attention progress, layer 0",
+    "prog_attn_l1": "attention progress, layer 1",
+}
 
 
 def relation_masks(m: int, n: int) -> dict[str, torch.Tensor]:
@@ -38,7 +43,9 @@ def relation_masks(m: int, n: int) -> dict[str, torch.Tensor]:
     }
 
 
-def head_masses(pats: torch.Tensor, hidden: torch.Tensor, m: int, n: int) -> dict[str, torch.Tensor]:
+def head_masses(
+    pats: torch.Tensor, hidden: torch.Tensor, m: int, n: int
+) -> dict[str, torch.Tensor]:
     """Mean attention mass per (layer, head) on own row / column / self / observed keys, from
     patterns (L, B, H, T, T). Averaged over every query and, separately (suffix `_hidden`), over
     hidden queries only."""
@@ -51,12 +58,15 @@ def head_masses(pats: torch.Tensor, hidden: torch.Tensor, m: int, n: int) -> dic
     q_hidden = hidden.float()[None, :, None, :]  # (1, B, 1, Tq)
     for name, v in per_query.items():
         out[name] = v.mean(dim=(1, 3)).cpu()
-        out[f"{name}_hidden"] = ((v * q_hidden).sum(dim=(1, 3)) / q_hidden.sum(dim=(1, 3)).clamp_min(1)).cpu()
+        out[f"{name}_hidden"] = (
+            (v * q_hidden).sum(dim=(1, 3)) / q_hidden.sum(dim=(1, 3)).clamp_min(1)
+        ).cpu()
     return out
 
 
 def knn_purity(x: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Fraction of each point's k nearest neighbours (Euclidean, itself excluded) sharing its label."""
+    """Fraction of each point's k nearest neighbours (Euclidean, itself excluded) sharing its
+    label."""
     d = torch.cdist(x.double(), x.double())
     d.fill_diagonal_(float("inf"))
     nn = d.topk(k, largest=False).indices
@@ -72,13 +82,22 @@ def collapse(hidden: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def measures(model, tokens: torch.Tensor, hidden: torch.Tensor, m: int, n: int, pad: torch.Tensor | None = None) -> dict[str, float]:
+def measures(
+    model,
+    tokens: torch.Tensor,
+    hidden: torch.Tensor,
+    m: int,
+    n: int,
+    pad: torch.Tensor | None = None,
+) -> dict[str, float]:
     """The progress measures of `model` on a batch (tokens and hidden-mask, (B, T); padding of a
     size mixture is attended by no query)."""
     layers = len(model.blocks)
     names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
     with mode(model):
-        _, cache = model.run_with_cache(tokens, names=names, **({} if pad is None else {"pad": pad}))
+        _, cache = model.run_with_cache(
+            tokens, names=names, **({} if pad is None else {"pad": pad})
+        )
     pats = torch.stack([cache[name] for name in names[:-1]])
     masses = head_masses(pats, hidden, m, n)
     t = m * n
@@ -86,6 +105,10 @@ def measures(model, tokens: torch.Tensor, hidden: torch.Tensor, m: int, n: int, 
         "prog_row_mass": masses["row"].max().item() if n > 1 else float("nan"),
         "prog_col_mass": masses["column"].max().item() if m > 1 else float("nan"),
         "prog_collapse": collapse(cache[names[-1]]),
-        "prog_pos_purity": knn_purity(model.pos_embed.weight[:t].detach().cpu(), torch.arange(t) % n, min(4, t - 1)) if t > 4 else float("nan"),
+        "prog_pos_purity": knn_purity(
+            model.pos_embed.weight[:t].detach().cpu(), torch.arange(t) % n, min(4, t - 1)
+        )
+        if t > 4
+        else float("nan"),
     }
     return out

@@ -1,4 +1,5 @@
-"""One self-contained HTML page per run (`RUN/report.html`): the loss curve with the transition, then
+"""One self-contained HTML page per run (`RUN/report.html`): the loss curve with the transition,
+then
 each analysis with its figures, its numbers and the paper's finding beside ours.
 
 Reads only what training and the analyses wrote (summary.json, loss.png, analysis/*/), never a
@@ -10,6 +11,7 @@ files inside the run directory are embedded, whatever a results.json names.
 from __future__ import annotations
 
 import base64
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +22,28 @@ from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
 from .run.rundir import RunDirError, atomic_write_bytes, read_json
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#f3f3f3}img{max-width:100%}figure{margin:.5em 0}figcaption{font-size:11px;color:#666}
-.paper{background:#f6f8fa;border-left:4px solid #888;padding:.4em .8em}.ours{border-left:4px solid #c33;padding:.4em .8em}
-section{border-top:1px solid #ddd;margin-top:1.5em}"""
-
-TEMPLATE = """{% macro table(header, rows) %}<table><tr>{% for h in header %}<th>{{ h }}</th>{% endfor %}</tr>
-{% for row in rows %}<tr>{% for v in row %}<td>{{ cell(v) }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>abrupt report: {{ name }}</title>
-<style>{{ style }}</style></head><body>
-<h1>abrupt report: {{ name }}</h1>
-<p>Preset <b>{{ c.preset }}</b>, seed {{ c.seed }}: {{ c.model.layers }} layers, {{ c.model.heads }} heads, width {{ c.model.hidden }};
-{{ c.data.m }}×{{ c.data.n }} rank-{{ c.data.rank }} matrices, p_mask {{ c.data.p_mask }}; lr {{ c.train.lr }}, batch {{ c.train.batch_size }}.</p>
-<section><h2>Loss and the transition</h2><p>{{ transition }}</p>{{ fig(loss_png) }}{{ fig(forecast_png) }}</section>
-{% if not sections %}<p>No analyses yet: run <code>abrupt analyze RUN</code>.</p>{% endif %}
-{% if skipped %}<p>Not run on this run: {% for name, why in skipped.items() %}<b>{{ name }}</b> ({{ why }}){{ "; " if not loop.last }}{% endfor %}.</p>{% endif %}
-{% for s in sections %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
-{% if s.selection %}<p><i>{{ s.selection }}</i></p>{% endif %}
-<div class="paper"><b>Paper:</b> {{ s.paper }}</div>
-<div class="ours"><b>This run:</b>{% for b in s.blocks %}{% if b.header is defined and b.rows|length > long %}{{ table(b.header, b.rows[:shown]) }}
-<details><summary>{{ b.rows|length - shown }} more rows</summary>{{ table(b.header, b.rows[shown:]) }}</details>
-{% elif b.header is defined %}{{ table(b.header, b.rows) }}{% else %}<p>{{ b.text }}</p>{% endif %}{% endfor %}</div>
-{% for f in s.figures %}{{ fig(f) }}{% endfor %}</section>
-{% endfor %}
-<script>
-window.addEventListener('load', () => {
-  const imgs = [...document.images];
-  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.images = ok + '/' + imgs.length;
-});
-</script></body></html>"""
+# The page's template and style: package files beside this module (HTML and CSS, not Python).
+_TEMPLATES = resources.files("abrupt") / "templates"
+STYLE = (_TEMPLATES / "report.css").read_text().strip()
+TEMPLATE = (_TEMPLATES / "report.html.j2").read_text()
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-LONG_TABLE, SHOWN_ROWS = 16, 10  # a table of more rows shows its first ten and folds the rest into a <details> element
+LONG_TABLE, SHOWN_ROWS = (
+    16,
+    10,
+)  # a table of more rows shows its first ten and folds the rest into a <details> element
 
 
 def _figure_html(path: Path | None) -> Any:
     if path is None:
         return ""
     data = base64.b64encode(path.read_bytes()).decode()
-    return _ENV.from_string('<figure><img src="data:image/png;base64,{{ d }}" alt="{{ n }}"><figcaption>{{ n }}</figcaption></figure>').render(d=data, n=path.name)
+    return _ENV.from_string(
+        '<figure><img src="data:image/png;base64,{{ d }}" alt="{{ n }}"><figcaption>{{ n '
+        "}}</figcaption></figure>"
+    ).render(d=data, n=path.name)
 
 
 def _inside(run_dir: Path, folder: Path, name: Any) -> Path | None:
@@ -76,22 +58,49 @@ def _inside(run_dir: Path, folder: Path, name: Any) -> Path | None:
 
 
 def _transition(summary: dict[str, Any]) -> str:
-    """summary.json in the words of the README's glossary ("Transition terms"), the same as loss.png's."""
+    """summary.json in the words of the README's glossary ("Transition terms"), the same as
+    loss.png's."""
+
     def get(key: str) -> str:
         return number(summary.get(key))
 
     parts = [f"plateau_start {get('plateau_start')}, plateau_loss_mask {get('plateau_loss_mask')}"]
     if summary.get("plateau_end") is not None:
-        parts.append(f"plateau_end {get('plateau_end')} (25% below the plateau), plateau_steps {get('plateau_steps')} (P)")
-    parts.append(f"escape_step {get('escape_step')}" if summary.get("escape_step") is not None else "no escape_step (never 20% below the plateau)")
-    parts.append(f"drop_step {get('drop_step')} (below half the plateau)" if summary.get("drop_step") is not None else "no drop_step (never below half the plateau)")
-    parts.append(f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask {get('final_loss_mask')} after {get('steps')} steps; "
-                 "dropped needs 10x below the plateau)")
-    f = get("drop_factor") if summary.get("drop_factor") is not None else "unbounded (the loss reached 0)"
-    factor = f" (drop_factor {f} within P/4 steps after plateau_end; sudden needs 5)" if summary.get("plateau_end") is not None else ""
+        parts.append(
+            f"plateau_end {get('plateau_end')} (25% below the plateau), plateau_steps "
+            f"{get('plateau_steps')} (P)"
+        )
+    parts.append(
+        f"escape_step {get('escape_step')}"
+        if summary.get("escape_step") is not None
+        else "no escape_step (never 20% below the plateau)"
+    )
+    parts.append(
+        f"drop_step {get('drop_step')} (below half the plateau)"
+        if summary.get("drop_step") is not None
+        else "no drop_step (never below half the plateau)"
+    )
+    parts.append(
+        f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask "
+        f"{get('final_loss_mask')} after {get('steps')} steps; "
+        "dropped needs 10x below the plateau)"
+    )
+    f = (
+        get("drop_factor")
+        if summary.get("drop_factor") is not None
+        else "unbounded (the loss reached 0)"
+    )
+    factor = (
+        f" (drop_factor {f} within P/4 steps after plateau_end; sudden needs 5)"
+        if summary.get("plateau_end") is not None
+        else ""
+    )
     parts.append(f"sudden {'yes' if summary.get('sudden') else 'no'}{factor}")
     if summary.get("fall_ratio") is not None:
-        parts.append(f"fall_ratio {get('fall_ratio')} (fall_start {get('fall_start')} to fall_end {get('fall_end')})")
+        parts.append(
+            f"fall_ratio {get('fall_ratio')} (fall_start {get('fall_start')} to fall_end "
+            f"{get('fall_end')})"
+        )
     return "; ".join(parts) + "."
 
 
@@ -102,13 +111,32 @@ def _sections(run_dir: Path) -> list[dict[str, Any]]:
         mod, folder = analyses[name], run_dir / "analysis" / name
         try:
             notes = r.get("notes") if isinstance(r.get("notes"), list) else []
-            blocks = ([Text(f"Adjusted to this run: {'; '.join(map(str, notes))}.")] if notes else []) + mod.render(r)
+            blocks = (
+                [Text(f"Adjusted to this run: {'; '.join(map(str, notes))}.")] if notes else []
+            ) + mod.render(r)
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            blocks = [Text(f"results.json of {name} could not be read ({type(e).__name__}: {e}); rerun `abrupt analyze --only {name}`.")]
-        names = r.get("figures") if isinstance(r.get("figures"), list) else sorted(p.name for p in folder.glob("*.png"))
+            blocks = [
+                Text(
+                    f"results.json of {name} could not be read ({type(e).__name__}: {e}); rerun "
+                    f"`abrupt analyze --only {name}`."
+                )
+            ]
+        names = (
+            r.get("figures")
+            if isinstance(r.get("figures"), list)
+            else sorted(p.name for p in folder.glob("*.png"))
+        )
         figures = [p for p in (_inside(run_dir, folder, f) for f in names) if p is not None]
-        out.append({"name": name, "title": mod.TITLE, "paper": mod.PAPER, "selection": r.get("selection"),
-                    "blocks": [b for b in blocks if isinstance(b, (Table, Text))], "figures": figures})
+        out.append(
+            {
+                "name": name,
+                "title": mod.TITLE,
+                "paper": mod.PAPER,
+                "selection": r.get("selection"),
+                "blocks": [b for b in blocks if isinstance(b, (Table, Text))],
+                "figures": figures,
+            }
+        )
     return out
 
 
@@ -121,18 +149,32 @@ def _skipped(run_dir: Path) -> dict[str, str]:
 def build(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").exists():
-        raise RunDirError(f"{run_dir} has no summary.json; train it (or run `abrupt plot {run_dir}`) first")
+        raise RunDirError(
+            f"{run_dir} has no summary.json; train it (or run `abrupt plot {run_dir}`) first"
+        )
     summary, config = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
     if not isinstance(summary, dict) or not isinstance(config, dict):
         raise RunDirError(f"{run_dir}: summary.json and config.json must hold JSON objects")
     loss_png = _inside(run_dir, run_dir, "loss.png")
     try:
         page = _ENV.from_string(TEMPLATE).render(
-            name=run_dir.resolve().name, style=STYLE, c=config, transition=_transition(summary), loss_png=loss_png,
+            name=run_dir.resolve().name,
+            style=STYLE,
+            c=config,
+            transition=_transition(summary),
+            loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),
-            sections=_sections(run_dir), skipped=_skipped(run_dir), cell=number, long=LONG_TABLE, shown=SHOWN_ROWS, fig=lambda p: Markup(_figure_html(p)))
+            sections=_sections(run_dir),
+            skipped=_skipped(run_dir),
+            cell=number,
+            long=LONG_TABLE,
+            shown=SHOWN_ROWS,
+            fig=lambda p: Markup(_figure_html(p)),
+        )
     except jinja2.UndefinedError as e:
-        raise RunDirError(f"{run_dir / 'config.json'} lacks a field the report needs ({e})") from None
+        raise RunDirError(
+            f"{run_dir / 'config.json'} lacks a field the report needs ({e})"
+        ) from None
     path = run_dir / "report.html"
     atomic_write_bytes(path, page.encode())
     return path

@@ -8,7 +8,8 @@ alone.
 
 Every hook acts on each matrix and position alone, the batch mean being computed beforehand over
 the whole batch: the numbers do not depend on how prediction splits the batch into chunks
-(models.layers.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full reruns.
+(models.layers.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full
+reruns.
 """
 
 from __future__ import annotations
@@ -18,17 +19,34 @@ from typing import Annotated, Any, Sequence
 
 import torch
 
+from .. import hooks
 from ..config import Config
 from ..data import Batch, seeded_batch
-from ..hooks import act_name, mode
-from ..models import layers
+from ..hooks import act_name
 from ..losses import evaluate
+from ..models import layers
 from ..models.bert import MatrixBert
-from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, each, group_by_layer, loss_cells, one_of, parse_heads, plot_head_tables
+from .common import (
+    Count,
+    Inputs,
+    Result,
+    Seed,
+    Table,
+    Text,
+    each,
+    group_by_layer,
+    loss_cells,
+    needs_hidden,
+    one_of,
+    parse_heads,
+    plot_head_tables,
+)
 
 TITLE = "Attention ablation"
-PAPER = ("Replacing attention patterns by input-independent (batch-mean) or uniform ones raises the "
-         "loss after the drop: the model needs input-dependent attention.")
+PAPER = (
+    "Replacing attention patterns by input-independent (batch-mean) or uniform ones raises the "
+    "loss after the drop: the model needs input-dependent attention."
+)
 ORDER = 60
 
 MODES = ("mean", "uniform", "zero")
@@ -44,34 +62,46 @@ def check_modes(modes: Sequence[str]) -> None:
 def mean_patterns(model: MatrixBert, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """{layer: (H, L, L)} each head's attention pattern averaged over the whole batch, on the
     sequences the intact model reads when it predicts (`prediction_inputs`: L = T for the BERT,
-    2T for the GPT variant); summed in float64 over chunks of models.layers.CHUNK matrices, so the mean
+    2T for the GPT variant); summed in float64 over chunks of models.layers.CHUNK matrices, so the
+    mean
     is the same whatever the chunk size."""
     names = {l: act_name("pattern", l) for l in range(len(model.blocks))}
     total: dict[int, torch.Tensor] = {}
-    with mode(model):
+    with hooks.mode(model):
         for i in range(0, len(tokens), layers.CHUNK):
-            _, cache = model.run_with_cache(model.prediction_inputs(tokens[i : i + layers.CHUNK]), names=list(names.values()))
+            _, cache = model.run_with_cache(
+                model.prediction_inputs(tokens[i : i + layers.CHUNK]), names=list(names.values())
+            )
             for l, name in names.items():
                 part = cache[name].double().sum(dim=0)
                 total[l] = part if l not in total else total[l] + part
     return {l: (s / len(tokens)).float() for l, s in total.items()}
 
 
-def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str, causal: bool = False,
-                   means: dict[int, torch.Tensor] | None = None):
+def ablation_hooks(
+    heads: Sequence[tuple[int, int]],
+    mode: str,
+    causal: bool = False,
+    means: dict[int, torch.Tensor] | None = None,
+):
     """Hooks ablating `heads` by `mode`; `causal`: the model's queries see only earlier keys;
     `means`: the batch-mean patterns (`mean_patterns`) that mode `mean` writes. A hook's pattern
     is (B, H, Tq, Tk) with its queries the last Tq of Tk positions (fewer under a KV cache)."""
     check_modes([mode])
     if mode == "mean" and means is None:
-        raise ValueError("ablation mode 'mean' needs the batch-mean patterns (ablation.mean_patterns)")
+        raise ValueError(
+            "ablation mode 'mean' needs the batch-mean patterns (ablation.mean_patterns)"
+        )
     hooks = []
     for layer, hs in group_by_layer(heads).items():
         if mode == "zero":
+
             def fn(z, point, hs=hs):
                 z[:, :, hs] = 0  # the hook holds its own copy (hooks.HookPoint)
+
             hooks.append((act_name("z", layer), fn))
         else:
+
             def fn(p, point, hs=hs, layer=layer):
                 tq, tk = p.shape[-2:]
                 if mode == "mean":
@@ -80,12 +110,18 @@ def ablation_hooks(heads: Sequence[tuple[int, int]], mode: str, causal: bool = F
                     seen = torch.ones(tq, tk, dtype=p.dtype, device=p.device)
                     seen = seen.tril(tk - tq) if causal else seen
                     p[:, hs] = seen / seen.sum(-1, keepdim=True)
+
             hooks.append((act_name("pattern", layer), fn))
     return hooks
 
 
-def ablate(model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], mode: str,
-           means: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
+def ablate(
+    model: MatrixBert,
+    batch: Batch,
+    heads: Sequence[tuple[int, int]],
+    mode: str,
+    means: dict[int, torch.Tensor] | None = None,
+) -> dict[str, float]:
     """Losses with `heads` ablated; mode `mean` computes the batch-mean patterns unless given."""
     if mode == "mean" and means is None:
         means = mean_patterns(model, batch.tokens)
@@ -100,20 +136,36 @@ def unsupported(cfg: Config) -> str | None:
     return needs_hidden(cfg)
 
 
-def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all",
-        modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES) -> Result:
+def run(
+    inputs: Inputs,
+    seed: Seed = 0,
+    n: Count = 256,
+    heads: str = "all",
+    modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES,
+) -> Result:
     """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
     batch = seeded_batch(inputs.data, n, seed)
-    numbers: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "modes": list(modes), "steps": {}}
+    numbers: dict[str, Any] = {
+        "seed": seed,
+        "n": n,
+        "heads": heads,
+        "modes": list(modes),
+        "steps": {},
+    }
     for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
-        entry: dict[str, Any] = {"none": evaluate(model, batch), "chosen": {}, "per_head_loss_mask": {}}
+        entry: dict[str, Any] = {
+            "none": evaluate(model, batch),
+            "chosen": {},
+            "per_head_loss_mask": {},
+        }
         chosen = parse_heads(heads, layers, nheads)
         means = mean_patterns(model, batch.tokens) if "mean" in modes else None
         for mode in modes:
             entry["chosen"][mode] = ablate(model, batch, chosen, mode, means)
             entry["per_head_loss_mask"][mode] = [
-                [ablate(model, batch, [(l, h)], mode, means)["loss_mask"] for h in range(nheads)] for l in range(layers)
+                [ablate(model, batch, [(l, h)], mode, means)["loss_mask"] for h in range(nheads)]
+                for l in range(layers)
             ]
         numbers["steps"][step] = entry
     return Result(numbers)
@@ -124,8 +176,17 @@ def plot(result: Result, out: Path) -> list[Path]:
     for step, entry in result.numbers["steps"].items():
         for mode, table in entry["per_head_loss_mask"].items():
             base = entry["none"]["loss_mask"]
-            tables[f"step {step}, {mode}: L_mask / unablated"] = [[v / base for v in row] for row in table]
-    return [plot_head_tables(tables, out / "ablation_per_head.png", "L_mask with one head ablated, relative to the intact model", center=1.0)]
+            tables[f"step {step}, {mode}: L_mask / unablated"] = [
+                [v / base for v in row] for row in table
+            ]
+    return [
+        plot_head_tables(
+            tables,
+            out / "ablation_per_head.png",
+            "L_mask with one head ablated, relative to the intact model",
+            center=1.0,
+        )
+    ]
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:

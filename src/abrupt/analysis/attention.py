@@ -24,13 +24,19 @@ from ..progress import head_masses
 from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Attention maps (Fig. 4, 5)"
-PAPER = ("After the drop some heads attend to the query's row (e.g. layer 2 head 1) or column "
-         "(layer 2 head 2) and to observed entries; before it the patterns are trivial (Fig. 4, 5).")
+PAPER = (
+    "After the drop some heads attend to the query's row (e.g. layer 2 head 1) or column "
+    "(layer 2 head 2) and to observed entries; before it the patterns are trivial (Fig. 4, 5)."
+)
 ORDER = 20
 
 
 def unsupported(cfg: Config) -> str | None:
-    return "a row/column analysis needs at least a 2x2 matrix" if min(cfg.data.m, cfg.data.n) < 2 else None
+    return (
+        "a row/column analysis needs at least a 2x2 matrix"
+        if min(cfg.data.m, cfg.data.n) < 2
+        else None
+    )
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:
@@ -39,18 +45,24 @@ def check(options: dict[str, Any], cfg: Config) -> None:
         structured_mask(cfg.data, 1, mode, lines, options.get("keep", 0))
 
 
-def structured_mask(data: DataConfig, count: int, mode: str, lines: tuple[int, ...], keep: int) -> torch.Tensor:
+def structured_mask(
+    data: DataConfig, count: int, mode: str, lines: tuple[int, ...], keep: int
+) -> torch.Tensor:
     """(count, m*n) hidden-mask: `lines` (rows or columns) hidden except entry `keep` of each."""
     hidden = torch.zeros(data.m, data.n, dtype=torch.bool)
     for line in lines:
         if mode == "rows":
             if not (0 <= line < data.m and 0 <= keep < data.n):
-                raise ValueError(f"rows mask: row {line} / kept column {keep} outside {data.m}x{data.n}")
+                raise ValueError(
+                    f"rows mask: row {line} / kept column {keep} outside {data.m}x{data.n}"
+                )
             hidden[line, :] = True
             hidden[line, keep] = False
         elif mode == "columns":
             if not (0 <= line < data.n and 0 <= keep < data.m):
-                raise ValueError(f"columns mask: column {line} / kept row {keep} outside {data.m}x{data.n}")
+                raise ValueError(
+                    f"columns mask: column {line} / kept row {keep} outside {data.m}x{data.n}"
+                )
             hidden[:, line] = True
             hidden[keep, line] = False
         else:
@@ -93,10 +105,22 @@ def run(
     random = seeded_batch(data, n, seed)
     batches = {"random": random}
     for mode in ("rows", "columns"):
-        batches[mode] = make_batch(random.matrix, structured_mask(data, n, mode, lines, keep), clip=True)
-    numbers: dict[str, Any] = {"seed": seed, "n": n, "lines": list(lines), "keep": keep, "head_threshold": head_threshold,
-                               "chance": {"row": (data.n - 1) / (data.m * data.n), "column": (data.m - 1) / (data.m * data.n),
-                                          "observed": 1 - data.p_mask}, "steps": {}}
+        batches[mode] = make_batch(
+            random.matrix, structured_mask(data, n, mode, lines, keep), clip=True
+        )
+    numbers: dict[str, Any] = {
+        "seed": seed,
+        "n": n,
+        "lines": list(lines),
+        "keep": keep,
+        "head_threshold": head_threshold,
+        "chance": {
+            "row": (data.n - 1) / (data.m * data.n),
+            "column": (data.m - 1) / (data.m * data.n),
+            "observed": 1 - data.p_mask,
+        },
+        "steps": {},
+    }
     maps, random_masses = {}, {}
     for step, model in inputs.models.items():
         entry = {}
@@ -113,13 +137,18 @@ def run(
     for step, model in inputs.all_checkpoints().items():
         if step not in random_masses:
             random_masses[step] = head_masses(patterns(model, random), random.mask, data.m, data.n)
-        numbers["across"][step] = {k: random_masses[step][k].tolist() for k in ("row", "column", "observed")}
+        numbers["across"][step] = {
+            k: random_masses[step][k].tolist() for k in ("row", "column", "observed")
+        }
     return Result(numbers, {"maps": maps, "grid": (data.m, data.n)})
 
 
 def plot(result: Result, out: Path) -> list[Path]:
     grid = result.figure_data["grid"]
-    paths = [_plot_map(maps, mode, step, grid, out) for (mode, step), maps in result.figure_data["maps"].items()]
+    paths = [
+        _plot_map(maps, mode, step, grid, out)
+        for (mode, step), maps in result.figure_data["maps"].items()
+    ]
     if result.numbers["across"]:
         paths.append(_plot_across(result.numbers, out))
     return paths
@@ -132,13 +161,25 @@ def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], o
     m, n = grid
     path = out / f"maps_{mode}_step{step}.png"
     vmax = float(maps.max())
-    title = (f"attention, {mode} masks, step {step}: query (down) x key (across),\npositions row-major, "
-             f"r = first position of matrix row r; colour 0 to {vmax:.2f}")
+    title = (
+        f"attention, {mode} masks, step {step}: query (down) x key (across),\npositions row-major, "
+        f"r = first position of matrix row r; colour 0 to {vmax:.2f}"
+    )
     starts = [r * n for r in range(m)]
-    with figure(path, layers, heads, title=title, figsize=(0.6 + 1.6 * heads, 0.8 + 1.6 * layers), dpi=100,
-                sharex=True, sharey=True) as (fig, axes):
+    with figure(
+        path,
+        layers,
+        heads,
+        title=title,
+        figsize=(0.6 + 1.6 * heads, 0.8 + 1.6 * layers),
+        dpi=100,
+        sharex=True,
+        sharey=True,
+    ) as (fig, axes):
         labels = [f"r{r}" for r in range(m)]
-        axes[0][0].set_xticks(starts, labels, fontsize=7)  # shared by every panel, labelled on the outer ones
+        axes[0][0].set_xticks(
+            starts, labels, fontsize=7
+        )  # shared by every panel, labelled on the outer ones
         axes[0][0].set_yticks(starts, labels, fontsize=7)
         for l in range(layers):
             for h in range(heads):
@@ -166,7 +207,14 @@ def _plot_across(numbers: dict[str, Any], out: Path) -> Path:
             ax = axes[0][l]
             for h in range(heads):
                 ax.plot(xs, row[:, l, h], color=plt.cm.tab10(h % 10), lw=1.2, label=f"h{h} row")
-                ax.plot(xs, col[:, l, h], color=plt.cm.tab10(h % 10), lw=1.2, ls="--", label=f"h{h} column")
+                ax.plot(
+                    xs,
+                    col[:, l, h],
+                    color=plt.cm.tab10(h % 10),
+                    lw=1.2,
+                    ls="--",
+                    label=f"h{h} column",
+                )
             ax.axhline(numbers["chance"]["row"], color="gray", lw=0.6, ls=":")
             ax.set_xscale("log")
             ax.set_title(f"layer {l}: row (solid) / column (dashed) mass", fontsize=8)
@@ -177,16 +225,50 @@ def _plot_across(numbers: dict[str, Any], out: Path) -> Path:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    out: list[Table | Text] = [Text(
-        f"Chance masses: row {r['chance']['row']:.3f}, column {r['chance']['column']:.3f}, observed {r['chance']['observed']:.2f}. "
-        f"A head with mass ≥ {r['head_threshold']} on the query's row (column) is listed as a row (column) head.")]
+    out: list[Table | Text] = [
+        Text(
+            f"Chance masses: row {r['chance']['row']:.3f}, column {r['chance']['column']:.3f}, "
+            f"observed {r['chance']['observed']:.2f}. "
+            f"A head with mass ≥ {r['head_threshold']} on the query's row (column) is listed as a "
+            "row (column) head."
+        )
+    ]
     rows = []
     for step, e in r["steps"].items():
         masses = e["random"]
-        for l, (row_l, col_l, obs_l) in enumerate(zip(masses["row"], masses["column"], masses["observed"])):
+        for l, (row_l, col_l, obs_l) in enumerate(
+            zip(masses["row"], masses["column"], masses["observed"])
+        ):
             for h in range(len(row_l)):
-                rows.append([step, f"{l}:{h}", row_l[h], col_l[h], obs_l[h], masses["row_hidden"][l][h], masses["column_hidden"][l][h]])
-        out.append(Text(f"Step {step}: row heads {', '.join(e['row_heads']) or 'none'}; "
-                        f"column heads {', '.join(e['column_heads']) or 'none'}."))
-    out.append(Table(["step", "layer:head", "row mass", "column mass", "observed mass", "row (hidden q)", "column (hidden q)"], rows))
+                rows.append(
+                    [
+                        step,
+                        f"{l}:{h}",
+                        row_l[h],
+                        col_l[h],
+                        obs_l[h],
+                        masses["row_hidden"][l][h],
+                        masses["column_hidden"][l][h],
+                    ]
+                )
+        out.append(
+            Text(
+                f"Step {step}: row heads {', '.join(e['row_heads']) or 'none'}; "
+                f"column heads {', '.join(e['column_heads']) or 'none'}."
+            )
+        )
+    out.append(
+        Table(
+            [
+                "step",
+                "layer:head",
+                "row mass",
+                "column mass",
+                "observed mass",
+                "row (hidden q)",
+                "column (hidden q)",
+            ],
+            rows,
+        )
+    )
     return out

@@ -8,24 +8,25 @@ and optionally:
     check(options, cfg)                  raise ValueError for options that do not fit this run
     unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
-    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped there)
+    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped
+    there)
 The registry finds such modules by themselves: a new analysis is one new file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-import math
 from typing import Annotated, Any, Callable
 
 import numpy as np
 
-from ..run import checkpoints
 from ..config import Config, DataConfig
 from ..models.bert import MatrixBert
 from ..plots import figure
+from ..run import checkpoints
 from ..run.rundir import RunDirError, read_config, read_json, read_metrics
 
 
@@ -59,17 +60,29 @@ def one_of(*choices: str) -> Check:
 
 def each(check: Check) -> Check:
     """A non-empty tuple whose every element passes `check`."""
-    return Check(lambda vs: len(vs) > 0 and all(check.ok(v) for v in vs), f"a non-empty comma-separated list, each {check.need}")
+    return Check(
+        lambda vs: len(vs) > 0 and all(check.ok(v) for v in vs),
+        f"a non-empty comma-separated list, each {check.need}",
+    )
 
 
 def bert_only(cfg: Config) -> str | None:
-    """For `unsupported`: analyses that read one scalar prediction, or the BERT's value tokens, per position."""
-    return "it reads one scalar prediction per position, which the GPT variant does not make" if cfg.model.arch != "bert" else None
+    """For `unsupported`: analyses that read one scalar prediction, or the BERT's value tokens, per
+    position."""
+    return (
+        "it reads one scalar prediction per position, which the GPT variant does not make"
+        if cfg.model.arch != "bert"
+        else None
+    )
 
 
 def needs_hidden(cfg: Config) -> str | None:
     """For `unsupported`: analyses measured on hidden entries cannot run without any."""
-    return "it is measured on hidden entries, and this run has none (data.p_mask = 0)" if cfg.data.p_mask == 0 else None
+    return (
+        "it is measured on hidden entries, and this run has none (data.p_mask = 0)"
+        if cfg.data.p_mask == 0
+        else None
+    )
 
 
 Count = Annotated[int, at_least(1)]  # how many matrices an analysis evaluates
@@ -95,8 +108,16 @@ class Table:
         cells = [list(self.header)] + [[number(v) for v in row] for row in self.rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.header))]
         # numbers right-aligned, text left-aligned, each header as its column
-        right = [all(isinstance(row[i], (int, float)) for row in self.rows) for i in range(len(self.header))]
-        return "\n".join("  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(line, widths, right)).rstrip() for line in cells)
+        right = [
+            all(isinstance(row[i], (int, float)) for row in self.rows)
+            for i in range(len(self.header))
+        ]
+        return "\n".join(
+            "  ".join(
+                c.rjust(w) if r else c.ljust(w) for c, w, r in zip(line, widths, right)
+            ).rstrip()
+            for line in cells
+        )
 
 
 def number(v: Any) -> str:
@@ -131,7 +152,9 @@ class Inputs:
     load_all: Callable[[], dict[int, MatrixBert]] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
     summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
-    config: Config | None = None  # the run's whole configuration (its task, for task-generic analyses)
+    config: Config | None = (
+        None  # the run's whole configuration (its task, for task-generic analyses)
+    )
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -157,7 +180,8 @@ class Inputs:
 
 @dataclass
 class RunView:
-    """A run directory opened for analysis: configuration, checkpoints, the default pre/post steps."""
+    """A run directory opened for analysis: configuration, checkpoints, the default pre/post
+    steps."""
 
     path: Path
     cfg: Config
@@ -177,8 +201,14 @@ class RunView:
         models = {s: self.model(s) for s in steps}
         # analyses see the model's whole grid: a size mixture's largest size, no padding
         data = dataclasses.replace(self.cfg.data, sizes="")
-        return Inputs(models, data, lambda: {s: models[s] if s in models else self.model(s) for s in self.steps},
-                      read_metrics(self.path), self.summary, config=self.cfg)
+        return Inputs(
+            models,
+            data,
+            lambda: {s: models[s] if s in models else self.model(s) for s in self.steps},
+            read_metrics(self.path),
+            self.summary,
+            config=self.cfg,
+        )
 
 
 def open_run(path: Path, device: str = "cpu") -> RunView:
@@ -202,7 +232,11 @@ def choose_pre_post(
     of the plateau level (a drop can start with a slow slide before the detected halving);
     post-drop: the last one. Without a drop: the earliest trained and the last checkpoint."""
     trained = [s for s in steps if s > 0] or steps
-    drop, start, level = summary.get("drop_step"), summary.get("plateau_start"), summary.get("plateau_loss_mask")
+    drop, start, level = (
+        summary.get("drop_step"),
+        summary.get("plateau_start"),
+        summary.get("plateau_loss_mask"),
+    )
     if drop is not None:
         before = [s for s in trained if s < drop]
         on_plateau = [s for s in before if start is None or s >= start]
@@ -211,14 +245,26 @@ def choose_pre_post(
             flat = [s for s in on_plateau if logged.get(s) is not None and logged[s] >= 0.9 * level]
             on_plateau = flat or on_plateau
         pre = (on_plateau or before or trained)[-1]
-        return pre, trained[-1], f"pre-drop step {pre} (on the plateau; drop detected at step {drop}), post-drop step {trained[-1]}"
-    return trained[0], trained[-1], (
-        f"no drop detected in this run: comparing the earliest trained checkpoint (step {trained[0]}) "
-        f"with the last (step {trained[-1]})"
+        return (
+            pre,
+            trained[-1],
+            f"pre-drop step {pre} (on the plateau; drop detected at step {drop}), post-drop step "
+            f"{trained[-1]}",
+        )
+    return (
+        trained[0],
+        trained[-1],
+        (
+            "no drop detected in this run: comparing the earliest trained checkpoint (step "
+            f"{trained[0]}) "
+            f"with the last (step {trained[-1]})"
+        ),
     )
 
 
-def group_by_layer(heads: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> dict[int, list[int]]:
+def group_by_layer(
+    heads: list[tuple[int, int]] | tuple[tuple[int, int], ...],
+) -> dict[int, list[int]]:
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -244,7 +290,9 @@ def parse_heads(spec: str, layers: int, heads: int) -> list[tuple[int, int]]:
     return out
 
 
-def plot_head_tables(tables: dict[str, list[list[float]]], path: Path, title: str, center: float | None = None) -> Path:
+def plot_head_tables(
+    tables: dict[str, list[list[float]]], path: Path, title: str, center: float | None = None
+) -> Path:
     """One layer x head heatmap per entry of `tables`, numbers written in the cells."""
     heads = len(next(iter(tables.values()))[0])
     size = (0.9 + 0.75 * heads * len(tables) + 1.2 * len(tables), 3.4)
@@ -252,10 +300,22 @@ def plot_head_tables(tables: dict[str, list[list[float]]], path: Path, title: st
         for ax, (name, table) in zip(axes[0], tables.items()):
             arr = np.array(table, dtype=float)
             spread = np.nanmax(np.abs(arr - center)) if center is not None else 0.0
-            kw = {"cmap": "RdBu_r", "vmin": center - spread, "vmax": center + spread} if center is not None else {"cmap": "viridis"}
+            kw = (
+                {"cmap": "RdBu_r", "vmin": center - spread, "vmax": center + spread}
+                if center is not None
+                else {"cmap": "viridis"}
+            )
             im = ax.imshow(arr, aspect="auto", **kw)
             for (l, h), v in np.ndenumerate(arr):
-                ax.text(h, l, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if center is not None else "white")
+                ax.text(
+                    h,
+                    l,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if center is not None else "white",
+                )
             ax.set_xlabel("head")
             ax.set_ylabel("layer")
             ax.set_xticks(range(arr.shape[1]))
@@ -271,8 +331,11 @@ def solver_outcomes(rows: list[dict[str, Any]]) -> str:
     inaccurate = sum(r.get("inaccurate", 0) for r in rows)
     if not failed and not inaccurate:
         return ""
-    return (f" Nuclear-norm problems not converged: {failed}; solved only inaccurately (CVXPY optimal_inaccurate): {inaccurate}"
-            " (rows: failures, inaccurate).")
+    return (
+        f" Nuclear-norm problems not converged: {failed}; solved only inaccurately (CVXPY "
+        f"optimal_inaccurate): {inaccurate}"
+        " (rows: failures, inaccurate)."
+    )
 
 
 def loss_cells(d: dict[str, float]) -> list[float]:

@@ -17,11 +17,14 @@ from ..baselines import score_methods
 from ..config import Config, DataConfig, validate_data
 from ..data import seeded_batch
 from ..plots import figure
-from .common import needs_hidden, Count, Inputs, Result, Seed, Table, Text, one_of, solver_outcomes
+from .common import Count, Inputs, Result, Seed, Table, Text, needs_hidden, one_of, solver_outcomes
 
 TITLE = "Out of distribution (Fig. 18, 19)"
-PAPER = ("Out of distribution the model behaves close to nuclear-norm minimization, except when the number of "
-         "columns changes, since position embeddings encode the column (Fig. 18, 19).")
+PAPER = (
+    "Out of distribution the model behaves close to nuclear-norm minimization, except when the "
+    "number of "
+    "columns changes, since position embeddings encode the column (Fig. 18, 19)."
+)
 ORDER = 90
 
 MIN_LINES = 3  # the fewest rows (columns) a row (column) variant has, as in the paper's Fig. 18/19
@@ -57,12 +60,21 @@ def default_variants(train: DataConfig) -> list[tuple[str, str, dict[str, Any]]]
 
 def omitted(train: DataConfig) -> list[str]:
     """Notes on the families a small run leaves empty."""
-    return [f"no {family} variants: they go down to {MIN_LINES} {family} and this run has {have}"
-            for family, have in (("rows", train.m), ("columns", train.n)) if have < MIN_LINES]
+    return [
+        f"no {family} variants: they go down to {MIN_LINES} {family} and this run has {have}"
+        for family, have in (("rows", train.m), ("columns", train.n))
+        if have < MIN_LINES
+    ]
 
 
-def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, solver: Annotated[str, one_of("torch", "cvxpy")] = "torch") -> Result:
-    """Each variant of `default_variants` on the last chosen checkpoint, with its own seeded batch."""
+def run(
+    inputs: Inputs,
+    seed: Seed = 0,
+    n: Count = 512,
+    solver: Annotated[str, one_of("torch", "cvxpy")] = "torch",
+) -> Result:
+    """Each variant of `default_variants` on the last chosen checkpoint, with its own seeded
+    batch."""
     step, model = inputs.post
     rows = []
     for i, (family, label, overrides) in enumerate(default_variants(inputs.data)):
@@ -71,7 +83,16 @@ def run(inputs: Inputs, seed: Seed = 0, n: Count = 512, solver: Annotated[str, o
         batch = seeded_batch(data, n, seed + 10 * i)
         for row in score_methods(batch, data.m, data.n, model, solver=solver):
             rows.append({"family": family, "variant": label, **overrides, "n": n, **row})
-    return Result({"step": step, "rows": rows, "seed": seed, "n": n, "solver": solver, "notes": omitted(inputs.data)})
+    return Result(
+        {
+            "step": step,
+            "rows": rows,
+            "seed": seed,
+            "n": n,
+            "solver": solver,
+            "notes": omitted(inputs.data),
+        }
+    )
 
 
 def plot(result: Result, out: Path) -> list[Path]:
@@ -83,8 +104,16 @@ def plot(result: Result, out: Path) -> list[Path]:
             sel = [r for r in rows if r["family"] == fam]
             labels = list(dict.fromkeys(r["variant"] for r in sel))
             xs = range(len(labels))
-            for method, color, name in (("bert", "tab:red", "BERT"), ("nuclear_norm", "black", "nuclear-norm min.")):
-                ys = [next(r["loss_mask"] for r in sel if r["variant"] == lab and r["method"] == method) for lab in labels]
+            for method, color, name in (
+                ("bert", "tab:red", "BERT"),
+                ("nuclear_norm", "black", "nuclear-norm min."),
+            ):
+                ys = [
+                    next(
+                        r["loss_mask"] for r in sel if r["variant"] == lab and r["method"] == method
+                    )
+                    for lab in labels
+                ]
                 ax.plot(xs, ys, marker="o", color=color, label=name)
             ax.set_xticks(list(xs), labels, rotation=45, ha="right", fontsize=8)
             ax.set_yscale("log")
@@ -96,5 +125,11 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    rows = [[x["family"], x["variant"], x["method"], x["loss_mask"], x["nuclear_norm"]] for x in r["rows"]]
-    return [Text(f"Step {r['step']}." + solver_outcomes(r["rows"])), Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows)]
+    rows = [
+        [x["family"], x["variant"], x["method"], x["loss_mask"], x["nuclear_norm"]]
+        for x in r["rows"]
+    ]
+    return [
+        Text(f"Step {r['step']}." + solver_outcomes(r["rows"])),
+        Table(["family", "setting", "method", "MSE hidden", "nuclear norm"], rows),
+    ]

@@ -19,11 +19,25 @@ from ..config import Config
 from ..data import Batch, make_batch, sample_batch, seeded_batch
 from ..hooks import act_name
 from ..models.bert import MatrixBert
-from .common import bert_only, needs_hidden, Count, Inputs, Result, Seed, Table, Text, group_by_layer, parse_heads, plot_head_tables
+from .common import (
+    Count,
+    Inputs,
+    Result,
+    Seed,
+    Table,
+    Text,
+    bert_only,
+    group_by_layer,
+    needs_hidden,
+    parse_heads,
+    plot_head_tables,
+)
 
 TITLE = "Activation patching"
-PAPER = ("Writing clean attention-head outputs into the run on -X moves the output toward X: the "
-         "attention heads carry the information that completes the matrix.")
+PAPER = (
+    "Writing clean attention-head outputs into the run on -X moves the output toward X: the "
+    "attention heads carry the information that completes the matrix."
+)
 ORDER = 50
 
 
@@ -32,7 +46,8 @@ def negated(batch: Batch) -> Batch:
 
 
 def position_selector(spec: str, batch: Batch) -> torch.Tensor:
-    """(B, T) bool: 'all', 'hidden', 'observed' (per example) or comma-separated position indices."""
+    """(B, T) bool: 'all', 'hidden', 'observed' (per example) or comma-separated position
+    indices."""
     if spec == "all":
         return torch.ones_like(batch.mask)
     if spec == "hidden":
@@ -42,7 +57,9 @@ def position_selector(spec: str, batch: Batch) -> torch.Tensor:
     try:
         idx = [int(x) for x in spec.split(",")]
     except ValueError:
-        raise ValueError(f"positions '{spec}': use all, hidden, observed or indices like 0,8,16") from None
+        raise ValueError(
+            f"positions '{spec}': use all, hidden, observed or indices like 0,8,16"
+        ) from None
     t = batch.tokens.shape[1]
     if any(not 0 <= i < t for i in idx):
         raise ValueError(f"positions '{spec}': indices must be in [0, {t})")
@@ -51,26 +68,36 @@ def position_selector(spec: str, batch: Batch) -> torch.Tensor:
     return sel
 
 
-def patch_hooks(clean_z: dict[int, torch.Tensor], heads: Sequence[tuple[int, int]], positions: torch.Tensor):
-    """Forward hooks writing clean hook_z values of (layer, head) pairs where `positions` (B, T) holds."""
+def patch_hooks(
+    clean_z: dict[int, torch.Tensor], heads: Sequence[tuple[int, int]], positions: torch.Tensor
+):
+    """Forward hooks writing clean hook_z values of (layer, head) pairs where `positions` (B, T)
+    holds."""
     hooks = []
     for layer, hs in group_by_layer(heads).items():
+
         def fn(z, point, layer=layer, hs=hs):
             sel = torch.zeros(z.shape[:3], dtype=torch.bool, device=z.device)
             sel[:, :, hs] = True
             sel &= positions.to(z.device)[:, :, None]
             return torch.where(sel[..., None], clean_z[layer], z)
+
         hooks.append((act_name("z", layer), fn))
     return hooks
 
 
-def recovery(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, sel: torch.Tensor) -> float:
+def recovery(
+    patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, sel: torch.Tensor
+) -> float:
     d = (clean - corrupt)[sel]
     return (((patched - corrupt)[sel] * d).sum() / (d * d).sum().clamp_min(1e-12)).item()
 
 
 def patch(
-    model: MatrixBert, batch: Batch, heads: Sequence[tuple[int, int]], positions: torch.Tensor | None = None
+    model: MatrixBert,
+    batch: Batch,
+    heads: Sequence[tuple[int, int]],
+    positions: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Patch clean hook_z of `heads` into the -X run at `positions` ((B, T) bool, default all)."""
     positions = torch.ones_like(batch.mask) if positions is None else positions
@@ -97,18 +124,28 @@ def patch(
 
 def check(options: dict[str, Any], cfg: Config) -> None:
     parse_heads(options.get("heads", "all"), cfg.model.layers, cfg.model.heads)
-    position_selector(options.get("positions", "all"), sample_batch(cfg.data, 1, torch.Generator().manual_seed(0)))
+    position_selector(
+        options.get("positions", "all"), sample_batch(cfg.data, 1, torch.Generator().manual_seed(0))
+    )
 
 
 def unsupported(cfg: Config) -> str | None:
     return bert_only(cfg) or needs_hidden(cfg)
 
 
-def run(inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all", positions: str = "all") -> Result:
+def run(
+    inputs: Inputs, seed: Seed = 0, n: Count = 256, heads: str = "all", positions: str = "all"
+) -> Result:
     """`heads`: 'all' or 'L:H,...' ('*' wildcards) patched together; `positions`: 'all', 'hidden',
     'observed' or comma-separated indices. The per-head table always patches each head alone."""
     batch = seeded_batch(inputs.data, n, seed)
-    numbers: dict[str, Any] = {"seed": seed, "n": n, "heads": heads, "positions": positions, "steps": {}}
+    numbers: dict[str, Any] = {
+        "seed": seed,
+        "n": n,
+        "heads": heads,
+        "positions": positions,
+        "steps": {},
+    }
     pos = position_selector(positions, batch)
     for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
@@ -133,16 +170,52 @@ def plot(result: Result, out: Path) -> list[Path]:
     for step, entry in result.numbers["steps"].items():
         tables[f"step {step}: hidden entries"] = entry["per_head_recovery_hidden"]
         tables[f"step {step}: observed entries"] = entry["per_head_recovery_observed"]
-    return [plot_head_tables(tables, out / "patching_per_head.png",
-                             "fraction of the way from the -X output to the X output when one head's clean output is patched in", center=0.0)]
+    return [
+        plot_head_tables(
+            tables,
+            out / "patching_per_head.png",
+            "fraction of the way from the -X output to the X output when one head's clean output "
+            "is patched in",
+            center=0.0,
+        )
+    ]
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
     rows = []
     for step, e in r["steps"].items():
         c = e["chosen"]
-        best = max(((v, f"{l}:{h}") for l, row in enumerate(e["per_head_recovery_hidden"]) for h, v in enumerate(row)))
-        rows.append([step, r["heads"], r["positions"], c["recovery_hidden"], c["recovery_observed"], c["mse_to_X_hidden"],
-                     c["mse_to_minus_X_hidden"], f"{best[1]} ({best[0]:.3f})"])
-    return [Table(["step", "heads patched", "positions", "recovery (hidden)", "recovery (observed)", "MSE to X (hidden)",
-                   "MSE to −X (hidden)", "best single head (hidden)"], rows)]
+        best = max(
+            (
+                (v, f"{l}:{h}")
+                for l, row in enumerate(e["per_head_recovery_hidden"])
+                for h, v in enumerate(row)
+            )
+        )
+        rows.append(
+            [
+                step,
+                r["heads"],
+                r["positions"],
+                c["recovery_hidden"],
+                c["recovery_observed"],
+                c["mse_to_X_hidden"],
+                c["mse_to_minus_X_hidden"],
+                f"{best[1]} ({best[0]:.3f})",
+            ]
+        )
+    return [
+        Table(
+            [
+                "step",
+                "heads patched",
+                "positions",
+                "recovery (hidden)",
+                "recovery (observed)",
+                "MSE to X (hidden)",
+                "MSE to −X (hidden)",
+                "best single head (hidden)",
+            ],
+            rows,
+        )
+    ]

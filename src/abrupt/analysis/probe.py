@@ -21,11 +21,13 @@ from ..data import seeded_batch
 from ..hooks import act_name
 from ..models.bert import MatrixBert
 from ..plots import figure
-from .common import bert_only, Inputs, Result, Seed, Table, Text, at_least, between
+from .common import Inputs, Result, Seed, Table, Text, at_least, bert_only, between
 
 TITLE = "Linear probes (Fig. 6)"
-PAPER = ("The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
-         "decodable from their hidden states after the drop, not before (Fig. 6).")
+PAPER = (
+    "The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
+    "decodable from their hidden states after the drop, not before (Fig. 6)."
+)
 ORDER = 30
 
 
@@ -38,7 +40,8 @@ def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
-    """Least squares with bias (tiny ridge for rank-deficient features): (N, d), (N, k) -> (d+1, k)."""
+    """Least squares with bias (tiny ridge for rank-deficient features): (N, d), (N, k) -> (d+1,
+    k)."""
     xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double()
     gram = xb.T @ xb + ridge * torch.eye(xb.shape[1], dtype=torch.float64) * len(xb)
     return torch.linalg.solve(gram, xb.T @ y.double())
@@ -56,7 +59,9 @@ def mean_abs_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
 def targets(batch, m: int, n: int) -> dict[str, torch.Tensor]:
     """Per-token targets, flattened to (B*T, k)."""
     b, t = batch.tokens.shape
-    masked_input = torch.where(batch.mask, torch.zeros_like(batch.target), batch.target).reshape(b, m, n)
+    masked_input = torch.where(batch.mask, torch.zeros_like(batch.target), batch.target).reshape(
+        b, m, n
+    )
     rows = masked_input[:, torch.arange(t) // n, :].reshape(b * t, n)  # each token's own row
     _, _, vh = torch.linalg.svd(batch.matrix.double())
     v1 = vh[:, 0, :]
@@ -73,7 +78,10 @@ def check(options: dict[str, Any], cfg: Config) -> None:
     n, holdout = options.get("n", 1024), options.get("holdout", 0.25)
     n_test = max(1, int(round(n * holdout)))
     if n - n_test < 1:
-        raise ValueError(f"probe.n={n} with probe.holdout={holdout} leaves no matrix to fit on; raise probe.n or lower probe.holdout")
+        raise ValueError(
+            f"probe.n={n} with probe.holdout={holdout} leaves no matrix to fit on; raise probe.n "
+            "or lower probe.holdout"
+        )
 
 
 def unsupported(cfg: Config) -> str | None:
@@ -88,9 +96,13 @@ def r_squared(mse: float, y: torch.Tensor) -> float:
     return 1 - mse / var if var > 0 else float("nan")
 
 
-def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,
-        holdout: Annotated[float, between(0, 1, open_lo=True, open_hi=True)] = 0.25,
-        ridge: Annotated[float, at_least(0)] = 1e-6) -> Result:
+def run(
+    inputs: Inputs,
+    seed: Seed = 0,
+    n: Annotated[int, at_least(2)] = 1024,
+    holdout: Annotated[float, between(0, 1, open_lo=True, open_hi=True)] = 0.25,
+    ridge: Annotated[float, at_least(0)] = 1e-6,
+) -> Result:
     data = inputs.data
     batch = seeded_batch(data, n, seed)
     t = data.m * data.n
@@ -124,14 +136,23 @@ def run(inputs: Inputs, seed: Seed = 0, n: Annotated[int, at_least(2)] = 1024,
 def plot(result: Result, out: Path) -> list[Path]:
     rows = result.numbers["rows"]
     steps = sorted({r["step"] for r in rows})
-    panels = [("row_abs_cos", "row of masked input: mean |cos|"), ("value_masked_r2", "true value, masked tokens: R²"),
-              ("value_observed_r2", "true value, observed tokens: R²"), ("singular_abs_cos", "top singular vector: mean |cos|")]
+    panels = [
+        ("row_abs_cos", "row of masked input: mean |cos|"),
+        ("value_masked_r2", "true value, masked tokens: R²"),
+        ("value_observed_r2", "true value, observed tokens: R²"),
+        ("singular_abs_cos", "top singular vector: mean |cos|"),
+    ]
     path = out / "probe.png"
     with figure(path, 1, len(panels), figsize=(4 * len(panels), 3.3)) as (fig, axes):
         for ax, (key, title) in zip(axes[0], panels):
             for step in steps:
                 sel = [r for r in rows if r["step"] == step]
-                ax.plot([r["layer"] for r in sel], [r[key] for r in sel], marker="o", label=f"step {step}")
+                ax.plot(
+                    [r["layer"] for r in sel],
+                    [r[key] for r in sel],
+                    marker="o",
+                    label=f"step {step}",
+                )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("layer (0 = embeddings)")
             ax.grid(alpha=0.3)
@@ -140,6 +161,29 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    rows = [[x["step"], x["layer"], x["row_mse"], x["row_abs_cos"], x["value_masked_r2"], x["value_observed_r2"], x["singular_abs_cos"]]
-            for x in r["rows"]]
-    return [Table(["step", "layer", "row MSE", "row |cos|", "value R² (masked)", "value R² (observed)", "top singular vector |cos|"], rows)]
+    rows = [
+        [
+            x["step"],
+            x["layer"],
+            x["row_mse"],
+            x["row_abs_cos"],
+            x["value_masked_r2"],
+            x["value_observed_r2"],
+            x["singular_abs_cos"],
+        ]
+        for x in r["rows"]
+    ]
+    return [
+        Table(
+            [
+                "step",
+                "layer",
+                "row MSE",
+                "row |cos|",
+                "value R² (masked)",
+                "value R² (observed)",
+                "top singular vector |cos|",
+            ],
+            rows,
+        )
+    ]

@@ -12,24 +12,33 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..models import groups
 from ..config import Config
+from ..models import groups
 from ..plots import figure
 from ..progress import LABELS, PROGRESS_KEYS
 from .common import Inputs, Result, Table, Text
 
 TITLE = "Progress measures during training"
-PAPER = ("The follow-up study (Gopalani & Hu, 2025) finds attention learning to be the bottleneck: attention to the "
-         "right keys, and the end of representation collapse, begin before the loss falls.")
+PAPER = (
+    "The follow-up study (Gopalani & Hu, 2025) finds attention learning to be the bottleneck: "
+    "attention to the "
+    "right keys, and the end of representation collapse, begin before the loss falls."
+)
 ORDER = 5
+
 
 def unsupported(cfg: Config) -> str | None:
     return None if cfg.train.progress else "the run was trained without train.progress=true"
 
 
 def halfway(steps: list[int], values: list[float], start: int) -> int | None:
-    """First step (from `start`) where the value is half-way from its value at `start` to its final value."""
-    pts = [(s, v) for s, v in zip(steps, values) if s >= start and isinstance(v, (int, float)) and math.isfinite(v)]
+    """First step (from `start`) where the value is half-way from its value at `start` to its final
+    value."""
+    pts = [
+        (s, v)
+        for s, v in zip(steps, values)
+        if s >= start and isinstance(v, (int, float)) and math.isfinite(v)
+    ]
     if len(pts) < 2:
         return None
     first, last = pts[0][1], pts[-1][1]
@@ -43,18 +52,30 @@ def run(inputs: Inputs) -> Result:
     steps = [r["step"] for r in rows]
     start, drop = summary.get("plateau_start") or 0, summary.get("drop_step")
     keys = [k for k in PROGRESS_KEYS if any(k in r for r in rows)]
-    keys += sorted({k for r in rows for k in r if k.startswith("prog_") and k not in PROGRESS_KEYS})  # a sequence task's
+    keys += sorted(
+        {k for r in rows for k in r if k.startswith("prog_") and k not in PROGRESS_KEYS}
+    )  # a sequence task's
     keys += [f"grad_norm_{p}" for p in groups.PARTS if any(f"grad_norm_{p}" in r for r in rows)]
     table = []
     for key in keys:
         values = [r.get(key) for r in rows]
         at = halfway(steps, values, start)
-        table.append({"measure": key, "at_plateau_start": next((v for s, v in zip(steps, values) if s >= start), None),
-                      "final": values[-1] if values else None, "halfway_step": at,
-                      "steps_before_drop": (drop - at) if drop is not None and at is not None else None})
+        table.append(
+            {
+                "measure": key,
+                "at_plateau_start": next((v for s, v in zip(steps, values) if s >= start), None),
+                "final": values[-1] if values else None,
+                "halfway_step": at,
+                "steps_before_drop": (drop - at) if drop is not None and at is not None else None,
+            }
+        )
     numbers = {"plateau_start": start, "drop_step": drop, "rows": table}
     # the headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence task
-    draw = {"steps": steps, "loss_mask": [r.get("eval_loss_mask", r.get("eval_loss")) for r in rows], "series": {k: [r.get(k) for r in rows] for k in keys}}
+    draw = {
+        "steps": steps,
+        "loss_mask": [r.get("eval_loss_mask", r.get("eval_loss")) for r in rows],
+        "series": {k: [r.get(k) for r in rows] for k in keys},
+    }
     return Result(numbers, draw)
 
 
@@ -65,12 +86,25 @@ def plot(result: Result, out: Path) -> list[Path]:
     path = out / "progress.png"
     drop = result.numbers["drop_step"]
     with figure(path, 3, 1, figsize=(7, 8), sharex=True) as (fig, axes):
-        panels = ((axes[0][0], ["loss_mask"], "evaluation loss (L_mask; cross-entropy for a sequence task)", True), (axes[1][0], prog, "progress measures", False),
-                  (axes[2][0], grads, "gradient norm per part", True))
+        panels = (
+            (
+                axes[0][0],
+                ["loss_mask"],
+                "evaluation loss (L_mask; cross-entropy for a sequence task)",
+                True,
+            ),
+            (axes[1][0], prog, "progress measures", False),
+            (axes[2][0], grads, "gradient norm per part", True),
+        )
         for ax, keys, title, log in panels:
             for key in keys:
                 ys = d["loss_mask"] if key == "loss_mask" else d["series"][key]
-                ax.plot(d["steps"], [math.nan if y is None else y for y in ys], lw=1.1, label=LABELS.get(key, key))
+                ax.plot(
+                    d["steps"],
+                    [math.nan if y is None else y for y in ys],
+                    lw=1.1,
+                    label=LABELS.get(key, key),
+                )
             if drop is not None:
                 ax.axvline(drop, color="gray", ls="--", lw=0.8)
             if log:
@@ -84,7 +118,17 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    rows = [[x["measure"], x["at_plateau_start"], x["final"], x["halfway_step"], x["steps_before_drop"]] for x in r["rows"]]
-    return [Text(f"Plateau from step {r['plateau_start']}; drop at step {r['drop_step']}. A measure's half-way step is where it "
-                 "first got half-way from its plateau-start value to its final value."),
-            Table(["measure", "at plateau start", "final", "half-way step", "steps before the drop"], rows)]
+    rows = [
+        [x["measure"], x["at_plateau_start"], x["final"], x["halfway_step"], x["steps_before_drop"]]
+        for x in r["rows"]
+    ]
+    return [
+        Text(
+            f"Plateau from step {r['plateau_start']}; drop at step {r['drop_step']}. A measure's "
+            "half-way step is where it "
+            "first got half-way from its plateau-start value to its final value."
+        ),
+        Table(
+            ["measure", "at plateau start", "final", "half-way step", "steps before the drop"], rows
+        ),
+    ]

@@ -1,7 +1,8 @@
 """Find the analyses, type their options, run them on a run directory, write their results.
 
 An analysis is any module of this package with `TITLE`, `PAPER`, `ORDER`, `run`, `plot` and
-`render` (see common.py), and `ON_REQUEST = True` if it should run only when named; `discover()` finds it, so `abrupt analyze --only NAME`, `--options` and
+`render` (see common.py), and `ON_REQUEST = True` if it should run only when named; `discover()`
+finds it, so `abrupt analyze --only NAME`, `--options` and
 the report pick it up without other edits. Options reach `run` as keyword arguments
 (`--set probe.n=2048`), typed from its signature. Each analysis writes
 `RUN/analysis/<name>/results.json` (strict JSON: its options, steps, seconds and numbers) and its
@@ -20,8 +21,8 @@ from types import ModuleType
 from typing import Any, Callable
 
 from .. import tasks
-from ..run.rundir import atomic_write_json, read_json
 from ..config import Config
+from ..run.rundir import atomic_write_json, read_json
 from .common import Check, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
@@ -58,7 +59,9 @@ def parse_option(analysis: str, key: str, raw: str) -> Any:
     if analysis not in analyses:
         raise ValueError(f"unknown analysis '{analysis}'; choose from {', '.join(analyses)}")
     if key not in options()[analysis]:
-        raise ValueError(f"unknown option '{analysis}.{key}'; {analysis} takes: {', '.join(options()[analysis])}")
+        raise ValueError(
+            f"unknown option '{analysis}.{key}'; {analysis} takes: {', '.join(options()[analysis])}"
+        )
     typ = typing.get_type_hints(analyses[analysis].run)[key]
     try:
         if typ in (int, float, str):
@@ -71,7 +74,9 @@ def parse_option(analysis: str, key: str, raw: str) -> Any:
     except ValueError as e:
         if "unsupported type" in str(e):
             raise
-        raise ValueError(f"option '{analysis}.{key}': cannot read '{raw}' as {_type_name(typ)}") from None
+        raise ValueError(
+            f"option '{analysis}.{key}': cannot read '{raw}' as {_type_name(typ)}"
+        ) from None
     _check_rules(analysis, key, value)
     return value
 
@@ -90,23 +95,33 @@ def _check_rules(analysis: str, key: str, value: Any) -> None:
             raise ValueError(f"option '{analysis}.{key}': must be {rule.need}, got '{shown}'")
 
 
-def plan(cfg: Config, names: list[str], opts: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+def plan(
+    cfg: Config, names: list[str], opts: dict[str, dict[str, Any]]
+) -> tuple[list[str], dict[str, str]]:
     """Validate every option of every chosen analysis against its rules and this run, before
     anything runs; returns the analyses to run and {name: why} for those this run cannot support."""
     analyses = discover()
     unknown = [n for n in list(names) + list(opts) if n not in analyses]
     if unknown:
-        raise ValueError(f"unknown analysis {sorted(set(unknown))}; choose from {', '.join(analyses)}")
+        raise ValueError(
+            f"unknown analysis {sorted(set(unknown))}; choose from {', '.join(analyses)}"
+        )
     skipped = {}
     for name in names:
         mod = analyses[name]
         for key, value in opts.get(name, {}).items():
             if key not in options()[name]:
-                raise ValueError(f"unknown option '{name}.{key}'; {name} takes: {', '.join(options()[name])}")
+                raise ValueError(
+                    f"unknown option '{name}.{key}'; {name} takes: {', '.join(options()[name])}"
+                )
             _check_rules(name, key, value)
         applies = tasks.get(cfg.task.name).analyses
-        why = (f"it is built for matrix completion; task {cfg.task.name} supports: {', '.join(applies)}"
-               if applies is not None and name not in applies else None)
+        why = (
+            f"it is built for matrix completion; task {cfg.task.name} supports: "
+            f"{', '.join(applies)}"
+            if applies is not None and name not in applies
+            else None
+        )
         why = why or (mod.unsupported(cfg) if hasattr(mod, "unsupported") else None)
         if why:
             skipped[name] = why
@@ -126,27 +141,37 @@ def analyze(
     progress: bool = True,
     device: str = "cpu",
 ) -> dict[str, Path]:
-    """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop checkpoints)."""
+    """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop
+    checkpoints)."""
     analyses = discover()
     view = open_run(run_dir, device)
     if not steps and view.steps == [0]:  # the default would compare step 0 with itself
-        raise ValueError(f"{view.path} has only its step-0 checkpoint (untrained): train it further "
-                         "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model")
+        raise ValueError(
+            f"{view.path} has only its step-0 checkpoint (untrained): train it further "
+            "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model"
+        )
     opts = opts or {}
     names, skipped = plan(view.cfg, only or default_analyses(), opts)
     for name, why in skipped.items():
         if progress:
             print(f"  {name:11s} skipped: {why}", flush=True)
     if not names:
-        raise ValueError("none of the chosen analyses can run on this run: " + "; ".join(f"{n}: {w}" for n, w in skipped.items()))
+        raise ValueError(
+            "none of the chosen analyses can run on this run: "
+            + "; ".join(f"{n}: {w}" for n, w in skipped.items())
+        )
     record = view.path / "analysis" / "skipped.json"
     earlier = read_json(record) if record.exists() else {}
-    earlier = {k: v for k, v in earlier.items() if k not in names} if isinstance(earlier, dict) else {}
+    earlier = (
+        {k: v for k, v in earlier.items() if k not in names} if isinstance(earlier, dict) else {}
+    )
     atomic_write_json(record, {**earlier, **skipped})
     chosen = sorted(set(steps)) if steps else sorted({view.pre, view.post})
     missing = [s for s in chosen if s not in view.steps]
     if missing:
-        raise ValueError(f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}")
+        raise ValueError(
+            f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}"
+        )
     inputs = view.inputs(chosen)
     written = {}
     for name in names:
@@ -157,8 +182,14 @@ def analyze(
         out = view.path / "analysis" / name
         out.mkdir(parents=True, exist_ok=True)
         figures = mod.plot(result, out)
-        meta = {"analysis": name, "steps": chosen, "selection": _selection_note(view, steps), "options": {**options()[name], **kwargs},
-                "figures": [p.name for p in figures], "seconds": round(time.perf_counter() - t0, 2)}
+        meta = {
+            "analysis": name,
+            "steps": chosen,
+            "selection": _selection_note(view, steps),
+            "options": {**options()[name], **kwargs},
+            "figures": [p.name for p in figures],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         atomic_write_json(out / "results.json", {**meta, **result.numbers})
         written[name] = out
         if progress:
@@ -172,7 +203,10 @@ def _selection_note(view: RunView, steps: list[int] | None) -> str:
     if steps:
         return f"steps chosen on the command line: {sorted(set(steps))}"
     if view.pre == view.post:
-        return f"one trained checkpoint only (step {view.pre}): analysed alone, with nothing before it to compare"
+        return (
+            f"one trained checkpoint only (step {view.pre}): analysed alone, "
+            "with nothing before it to compare"
+        )
     return view.note
 
 
@@ -184,6 +218,3 @@ def load_results(run_dir: Path) -> dict[str, dict[str, Any]]:
         if path.exists():
             found[name] = read_json(path)
     return found
-
-
-

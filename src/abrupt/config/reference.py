@@ -26,22 +26,36 @@ def keys_text(width: int = 100) -> str:
 
 def markdown() -> str:
     """docs/configuration.md."""
-    out = ["# Configuration", "",
-           "Every key a run depends on, with its type, its default (the paper's value) and what it means.",
-           "Set one with `section.key=value` after `abrupt train` (or in a sweep spec); a preset",
-           "(`--preset NAME`) is a named set of such values over these defaults. Each run writes the",
-           "resolved values to `RUN/config.json`. Generated from the schema (`src/abrupt/config/schema.py`)",
-           "by `python -m abrupt.config.reference > docs/configuration.md`.", ""]
+    out = [
+        "# Configuration",
+        "",
+        "Every key a run depends on, with its type, its default (the paper's value) and what it "
+        "means.",
+        "Set one with `section.key=value` after `abrupt train` (or in a sweep spec); a preset",
+        "(`--preset NAME`) is a named set of such values over these defaults. Each run writes the",
+        "resolved values to `RUN/config.json`. Generated from the schema "
+        "(`src/abrupt/config/schema.py`)",
+        "by `python -m abrupt.config.reference > docs/configuration.md`.",
+        "",
+    ]
     docs = field_docs()
     for section in ("", *SECTIONS):
         keys = [k for k in docs if (k.partition(".")[0] == section if section else "." not in k)]
-        out += [f"## {section or 'run'}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [
+            f"## {section or 'run'}",
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
         for key in keys:
             typ, default, meaning = docs[key]
             out.append(f"| `{key}` | {typ} | `{default!r}` | {meaning.replace('|', '/')} |")
         out.append("")
     out += ["## Presets", "", "| preset | what it is |", "|---|---|"]
-    out += [f"| `{name}`{' (default)' if name == DEFAULT_PRESET else ''} | {desc} |" for name, (desc, _) in PRESETS.items()]
+    out += [
+        f"| `{name}`{' (default)' if name == DEFAULT_PRESET else ''} | {desc} |"
+        for name, (desc, _) in PRESETS.items()
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -17,8 +17,12 @@ VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
 MAX_CHECKPOINTS = 10_000  # per run (train.steps / train.ckpt_every)
-MAX_LOG_POINTS = 1_000  # log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
-MAX_LOG_ROWS = 1_000_000  # metrics rows per run (train.steps / train.log_every), each kept in memory
+MAX_LOG_POINTS = (
+    1_000  # log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
+)
+MAX_LOG_ROWS = (
+    1_000_000  # metrics rows per run (train.steps / train.log_every), each kept in memory
+)
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 
 
@@ -160,7 +164,8 @@ class TrainConfig:
     #: > 0: width rule, the lr used is lr * lr_width_ref / model.hidden (Adam's step per weight
     #: does not shrink with width)
     lr_width_ref: int = 0
-    #: intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5 (models/groups.py)
+    # : intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5
+    # (models/groups.py)
     group_lr: str = ""
     #: intervention: gradient low-pass filter (Grokfast EMA) coefficient; 0 = off
     grokfast_alpha: float = 0.0
@@ -194,7 +199,8 @@ class TaskConfig:
     sequence tasks (Gopalani & Hu 2025): a decoder reads `length` inputs and a separator, then
     writes the outputs, with next-token cross-entropy on the outputs only."""
 
-    #: matrix | mws | prefix_sum | histogram | permutation | addition (a module of src/abrupt/tasks/ each)
+    # : matrix | mws | prefix_sum | histogram | permutation | addition (a module of
+    # src/abrupt/tasks/ each)
     name: str = "matrix"
     #: inputs per sequence (mws, prefix_sum, histogram, permutation)
     length: int = 16
@@ -238,10 +244,15 @@ class CurriculumConfig:
         return self.hold + self.decay if active else 0
 
     def data_at(self, data: "DataConfig", step: int) -> "DataConfig":
-        """The training data's configuration at `step` (the target `data` once the curriculum ends)."""
+        """The training data's configuration at `step` (the target `data` once the curriculum
+        ends)."""
         if step > self.hold or (not self.rank and self.p_mask < 0):
             return data
-        return dataclasses.replace(data, rank=self.rank or data.rank, p_mask=data.p_mask if self.p_mask < 0 else self.p_mask)
+        return dataclasses.replace(
+            data,
+            rank=self.rank or data.rank,
+            p_mask=data.p_mask if self.p_mask < 0 else self.p_mask,
+        )
 
     def shift(self, step: int) -> float:
         """The factor-mean shift of the training batch at `step` (1-based)."""
@@ -294,7 +305,8 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
     out: dict[str, tuple[str, Any, str]] = {}
     defaults = Config()
     for prefix, cls, obj in [("", Config, defaults)] + [
-            (f"{name}.", type(getattr(defaults, name)), getattr(defaults, name)) for name in SECTIONS]:
+        (f"{name}.", type(getattr(defaults, name)), getattr(defaults, name)) for name in SECTIONS
+    ]:
         docs: dict[str, str] = {}
         pending: list[str] = []
         for line in inspect.getsource(cls).splitlines():
@@ -312,7 +324,13 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
-    return {"data": cfg.data, "model": cfg.model, "train": cfg.train, "curriculum": cfg.curriculum, "task": cfg.task}
+    return {
+        "data": cfg.data,
+        "model": cfg.model,
+        "train": cfg.train,
+        "curriculum": cfg.curriculum,
+        "task": cfg.task,
+    }
 
 
 def all_keys() -> list[str]:
@@ -370,7 +388,9 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
         cfg.seed = _coerce(key, raw, int)
         return
     if key == "preset":  # the label of the values a run started from: an override would relabel it
-        raise ConfigError("preset: not a key; choose the preset with --preset NAME (or a sweep spec's preset:)")
+        raise ConfigError(
+            "preset: not a key; choose the preset with --preset NAME (or a sweep spec's preset:)"
+        )
     section_name, _, name = key.partition(".")
     sections = _sections(cfg)
     if section_name not in sections or not name:
@@ -378,9 +398,7 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
     section = sections[section_name]
     fields = {f.name: f for f in dataclasses.fields(section)}
     if name not in fields:
-        raise ConfigError(
-            f"unknown key '{key}'; {section_name} keys are: {', '.join(fields)}"
-        )
+        raise ConfigError(f"unknown key '{key}'; {section_name} keys are: {', '.join(fields)}")
     typ = _TYPES[str(fields[name].type)]
     setattr(section, name, _coerce(key, raw, typ))
 
@@ -403,31 +421,62 @@ def validate_data(d: DataConfig) -> None:
     need = _need
     need(d.m >= 1, f"data.m: must be >= 1, got {d.m}")
     need(d.n >= 1, f"data.n: must be >= 1, got {d.n}")
-    need(1 <= d.rank <= min(d.m, d.n), f"data.rank: must be in [1, min(m, n)] = [1, {min(d.m, d.n)}], got {d.rank}")
+    need(
+        1 <= d.rank <= min(d.m, d.n),
+        f"data.rank: must be in [1, min(m, n)] = [1, {min(d.m, d.n)}], got {d.rank}",
+    )
     need(0.0 <= d.p_mask < 1.0, f"data.p_mask: must be in [0, 1), got {d.p_mask}")
-    need(d.distribution in DISTRIBUTIONS, f"data.distribution: must be one of {', '.join(DISTRIBUTIONS)}, got '{d.distribution}'")
+    need(
+        d.distribution in DISTRIBUTIONS,
+        f"data.distribution: must be one of {', '.join(DISTRIBUTIONS)}, got '{d.distribution}'",
+    )
     if d.distribution == "uniform":
         need(d.low < d.high, f"data.low/data.high: need low < high, got [{d.low}, {d.high}]")
-    need(math.isfinite(d.low) and math.isfinite(d.high), f"data.low/data.high: must be finite, got [{d.low}, {d.high}]")
+    need(
+        math.isfinite(d.low) and math.isfinite(d.high),
+        f"data.low/data.high: must be finite, got [{d.low}, {d.high}]",
+    )
     need(0 < d.sigma < math.inf, f"data.sigma: must be a positive number, got {d.sigma}")
     need(0 < d.scale < math.inf, f"data.scale: must be a positive number, got {d.scale}")
-    need(0 <= d.mag_low < d.mag_high < math.inf, f"data.mag_low/data.mag_high: need 0 <= mag_low < mag_high, got [{d.mag_low}, {d.mag_high}]")
+    need(
+        0 <= d.mag_low < d.mag_high < math.inf,
+        "data.mag_low/data.mag_high: need 0 <= mag_low < mag_high, "
+        f"got [{d.mag_low}, {d.mag_high}]",
+    )
     sizes = d.size_list()
     if d.sizes.strip():
-        need(len(set(sizes)) == len(sizes) and len(sizes) >= 2, f"data.sizes: give two or more distinct sizes, got '{d.sizes}'")
-        need(max(r for r, _ in sizes) == d.m and max(c for _, c in sizes) == d.n,
-             f"data.sizes: the largest rows and columns must be data.m x data.n = {d.m}x{d.n} (the model's grid), got '{d.sizes}'")
-        need(all(d.rank <= min(r, c) for r, c in sizes), f"data.sizes: data.rank {d.rank} exceeds a size in '{d.sizes}'")
-    need(d.m * d.n <= MAX_POSITIONS, f"data.m x data.n: at most {MAX_POSITIONS} entries (a sequence of m*n tokens), got {d.m}x{d.n}")
-    need(d.distribution in ("uniform", "signed") or d.clip,
-         f"data.distribution={d.distribution} has unbounded support, so some entries fall outside the vocabulary "
-         f"[-{VOCAB_MAX:g}, {VOCAB_MAX:g}]: set data.clip=true to clip them (recorded in config.json)")
+        need(
+            len(set(sizes)) == len(sizes) and len(sizes) >= 2,
+            f"data.sizes: give two or more distinct sizes, got '{d.sizes}'",
+        )
+        need(
+            max(r for r, _ in sizes) == d.m and max(c for _, c in sizes) == d.n,
+            f"data.sizes: the largest rows and columns must be data.m x data.n = {d.m}x{d.n} (the "
+            f"model's grid), got '{d.sizes}'",
+        )
+        need(
+            all(d.rank <= min(r, c) for r, c in sizes),
+            f"data.sizes: data.rank {d.rank} exceeds a size in '{d.sizes}'",
+        )
+    need(
+        d.m * d.n <= MAX_POSITIONS,
+        f"data.m x data.n: at most {MAX_POSITIONS} entries (a sequence of m*n tokens), got "
+        f"{d.m}x{d.n}",
+    )
+    need(
+        d.distribution in ("uniform", "signed") or d.clip,
+        f"data.distribution={d.distribution} has unbounded support, so some entries fall outside "
+        "the vocabulary "
+        f"[-{VOCAB_MAX:g}, {VOCAB_MAX:g}]: set data.clip=true to clip them (recorded in "
+        "config.json)",
+    )
     bound = max_abs_entry(d)
     if math.isfinite(bound) and not d.clip:
         need(
             bound <= VOCAB_MAX,
             f"data: rank-{d.rank} products of its factors reach |x| = {bound:g}, "
-            f"beyond the vocabulary's [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; narrow the range or set data.clip=true",
+            f"beyond the vocabulary's [-{VOCAB_MAX:g}, {VOCAB_MAX:g}]; narrow the range or set "
+            "data.clip=true",
         )
 
 
@@ -447,7 +496,8 @@ def group_lr(spec: str) -> dict[str, float]:
 
 
 def layer_list(spec: str, layers: int, key: str) -> list[int]:
-    """'0,2' -> [0, 2]; '' -> every layer. Raises ConfigError naming `key` for a layer the model lacks."""
+    """'0,2' -> [0, 2]; '' -> every layer. Raises ConfigError naming `key` for a layer the model
+    lacks."""
     if not spec.strip():
         return list(range(layers))
     out = []
@@ -462,40 +512,95 @@ def _check_levers(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
     need(m.norm in ("post", "pre"), f"model.norm: must be post or pre, got '{m.norm}'")
-    need(m.norm == "post" or m.arch == "bert", "model.norm=pre: the GPT variant is pre-LN already; use it with model.arch=bert")
-    need(m.value_init in ("random", "line"), f"model.value_init: must be random or line, got '{m.value_init}'")
-    need(0 < m.value_init_scale < math.inf, f"model.value_init_scale: must be a positive number, got {m.value_init_scale}")
-    need(0 < m.attn_bias < math.inf, f"model.attn_bias: must be a positive number (1 = off), got {m.attn_bias}")
-    need(m.attn_bias_until >= 0, f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}")
+    need(
+        m.norm == "post" or m.arch == "bert",
+        "model.norm=pre: the GPT variant is pre-LN already; use it with model.arch=bert",
+    )
+    need(
+        m.value_init in ("random", "line"),
+        f"model.value_init: must be random or line, got '{m.value_init}'",
+    )
+    need(
+        0 < m.value_init_scale < math.inf,
+        f"model.value_init_scale: must be a positive number, got {m.value_init_scale}",
+    )
+    need(
+        0 < m.attn_bias < math.inf,
+        f"model.attn_bias: must be a positive number (1 = off), got {m.attn_bias}",
+    )
+    need(
+        m.attn_bias_until >= 0,
+        f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}",
+    )
     need(m.attn_bias == 1.0 or m.arch == "bert", "model.attn_bias: built for model.arch=bert")
-    need(m.value_init == "random" or m.arch == "bert", "model.value_init=line: built for model.arch=bert")
+    need(
+        m.value_init == "random" or m.arch == "bert",
+        "model.value_init=line: built for model.arch=bert",
+    )
     layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
-    need(t.forecast_signal == "loss" or t.forecast_signal.startswith("prog_"),
-         f"train.forecast_signal: must be loss or a progress measure (prog_...), got '{t.forecast_signal}'")
-    need(0 <= t.forecast_target < math.inf, f"train.forecast_target: must be a number >= 0, got {t.forecast_target}")
-    need(t.forecast_signal == "loss" or (t.progress and t.forecast_target > 0),
-         "train.forecast_signal: a progress measure needs train.progress=true and its train.forecast_target "
-         "(the departure at past escapes: `abrupt forecast` prints it)")
+    need(
+        t.forecast_signal == "loss" or t.forecast_signal.startswith("prog_"),
+        "train.forecast_signal: must be loss or a progress measure (prog_...), got "
+        f"'{t.forecast_signal}'",
+    )
+    need(
+        0 <= t.forecast_target < math.inf,
+        f"train.forecast_target: must be a number >= 0, got {t.forecast_target}",
+    )
+    need(
+        t.forecast_signal == "loss" or (t.progress and t.forecast_target > 0),
+        "train.forecast_signal: a progress measure needs train.progress=true and its "
+        "train.forecast_target "
+        "(the departure at past escapes: `abrupt forecast` prints it)",
+    )
 
 
 def _check_task(cfg: Config) -> None:
     k, m = cfg.task, cfg.model
     need = _need
-    need(m.attention in ("softmax", "linear"), f"model.attention: must be softmax or linear, got '{m.attention}'")
-    need(m.attention == "softmax" or m.arch == "gpt", "model.attention=linear: built for the decoder (model.arch=gpt)")
-    need(0 < k.attn_scale < math.inf, f"task.attn_scale: must be a positive number (1 = off), got {k.attn_scale}")
-    need(k.attn_scale_from >= 0, f"task.attn_scale_from: must be >= 0 (0 = the whole run), got {k.attn_scale_from}")
-    need(cfg.train.clip >= 0 and math.isfinite(cfg.train.clip), f"train.clip: must be a number >= 0 (0 = off), got {cfg.train.clip}")
+    need(
+        m.attention in ("softmax", "linear"),
+        f"model.attention: must be softmax or linear, got '{m.attention}'",
+    )
+    need(
+        m.attention == "softmax" or m.arch == "gpt",
+        "model.attention=linear: built for the decoder (model.arch=gpt)",
+    )
+    need(
+        0 < k.attn_scale < math.inf,
+        f"task.attn_scale: must be a positive number (1 = off), got {k.attn_scale}",
+    )
+    need(
+        k.attn_scale_from >= 0,
+        f"task.attn_scale_from: must be >= 0 (0 = the whole run), got {k.attn_scale_from}",
+    )
+    need(
+        cfg.train.clip >= 0 and math.isfinite(cfg.train.clip),
+        f"train.clip: must be a number >= 0 (0 = off), got {cfg.train.clip}",
+    )
     if k.name == "matrix":  # the default task, the one the data section describes
-        need(k.attn_scale == 1.0, "task.attn_scale: built for the sequence tasks; for matrices use model.attn_bias")
-        need(k.attn_scale_from == 0 and not k.attn_scale_layers.strip(),
-             "task.attn_scale_from/attn_scale_layers: built for the sequence tasks' task.attn_scale; "
-             "for matrices use model.attn_bias_until/attn_bias_layers")
+        need(
+            k.attn_scale == 1.0,
+            "task.attn_scale: built for the sequence tasks; for matrices use model.attn_bias",
+        )
+        need(
+            k.attn_scale_from == 0 and not k.attn_scale_layers.strip(),
+            "task.attn_scale_from/attn_scale_layers: built for the sequence tasks' "
+            "task.attn_scale; "
+            "for matrices use model.attn_bias_until/attn_bias_layers",
+        )
         return
     need(2 <= k.length <= 256, f"task.length: must be in [2, 256], got {k.length}")
-    need(1 <= k.low <= k.high <= 1000, f"task.low/task.high: need 1 <= low <= high <= 1000, got [{k.low}, {k.high}]")
-    need(k.modulus > k.high, f"task.modulus: must exceed task.high ({k.high}) so that y_1 = x_1 is an output value, got {k.modulus}")
+    need(
+        1 <= k.low <= k.high <= 1000,
+        f"task.low/task.high: need 1 <= low <= high <= 1000, got [{k.low}, {k.high}]",
+    )
+    need(
+        k.modulus > k.high,
+        f"task.modulus: must exceed task.high ({k.high}) so that y_1 = x_1 is an output value, "
+        f"got {k.modulus}",
+    )
     need(k.modulus <= 1000, f"task.modulus: at most 1000, got {k.modulus}")
     need(2 <= k.alphabet <= 1000, f"task.alphabet: must be in [2, 1000], got {k.alphabet}")
     need(1 <= k.digits <= 9, f"task.digits: must be in [1, 9], got {k.digits}")
@@ -509,10 +614,16 @@ def validate(cfg: Config) -> None:
     need(m.hidden >= 1, f"model.hidden: must be >= 1, got {m.hidden}")
     need(m.layers >= 1, f"model.layers: must be >= 1, got {m.layers}")
     need(m.heads >= 1, f"model.heads: must be >= 1, got {m.heads}")
-    need(m.hidden % m.heads == 0, f"model.heads: must divide model.hidden ({m.hidden}), got {m.heads}")
+    need(
+        m.hidden % m.heads == 0,
+        f"model.heads: must divide model.hidden ({m.hidden}), got {m.heads}",
+    )
     need(m.mlp >= 1, f"model.mlp: must be >= 1, got {m.mlp}")
     need(0 < m.init_std < math.inf, f"model.init_std: must be a positive number, got {m.init_std}")
-    need(0 <= m.pos_init_std < math.inf, f"model.pos_init_std: must be a number >= 0 (0 = init_std), got {m.pos_init_std}")
+    need(
+        0 <= m.pos_init_std < math.inf,
+        f"model.pos_init_std: must be a number >= 0 (0 = init_std), got {m.pos_init_std}",
+    )
     need(0 < m.ln_eps < 1, f"model.ln_eps: must be in (0, 1), got {m.ln_eps}")
     need(t.steps >= 1, f"train.steps: must be >= 1, got {t.steps}")
     need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
@@ -520,47 +631,101 @@ def validate(cfg: Config) -> None:
     need(t.warmup >= 0, f"train.warmup: must be >= 0, got {t.warmup}")
     need(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1/beta2: must be in [0, 1)")
     need(0 < t.eps < 1, f"train.eps: must be in (0, 1), got {t.eps}")
-    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
-         f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'")
+    need(
+        re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+        f"train.device: must be auto, cpu, cuda or cuda:N, got '{t.device}'",
+    )
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
     need(t.eval_size >= 1, f"train.eval_size: must be >= 1, got {t.eval_size}")
     if cfg.data.sizes.strip():  # a mixture gives each size an equal share of every batch, in turn
         k = len(cfg.data.size_list())
         for key, count in (("train.batch_size", t.batch_size), ("train.eval_size", t.eval_size)):
-            need(count >= k, f"{key}={count} is below the {k} sizes of data.sizes: some sizes would never be "
-                             f"{'trained' if key == 'train.batch_size' else 'evaluated'}; use at least {k}")
+            need(
+                count >= k,
+                f"{key}={count} is below the {k} sizes of data.sizes: some sizes would never be "
+                f"{'trained' if key == 'train.batch_size' else 'evaluated'}; use at least {k}",
+            )
     need(t.ckpt_every >= 1, f"train.ckpt_every: must be >= 1, got {t.ckpt_every}")
-    need(0 <= t.ckpt_log_points <= MAX_LOG_POINTS, f"train.ckpt_log_points: must be in [0, {MAX_LOG_POINTS}], got {t.ckpt_log_points}")
+    need(
+        0 <= t.ckpt_log_points <= MAX_LOG_POINTS,
+        f"train.ckpt_log_points: must be in [0, {MAX_LOG_POINTS}], got {t.ckpt_log_points}",
+    )
     # Checkpoints and log rows are files and memory that grow with the run: refuse a run that would
     # fill a disk or the memory rather than find out hours in.
-    need(t.steps // t.ckpt_every <= MAX_CHECKPOINTS,
-         f"train.ckpt_every={t.ckpt_every}: {t.steps} steps would write {t.steps // t.ckpt_every} checkpoints, "
-         f"at most {MAX_CHECKPOINTS}; raise train.ckpt_every to at least {-(-t.steps // MAX_CHECKPOINTS)}")
-    need(t.steps // t.log_every <= MAX_LOG_ROWS,
-         f"train.log_every={t.log_every}: {t.steps} steps would log {t.steps // t.log_every} rows, "
-         f"at most {MAX_LOG_ROWS}; raise train.log_every to at least {-(-t.steps // MAX_LOG_ROWS)}")
+    need(
+        t.steps // t.ckpt_every <= MAX_CHECKPOINTS,
+        f"train.ckpt_every={t.ckpt_every}: {t.steps} steps would write {t.steps // t.ckpt_every} "
+        "checkpoints, "
+        f"at most {MAX_CHECKPOINTS}; raise train.ckpt_every to at least "
+        f"{-(-t.steps // MAX_CHECKPOINTS)}",
+    )
+    need(
+        t.steps // t.log_every <= MAX_LOG_ROWS,
+        f"train.log_every={t.log_every}: {t.steps} steps would log {t.steps // t.log_every} rows, "
+        f"at most {MAX_LOG_ROWS}; raise train.log_every to at least {-(-t.steps // MAX_LOG_ROWS)}",
+    )
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
-    need(m.arch == "bert" or not cfg.data.sizes.strip(), "data.sizes: size mixtures are built for model.arch=bert only")
-    need(m.arch == "bert" or cfg.task.name != "matrix" or not t.progress,
-         "train.progress: on matrices the progress measures are built for model.arch=bert only")
-    need(0 < m.attn_temperature < math.inf, f"model.attn_temperature: must be a positive number, got {m.attn_temperature}")
-    need(t.optimizer in ("adam", "adamw"), f"train.optimizer: must be adam or adamw, got '{t.optimizer}'")
-    need(0 <= t.weight_decay < math.inf, f"train.weight_decay: must be a number >= 0, got {t.weight_decay}")
-    need(t.weight_decay == 0 or t.optimizer == "adamw", "train.weight_decay: only with train.optimizer=adamw (Adam's L2 is not what you want)")
-    need(0 <= t.grokfast_alpha < 1, f"train.grokfast_alpha: must be in [0, 1), got {t.grokfast_alpha}")
-    need(0 <= t.grokfast_lambda < math.inf, f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}")
+    need(
+        m.arch == "bert" or not cfg.data.sizes.strip(),
+        "data.sizes: size mixtures are built for model.arch=bert only",
+    )
+    need(
+        m.arch == "bert" or cfg.task.name != "matrix" or not t.progress,
+        "train.progress: on matrices the progress measures are built for model.arch=bert only",
+    )
+    need(
+        0 < m.attn_temperature < math.inf,
+        f"model.attn_temperature: must be a positive number, got {m.attn_temperature}",
+    )
+    need(
+        t.optimizer in ("adam", "adamw"),
+        f"train.optimizer: must be adam or adamw, got '{t.optimizer}'",
+    )
+    need(
+        0 <= t.weight_decay < math.inf,
+        f"train.weight_decay: must be a number >= 0, got {t.weight_decay}",
+    )
+    need(
+        t.weight_decay == 0 or t.optimizer == "adamw",
+        "train.weight_decay: only with train.optimizer=adamw (Adam's L2 is not what you want)",
+    )
+    need(
+        0 <= t.grokfast_alpha < 1,
+        f"train.grokfast_alpha: must be in [0, 1), got {t.grokfast_alpha}",
+    )
+    need(
+        0 <= t.grokfast_lambda < math.inf,
+        f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}",
+    )
     _check_levers(cfg)
     _check_task(cfg)
     c = cfg.curriculum
-    need(0 <= c.rank <= min(cfg.data.m, cfg.data.n), f"curriculum.rank: must be in [0, {min(cfg.data.m, cfg.data.n)}] (0 = off), got {c.rank}")
-    need(c.p_mask == -1.0 or 0 <= c.p_mask < 1, f"curriculum.p_mask: must be in [0, 1), or -1 for off, got {c.p_mask}")
+    need(
+        0 <= c.rank <= min(cfg.data.m, cfg.data.n),
+        f"curriculum.rank: must be in [0, {min(cfg.data.m, cfg.data.n)}] (0 = off), got {c.rank}",
+    )
+    need(
+        c.p_mask == -1.0 or 0 <= c.p_mask < 1,
+        f"curriculum.p_mask: must be in [0, 1), or -1 for off, got {c.p_mask}",
+    )
     need(math.isfinite(c.mean), f"curriculum.mean: must be finite, got {c.mean}")
     need(c.hold >= 0 and c.decay >= 0, "curriculum.hold/decay: must be >= 0")
-    need(not c.mean or cfg.data.distribution in ("uniform", "signed"), "curriculum.mean: only for data.distribution=uniform or signed")
+    need(
+        not c.mean or cfg.data.distribution in ("uniform", "signed"),
+        "curriculum.mean: only for data.distribution=uniform or signed",
+    )
     if c.mean or c.rank:
-        shifted = dataclasses.replace(cfg.data, low=cfg.data.low + c.mean, high=cfg.data.high + c.mean,
-                                      mag_high=cfg.data.mag_high + abs(c.mean), rank=max(c.rank, cfg.data.rank))
+        shifted = dataclasses.replace(
+            cfg.data,
+            low=cfg.data.low + c.mean,
+            high=cfg.data.high + c.mean,
+            mag_high=cfg.data.mag_high + abs(c.mean),
+            rank=max(c.rank, cfg.data.rank),
+        )
         bound = max_abs_entry(shifted)
-        need(shifted.clip or bound <= VOCAB_MAX,
-             f"curriculum: its training data reach |x| = {bound:g}, beyond the vocabulary; lower curriculum.mean/rank or set data.clip=true")
+        need(
+            shifted.clip or bound <= VOCAB_MAX,
+            f"curriculum: its training data reach |x| = {bound:g}, beyond the vocabulary; lower "
+            "curriculum.mean/rank or set data.clip=true",
+        )

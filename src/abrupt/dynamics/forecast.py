@@ -9,7 +9,8 @@ The rule (one signal at a time; the default signal is the evaluation L_mask itse
    departure it had at the escapes of other runs (`calibrate`).
 3. Near a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
    logs all stand above the plateau's noise (`noise_k` robust standard deviations of d on the
-   plateau) and still below the target, log d is fitted by weighted least squares on them (weights d^2); with a growth
+   plateau) and still below the target, log d is fitted by weighted least squares on them (weights
+   d^2); with a growth
    rate r at least `min_z` standard errors above 0 the forecast is the step where the fit reaches
    the target, and its interval the steps where fits with r -/+ z_interval standard errors do
    (an unbounded end means "not yet predictable").
@@ -45,7 +46,11 @@ class Forecast:
         """The metrics.jsonl fields (only when there is a forecast)."""
         if self.escape is None:
             return {}
-        return {"forecast_escape": self.escape, "forecast_low": self.low, "forecast_high": self.high}
+        return {
+            "forecast_escape": self.escape,
+            "forecast_low": self.low,
+            "forecast_high": self.high,
+        }
 
     def label(self) -> str:
         """Short text for the progress bar: 'drop ~N±M' (M half the interval)."""
@@ -58,12 +63,17 @@ class Forecast:
 def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:
     if signal == LOSS:
         return loss_series(rows)
-    pts = [(int(r["step"]), float(r[signal])) for r in rows
-           if isinstance(r.get(signal), (int, float)) and math.isfinite(r[signal])]  # a measure can be NaN (undefined)
+    pts = [
+        (int(r["step"]), float(r[signal]))
+        for r in rows
+        if isinstance(r.get(signal), (int, float)) and math.isfinite(r[signal])
+    ]  # a measure can be NaN (undefined)
     return [s for s, _ in pts], [v for _, v in pts]
 
 
-def departure(rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, window: int = 5) -> tuple[list[int], list[float], dict[str, Any]]:
+def departure(
+    rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, window: int = 5
+) -> tuple[list[int], list[float], dict[str, Any]]:
     """(steps, d, plateau) from the plateau's start on: the signal's departure from its plateau
     value (see the module's rule), smoothed by a running median of `window` logs; `plateau` is
     `transition.detect`'s answer. Empty lists before a plateau is found."""
@@ -78,7 +88,9 @@ def departure(rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, wi
         return [], [], found
     if signal == LOSS:
         level = found["plateau_loss_mask"]
-        if not 0 < level < math.inf:  # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+        if (
+            not 0 < level < math.inf
+        ):  # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
             return [], [], found
         d = [1.0 - v / level for v in smooth]
     else:
@@ -94,9 +106,17 @@ def noise_level(d: list[float], n: int) -> float:
     return 1.4826 * statistics.median(abs(x - med) for x in head) or 1e-12
 
 
-def forecast(rows: list[dict[str, Any]], signal: str = LOSS, target: float = ESCAPE_DEPARTURE, after: int = 0,
-             fit_points: int = 8, noise_k: float = 3.0, min_z: float = 3.0, z_interval: float = 1.64,
-             window: int = 5) -> Forecast:
+def forecast(
+    rows: list[dict[str, Any]],
+    signal: str = LOSS,
+    target: float = ESCAPE_DEPARTURE,
+    after: int = 0,
+    fit_points: int = 8,
+    noise_k: float = 3.0,
+    min_z: float = 3.0,
+    z_interval: float = 1.64,
+    window: int = 5,
+) -> Forecast:
     """The escape step forecast from `rows` (metrics rows, oldest first) as of their last step.
 
     `target`: the departure d at which the escape happens (0.2 for the loss, by the definition of
@@ -120,8 +140,12 @@ def forecast(rows: list[dict[str, Any]], signal: str = LOSS, target: float = ESC
     if fit is None or fit[1] <= min_z * fit[2] * math.sqrt(max(window, 2) / 2):
         return Forecast(now, reason="no significant exponential growth")
     intercept, rate, se = fit
-    se *= math.sqrt(max(window, 2) / 2)  # the running median makes neighbouring logs correlated: fewer independent points
-    gap = math.log(target) - (intercept + rate * xs[-1])  # log-distance still to go at the last fitted step
+    se *= math.sqrt(
+        max(window, 2) / 2
+    )  # the running median makes neighbouring logs correlated: fewer independent points
+    gap = math.log(target) - (
+        intercept + rate * xs[-1]
+    )  # log-distance still to go at the last fitted step
 
     def reach(r: float) -> int | None:
         return None if r <= 0 else max(now + 1, round(xs[-1] + gap / r))
@@ -151,8 +175,11 @@ def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | Non
     return intercept, slope, se
 
 
-def calibrate(runs: list[tuple[list[dict[str, Any]], int]], signal: str, window: int = 5) -> float | None:
-    """The departure of `signal` at the escape, median over `runs` [(rows, after), ...] that escaped:
+def calibrate(
+    runs: list[tuple[list[dict[str, Any]], int]], signal: str, window: int = 5
+) -> float | None:
+    """The departure of `signal` at the escape, median over `runs` [(rows, after), ...] that
+    escaped:
     the target for forecasting with that signal. None when no run escaped."""
     at_escape = []
     for rows, after in runs:
@@ -164,8 +191,14 @@ def calibrate(runs: list[tuple[list[dict[str, Any]], int]], signal: str, window:
     return statistics.median(at_escape) if at_escape else None
 
 
-def history(rows: list[dict[str, Any]], signal: str = LOSS, target: float = ESCAPE_DEPARTURE, after: int = 0,
-            every: int = 1, **options: Any) -> list[dict[str, Any]]:
+def history(
+    rows: list[dict[str, Any]],
+    signal: str = LOSS,
+    target: float = ESCAPE_DEPARTURE,
+    after: int = 0,
+    every: int = 1,
+    **options: Any,
+) -> list[dict[str, Any]]:
     """The forecast as it would have been made at each logged step (every `every`-th), as dicts:
     what a run's training wrote to metrics.jsonl, recomputed for any signal (the study's input)."""
     out = []

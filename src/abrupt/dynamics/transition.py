@@ -2,7 +2,8 @@
 
 The detector reads one series, `eval_loss_mask` (the hidden-entry loss on the fixed evaluation
 batch; `loss_mask` where that is absent; for the GPT variant and the sequence tasks the
-cross-entropy `eval_loss`, on the written outputs only), smoothed by a running median of `window` points:
+cross-entropy `eval_loss`, on the written outputs only), smoothed by a running median of `window`
+points:
 
 1. plateau_start: the first logged step after which the smoothed loss falls by less than
    `flat_ratio` over the next `window` logs (the initial fall from random weights is over).
@@ -27,7 +28,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-ESCAPE_DEPARTURE = 0.2  # escape_step: the first step the smoothed loss is this fraction below the plateau
+ESCAPE_DEPARTURE = (
+    0.2  # escape_step: the first step the smoothed loss is this fraction below the plateau
+)
 
 
 def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -37,7 +40,11 @@ def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
         # the GPT variant (Fig. 11) and the sequence tasks: the drop is in the cross-entropy
         key = "eval_loss"
     else:
-        key = "eval_loss_mask" if rows and all(r.get("eval_loss_mask") is not None for r in rows) else "loss_mask"
+        key = (
+            "eval_loss_mask"
+            if rows and all(r.get("eval_loss_mask") is not None for r in rows)
+            else "loss_mask"
+        )
     pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None]
     return [s for s, _ in pts], [v for _, v in pts]
 
@@ -48,7 +55,11 @@ def running_median(values: list[float], window: int) -> list[float]:
 
 
 def detect(
-    rows: list[dict[str, Any]], window: int = 5, flat_ratio: float = 0.9, min_factor: float = 10.0, after: int = 0
+    rows: list[dict[str, Any]],
+    window: int = 5,
+    flat_ratio: float = 0.9,
+    min_factor: float = 10.0,
+    after: int = 0,
 ) -> dict[str, Any]:
     """`after`: the plateau is looked for only after this step (the end of a training curriculum,
     during which the evaluation loss reflects the shifted training data, not the target's)."""
@@ -78,7 +89,9 @@ def detect(
     end = next((j for j in range(start, len(s)) if s[j] < 0.8 * s[start]), len(s))
     plateau = statistics.median(s[start:end])
     drop = next((j for j in range(start, len(s)) if s[j] < 0.5 * plateau), None)
-    escape = next((j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * plateau), None)
+    escape = next(
+        (j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * plateau), None
+    )
     result["plateau_start"] = steps[start]
     result["plateau_loss_mask"] = plateau
     result["escape_step"] = steps[escape] if escape is not None else None
@@ -98,15 +111,25 @@ def drop_seen_at(rows: list[dict[str, Any]], after: int = 0) -> int | None:
     return None
 
 
-def window_rule(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, band: float = 0.25,
-                factor: float = 5.0) -> dict[str, Any]:
+def window_rule(
+    rows: list[dict[str, Any]],
+    found: dict[str, Any],
+    window: int = 5,
+    band: float = 0.25,
+    factor: float = 5.0,
+) -> dict[str, Any]:
     """The window rule on the smoothed series: `plateau_end` is the first step after plateau_start
     where the loss is below (1 - band) x the plateau level; the plateau is the run of logs just
     before it that stay within band x the level, `plateau_steps` P its length in steps;
     `drop_factor` F = level / the lowest loss in (plateau_end - 1 log, plateau_end + P/4];
     `sudden` = F >= factor. All None/False when the loss never leaves the plateau. F is inf where
     the loss reaches exactly 0 in the window (float32 cross-entropy can); JSON writes it as null."""
-    out: dict[str, Any] = {"plateau_end": None, "plateau_steps": None, "drop_factor": None, "sudden": False}
+    out: dict[str, Any] = {
+        "plateau_end": None,
+        "plateau_steps": None,
+        "drop_factor": None,
+        "sudden": False,
+    }
     level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
     if not level or first is None:
         return out
@@ -123,11 +146,15 @@ def window_rule(rows: list[dict[str, Any]], found: dict[str, Any], window: int =
     horizon = steps[leave] + p_steps / 4
     low = min(v for st, v in zip(steps[leave:], s[leave:]) if st <= horizon)
     f = level / low if low > 0 else float("inf")
-    out.update(plateau_end=steps[leave], plateau_steps=p_steps, drop_factor=round(f, 3), sudden=f >= factor)
+    out.update(
+        plateau_end=steps[leave], plateau_steps=p_steps, drop_factor=round(f, 3), sudden=f >= factor
+    )
     return out
 
 
-def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5) -> dict[str, Any]:
+def suddenness(
+    rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5
+) -> dict[str, Any]:
     """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
     (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
     out: dict[str, Any] = {"fall_start": None, "fall_end": None, "fall_ratio": None}
@@ -140,8 +167,13 @@ def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 
     if not 0 < final < plateau:
         return out
     level = lambda frac: plateau * (final / plateau) ** frac  # noqa: E731
-    start_i = next((i for i, v in enumerate(s) if steps[i] >= found["plateau_start"] and v <= level(0.2)), None)
-    end_i = next((i for i, v in enumerate(s) if start_i is not None and i >= start_i and v <= level(0.8)), None)
+    start_i = next(
+        (i for i, v in enumerate(s) if steps[i] >= found["plateau_start"] and v <= level(0.2)), None
+    )
+    end_i = next(
+        (i for i, v in enumerate(s) if start_i is not None and i >= start_i and v <= level(0.8)),
+        None,
+    )
     if start_i is None or end_i is None or steps[start_i] == 0:
         return out
     ratio = (steps[end_i] - steps[start_i]) / steps[start_i]
@@ -149,14 +181,21 @@ def suddenness(rows: list[dict[str, Any]], found: dict[str, Any], window: int = 
     return out
 
 
-def summarize(rows: list[dict[str, Any]], seconds: float | None = None, after: int = 0) -> dict[str, Any]:
-    """The run's summary.json: transition fields plus final losses (the plateau sought after `after`)."""
+def summarize(
+    rows: list[dict[str, Any]], seconds: float | None = None, after: int = 0
+) -> dict[str, Any]:
+    """The run's summary.json: transition fields plus final losses (the plateau sought after
+    `after`)."""
     found = detect(rows, after=after)
     last = rows[-1] if rows else {}
     # a size mixture logs L_mask per size (eval_loss_mask_5x5, ...): a drop step for each
     per_size = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
-    sizes = {f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect([{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows], after=after)["drop_step"]
-             for k in per_size}
+    sizes = {
+        f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect(
+            [{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows], after=after
+        )["drop_step"]
+        for k in per_size
+    }
     return {
         **found,
         **suddenness(rows, found),
@@ -166,6 +205,7 @@ def summarize(rows: list[dict[str, Any]], seconds: float | None = None, after: i
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
         "steps": last.get("step", 0),
         "seconds": seconds if seconds is not None else last.get("time"),
-        "detector": "transition.detect(window=5, flat_ratio=0.9): drop = smoothed eval L_mask < plateau/2; "
-                    "sudden = window_rule(band=0.25, factor=5): F >= 5 within P/4 steps of leaving the plateau",
+        "detector": "transition.detect(window=5, flat_ratio=0.9): drop = smoothed eval L_mask < "
+        "plateau/2; "
+        "sudden = window_rule(band=0.25, factor=5): F >= 5 within P/4 steps of leaving the plateau",
     }

@@ -7,12 +7,15 @@ module: read it with `run_with_cache`, overwrite it with `hooks(...)` (a forward
 a tensor replaces the activation); the plumbing lives in `hooks.py`. Hook names (`hooks.act_name`):
 
     hook_tok_embed, hook_pos_embed         (B, T, d), (1, T, d)  before the sum
-    hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of layer 0
+    hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of
+    layer 0
     blocks.{l}.hook_resid_pre              (B, T, d)
     blocks.{l}.attn.hook_q / hook_k / hook_v   (B, H, T, dh)
-    blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when hooked);
+    blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when
+    hooked);
                                            with model.attention=linear (GPT only) the linear scores
-    blocks.{l}.attn.hook_z                 (B, T, H, dh) per-head output before the output projection
+    blocks.{l}.attn.hook_z                 (B, T, H, dh) per-head output before the output
+    projection
     blocks.{l}.hook_attn_out               (B, T, d)  after the output projection
     blocks.{l}.hook_resid_mid              (B, T, d)  LayerNorm(resid_pre + attn_out)
     blocks.{l}.hook_mlp_out                (B, T, d)
@@ -32,18 +35,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..config import layer_list
+from ..config import ModelConfig, layer_list
 from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from ..hooks import HookedModule, HookPoint, mode
 from ..losses import as_floats, losses
 from . import layers
 from .layers import Attention, init_weights
 
+
 def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
-    """Put the value-token rows on a number line in place: row of value v += v * d, with d one random
+    """Put the value-token rows on a number line in place: row of value v += v * d, with d one
+    random
     direction (drawn after every other weight, so the rest of the model is unchanged) whose norm is
-    `scale` times the expected norm of a random row, std * sqrt(hidden). tok_embed: (VOCAB_SIZE, d)."""
+    `scale` times the expected norm of a random row, std * sqrt(hidden). tok_embed: (VOCAB_SIZE,
+    d)."""
     hidden = tok_embed.shape[1]
     d = torch.randn(hidden)
     d = d * (scale * std * math.sqrt(hidden) / d.norm())
@@ -52,7 +57,9 @@ def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
         tok_embed[1:] += values[:, None] * d.to(tok_embed)
 
 
-def row_column_bias(t: int, cols: int, c: float, device: torch.device | None = None) -> torch.Tensor:
+def row_column_bias(
+    t: int, cols: int, c: float, device: torch.device | None = None
+) -> torch.Tensor:
     """(T, T) additive attention bias: log c where the key shares the query's row or column in a
     matrix of `cols` columns read row-major (the query itself included), 0 elsewhere."""
     p = torch.arange(t, device=device)
@@ -75,7 +82,9 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         if self.pre_norm:
             x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), keep, bias)))
@@ -101,7 +110,11 @@ class MatrixBert(HookedModule):
         self.seq_len = seq_len
         self.cols = cols
         self.attn_bias_on = cfg.attn_bias != 1.0
-        self.bias_layers = set(layer_list(cfg.attn_bias_layers, cfg.layers, "model.attn_bias_layers")) if self.attn_bias_on else set()
+        self.bias_layers = (
+            set(layer_list(cfg.attn_bias_layers, cfg.layers, "model.attn_bias_layers"))
+            if self.attn_bias_on
+            else set()
+        )
         # padding_idx keeps the MASK row at zero and out of training, as in the reference
         # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
         self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.hidden, padding_idx=MASK_ID)
@@ -139,7 +152,11 @@ class MatrixBert(HookedModule):
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
         x = self.hook_embed(self.ln_embed(tok + pos))
         keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
-        bias = row_column_bias(t, self.cols, self.cfg.attn_bias, x.device) if self.attn_bias_on else None
+        bias = (
+            row_column_bias(t, self.cols, self.cfg.attn_bias, x.device)
+            if self.attn_bias_on
+            else None
+        )
         for layer, block in enumerate(self.blocks):
             x = block(x, keep, bias if layer in self.bias_layers else None)
         if self.cfg.norm == "pre":
@@ -166,7 +183,17 @@ class MatrixBert(HookedModule):
 
     @torch.no_grad()
     def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """Predictions (B, T) in evaluation mode, without gradients, layers.CHUNK matrices per forward pass."""
+        """Predictions (B, T) in evaluation mode, without gradients, layers.CHUNK matrices per
+        forward pass."""
         with mode(self):
-            return torch.cat([self(tokens[i : i + layers.CHUNK], None if pad is None else pad[i : i + layers.CHUNK]).float().cpu()
-                              for i in range(0, len(tokens), layers.CHUNK)])
+            return torch.cat(
+                [
+                    self(
+                        tokens[i : i + layers.CHUNK],
+                        None if pad is None else pad[i : i + layers.CHUNK],
+                    )
+                    .float()
+                    .cpu()
+                    for i in range(0, len(tokens), layers.CHUNK)
+                ]
+            )

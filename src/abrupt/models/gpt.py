@@ -36,7 +36,8 @@ GPT_VOCAB = VOCAB_SIZE + _SHIFT  # 2003
 
 
 def value_ids(values: torch.Tensor) -> torch.Tensor:
-    """GPT token ids of values (a value outside the vocabulary is refused, as in data.value_to_id)."""
+    """GPT token ids of values (a value outside the vocabulary is refused, as in
+    data.value_to_id)."""
     return value_to_id(values) + _SHIFT
 
 
@@ -64,7 +65,9 @@ def gpt_losses(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     t = batch.target.shape[1]
     out = logits[:, t:, :].float()  # the predictions of the T full-matrix tokens
     target_ids = value_ids(batch.target).to(out.device)
-    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), target_ids.reshape(-1), reduction="none").view_as(target_ids)
+    ce = F.cross_entropy(
+        out.reshape(-1, out.shape[-1]), target_ids.reshape(-1), reduction="none"
+    ).view_as(target_ids)
     guess = out[..., 2:].argmax(-1) + 2
     sq = (id_values(guess) - batch.target.to(out.device)) ** 2
     hidden = batch.mask.to(out.device)
@@ -72,11 +75,22 @@ def gpt_losses(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
 
     def mean(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         n = where.sum()
-        return torch.where(n > 0, (x * where).sum() / n.clamp_min(1), torch.full_like(n, float("nan"), dtype=x.dtype))
+        return torch.where(
+            n > 0,
+            (x * where).sum() / n.clamp_min(1),
+            torch.full_like(n, float("nan"), dtype=x.dtype),
+        )
 
-    return {"loss": ce.mean(), "ce_obs": mean(ce, ~hidden), "ce_mask": mean(ce, hidden),
-            "acc_obs": mean(correct, ~hidden), "acc_mask": mean(correct, hidden),
-            "loss_obs": mean(sq, ~hidden), "loss_mask": mean(sq, hidden), "mask_value": mean(id_values(guess).abs(), hidden)}
+    return {
+        "loss": ce.mean(),
+        "ce_obs": mean(ce, ~hidden),
+        "ce_mask": mean(ce, hidden),
+        "acc_obs": mean(correct, ~hidden),
+        "acc_mask": mean(correct, hidden),
+        "loss_obs": mean(sq, ~hidden),
+        "loss_mask": mean(sq, hidden),
+        "mask_value": mean(id_values(guess).abs(), hidden),
+    }
 
 
 class GPTBlock(nn.Module):
@@ -95,12 +109,18 @@ class GPTBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """`scale`: the attention-score multiplier (Attention.forward), None for none; `cache`: the
         layer's keys and values already read (greedy decoding)."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale, cache=cache)))
-        mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh")))
+        x = self.hook_resid_mid(
+            x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale, cache=cache))
+        )
+        mlp = self.hook_mlp_out(
+            self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
+        )
         return self.hook_resid_post(x + mlp)
 
 
@@ -126,7 +146,9 @@ class MatrixGPT(HookedModule):
 
     causal = True  # a position attends to itself and earlier ones
 
-    def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:  # cols: unused (no row/column bias)
+    def __init__(
+        self, cfg: ModelConfig, seq_len: int, cols: int | None = None
+    ) -> None:  # cols: unused (no row/column bias)
         super().__init__()
         self.cfg = cfg
         self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
@@ -135,8 +157,13 @@ class MatrixGPT(HookedModule):
     def reset_parameters(self) -> None:
         init_weights(self)
 
-    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: list[KVCache] | None = None,
-                last: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        pad: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+        last: bool = False,
+    ) -> torch.Tensor:
         """`cache` (one KVCache per layer, from `new_cache`): `tokens` continue the positions it has
         read, and are added to it; every hook then sees the new positions only. `last`: the logits
         of the last position alone, (B, 1, GPT_VOCAB) (greedy decoding needs no others)."""
@@ -145,7 +172,9 @@ class MatrixGPT(HookedModule):
         start = 0 if cache is None else cache[0].length
         length = tokens.shape[1]
         if not 1 <= start + length <= 2 * self.seq_len:
-            raise ValueError(f"expected sequences of length 1..{2 * self.seq_len}, got {start + length}")
+            raise ValueError(
+                f"expected sequences of length 1..{2 * self.seq_len}, got {start + length}"
+            )
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[start : start + length].unsqueeze(0))
         x = self.hook_embed(tok + pos)
@@ -174,7 +203,12 @@ class MatrixGPT(HookedModule):
     def evaluate_batch(self, batch: Batch) -> dict[str, float]:
         """Teacher-forced losses on a batch (evaluation mode), as floats."""
         with mode(self):
-            logits = torch.cat([self(*self.train_inputs(batch[i : i + layers.CHUNK])).float() for i in range(0, len(batch), layers.CHUNK)])
+            logits = torch.cat(
+                [
+                    self(*self.train_inputs(batch[i : i + layers.CHUNK])).float()
+                    for i in range(0, len(batch), layers.CHUNK)
+                ]
+            )
         return {k: v.item() for k, v in gpt_losses(logits, batch).items()}
 
     @torch.no_grad()
@@ -189,7 +223,10 @@ class MatrixGPT(HookedModule):
         the positions each pass adds, so they must act position by position (every analysis's
         hook does; `hook_pattern` then has the shape (B, H, new, read so far))."""
         prefix = masked_prefix(tokens.to(self.pos_embed.weight.device))
-        seq = torch.cat([prefix, torch.full((len(prefix), 1), GPT_SEP, dtype=torch.long, device=prefix.device)], dim=1)
+        seq = torch.cat(
+            [prefix, torch.full((len(prefix), 1), GPT_SEP, dtype=torch.long, device=prefix.device)],
+            dim=1,
+        )
         t = prefix.shape[1]
         kv = self.new_cache() if cache else None
         step = seq
@@ -205,12 +242,18 @@ class MatrixGPT(HookedModule):
         return self.complete(tokens)[:, :-1]
 
     @torch.no_grad()
-    def predict(self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: bool = True) -> torch.Tensor:
+    def predict(
+        self, tokens: torch.Tensor, pad: torch.Tensor | None = None, cache: bool = True
+    ) -> torch.Tensor:
         """The completed matrix (B, T) for masked BERT tokens (see `complete`), in evaluation mode,
         layers.CHUNK matrices at a time."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
         t = tokens.shape[1]
         with mode(self):
-            return torch.cat([id_values(self.complete(tokens[i : i + layers.CHUNK], cache)[:, t + 1 :]).cpu()
-                              for i in range(0, len(tokens), layers.CHUNK)])
+            return torch.cat(
+                [
+                    id_values(self.complete(tokens[i : i + layers.CHUNK], cache)[:, t + 1 :]).cpu()
+                    for i in range(0, len(tokens), layers.CHUNK)
+                ]
+            )

@@ -26,7 +26,8 @@ GROUPS = {
     "mlp": r"^blocks\.\d+\.mlp_(in|out)\.",
     "layernorm": r"^blocks\.\d+\.ln_",
     "embeddings": r"^(tok_embed|pos_embed|ln_embed)\.",
-    "readout": r"^(readout|head|ln_final)\.",  # the BERT's read-out; the GPT's final LayerNorm and head
+    # the BERT's read-out; the GPT's final LayerNorm and head
+    "readout": r"^(readout|head|ln_final)\.",
 }
 GROUPS["attention"] = f"({GROUPS['qkv']})|({GROUPS['attn_out']})"
 GROUPS["rest"] = f"^(?!({GROUPS['attention']}))"
@@ -44,9 +45,13 @@ def pattern(group: str) -> str:
     m = _PER_LAYER.match(group)
     if m:
         kind, layer = m.groups()
-        return rf"^blocks\.{layer}\.attn\." if kind == "attn" else rf"^blocks\.{layer}\.mlp_(in|out)\."
+        return (
+            rf"^blocks\.{layer}\.attn\." if kind == "attn" else rf"^blocks\.{layer}\.mlp_(in|out)\."
+        )
     if group not in GROUPS:
-        raise ValueError(f"unknown parameter group '{group}'; use one of {', '.join(GROUPS)}, attn.L or mlp.L")
+        raise ValueError(
+            f"unknown parameter group '{group}'; use one of {', '.join(GROUPS)}, attn.L or mlp.L"
+        )
     return GROUPS[group]
 
 
@@ -81,7 +86,9 @@ _NAMES: dict[str, tuple[str, ...]] = {}
 def _parameter_names(model_cfg: Any) -> tuple[str, ...]:
     # Width never changes which tensors exist: the smallest model is built, once per kind, and the
     # global RNG (which build_model seeds) is restored.
-    small = dataclasses.replace(model_cfg, hidden=model_cfg.heads, mlp=1, value_init="random")  # no data-dependent init on meta
+    small = dataclasses.replace(
+        model_cfg, hidden=model_cfg.heads, mlp=1, value_init="random"
+    )  # no data-dependent init on meta
     if repr(small) not in _NAMES:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             _NAMES[repr(small)] = tuple(build_model(small, 2, seed=0, cols=1).state_dict())

@@ -19,6 +19,7 @@ from ..hooks import HookPoint
 # batch, and a test runs every analysis at two chunk sizes.
 CHUNK = 512
 
+
 def init_weights(model: nn.Module) -> None:
     """BERT's initialisation (normal(0, init_std) weights, zero biases, unit LayerNorms; position
     embeddings at pos_init_std when set), in a fixed order so that one seed gives one model."""
@@ -83,16 +84,25 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-    def _mask(self, keep: torch.Tensor | None, tq: int, tk: int, device: torch.device) -> torch.Tensor | None:
+    def _mask(
+        self, keep: torch.Tensor | None, tq: int, tk: int, device: torch.device
+    ) -> torch.Tensor | None:
         """Keys each query may see, (B, 1, Tq, Tk) or (Tq, Tk) bool, or None for all: `keep`, and
-        for a causal model keys up to the query, whose position is tk - tq + i (cached keys first)."""
+        for a causal model keys up to the query, whose position is tk - tq + i (cached keys
+        first)."""
         if not self.causal:
             return keep
         causal = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(tk - tq)
         return causal if keep is None else keep & causal
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                scale: torch.Tensor | None = None, cache: "KVCache | None" = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        cache: "KVCache | None" = None,
+    ) -> torch.Tensor:
         """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
         `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none.
         `scale` (B or 1, 1, Tq, Tk) float > 0: the follow-up's attention-score multiplier (c on a
@@ -127,14 +137,31 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
         elif bias is not None:  # BERT only (validated): no causal mask, no cache to combine
-            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(q.dtype)  # SDPA wants q's dtype (bf16 autocast)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
-        elif self.temperature == 1.0 and keep is None and tq == tk:  # the paper's attention, and SDPA's own default scale
+            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(
+                q.dtype
+            )  # SDPA wants q's dtype (bf16 autocast)
+            z = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature)
+            )
+        elif (
+            self.temperature == 1.0 and keep is None and tq == tk
+        ):  # the paper's attention, and SDPA's own default scale
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif keep is None and tq == tk:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
+            z = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                is_causal=self.causal,
+                scale=1.0 / (math.sqrt(self.head_dim) * self.temperature),
+            )
         else:
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask(keep, tq, tk, q.device),
-                                               scale=1.0 / (math.sqrt(self.head_dim) * self.temperature))
+            z = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=self._mask(keep, tq, tk, q.device),
+                scale=1.0 / (math.sqrt(self.head_dim) * self.temperature),
+            )
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))

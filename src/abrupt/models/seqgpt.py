@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .gpt import build_decoder
 from ..hooks import HookedModule, mode
 from ..losses import as_floats
 from . import layers
+from .gpt import build_decoder
 from .layers import init_weights
 
 
@@ -33,7 +33,8 @@ from .layers import init_weights
 class SeqBatch:
     tokens: torch.Tensor  # (B, L) int64: inputs, separator(s), outputs
     out_start: int  # index of the first output token
-    keys: torch.Tensor  # (B, layers, L-1, L-1) bool: each layer's correct keys of each output query (False elsewhere)
+    # (B, layers, L-1, L-1) bool: each layer's correct keys of each output query (False elsewhere)
+    keys: torch.Tensor
     pad: None = None  # no padding and no size mixture (the trainer asks)
     size: None = None
 
@@ -63,8 +64,14 @@ class SequenceGPT(HookedModule):
     `keys` (B, layers, >= T, >= T) bool: the task's correct keys, read only while the
     attention-score multiplier is on (`attn_scale` != 1 in `scale_layers`)."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int, seq_len: int, attn_scale: float = 1.0,
-                 scale_layers: list[int] | tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: int,
+        seq_len: int,
+        attn_scale: float = 1.0,
+        scale_layers: list[int] | tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.vocab = vocab
@@ -76,7 +83,8 @@ class SequenceGPT(HookedModule):
 
     def reset_parameters(self) -> None:
         init_weights(self)
-        # GPT-2: residual projections shrink with depth so the residual stream's variance does not grow
+        # GPT-2: residual projections shrink with depth so the residual stream's variance does not
+        # grow
         std = self.cfg.init_std / math.sqrt(2 * self.cfg.layers)
         for block in self.blocks:
             nn.init.normal_(block.attn.o.weight, std=std)
@@ -110,5 +118,10 @@ class SequenceGPT(HookedModule):
         default layers.CHUNK), as floats."""
         chunk = chunk or layers.CHUNK
         with mode(self):
-            logits = torch.cat([self(*self.train_inputs(batch[i : i + chunk])).float() for i in range(0, len(batch), chunk)])
+            logits = torch.cat(
+                [
+                    self(*self.train_inputs(batch[i : i + chunk])).float()
+                    for i in range(0, len(batch), chunk)
+                ]
+            )
         return as_floats(sequence_losses(logits, batch))

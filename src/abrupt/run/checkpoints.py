@@ -24,10 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import Config
-from ..train import interventions
 from .. import tasks
+from ..config import Config
 from ..models.bert import MatrixBert
+from ..train import interventions
 from .rundir import atomic_write_json, interrupts_held, read_config, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
@@ -60,13 +60,21 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def _atomic_save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        except SafetensorError as e:  # an I/O failure (a full disk): an OSError like every other write's
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                tmp,
+                metadata=metadata,
+            )
+        except (
+            SafetensorError
+        ) as e:  # an I/O failure (a full disk): an OSError like every other write's
             code = re.search(r"(?:os error|code:) (\d+)", str(e))  # "I/O error: ... (os error 28)"
             errno_ = int(code.group(1)) if code else 5  # EIO when safetensors does not say
             raise OSError(errno_, os.strerror(errno_), str(path)) from None
@@ -115,10 +123,15 @@ def save(
             state["__data_rng__"] = data_rng.get_state()
             state.update({f"__extra__::{k}": v for k, v in (extra or {}).items()})
             _atomic_save_tensors(optim_path, state, {"step": str(step)})
-            files[optim_path.name] = {"bytes": optim_path.stat().st_size, "sha256": _sha256(optim_path)}
+            files[optim_path.name] = {
+                "bytes": optim_path.stat().st_size,
+                "sha256": _sha256(optim_path),
+            }
         atomic_write_json(side, {"step": step, "files": files, **meta})
     except BaseException:
-        if not side.exists():  # no half checkpoint is kept: its files without their side file are debris
+        if (
+            not side.exists()
+        ):  # no half checkpoint is kept: its files without their side file are debris
             weights.unlink(missing_ok=True)
             optim_path.unlink(missing_ok=True)
         raise
@@ -187,10 +200,14 @@ def find(run_dir: Path, step: int | None = None) -> Checkpoint:
         matches = [c for c in all_ckpts if c.step == step]
         if not matches:
             have = ", ".join(str(c.step) for c in all_ckpts) or "none"
-            raise CheckpointError(f"no checkpoint at step {step} in {ckpt_dir} (saved steps: {have})")
+            raise CheckpointError(
+                f"no checkpoint at step {step} in {ckpt_dir} (saved steps: {have})"
+            )
         ckpt = matches[0]
     if not is_intact(ckpt):
-        raise CheckpointError(f"checkpoint {ckpt.weights} is incomplete or corrupt (size or SHA-256 mismatch)")
+        raise CheckpointError(
+            f"checkpoint {ckpt.weights} is incomplete or corrupt (size or SHA-256 mismatch)"
+        )
     return ckpt
 
 
@@ -210,16 +227,25 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     wrong = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
     if missing or extra or wrong:
-        what = (f"tensor '{wrong[0]}' is {tuple(tensors[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} in the model"
-                if wrong else f"tensor '{(missing or extra)[0]}' is {'missing there' if missing else 'not in the model'}")
-        raise CheckpointError(f"{path} does not fit the model config.json describes ({what}); "
-                              "was config.json edited after the run was written?")
+        what = (
+            f"tensor '{wrong[0]}' is {tuple(tensors[wrong[0]].shape)} there, "
+            f"{tuple(own[wrong[0]].shape)} in the model"
+            if wrong
+            else f"tensor '{(missing or extra)[0]}' is "
+            f"{'missing there' if missing else 'not in the model'}"
+        )
+        raise CheckpointError(
+            f"{path} does not fit the model config.json describes ({what}); "
+            "was config.json edited after the run was written?"
+        )
     model.load_state_dict(tensors)
 
 
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = tasks.get(cfg.task.name).build_model(cfg)
-    interventions.apply(model, cfg, ckpt.step)  # the interventions as they were at this step of training
+    interventions.apply(
+        model, cfg, ckpt.step
+    )  # the interventions as they were at this step of training
     load_weights(model, ckpt.weights)
     return model.to(device).eval()
 
@@ -230,7 +256,9 @@ def load_training_state(
     """Restore model weights, Adam moments and the data generator from a checkpoint in place;
     returns the extra training state saved with it."""
     if not ckpt.optim.exists() or ckpt.optim.name not in ckpt.meta.get("files", {}):
-        raise CheckpointError(f"checkpoint at step {ckpt.step} has no optimizer state to resume from")
+        raise CheckpointError(
+            f"checkpoint at step {ckpt.step} has no optimizer state to resume from"
+        )
     load_weights(model, ckpt.weights)
     state = load_tensors(ckpt.optim)
     data_rng.set_state(state.pop("__data_rng__"))
@@ -243,13 +271,17 @@ def load_training_state(
             continue
         p = params.get(name)
         if p is None:
-            raise CheckpointError(f"{ckpt.optim} holds state for '{name}', which the model lacks; "
-                                  "was config.json edited after the run was written?")
+            raise CheckpointError(
+                f"{ckpt.optim} holds state for '{name}', which the model lacks; "
+                "was config.json edited after the run was written?"
+            )
         optim.state[p][field] = value.to(p.device) if field != "step" or fused else value
     return extra
 
 
-def load_run(run_dir: Path, step: int | None = None, device: str | torch.device = "cpu") -> tuple[Config, MatrixBert, Checkpoint]:
+def load_run(
+    run_dir: Path, step: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[Config, MatrixBert, Checkpoint]:
     """A run's configuration and its model at `step` (default: the last checkpoint)."""
     cfg = read_config(run_dir)
     ckpt = find(run_dir, step)

@@ -1,6 +1,7 @@
 """The files of a run directory: atomic writes, strict JSON, metrics rows, and one writer at a time.
 
-    config.json        full resolved configuration, with versions (as it started) and segments (each start and resume)
+    config.json        full resolved configuration, with versions (as it started) and segments (each
+    start and resume)
     metrics.jsonl      one JSON object per logged step
     checkpoints/       see checkpoints.py
     summary.json       plateau and drop (transition.py) and final losses
@@ -48,12 +49,17 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+            signal.signal(
+                sig, signal.SIG_DFL if handler is None else handler
+            )  # None: set outside Python
         if caught:
             signal.raise_signal(caught[0])
 
@@ -76,7 +82,8 @@ def dumps(obj: Any, **kwargs: Any) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, fsync, rename: readers never see half a
+    file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -108,7 +115,8 @@ def read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path, key: str) -> tuple[list[dict[str, Any]], list[int]]:
     """The rows of a JSON-lines file that are objects with an integer `key`, and the numbers of the
-    corrupt lines before the last one (a last line cut by a kill is an unfinished write, not corrupt)."""
+    corrupt lines before the last one (a last line cut by a kill is an unfinished write, not
+    corrupt)."""
     path = Path(path)
     if not path.exists():
         return [], []
@@ -134,12 +142,17 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     rows, bad = read_jsonl(path, "step")
     if bad:
-        warnings.warn(f"{path}: skipped corrupt line(s) {bad}; the other {len(rows)} rows are kept", stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped corrupt line(s) {bad}; the other {len(rows)} rows are kept",
+            stacklevel=2,
+        )
     return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(Path(run_dir) / "metrics.jsonl", "".join(dumps(r) + "\n" for r in rows).encode())
+    atomic_write_bytes(
+        Path(run_dir) / "metrics.jsonl", "".join(dumps(r) + "\n" for r in rows).encode()
+    )
 
 
 class RunLock:
@@ -167,8 +180,10 @@ class RunLock:
                     time.sleep(0.2)
                     continue
                 os.close(fd)
-                raise RunDirError(f"{self.path.parent} is in use by another process (it holds {self.path}); "
-                                  "wait for it to finish or stop it first") from None
+                raise RunDirError(
+                    f"{self.path.parent} is in use by another process (it holds {self.path}); "
+                    "wait for it to finish or stop it first"
+                ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
@@ -189,8 +204,10 @@ def check_name(path: Path) -> None:
     files written beside it, .NAME.xxxx.tmp), before anything looks it up."""
     long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX - 20), None)
     if long is not None:
-        raise RunDirError(f"{str(path)[:60]}...: the name '{long[:30]}...' has {len(os.fsencode(long))} bytes; "
-                          f"at most {NAME_MAX - 20} per directory name")
+        raise RunDirError(
+            f"{str(path)[:60]}...: the name '{long[:30]}...' has {len(os.fsencode(long))} bytes; "
+            f"at most {NAME_MAX - 20} per directory name"
+        )
 
 
 def ensure_dir(path: Path) -> None:
@@ -213,14 +230,23 @@ def check_fresh(run_dir: Path) -> None:
     """A new run may only go into an empty directory (its own lock file aside)."""
     run_dir = Path(run_dir)
     if (run_dir / "config.json").exists():
-        if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("step_*.json")):
-            raise RunDirError(f"{run_dir} holds a run that stopped before its first checkpoint; "
-                              f"`abrupt train --resume {run_dir}` starts it again from step 0")
-        raise RunDirError(f"{run_dir} already holds a run; continue it with `abrupt train --resume {run_dir}` or choose another --out")
+        if not (run_dir / "checkpoints").is_dir() or not any(
+            (run_dir / "checkpoints").glob("step_*.json")
+        ):
+            raise RunDirError(
+                f"{run_dir} holds a run that stopped before its first checkpoint; "
+                f"`abrupt train --resume {run_dir}` starts it again from step 0"
+            )
+        raise RunDirError(
+            f"{run_dir} already holds a run; continue it with `abrupt train --resume {run_dir}` "
+            "or choose another --out"
+        )
     others = [p.name for p in run_dir.iterdir() if p.name != LOCK_NAME]
     if others:
-        raise RunDirError(f"{run_dir} is not empty and is not a run ({', '.join(sorted(others)[:3])}, ...); "
-                          "choose a new or empty directory")
+        raise RunDirError(
+            f"{run_dir} is not empty and is not a run ({', '.join(sorted(others)[:3])}, ...); "
+            "choose a new or empty directory"
+        )
 
 
 def remove_temp_files(directory: Path, names: tuple[str, ...] = ("*",)) -> None:

@@ -1,4 +1,5 @@
-"""Many trainings at once: a grid (or a spec file) of overrides, each trial an ordinary run directory.
+"""Many trainings at once: a grid (or a spec file) of overrides, each trial an ordinary run
+directory.
 
     SWEEP/sweep.json        the spec, the backend, and every trial (index, name, overrides)
     SWEEP/<trial name>/     one ordinary run directory per trial, named by its swept overrides
@@ -41,7 +42,18 @@ from tqdm.auto import tqdm
 
 from ..checks import validate_run
 from ..config import ConfigError, apply_overrides, preset
-from ..run.rundir import RunDirError, RunLock, atomic_write_bytes, atomic_write_json, check_name, dumps, ensure_dir, read_json, read_jsonl, remove_temp_files
+from ..run.rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_name,
+    dumps,
+    ensure_dir,
+    read_json,
+    read_jsonl,
+    remove_temp_files,
+)
 
 
 @dataclass
@@ -77,7 +89,8 @@ def _values(key: str, raw: Any) -> list[str]:
 
 
 def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
-    """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with seeds."""
+    """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with
+    seeds."""
     spec = SweepSpec(preset=preset_name)
     for item in items:
         key, sep, raw = item.partition("=")
@@ -110,16 +123,23 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"sweep spec {path}: cannot read it ({e})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"sweep spec {path}: expected a mapping with preset, fixed, grid, zip, seeds")
+        raise ConfigError(
+            f"sweep spec {path}: expected a mapping with preset, fixed, grid, zip, seeds"
+        )
     unknown = set(raw) - {"preset", "fixed", "grid", "zip", "seeds"}
     if unknown:
-        raise ConfigError(f"sweep spec {path}: unknown section(s) {sorted(unknown)}; use preset, fixed, grid, zip, seeds")
+        raise ConfigError(
+            f"sweep spec {path}: unknown section(s) {sorted(unknown)}; use preset, fixed, grid, "
+            "zip, seeds"
+        )
     seeds = raw.get("seeds")
     if seeds is None:
         seeds = []
     elif isinstance(seeds, int) and not isinstance(seeds, bool):
         if not 1 <= seeds <= MAX_TRIALS:  # 0 or less would silently run one unseeded trial
-            raise ConfigError(f"sweep spec {path}: seeds: a count must be in [1, {MAX_TRIALS}], got {seeds}")
+            raise ConfigError(
+                f"sweep spec {path}: seeds: a count must be in [1, {MAX_TRIALS}], got {seeds}"
+            )
         seeds = list(range(seeds))
     elif not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"sweep spec {path}: seeds must be a non-empty list or a count >= 1")
@@ -138,7 +158,9 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     )
 
 
-MAX_TRIALS = 10_000  # each trial is validated up front and gets a directory: a larger sweep is a mistake
+MAX_TRIALS = (
+    10_000  # each trial is validated up front and gets a directory: a larger sweep is a mistake
+)
 MAX_NAME = 120  # characters of a trial's directory name (a file system allows 255 bytes)
 
 
@@ -148,7 +170,9 @@ def _trial_names(spec: SweepSpec, swept: list[dict[str, str]]) -> list[str]:
     once), by its last part unless two shown keys share it; a name that would be too long, or
     that sanitising made equal to another, ends in a hash of the trial's values."""
     zipped = list(spec.zip)
-    shown = [k for k in spec.grid] + [k for i, k in enumerate(zipped) if spec.zip[k] not in [spec.zip[z] for z in zipped[:i]]]
+    shown = [k for k in spec.grid] + [
+        k for i, k in enumerate(zipped) if spec.zip[k] not in [spec.zip[z] for z in zipped[:i]]
+    ]
     shown += ["seed"] if spec.seeds else []
     tails = [k.split(".")[-1] for k in shown]
     labels = {k: t if tails.count(t) == 1 else k for k, t in zip(shown, tails)}
@@ -157,10 +181,12 @@ def _trial_names(spec: SweepSpec, swept: list[dict[str, str]]) -> list[str]:
         text = "_".join(f"{labels[k]}={values[k]}" for k in shown) or "trial"
         name = re.sub(r"[^A-Za-z0-9.=+_-]+", "-", text)
         if len(name) > MAX_NAME:
-            name = f"{name[:MAX_NAME - 13]}-{_digest(values)}"
+            name = f"{name[: MAX_NAME - 13]}-{_digest(values)}"
         names.append(name)
     shared = {n for n in names if names.count(n) > 1}
-    return [f"{n[:MAX_NAME - 13]}-{_digest(v)}" if n in shared else n for n, v in zip(names, swept)]
+    return [
+        f"{n[: MAX_NAME - 13]}-{_digest(v)}" if n in shared else n for n, v in zip(names, swept)
+    ]
 
 
 def _digest(values: dict[str, str]) -> str:
@@ -173,17 +199,26 @@ def _count(spec: SweepSpec) -> int:
 
 
 def expand(spec: SweepSpec) -> list[Trial]:
-    """Every trial of the spec, each validated as a full configuration (ConfigError names the trial)."""
+    """Every trial of the spec, each validated as a full configuration (ConfigError names the
+    trial)."""
     lengths = {len(v) for v in spec.zip.values()}
     if len(lengths) > 1:
-        raise ConfigError(f"sweep: zip lists must have one length, got {dict((k, len(v)) for k, v in spec.zip.items())}")
-    overlap = (set(spec.grid) & set(spec.zip)) | (set(spec.fixed) & (set(spec.grid) | set(spec.zip)))
+        raise ConfigError(
+            "sweep: zip lists must have one length, got "
+            f"{dict((k, len(v)) for k, v in spec.zip.items())}"
+        )
+    overlap = (set(spec.grid) & set(spec.zip)) | (
+        set(spec.fixed) & (set(spec.grid) | set(spec.zip))
+    )
     if spec.seeds:
         overlap |= {"seed"} & (set(spec.fixed) | set(spec.grid) | set(spec.zip))
     if overlap:
         raise ConfigError(f"sweep: key(s) {sorted(overlap)} given more than once")
     if _count(spec) > MAX_TRIALS:
-        raise ConfigError(f"sweep: {_count(spec)} trials; at most {MAX_TRIALS} (each is a training run): sweep fewer values")
+        raise ConfigError(
+            f"sweep: {_count(spec)} trials; at most {MAX_TRIALS} (each is a training run): sweep "
+            "fewer values"
+        )
     zipped = [dict(zip(spec.zip, row)) for row in zip(*spec.zip.values())] if spec.zip else [{}]
     grid = [dict(zip(spec.grid, combo)) for combo in itertools.product(*spec.grid.values())]
     seeds = [{"seed": str(s)} for s in spec.seeds] or [{}]
@@ -192,15 +227,22 @@ def expand(spec: SweepSpec) -> list[Trial]:
     for values, name in zip(swept, _trial_names(spec, swept)):
         trial = Trial(len(trials), name, {**spec.fixed, **values})
         try:
-            resolved = dumps(config_of(spec.preset, trial.overrides, spec.base_run).to_dict(), sort_keys=True)
+            resolved = dumps(
+                config_of(spec.preset, trial.overrides, spec.base_run).to_dict(), sort_keys=True
+            )
         except ConfigError as e:
             raise ConfigError(f"sweep trial {trial.name}: {e}") from None
         if resolved in seen:  # e.g. 32 and 32.0: two values that are one setting
-            raise ConfigError(f"sweep: trials {seen[resolved]} and {trial.name} are the same configuration; give each value once")
+            raise ConfigError(
+                f"sweep: trials {seen[resolved]} and {trial.name} are the same configuration; "
+                "give each value once"
+            )
         seen[resolved] = trial.name
         trials.append(trial)
     if len({t.name for t in trials}) != len(trials):
-        raise ConfigError("sweep: two trials would share a directory name; make the swept values distinct")
+        raise ConfigError(
+            "sweep: two trials would share a directory name; make the swept values distinct"
+        )
     return trials
 
 
@@ -211,13 +253,19 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
     return validate_run(apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
 
 
-# --- one trial, in its own process -------------------------------------------------------------------
+# --- one trial, in its own process
+# -------------------------------------------------------------------
 
-STOP_NAME = ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
-LOCK_WAIT = 120.0  # seconds a trial waits for its run directory's lock: a trial of a killed sweep may still be saving
+STOP_NAME = (
+    ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
+)
+# seconds a trial waits for its run directory's lock: a trial of a killed sweep may still be saving
+LOCK_WAIT = 120.0
 
 
-def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads: int, base_run: str = "") -> dict[str, Any]:
+def run_trial(
+    preset_name: str, overrides: dict[str, str], out_dir: str, threads: int, base_run: str = ""
+) -> dict[str, Any]:
     """Train (or finish) one trial's run directory; never raises: the row says what happened."""
     import torch
 
@@ -225,7 +273,9 @@ def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads
     from ..train.summary import finish
     from ..train.trainer import resume_point, train
 
-    if (Path(out_dir).parent / STOP_NAME).exists():  # the sweep was stopped while this trial waited (Ray)
+    if (
+        Path(out_dir).parent / STOP_NAME
+    ).exists():  # the sweep was stopped while this trial waited (Ray)
         return _not_started()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -239,7 +289,9 @@ def run_trial(preset_name: str, overrides: dict[str, str], out_dir: str, threads
             with RunLock(out, wait=LOCK_WAIT):
                 last = resume_point(out)
                 if last is not None and last.step >= cfg.train.steps:
-                    summary = finish(out)  # finished before the sweep was stopped (or by a worker of a killed sweep)
+                    summary = finish(
+                        out
+                    )  # finished before the sweep was stopped (or by a worker of a killed sweep)
         if summary is None:
             summary = train(cfg, out, resume=started, progress=False)
         row["summary"] = summary
@@ -256,9 +308,15 @@ def describe(e: BaseException) -> str:
     RayTaskError) carries, and the innermost error a multi-line message names (an import failing
     on a worker reports its ModuleNotFoundError inside a RuntimeError's text)."""
     cause = getattr(e, "cause", None) or e
-    lines = [line.strip() for line in f"{type(cause).__name__}: {cause}".splitlines() if line.strip()]
+    lines = [
+        line.strip() for line in f"{type(cause).__name__}: {cause}".splitlines() if line.strip()
+    ]
     text = lines[0]
-    inner = [line for line in lines[1:] if re.match(r"[A-Za-z_][\w.]*(Error|Exception)(\(\w+\))?: ", line)]
+    inner = [
+        line
+        for line in lines[1:]
+        if re.match(r"[A-Za-z_][\w.]*(Error|Exception)(\(\w+\))?: ", line)
+    ]
     if inner:
         text = f"{text.split('. ')[0].rstrip(':')}: {inner[-1]}"
     return text if len(text) <= 500 else text[:497] + "..."
@@ -275,9 +333,13 @@ def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
     try:
         os.setpgid(0, 0)
         _die_with_parent(parent)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # training installs its own handlers
+        signal.signal(
+            signal.SIGINT, signal.default_int_handler
+        )  # training installs its own handlers
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked since the start
+        signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}
+        )  # blocked since the start
         # A trial shows no bar; tqdm's default lock is a named semaphore, which a killed trial
         # would leak (and the sweep's resource tracker then warn about).
         tqdm.set_lock(threading.RLock())
@@ -309,13 +371,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def watch_parent(parent: int, interval: float = 0.5) -> None:
-    """Send this process SIGTERM once its parent is no longer `parent` (it died: we were re-parented)."""
+    """Send this process SIGTERM once its parent is no longer `parent` (it died: we were
+    re-parented)."""
     while os.getppid() == parent:
         time.sleep(interval)
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-# --- backends ---------------------------------------------------------------------------------------
+# --- backends
+# ---------------------------------------------------------------------------------------
+
 
 @dataclass(eq=False)
 class _Job:
@@ -349,7 +414,9 @@ class LocalBackend:
         while self.queued and len(self.running) < self.workers:
             job = self.queued.pop(0)
             recv, send = self.ctx.Pipe(duplex=False)
-            job.process = self.ctx.Process(target=_child, args=(send, os.getpid(), job.fn, job.args), name="abrupt-trial")
+            job.process = self.ctx.Process(
+                target=_child, args=(send, os.getpid(), job.fn, job.args), name="abrupt-trial"
+            )
             # The child inherits this mask: a Ctrl-C while it imports stays pending (no traceback
             # from a half-started process) until it has its handlers; so does this process's own.
             # The job is on the books before an interrupt held back meanwhile is delivered.
@@ -366,7 +433,9 @@ class LocalBackend:
         self._start()
         if not self.finished:
             listening = [j.conn for j in self.running if j.conn is not None]
-            multiprocessing.connection.wait(listening + [j.process.sentinel for j in self.running], timeout)
+            multiprocessing.connection.wait(
+                listening + [j.process.sentinel for j in self.running], timeout
+            )
         for job in list(self.running):
             if job.conn is not None and job.conn.poll():
                 with contextlib.suppress(EOFError, OSError):
@@ -387,8 +456,13 @@ class LocalBackend:
             return job.row
         code = job.process.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        return {"status": "failed", "summary": None, "seconds": round(time.perf_counter() - job.started, 2),
-                "error": f"the trial's process died ({how}) before it reported; its run directory resumes with --resume"}
+        return {
+            "status": "failed",
+            "summary": None,
+            "seconds": round(time.perf_counter() - job.started, 2),
+            "error": f"the trial's process died ({how}) before it reported; its run directory "
+            "resumes with --resume",
+        }
 
     def interrupt(self, pending: set) -> set:
         """Drop the trials not yet started (recorded as interrupted) and ask the running ones to
@@ -414,11 +488,14 @@ class LocalBackend:
                 job.process.join()
 
 
-RAY_CONNECT_TIMEOUT = 10.0  # seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
+RAY_CONNECT_TIMEOUT = (
+    10.0  # seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
+)
 
 
 class RayBackend:
-    """Each trial a Ray task with its CPU (and GPU) request; `address` None starts a local cluster."""
+    """Each trial a Ray task with its CPU (and GPU) request; `address` None starts a local
+    cluster."""
 
     def __init__(self, workers: int, threads: int, gpus: float, address: str | None) -> None:
         try:
@@ -438,7 +515,9 @@ class RayBackend:
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ConfigError(f"--address {address}: cannot start or join a Ray cluster ({describe(e)})") from None
+                raise ConfigError(
+                    f"--address {address}: cannot start or join a Ray cluster ({describe(e)})"
+                ) from None
 
     def submit(self, fn: Callable, *args: Any) -> Any:
         if fn not in self.remotes:
@@ -485,11 +564,15 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((m.group(1), int(m.group(2))), timeout=RAY_CONNECT_TIMEOUT).close()
     except OSError as e:
-        raise ConfigError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); "
-                          "start one with `ray start --head` or check the address") from None
+        raise ConfigError(
+            f"--address {address}: no Ray cluster answers there ({e.strerror or e}); "
+            "start one with `ray start --head` or check the address"
+        ) from None
 
 
-# --- the sweep ----------------------------------------------------------------------------------------
+# --- the sweep
+# ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class Sweep:
@@ -499,19 +582,31 @@ class Sweep:
     threads: int = 1
 
     @classmethod
-    def create(cls, out: Path, spec: SweepSpec, threads: int = 1, command: str = "sweep") -> "Sweep":
+    def create(
+        cls, out: Path, spec: SweepSpec, threads: int = 1, command: str = "sweep"
+    ) -> "Sweep":
         """A new sweep in `out`; `command` (sweep, components) is the one that resumes it."""
         trials = expand(spec)
         out = Path(out)
         check_name(out)
         if (out / "sweep.json").exists():
-            raise RunDirError(f"{out} already holds a sweep; finish it with `abrupt {command} --resume {out}`")
+            raise RunDirError(
+                f"{out} already holds a sweep; finish it with `abrupt {command} --resume {out}`"
+            )
         if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
-            raise RunDirError(f"{out} is not empty and is not a sweep; choose a new or empty directory")
+            raise RunDirError(
+                f"{out} is not empty and is not a sweep; choose a new or empty directory"
+            )
         ensure_dir(out)
         sweep = cls(out, spec, trials, threads)
-        atomic_write_json(out / "sweep.json", {"spec": dataclasses.asdict(spec), "threads": threads,
-                                              "trials": [dataclasses.asdict(t) for t in trials]})
+        atomic_write_json(
+            out / "sweep.json",
+            {
+                "spec": dataclasses.asdict(spec),
+                "threads": threads,
+                "trials": [dataclasses.asdict(t) for t in trials],
+            },
+        )
         return sweep
 
     @classmethod
@@ -521,7 +616,12 @@ class Sweep:
             raise RunDirError(f"{out} is not a sweep directory (no sweep.json)")
         raw = read_json(out / "sweep.json")
         try:
-            return cls(out, SweepSpec(**raw["spec"]), [Trial(**t) for t in raw["trials"]], int(raw.get("threads", 1)))
+            return cls(
+                out,
+                SweepSpec(**raw["spec"]),
+                [Trial(**t) for t in raw["trials"]],
+                int(raw.get("threads", 1)),
+            )
         except (KeyError, TypeError) as e:
             raise RunDirError(f"{out / 'sweep.json'} is not a valid sweep record ({e})") from None
 
@@ -532,14 +632,24 @@ class Sweep:
             latest[row["index"]] = row
         return latest
 
-    def run(self, backend: str = "local", workers: int = 1, gpus: float = 0.0, address: str | None = None,
-            progress: bool = True) -> dict[int, dict[str, Any]]:
+    def run(
+        self,
+        backend: str = "local",
+        workers: int = 1,
+        gpus: float = 0.0,
+        address: str | None = None,
+        progress: bool = True,
+    ) -> dict[int, dict[str, Any]]:
         """Run every trial not yet done; returns the final row of each trial."""
         with RunLock(self.out), _terminate_as_interrupt():
             (self.out / STOP_NAME).unlink(missing_ok=True)
             remove_temp_files(self.out)  # left by a sweep killed while it wrote
             todo = [t for t in self.trials if self.rows().get(t.index, {}).get("status") != "done"]
-            engine = RayBackend(workers, self.threads, gpus, address) if backend == "ray" else LocalBackend(workers)
+            engine = (
+                RayBackend(workers, self.threads, gpus, address)
+                if backend == "ray"
+                else LocalBackend(workers)
+            )
             try:
                 self._drive(engine, todo, progress)
             finally:
@@ -552,9 +662,24 @@ class Sweep:
         return rows
 
     def _drive(self, engine: Any, todo: list[Trial], progress: bool) -> None:
-        bar = tqdm(total=len(self.trials), initial=len(self.trials) - len(todo), disable=not progress, desc="sweep", unit="trial")
-        pending = {engine.submit(run_trial, self.spec.preset, t.overrides, str((self.out / t.name).resolve()), self.threads,
-                                 self.spec.base_run): t for t in todo}
+        bar = tqdm(
+            total=len(self.trials),
+            initial=len(self.trials) - len(todo),
+            disable=not progress,
+            desc="sweep",
+            unit="trial",
+        )
+        pending = {
+            engine.submit(
+                run_trial,
+                self.spec.preset,
+                t.overrides,
+                str((self.out / t.name).resolve()),
+                self.threads,
+                self.spec.base_run,
+            ): t
+            for t in todo
+        }
         counts = {"failed": 0, "interrupted": 0}
         best = math.inf
         interrupted = False
@@ -577,10 +702,17 @@ class Sweep:
                     final = (row.get("summary") or {}).get("final_loss_mask")
                     best = min(best, final) if isinstance(final, (int, float)) else best
                     bar.update(1)
-                    bar.set_postfix(running=len(pending), failed=counts["failed"], best_L_mask=f"{best:.4g}", refresh=False)
+                    bar.set_postfix(
+                        running=len(pending),
+                        failed=counts["failed"],
+                        best_L_mask=f"{best:.4g}",
+                        refresh=False,
+                    )
         finally:
             bar.close()
-        if interrupted:  # by the user; a trial stopped on its own is recorded and the sweep finishes
+        if (
+            interrupted
+        ):  # by the user; a trial stopped on its own is recorded and the sweep finishes
             raise KeyboardInterrupt
 
     def _record(self, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:

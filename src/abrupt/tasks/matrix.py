@@ -6,11 +6,11 @@ the same numbers as before tasks existed (tests/test_tasks.py pins them).
 
 from __future__ import annotations
 
+from .. import progress as measures
 from ..config import Config
 from ..data import Batch, sample_batch
 from ..hooks import HookedModule
 from ..models.registry import build_model
-from .. import progress as measures
 
 PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluation batch
 
@@ -34,8 +34,14 @@ class MatrixCompletion:
 
     def progress(self, model: HookedModule, batch: Batch, cfg: Config) -> dict[str, float]:
         k = PROGRESS_BATCH
-        return measures.measures(model, batch.tokens[:k], batch.mask[:k], cfg.data.m, cfg.data.n,
-                                 None if batch.pad is None else batch.pad[:k])
+        return measures.measures(
+            model,
+            batch.tokens[:k],
+            batch.mask[:k],
+            cfg.data.m,
+            cfg.data.n,
+            None if batch.pad is None else batch.pad[:k],
+        )
 
 
 TASK = MatrixCompletion()

@@ -11,11 +11,7 @@ progress measure and the target of its intervention).
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 
 from ..config import Config, TaskConfig, layer_list
 from ..hooks import HookedModule, act_name, mode
@@ -30,7 +26,10 @@ class SequenceTask:
     """Base of a sequence task: subclasses set `name` and define `vocab`, `sample` and `key_map`."""
 
     name = ""
-    analyses: tuple[str, ...] | None = ("progress", "llc")  # the others read matrices (rows, columns, values)
+    analyses: tuple[str, ...] | None = (
+        "progress",
+        "llc",
+    )  # the others read matrices (rows, columns, values)
 
     # --- what a task module defines ------------------------------------------------------------
 
@@ -42,7 +41,9 @@ class SequenceTask:
         """(tokens (B, L) on gen's device, out_start)."""
         raise NotImplementedError
 
-    def key_map(self, tokens: torch.Tensor, out_start: int, k: TaskConfig, layer: int, layers: int) -> torch.Tensor | None:
+    def key_map(
+        self, tokens: torch.Tensor, out_start: int, k: TaskConfig, layer: int, layers: int
+    ) -> torch.Tensor | None:
         """(B, n_out, L-1) bool: the keys output query j (at position out_start - 1 + j) should
         attend to in `layer` of a `layers`-layer model; None where the task defines none there."""
         raise NotImplementedError
@@ -63,10 +64,19 @@ class SequenceTask:
         torch.manual_seed(cfg.seed)
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
         k = cfg.task
-        return SequenceGPT(cfg.model, self.vocab(k), tokens.shape[1] - 1, k.attn_scale,
-                           layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers") if k.attn_scale != 1.0 else [])
+        return SequenceGPT(
+            cfg.model,
+            self.vocab(k),
+            tokens.shape[1] - 1,
+            k.attn_scale,
+            layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
+            if k.attn_scale != 1.0
+            else [],
+        )
 
-    def batch(self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None) -> SeqBatch:
+    def batch(
+        self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None
+    ) -> SeqBatch:
         tokens, out_start = self.sample(cfg.task, count, gen)
         layers = cfg.model.layers
         t = tokens.shape[1] - 1
@@ -90,19 +100,25 @@ class SequenceTask:
         """
         b = batch[:PROGRESS_BATCH]
         layers = len(model.blocks)
-        names = [act_name("pattern", l) for l in range(layers)] + [act_name("resid_post", layers - 1)]
+        names = [act_name("pattern", l) for l in range(layers)] + [
+            act_name("resid_post", layers - 1)
+        ]
         with mode(model):
             logits, cache = model.run_with_cache(b.tokens[:, :-1], names=names, keys=b.keys)
         q0 = b.out_start - 1
         pred = logits[:, q0:].argmax(-1)
-        out = {"prog_repetition": (pred[:, 1:] == pred[:, :-1]).float().mean().item(),
-               "prog_collapse": collapse(model.ln_final(cache[names[-1]])[:, q0:])}
+        out = {
+            "prog_repetition": (pred[:, 1:] == pred[:, :-1]).float().mean().item(),
+            "prog_collapse": collapse(model.ln_final(cache[names[-1]])[:, q0:]),
+        }
         for layer in range(layers):
             keys = b.keys[:, layer, q0:]
             if keys.any():
                 att = cache[names[layer]][:, :, q0:].abs().float()  # (B, H, n_out, Tk)
                 on_keys = (att * keys[:, None]).sum(dim=(1, 2, 3))
-                out[f"prog_attn_l{layer}"] = (on_keys / att.sum(dim=(1, 2, 3)).clamp_min(1e-30)).mean().item()
+                out[f"prog_attn_l{layer}"] = (
+                    (on_keys / att.sum(dim=(1, 2, 3)).clamp_min(1e-30)).mean().item()
+                )
         return out
 
 

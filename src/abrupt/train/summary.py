@@ -13,8 +13,6 @@ from ..run.rundir import atomic_write_json, curriculum_end, read_metrics
 
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     """(Re)write summary.json and loss.png from metrics.jsonl."""
-    from .. import plots
-    from ..dynamics import transition
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)

@@ -23,16 +23,27 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, tasks
-from ..run import checkpoints
-from ..dynamics import forecast, transition
-from ..models import groups
-from . import interventions
-from .summary import finish
 from ..checks import validate_run
 from ..config import Config, ConfigError, group_lr
 from ..data import generator
+from ..dynamics import forecast, transition
 from ..losses import as_floats, losses, per_size
-from ..run.rundir import RunDirError, RunLock, atomic_write_json, check_fresh, check_name, dumps, read_json, read_metrics, remove_temp_files, write_metrics
+from ..models import groups
+from ..run import checkpoints
+from ..run.rundir import (
+    RunDirError,
+    RunLock,
+    atomic_write_json,
+    check_fresh,
+    check_name,
+    dumps,
+    read_json,
+    read_metrics,
+    remove_temp_files,
+    write_metrics,
+)
+from . import interventions
+from .summary import finish
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -51,16 +62,27 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         alternatives = f"{key}=cpu" + (" or auto" if key == "train.device" else "")
-        raise ConfigError(f"{key}={name} but CUDA is not available on this machine; use {alternatives}")
+        raise ConfigError(
+            f"{key}={name} but CUDA is not available on this machine; use {alternatives}"
+        )
     device = torch.device(name)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"{key}={name} but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ConfigError(
+            f"{key}={name} but this machine has {torch.cuda.device_count()} GPU(s) (cuda:0 ...)"
+        )
     return device
 
 
 def eval_batch(cfg: Config) -> Any:
-    """The run's fixed, seeded evaluation batch (always the target distribution, never a curriculum's)."""
-    return tasks.get(cfg.task.name).batch(cfg, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM))
+    """The run's fixed, seeded evaluation batch (always the target distribution, never a
+    curriculum's)."""
+    return tasks.get(cfg.task.name).batch(
+        cfg, cfg.train.eval_size, generator(cfg.seed + _EVAL_STREAM)
+    )
 
 
 def checkpoint_at(cfg: Config) -> Callable[[int], bool]:
@@ -69,19 +91,30 @@ def checkpoint_at(cfg: Config) -> Callable[[int], bool]:
     t = cfg.train
     k = t.ckpt_log_points
     early = {round(t.ckpt_every ** (i / k)) for i in range(k)} if k and t.ckpt_every > 1 else set()
-    return lambda step: step % t.ckpt_every == 0 or step == t.steps or (step in early and 1 <= step < t.ckpt_every)
+    return lambda step: (
+        step % t.ckpt_every == 0 or step == t.steps or (step in early and 1 <= step < t.ckpt_every)
+    )
 
 
 def runtime() -> dict[str, Any]:
-    """Library versions, the CPU and the torch thread count: each changes floating-point trajectories."""
-    return {"abrupt": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": _cpu_model(), "threads": torch.get_num_threads()}
+    """Library versions, the CPU and the torch thread count: each changes floating-point
+    trajectories."""
+    return {
+        "abrupt": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
+            return next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                platform.processor(),
+            )
     except OSError:
         return platform.processor() or platform.machine()
 
@@ -89,7 +122,8 @@ def _cpu_model() -> str:
 def segments(run_dir: Path) -> list[dict[str, Any]]:
     """The run's segments, oldest first: one per start or resume, each with the step it started
     from (`from_step`), when (`started`), and its device, thread count and versions. A run written
-    before segments were recorded has one, from its `versions`; a directory without config.json none."""
+    before segments were recorded has one, from its `versions`; a directory without config.json
+    none."""
     path = Path(run_dir) / "config.json"
     raw = read_json(path) if path.exists() else {}
     if not isinstance(raw, dict):
@@ -102,13 +136,25 @@ def segments(run_dir: Path) -> list[dict[str, Any]]:
 
 def recorded_threads(run_dir: Path) -> int | None:
     """The thread count the run last trained with (None when it recorded none)."""
-    threads = next((s.get("threads") for s in reversed(segments(run_dir)) if isinstance(s.get("threads"), int)), None)
+    threads = next(
+        (
+            s.get("threads")
+            for s in reversed(segments(run_dir))
+            if isinstance(s.get("threads"), int)
+        ),
+        None,
+    )
     return threads if threads is None or threads >= 1 else None
 
 
 def resume_point(out_dir: Path) -> checkpoints.Checkpoint | None:
-    """The newest intact checkpoint with optimizer state (hashing newest first: they can be large)."""
-    candidates = [c for c in checkpoints.list_checkpoints(Path(out_dir) / "checkpoints", verify=False) if c.optim.exists()]
+    """The newest intact checkpoint with optimizer state (hashing newest first: they can be
+    large)."""
+    candidates = [
+        c
+        for c in checkpoints.list_checkpoints(Path(out_dir) / "checkpoints", verify=False)
+        if c.optim.exists()
+    ]
     return next((c for c in reversed(candidates) if checkpoints.is_intact(c)), None)
 
 
@@ -157,11 +203,15 @@ def init_source(model: torch.nn.Module, spec: str) -> dict[str, torch.Tensor]:
         if name not in source:
             raise ConfigError(f"train.init_from: {ckpt.weights} has no tensor '{name}'")
         if source[name].shape != tensor.shape:
-            raise ConfigError(f"train.init_from: tensor '{name}' is {tuple(source[name].shape)} in {run}, "
-                              f"{tuple(tensor.shape)} in this model")
+            raise ConfigError(
+                f"train.init_from: tensor '{name}' is {tuple(source[name].shape)} in {run}, "
+                f"{tuple(tensor.shape)} in this model"
+            )
     extra = sorted(set(source) - set(own))
     if extra:
-        raise ConfigError(f"train.init_from: {run} has tensors this model lacks: {', '.join(extra[:3])}")
+        raise ConfigError(
+            f"train.init_from: {run} has tensors this model lacks: {', '.join(extra[:3])}"
+        )
     return source
 
 
@@ -172,45 +222,81 @@ def divergence_advice(cfg: Config) -> str:
     if t.lr > 0.1:
         causes.append(f"train.lr={t.lr:g} is far too large; try 1e-4 to 3e-3")
     if not 1e-2 <= m.attn_temperature <= 1e2:
-        causes.append(f"model.attn_temperature={m.attn_temperature:g} is extreme (attention logits are divided by it; "
-                      "1 is the paper's); keep it within 0.01 to 100")
+        causes.append(
+            f"model.attn_temperature={m.attn_temperature:g} is extreme (attention logits are "
+            "divided by it; "
+            "1 is the paper's); keep it within 0.01 to 100"
+        )
     if max(m.init_std, m.pos_init_std) > 1:
-        causes.append(f"model.init_std={m.init_std:g} / model.pos_init_std={m.pos_init_std:g}: weights start far too large "
-                      "(the paper's is 0.02)")
+        causes.append(
+            f"model.init_std={m.init_std:g} / model.pos_init_std={m.pos_init_std:g}: weights "
+            "start far too large "
+            "(the paper's is 0.02)"
+        )
     fast = sorted(g for g, scale in group_lr(t.group_lr).items() if t.lr * scale > 0.1)
     if fast:
         causes.append(f"train.group_lr={t.group_lr} gives {', '.join(fast)} an lr above 0.1")
     if t.grokfast_lambda > 100:
-        causes.append(f"train.grokfast_lambda={t.grokfast_lambda:g} amplifies the gradient {t.grokfast_lambda:g}-fold")
-    return "; ".join(causes) or "lower train.lr or lengthen train.warmup" + ("" if t.warmup else " (it is 0)")
+        causes.append(
+            f"train.grokfast_lambda={t.grokfast_lambda:g} amplifies the gradient "
+            f"{t.grokfast_lambda:g}-fold"
+        )
+    return "; ".join(causes) or "lower train.lr or lengthen train.warmup" + (
+        "" if t.warmup else " (it is 0)"
+    )
+
+
 class StepProgress:
     """Training progress on standard error, labelled `train_loss` (the current training batch) and
     `eval_L_mask` (hidden entries of the fixed evaluation batch). On a terminal, a tqdm bar; else
     (a log file, a pipe) a plain line at every tenth of the steps and at least every `every_s`
     seconds, never a redraw."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True, every_s: float = 60.0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        start: int,
+        enabled: bool = True,
+        every_s: float = 60.0,
+        stream: TextIO | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.total, self.step, self.start, self.every_s = total, start, start, every_s
         self.enabled = enabled
         tty = enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=self.stream) if tty else None
+        self.bar = (
+            tqdm(total=total, initial=start, desc="train", unit="step", file=self.stream)
+            if tty
+            else None
+        )
         self.row: dict[str, Any] = {}
         self.note = ""
         self.t0 = self.last_time = time.perf_counter()
         self.last_step = start
 
     def _tenth_after(self, step: int) -> int:
-        return next((k * self.total + 9) // 10 for k in range(1, 11) if (k * self.total + 9) // 10 > step)
+        return next(
+            (k * self.total + 9) // 10 for k in range(1, 11) if (k * self.total + 9) // 10 > step
+        )
 
     def _postfix(self) -> str:
         r = self.row
         num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-        evaluation = f"eval_L_mask {num(r.get('eval_loss_mask'))}" if "eval_loss_mask" in r else f"eval_loss {num(r.get('eval_loss'))}"
-        return (f"train_loss {num(r.get('loss'))}, {evaluation}" + (f", {self.note}" if self.note else "") if r else "")
+        evaluation = (
+            f"eval_L_mask {num(r.get('eval_loss_mask'))}"
+            if "eval_loss_mask" in r
+            else f"eval_loss {num(r.get('eval_loss'))}"
+        )
+        return (
+            f"train_loss {num(r.get('loss'))}, {evaluation}"
+            + (f", {self.note}" if self.note else "")
+            if r
+            else ""
+        )
 
     def losses(self, row: dict[str, Any], note: str = "") -> None:
-        """The latest logged row (its losses are shown from now on), and a note to show after them."""
+        """The latest logged row (its losses are shown from now on), and a note to show after
+        them."""
         self.row, self.note = row, note
         if self.bar is not None:
             self.bar.set_postfix_str(self._postfix(), refresh=False)
@@ -221,16 +307,27 @@ class StepProgress:
             self.bar.update(step - self.bar.n)
             return
         now = time.perf_counter()
-        if self.enabled and (step >= self._tenth_after(self.last_step) or now - self.last_time >= self.every_s):
+        if self.enabled and (
+            step >= self._tenth_after(self.last_step) or now - self.last_time >= self.every_s
+        ):
             self._line(now)
 
     def _line(self, now: float) -> None:
         done, elapsed = self.step - self.start, now - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = f", eta {_duration((self.total - self.step) / rate)}" if rate > 0 and self.step < self.total else ""
+        eta = (
+            f", eta {_duration((self.total - self.step) / rate)}"
+            if rate > 0 and self.step < self.total
+            else ""
+        )
         logged = f"; at step {self.row['step']}: {self._postfix()}" if self.row else ""
-        print(f"train: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%), {rate:.1f} step/s, "
-              f"{_duration(elapsed)} elapsed{eta}{logged}", file=self.stream, flush=True)
+        print(
+            f"train: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%), "
+            f"{rate:.1f} step/s, "
+            f"{_duration(elapsed)} elapsed{eta}{logged}",
+            file=self.stream,
+            flush=True,
+        )
         self.last_time, self.last_step = now, self.step
 
     def close(self) -> None:
@@ -243,7 +340,11 @@ class StepProgress:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class Trainer:
@@ -264,16 +365,22 @@ class Trainer:
         # On a GPU the batches are drawn there, from a generator of that device: no copy per step.
         self.data_rng = generator(cfg.seed + _TRAIN_STREAM, self.device)
         self.grok_ema: dict[str, torch.Tensor] = {}
-        self.part_of = {name: next(g for g in groups.PARTS if re.search(groups.pattern(g), name))
-                        for name, _ in self.model.named_parameters()}
+        self.part_of = {
+            name: next(g for g in groups.PARTS if re.search(groups.pattern(g), name))
+            for name, _ in self.model.named_parameters()
+        }
         self.evalset = eval_batch(cfg).to(self.device)
         self.is_ckpt_step = checkpoint_at(cfg)
-        self.use_bf16 = cfg.train.bf16  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
+        self.use_bf16 = (
+            cfg.train.bf16
+        )  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
         self.forecast = forecast.Forecast(0, reason="not started")
-        self.drop_seen_at: int | None = None  # train.stop_after_drop: the log step its countdown started
+        self.drop_seen_at: int | None = (
+            None  # train.stop_after_drop: the log step its countdown started
+        )
         self.t0 = time.perf_counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -289,7 +396,12 @@ class Trainer:
                 scale = next((scales[g] for g, rx in patterns.items() if rx.search(name)), 1.0)
                 by_scale.setdefault(scale, []).append(p)
         param_groups = [{"params": ps, "lr_scale": scale} for scale, ps in by_scale.items()]
-        kwargs: dict[str, Any] = {"lr": t.lr, "betas": (t.beta1, t.beta2), "eps": t.eps, "fused": self.device.type == "cuda" or None}
+        kwargs: dict[str, Any] = {
+            "lr": t.lr,
+            "betas": (t.beta1, t.beta2),
+            "eps": t.eps,
+            "fused": self.device.type == "cuda" or None,
+        }
         if t.optimizer == "adamw":
             return torch.optim.AdamW(param_groups, weight_decay=t.weight_decay, **kwargs)
         return torch.optim.Adam(param_groups, **kwargs)
@@ -300,8 +412,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if source is not None:
             t = self.cfg.train
-            reinit = set().union(*(groups.names(self.model, g) for g in groups.split(t.reinit))) if t.reinit else set()
-            self.model.load_state_dict({k: v if k in reinit else source[k] for k, v in self.model.state_dict().items()})
+            reinit = (
+                set().union(*(groups.names(self.model, g) for g in groups.split(t.reinit)))
+                if t.reinit
+                else set()
+            )
+            self.model.load_state_dict(
+                {k: v if k in reinit else source[k] for k, v in self.model.state_dict().items()}
+            )
         write_metrics(self.out_dir, [])
         self._write_config(0, history=[])
         self.save(0)
@@ -311,18 +429,30 @@ class Trainer:
         ckpt = resume_point(self.out_dir)
         if ckpt is None:
             if checkpoints.list_checkpoints(self.out_dir / "checkpoints", verify=False):
-                raise TrainingError(f"nothing to resume in {self.out_dir}: no complete checkpoint with optimizer state")
+                raise TrainingError(
+                    f"nothing to resume in {self.out_dir}: no complete checkpoint with optimizer "
+                    "state"
+                )
             # killed before its first checkpoint: nothing was learned yet, so start over
             return self.start_fresh()
         if ckpt.step >= self.cfg.train.steps:
-            raise TrainingError(f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that")
+            raise TrainingError(
+                f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that"
+            )
         extra = checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
-        self.grok_ema = {k.removeprefix("grokfast_ema."): v.to(self.device) for k, v in extra.items() if k.startswith("grokfast_ema.")}
+        self.grok_ema = {
+            k.removeprefix("grokfast_ema."): v.to(self.device)
+            for k, v in extra.items()
+            if k.startswith("grokfast_ema.")
+        }
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
         if self.cfg.train.stop_after_drop:  # the early stop's countdown goes on where it was
             seen = ckpt.meta.get("drop_seen_at", _UNRECORDED)
-            self.drop_seen_at = (transition.drop_seen_at(self.rows, after=self.cfg.curriculum.end())
-                                 if seen is _UNRECORDED else seen)
+            self.drop_seen_at = (
+                transition.drop_seen_at(self.rows, after=self.cfg.curriculum.end())
+                if seen is _UNRECORDED
+                else seen
+            )
         write_metrics(self.out_dir, self.rows)
         self._write_config(ckpt.step, history=segments(self.out_dir))
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
@@ -332,11 +462,22 @@ class Trainer:
         """config.json: the configuration, `versions` as the run started (kept on resume), and
         `segments`: `history` plus this start or resume (a resume may run on other threads or
         another machine, and each changes the trajectory, so every segment is recorded)."""
-        info = {**runtime(), "device": str(self.device), "fused_adam": bool(self.optim.defaults.get("fused")),
-                "device_sampling": self.device.type != "cpu"}
+        info = {
+            **runtime(),
+            "device": str(self.device),
+            "fused_adam": bool(self.optim.defaults.get("fused")),
+            "device_sampling": self.device.type != "cpu",
+        }
         segment = {"from_step": start, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
-        first = {k: v for k, v in history[0].items() if k not in ("from_step", "started")} if history else info
-        atomic_write_json(self.out_dir / "config.json", {**self.cfg.to_dict(), "versions": first, "segments": [*history, segment]})
+        first = (
+            {k: v for k, v in history[0].items() if k not in ("from_step", "started")}
+            if history
+            else info
+        )
+        atomic_write_json(
+            self.out_dir / "config.json",
+            {**self.cfg.to_dict(), "versions": first, "segments": [*history, segment]},
+        )
 
     # --- one step, one log row, one checkpoint ----------------------------------------------------
 
@@ -383,33 +524,59 @@ class Trainer:
             if p.grad is None:
                 continue
             ema = self.grok_ema.get(name)
-            self.grok_ema[name] = ema = p.grad.detach().clone() if ema is None else ema.mul_(alpha).add_(p.grad, alpha=1 - alpha)
+            self.grok_ema[name] = ema = (
+                p.grad.detach().clone()
+                if ema is None
+                else ema.mul_(alpha).add_(p.grad, alpha=1 - alpha)
+            )
             p.grad.add_(ema, alpha=lam)
 
-    def log(self, step: int, parts: dict[str, torch.Tensor], norms: dict[str, float], out) -> dict[str, Any]:
+    def log(
+        self, step: int, parts: dict[str, torch.Tensor], norms: dict[str, float], out
+    ) -> dict[str, Any]:
         train_losses = as_floats(parts)
         if not math.isfinite(train_losses["loss"]):
-            raise TrainingError(self._divergence(step, f"the training loss became {train_losses['loss']}"))
+            raise TrainingError(
+                self._divergence(step, f"the training loss became {train_losses['loss']}")
+            )
         if self.evalset.size is None:
             ev = self.model.evaluate_batch(self.evalset)
-        else:  # a size mixture (BERT only): one forward pass for the losses and the L_mask of each size
+        # a size mixture (BERT only): one forward pass for the losses and the L_mask of each size
+        else:
             pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
-            ev = {**as_floats(losses(pred, self.evalset)),
-                  **per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()])}
+            ev = {
+                **as_floats(losses(pred, self.evalset)),
+                **per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()]),
+            }
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
-        row = {"step": step, **train_losses, **{f"eval_{k}": v for k, v in ev.items()}, **norms,
-               "lr": self.lr_at(step), "time": round(time.perf_counter() - self.t0, 3)}
+        row = {
+            "step": step,
+            **train_losses,
+            **{f"eval_{k}": v for k, v in ev.items()},
+            **norms,
+            "lr": self.lr_at(step),
+            "time": round(time.perf_counter() - self.t0, 3),
+        }
         if self.cfg.train.progress:
             row.update(self.task.progress(self.model, self.evalset, self.cfg))
             row["time"] = round(time.perf_counter() - self.t0, 3)
         if self.cfg.train.forecast:
             t = self.cfg.train
             try:
-                self.forecast = forecast.forecast(self.rows + [row], t.forecast_signal,
-                                                  t.forecast_target or forecast.ESCAPE_DEPARTURE, after=self.cfg.curriculum.end())
-            except (ArithmeticError, ValueError) as e:  # the forecast is advice: it never stops a run
-                self.forecast = forecast.Forecast(step, reason=f"forecast failed: {type(e).__name__}: {e}")
+                self.forecast = forecast.forecast(
+                    self.rows + [row],
+                    t.forecast_signal,
+                    t.forecast_target or forecast.ESCAPE_DEPARTURE,
+                    after=self.cfg.curriculum.end(),
+                )
+            except (
+                ArithmeticError,
+                ValueError,
+            ) as e:  # the forecast is advice: it never stops a run
+                self.forecast = forecast.Forecast(
+                    step, reason=f"forecast failed: {type(e).__name__}: {e}"
+                )
             row.update(self.forecast.as_row())
         out.write(dumps(row) + "\n")
         out.flush()
@@ -420,36 +587,65 @@ class Trainer:
         """A checkpoint, only of finite weights: a diverged state is never kept to resume from."""
         if not all(torch.isfinite(p).all() for p in self.model.parameters()):
             raise TrainingError(self._divergence(step, "the weights became non-finite"))
-        checkpoints.save(self.out_dir / "checkpoints", step, self.model, self.optim, self.data_rng,
-                         {"time": time.perf_counter() - self.t0, "drop_seen_at": self.drop_seen_at},
-                         {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()})
+        checkpoints.save(
+            self.out_dir / "checkpoints",
+            step,
+            self.model,
+            self.optim,
+            self.data_rng,
+            {"time": time.perf_counter() - self.t0, "drop_seen_at": self.drop_seen_at},
+            {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()},
+        )
         checkpoints.prune_optim(self.out_dir / "checkpoints", self.cfg.train.keep_optim)
 
     def _divergence(self, step: int, what: str) -> str:
         last = resume_point(self.out_dir)
-        kept = f"the last good checkpoint (step {last.step}) is kept" if last else "no checkpoint was kept"
-        return f"training diverged at step {step}: {what}; {kept}. {divergence_advice(self.cfg)}, and start a new run"
+        kept = (
+            f"the last good checkpoint (step {last.step}) is kept"
+            if last
+            else "no checkpoint was kept"
+        )
+        advice = divergence_advice(self.cfg)
+        return f"training diverged at step {step}: {what}; {kept}. {advice}, and start a new run"
 
     # --- the loop ---------------------------------------------------------------------------------
 
     def run(self, start: int) -> dict[str, Any]:
         t = self.cfg.train
         if self.progress:
-            print(f"{'resume' if start else 'train'}: {self.out_dir} from step {start} to {t.steps}, "
-                  f"{torch.get_num_threads()} thread(s), {self.device}", file=sys.stderr, flush=True)
-        if self._stop_due(start):  # resumed after its early stop had ended it: nothing left to train
+            print(
+                f"{'resume' if start else 'train'}: {self.out_dir} from step {start} to {t.steps}, "
+                f"{torch.get_num_threads()} thread(s), {self.device}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self._stop_due(
+            start
+        ):  # resumed after its early stop had ended it: nothing left to train
             return self.finish()
         bar = StepProgress(t.steps, start, enabled=self.progress)
         after = self.cfg.curriculum.end()
         try:
-            with open(self.out_dir / "metrics.jsonl", "a") as mf, _stop_requests() as stop_requested:
+            with (
+                open(self.out_dir / "metrics.jsonl", "a") as mf,
+                _stop_requests() as stop_requested,
+            ):
                 for step in range(start + 1, t.steps + 1):
                     log_now = step == 1 or step % t.log_every == 0 or step == t.steps
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         row = self.log(step, parts, norms, mf)
-                        bar.losses(row, f"forecast escape_step {self.forecast.label()}" if self.forecast.escape is not None else "")
-                        if t.stop_after_drop and self.drop_seen_at is None and transition.detect(self.rows, after=after)["dropped"]:
+                        bar.losses(
+                            row,
+                            f"forecast escape_step {self.forecast.label()}"
+                            if self.forecast.escape is not None
+                            else "",
+                        )
+                        if (
+                            t.stop_after_drop
+                            and self.drop_seen_at is None
+                            and transition.detect(self.rows, after=after)["dropped"]
+                        ):
                             self.drop_seen_at = step
                     bar.update(step)
                     stop = self._stop_due(step)
@@ -468,9 +664,14 @@ class Trainer:
         return self.finish()
 
     def _stop_due(self, step: int) -> bool:
-        """train.stop_after_drop: whether `step` is that many steps after the drop was first seen."""
+        """train.stop_after_drop: whether `step` is that many steps after the drop was first
+        seen."""
         t = self.cfg.train
-        return bool(t.stop_after_drop) and self.drop_seen_at is not None and step >= self.drop_seen_at + t.stop_after_drop
+        return (
+            bool(t.stop_after_drop)
+            and self.drop_seen_at is not None
+            and step >= self.drop_seen_at + t.stop_after_drop
+        )
 
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
@@ -483,23 +684,35 @@ class Trainer:
             raise
 
 
-def train(cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
     validate_run(cfg)
     check_name(out_dir)
     trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
-    source = init_source(trainer.model, cfg.train.init_from) if cfg.train.init_from and not resume else None  # refuse before writing
+    source = (
+        init_source(trainer.model, cfg.train.init_from)
+        if cfg.train.init_from and not resume
+        else None
+    )  # refuse before writing
     if str(Path(out_dir)) == "." and not resume:
         raise RunDirError("give the run directory a name (not the current directory)")
     if not resume and Path(out_dir).is_dir():
-        check_fresh(out_dir)  # before taking the lock, so that a refused directory gets no lock file
+        check_fresh(
+            out_dir
+        )  # before taking the lock, so that a refused directory gets no lock file
     with RunLock(out_dir):
         if resume and not (Path(out_dir) / "config.json").exists():
             raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
         if not resume:
-            check_fresh(out_dir)  # again under the lock: another process may have started it meanwhile
+            check_fresh(
+                out_dir
+            )  # again under the lock: another process may have started it meanwhile
         # What a writer killed mid-write left (temporary files, a checkpoint without its side file).
-        remove_temp_files(Path(out_dir), ("config.json", "metrics.jsonl", "summary.json", "loss.png"))
+        remove_temp_files(
+            Path(out_dir), ("config.json", "metrics.jsonl", "summary.json", "loss.png")
+        )
         checkpoints.remove_debris(Path(out_dir) / "checkpoints")
         start = trainer.resume() if resume else trainer.start_fresh(source)
         return trainer.run(start)
