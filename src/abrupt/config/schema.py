@@ -164,8 +164,8 @@ class TrainConfig:
     #: > 0: width rule, the lr used is lr * lr_width_ref / model.hidden (Adam's step per weight
     #: does not shrink with width)
     lr_width_ref: int = 0
-    # : intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5
-    # (models/groups.py)
+    #: intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5
+    #: (models/groups.py)
     group_lr: str = ""
     #: intervention: gradient low-pass filter (Grokfast EMA) coefficient; 0 = off
     grokfast_alpha: float = 0.0
@@ -199,8 +199,8 @@ class TaskConfig:
     sequence tasks (Gopalani & Hu 2025): a decoder reads `length` inputs and a separator, then
     writes the outputs, with next-token cross-entropy on the outputs only."""
 
-    # : matrix | mws | prefix_sum | histogram | permutation | addition (a module of
-    # src/abrupt/tasks/ each)
+    #: matrix | mws | prefix_sum | histogram | permutation | addition (a module of
+    #: src/abrupt/tasks/ each)
     name: str = "matrix"
     #: inputs per sequence (mws, prefix_sum, histogram, permutation)
     length: int = 16
