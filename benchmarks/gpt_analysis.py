@@ -72,7 +72,7 @@ def main() -> None:
     models = {s: spread(build_model(cfg.model, t, seed=s).eval(), s) for s in (0, 1)}
     tokens = seeded_batch(cfg.data, args.n, 0).tokens
     print(
-        f"{args.preset} GPT (width {cfg.model.hidden}, {cfg.model.layers} layers, "
+        f"{args.preset} GPT (width {cfg.model.width}, {cfg.model.layers} layers, "
         f"{cfg.data.m}x{cfg.data.n}), "
         f"{args.n} matrices, {args.threads} thread(s)",
         flush=True,

@@ -56,7 +56,7 @@ def bench(name: str, rounds: int, steps: int, device: torch.device, compile_: bo
     line = ", ".join(f"{k} {v:.2f} steps/s" for k, v in best.items())
     ratios = ", ".join(f"{k}/hf = {v / best['hf']:.2f}x" for k, v in best.items() if k != "hf")
     print(
-        f"{name:6s} ({device.type}, batch {cfg.train.batch_size}, width {cfg.model.hidden}): "
+        f"{name:6s} ({device.type}, batch {cfg.train.batch_size}, width {cfg.model.width}): "
         f"{line}; {ratios}"
     )
 

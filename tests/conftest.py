@@ -8,7 +8,7 @@ from abrupt.models.bert import MatrixBert
 @pytest.fixture
 def small_model() -> MatrixBert:
     torch.manual_seed(0)
-    return MatrixBert(ModelConfig(hidden=32, layers=2, heads=4, mlp=64), seq_len=49).eval()
+    return MatrixBert(ModelConfig(width=32, layers=2, heads=4, mlp=64), seq_len=49).eval()
 
 
 def randomize(model: MatrixBert, seed: int = 0) -> MatrixBert:
@@ -24,7 +24,7 @@ def randomize(model: MatrixBert, seed: int = 0) -> MatrixBert:
 def hand_set_row_head() -> MatrixBert:
     """One layer whose single head attends within the query's row: positions one-hot by row, Q = K =
     20 I."""
-    model = MatrixBert(ModelConfig(hidden=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
+    model = MatrixBert(ModelConfig(width=8, layers=1, heads=1, mlp=8), seq_len=49).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

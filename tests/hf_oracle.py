@@ -18,7 +18,7 @@ def hf_config(model: MatrixBert):
     c = model.cfg
     return BertConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=c.hidden,
+        hidden_size=c.width,
         num_hidden_layers=c.layers,
         num_attention_heads=c.heads,
         intermediate_size=c.mlp,
@@ -39,7 +39,7 @@ def hf_state_dict(model: MatrixBert) -> dict[str, torch.Tensor]:
     out = {
         "embeddings.word_embeddings.weight": sd["tok_embed.weight"],
         "embeddings.position_embeddings.weight": sd["pos_embed.weight"],
-        "embeddings.token_type_embeddings.weight": torch.zeros(1, model.cfg.hidden),
+        "embeddings.token_type_embeddings.weight": torch.zeros(1, model.cfg.width),
         "embeddings.LayerNorm.weight": sd["ln_embed.weight"],
         "embeddings.LayerNorm.bias": sd["ln_embed.bias"],
     }
@@ -76,7 +76,7 @@ class HFMatrixBert(nn.Module):
             raise RuntimeError(
                 f"weight mapping incomplete: missing {missing}, unexpected {unexpected}"
             )
-        self.readout = nn.Linear(model.cfg.hidden, 1)
+        self.readout = nn.Linear(model.cfg.width, 1)
         self.readout.load_state_dict(model.readout.state_dict())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -99,7 +99,7 @@ class HFMatrixGPT(nn.Module):
         config = GPT2Config(
             vocab_size=GPT_VOCAB,
             n_positions=2 * model.seq_len,
-            n_embd=c.hidden,
+            n_embd=c.width,
             n_layer=c.layers,
             n_head=c.heads,
             n_inner=c.mlp,
@@ -148,7 +148,7 @@ class HFMatrixGPT(nn.Module):
             raise RuntimeError(
                 f"weight mapping incomplete: missing {missing}, unexpected {unexpected}"
             )
-        self.head = nn.Linear(c.hidden, GPT_VOCAB, bias=False)
+        self.head = nn.Linear(c.width, GPT_VOCAB, bias=False)
         self.head.load_state_dict(model.head.state_dict())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -584,7 +584,7 @@ def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(
             f"data.m={m}",
             f"data.n={n}",
             f"data.rank={rank}",
-            "model.hidden=16",
+            "model.width=16",
             "model.mlp=16",
         ],
     )

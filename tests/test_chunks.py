@@ -21,7 +21,7 @@ def config(arch: str):
         preset("tiny"),
         [
             f"model.arch={arch}",
-            "model.hidden=16",
+            "model.width=16",
             "model.mlp=32",
             "data.m=3",
             "data.n=3",

@@ -112,7 +112,7 @@ def test_paper_preset_starts_on_cpu(tmp_path):
         == 0
     )
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"]["hidden"] == 768 and cfg["train"]["lr"] == 1e-4
+    assert cfg["model"]["width"] == 768 and cfg["train"]["lr"] == 1e-4
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
 
 
@@ -142,7 +142,7 @@ def test_baseline_json_and_compare_ood(tmp_path, capsys, restore_threads):
     assert main(["baseline", "--n", "4", "data.m=5"]) == 0
     assert capsys.readouterr().out.startswith("baseline: 4 seeded 5x7 rank-2 matrices")
     assert main(["baseline", "--n", "0"]) == 2
-    assert main(["baseline", "model.hidden=3"]) == 2
+    assert main(["baseline", "model.width=3"]) == 2
     assert main(["baseline", "data.rank=9"]) == 2
 
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ def test_presets_resolve_and_validate():
 
 def test_paper_preset_is_the_paper():
     c = preset("paper")
-    assert (c.model.layers, c.model.heads, c.model.hidden, c.model.mlp) == (4, 8, 768, 3072)
+    assert (c.model.layers, c.model.heads, c.model.width, c.model.mlp) == (4, 8, 768, 3072)
     assert (c.train.lr, c.train.batch_size, c.train.steps, c.train.warmup) == (1e-4, 256, 50_000, 0)
     assert (c.data.m, c.data.n, c.data.rank, c.data.p_mask) == (7, 7, 2, 0.3)
     assert c.model.init_std == 0.02
@@ -36,7 +36,7 @@ def test_overrides_are_typed():
         ("data.p_mask=-0.1", r"data.p_mask: must be in \[0, 1\)"),
         ("data.high=3", "beyond the vocabulary"),
         ("data.distribution=cauchy", "data.distribution: must be one of"),
-        ("model.heads=3", "model.heads: must divide model.hidden"),
+        ("model.heads=3", "model.heads: must divide model.width"),
         ("train.steps=0", "train.steps: must be >= 1"),
         ("train.lr=-1", "train.lr: must be a positive number"),
         ("train.bf16=maybe", "train.bf16: expected true/false"),

@@ -47,7 +47,7 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
             "train.eval_size=32",
             "train.log_every=5",
             "train.ckpt_every=10",
-            "model.hidden=16",
+            "model.width=16",
             "model.mlp=32",
             "train.progress=true",
         )
@@ -81,6 +81,7 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
     raw = json.loads((OLD_RUN / "config.json").read_text())
     cfg = read_config(OLD_RUN)
     now = cfg.to_dict()
+    raw["model"]["width"] = raw["model"].pop("hidden")  # renamed since (config.schema.RENAMED)
     for (
         section,
         values,
@@ -105,7 +106,7 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
         "train.log_every=4",
         "train.ckpt_every=4",
         "train.ckpt_log_points=0",
-        "model.hidden=16",
+        "model.width=16",
         "model.mlp=32",
     ]
     small = validate_run(apply_overrides(read_config(OLD_RUN), short + ["train.steps=8"]))

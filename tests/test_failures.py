@@ -265,7 +265,7 @@ def test_a_figure_that_cannot_be_written_leaves_the_previous_one(tmp_path, monke
 # --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("edit", [{"hidden": 64}, {"arch": "gpt", "ln_eps": 1e-5}])
+@pytest.mark.parametrize("edit", [{"width": 64}, {"arch": "gpt", "ln_eps": 1e-5}])
 def test_an_edited_config_is_one_line_on_resume_and_analyze(tiny_run, tmp_path, capfd, edit):
     run = copy_run(tiny_run, tmp_path)
     cfg = json.loads((run / "config.json").read_text())
@@ -502,12 +502,12 @@ def test_overrides_are_taken_after_flags_too(tmp_path, capfd):
             "1",
             "train.steps=3",
             "--quiet",
-            "model.hidden=16,32",
+            "model.width=16,32",
         ]
     )
     assert (
         str(args.spec) == "seed=0,1"
-        and args.overrides == ["train.steps=3", "model.hidden=16,32"]
+        and args.overrides == ["train.steps=3", "model.width=16,32"]
         and args.workers == 1
     )
     assert _parse(["baseline", "--n", "4", "data.m=3", "--json", "data.n=3"]).overrides == [

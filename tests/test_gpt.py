@@ -46,7 +46,7 @@ def test_equals_transformers_gpt2(layers, heads, hidden):
     torch.manual_seed(0)
     model = MatrixGPT(
         ModelConfig(
-            arch="gpt", hidden=hidden, layers=layers, heads=heads, mlp=4 * hidden, ln_eps=1e-5
+            arch="gpt", width=hidden, layers=layers, heads=heads, mlp=4 * hidden, ln_eps=1e-5
         ),
         49,
     ).eval()
@@ -66,7 +66,7 @@ def test_equals_transformers_gpt2(layers, heads, hidden):
 
 def test_greedy_completion_writes_values():
     torch.manual_seed(0)
-    model = MatrixGPT(ModelConfig(arch="gpt", hidden=16, layers=1, heads=2, mlp=32, ln_eps=1e-5), 9)
+    model = MatrixGPT(ModelConfig(arch="gpt", width=16, layers=1, heads=2, mlp=32, ln_eps=1e-5), 9)
     b = sample_batch(
         apply_overrides(preset("tiny"), ["data.m=3", "data.n=3", "data.rank=1"]).data,
         4,
@@ -90,7 +90,7 @@ def test_train_analyze_and_report_the_gpt_through_the_cli(tmp_path, capsys):
                 "train.steps=20",
                 "train.log_every=10",
                 "train.eval_size=64",
-                "model.hidden=32",
+                "model.width=32",
                 "model.mlp=64",
             ]
         )
@@ -141,7 +141,7 @@ def test_gpt_refuses_what_it_does_not_support():
 def random_gpt(seq_len: int, seed: int = 0) -> MatrixGPT:
     torch.manual_seed(seed)
     model = MatrixGPT(
-        ModelConfig(arch="gpt", hidden=32, layers=2, heads=2, mlp=64, ln_eps=1e-5), seq_len
+        ModelConfig(arch="gpt", width=32, layers=2, heads=2, mlp=64, ln_eps=1e-5), seq_len
     ).eval()
     with torch.no_grad():
         for p in model.parameters():

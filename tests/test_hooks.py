@@ -15,7 +15,7 @@ T = 9  # 3x3 matrices
 def tiny(arch: str):
     """A 2-layer model of `arch` with every parameter moved off its init (LayerNorms included)."""
     model = build_model(
-        ModelConfig(arch=arch, hidden=16, layers=2, heads=2, mlp=32, ln_eps=1e-5), T, seed=0
+        ModelConfig(arch=arch, width=16, layers=2, heads=2, mlp=32, ln_eps=1e-5), T, seed=0
     ).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -86,7 +86,7 @@ def test_each_lever_on_changes_the_run(tmp_path):
 
 
 def test_value_line_changes_only_value_rows_along_one_direction():
-    cfg = ModelConfig(hidden=32, layers=1, heads=2, mlp=64, init_std=0.07)
+    cfg = ModelConfig(width=32, layers=1, heads=2, mlp=64, init_std=0.07)
     plain = build_model(cfg, 49, seed=3).state_dict()
     line = build_model(
         ModelConfig(**{**cfg.__dict__, "value_init": "line", "value_init_scale": 2.0}), 49, seed=3
@@ -107,12 +107,12 @@ def test_row_column_bias_multiplies_attention_on_row_and_column_keys_by_c():
         assert bias[0, k].item() == pytest.approx(math.log(2.5) if (0, k) in same else 0.0)
     torch.manual_seed(0)
     model = MatrixBert(
-        ModelConfig(hidden=16, layers=2, heads=2, mlp=32, attn_bias=4.0, attn_bias_layers="1"),
+        ModelConfig(width=16, layers=2, heads=2, mlp=32, attn_bias=4.0, attn_bias_layers="1"),
         6,
         cols=3,
     ).eval()
     tokens = torch.randint(1, VOCAB_SIZE, (2, 6))
-    base = MatrixBert(ModelConfig(hidden=16, layers=2, heads=2, mlp=32), 6)
+    base = MatrixBert(ModelConfig(width=16, layers=2, heads=2, mlp=32), 6)
     base.load_state_dict(model.state_dict())
     with torch.no_grad():
         _, cache = model.run_with_cache(
@@ -189,7 +189,7 @@ def test_adam_eps_reaches_every_parameter_group(tmp_path):
 def test_pre_norm_adds_a_final_layernorm_in_the_readout_group():
     from abrupt.models import groups
 
-    model = build_model(ModelConfig(hidden=16, layers=1, heads=2, mlp=32, norm="pre"), 9, seed=0)
+    model = build_model(ModelConfig(width=16, layers=1, heads=2, mlp=32, norm="pre"), 9, seed=0)
     assert "ln_final.weight" in groups.names(model, "readout")
     out = model(torch.randint(1, VOCAB_SIZE, (3, 9)))
     assert out.shape == (3, 9) and torch.isfinite(out).all()

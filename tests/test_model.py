@@ -19,7 +19,7 @@ def tokens(batch=6, seed=1):
 )
 def test_equal_to_huggingface_bert(hidden, layers, heads, mlp):
     model = randomize(
-        MatrixBert(ModelConfig(hidden=hidden, layers=layers, heads=heads, mlp=mlp), 49), seed=hidden
+        MatrixBert(ModelConfig(width=hidden, layers=layers, heads=heads, mlp=mlp), 49), seed=hidden
     ).eval()
     ref = HFMatrixBert(model).eval()
     x = tokens()
@@ -44,7 +44,7 @@ def test_mask_embedding_is_zero_and_frozen(small_model):
 def test_init_scale():
     torch.manual_seed(0)
     m = MatrixBert(
-        ModelConfig(hidden=256, layers=1, heads=4, mlp=512, init_std=0.02, pos_init_std=0.5), 49
+        ModelConfig(width=256, layers=1, heads=4, mlp=512, init_std=0.02, pos_init_std=0.5), 49
     )
     assert abs(m.blocks[0].attn.q.weight.std().item() - 0.02) < 1e-3
     assert abs(m.pos_embed.weight.std().item() - 0.5) < 0.02

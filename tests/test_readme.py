@@ -50,7 +50,7 @@ SMALL_NARROW = [
     "train.log_every=5",
     "train.ckpt_every=10",
     "train.ckpt_log_points=0",
-    "model.hidden=16",
+    "model.width=16",
     "model.mlp=32",
     "train.progress=true",
 ]

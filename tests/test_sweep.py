@@ -29,15 +29,15 @@ def comparable(path):
 
 
 def test_grid_from_the_command_line():
-    spec = spec_from_args("tiny", ["model.hidden=16,32", "seed=0,1,2", "train.steps=40"])
+    spec = spec_from_args("tiny", ["model.width=16,32", "seed=0,1,2", "train.steps=40"])
     assert (
-        spec.grid == {"model.hidden": ["16", "32"]}
+        spec.grid == {"model.width": ["16", "32"]}
         and spec.seeds == [0, 1, 2]
         and spec.fixed == {"train.steps": "40"}
     )
     trials = expand(spec)
-    assert [t.name for t in trials] == [f"hidden={h}_seed={s}" for h in (16, 32) for s in (0, 1, 2)]
-    assert trials[4].overrides == {"train.steps": "40", "model.hidden": "32", "seed": "1"}
+    assert [t.name for t in trials] == [f"width={h}_seed={s}" for h in (16, 32) for s in (0, 1, 2)]
+    assert trials[4].overrides == {"train.steps": "40", "model.width": "32", "seed": "1"}
 
 
 def test_spec_file_with_zip_and_a_seed_count(tmp_path):
@@ -60,8 +60,8 @@ def test_spec_file_with_zip_and_a_seed_count(tmp_path):
     "items,message",
     [
         (["model.bogus=1,2"], "unknown key"),
-        (["model.hidden="], "non-empty"),
-        (["model.hidden=16,x"], "expected an integer"),
+        (["model.width="], "non-empty"),
+        (["model.width=16,x"], "expected an integer"),
         (["model.heads=3,4"], "must divide"),
         (["seed=a,b"], "seed"),
     ],
@@ -73,12 +73,12 @@ def test_bad_specs_are_refused_before_any_trial(items, message):
 
 def test_bad_spec_on_the_command_line_writes_nothing(tmp_path, capsys):
     out = tmp_path / "sw"
-    assert main(["sweep", *QUIET, "--out", str(out), "model.hidden=16,30", "model.heads=4"]) == 2
+    assert main(["sweep", *QUIET, "--out", str(out), "model.width=16,30", "model.heads=4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "hidden=30" in err[0]
+    assert len(err) == 1 and "width=30" in err[0]
     assert not out.exists()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("grid: {model.hidden: [16]}\nextra: 1\n")
+    bad.write_text("grid: {model.width: [16]}\nextra: 1\n")
     assert main(["sweep", str(bad), *QUIET, "--out", str(out)]) == 2
     assert not out.exists()
 
@@ -113,7 +113,7 @@ def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
         "--quiet",
         "--workers",
         "2",
-        "model.hidden=16,32",
+        "model.width=16,32",
         "seed=0,1",
         "train.steps=400",
         "train.ckpt_every=50",
@@ -129,7 +129,7 @@ def test_a_killed_sweep_resumes_to_the_same_results(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not any(
         (killed / d / "checkpoints" / "step_100.json").exists()
-        for d in ("hidden=16_seed=0", "hidden=16_seed=1")
+        for d in ("width=16_seed=0", "width=16_seed=1")
     ):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every trial, outright
@@ -162,7 +162,7 @@ def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
 # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 @pytest.mark.slow
 def test_local_and_ray_give_the_same_numbers(tmp_path):
-    args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.hidden=16,32", "train.steps=30"]
+    args = ["--preset", "tiny", "--quiet", "--workers", "2", "model.width=16,32", "train.steps=30"]
     assert main(["sweep", *args, "--out", str(tmp_path / "local")]) == 0
     assert main(["sweep", *args, "--out", str(tmp_path / "ray"), "--backend", "ray"]) == 0
     local, ray_rows = (
@@ -170,8 +170,8 @@ def test_local_and_ray_give_the_same_numbers(tmp_path):
         comparable(tmp_path / "ray" / "results.jsonl"),
     )
     assert local == ray_rows and all(r["status"] == "done" for r in local)
-    m_local = (tmp_path / "local" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
-    m_ray = (tmp_path / "ray" / "hidden=32" / "metrics.jsonl").read_text().splitlines()
+    m_local = (tmp_path / "local" / "width=32" / "metrics.jsonl").read_text().splitlines()
+    m_ray = (tmp_path / "ray" / "width=32" / "metrics.jsonl").read_text().splitlines()
     # noqa: E731
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
     assert strip(m_local) == strip(m_ray)

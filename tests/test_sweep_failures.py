@@ -313,13 +313,13 @@ def test_a_trial_with_a_long_name_runs(tmp_path):
         ("seeds: []", "non-empty list"),
         ("fixed: {seed: 5}\nseeds: [0, 1]", "given more than once"),
         ("grid: {seed: [5, 6]}\nseeds: 2", "given more than once"),
-        ("grid: {model.hidden: [32, 32.0]}", "same configuration"),
+        ("grid: {model.width: [32, 32.0]}", "same configuration"),
         ("seeds: [0, 0]", "same configuration"),
         ("grid: {train.bf16: [true, 'yes']}", "same configuration"),
         (f"seeds: {MAX_TRIALS + 1}", "count must be in"),
         ("seeds: 1000000", "count must be in"),
         (
-            "grid: {model.hidden: ["
+            "grid: {model.width: ["
             + ", ".join(str(2 * i + 2) for i in range(200))
             + "]}\nseeds: 100",
             "at most",

@@ -34,7 +34,7 @@ def small(name, *overrides):
     return apply_overrides(
         preset(name),
         [
-            "model.hidden=32",
+            "model.width=32",
             "model.mlp=64",
             "train.batch_size=32",
             "train.eval_size=64",
@@ -230,7 +230,7 @@ def test_batches_are_seeded_and_drawn_on_the_generators_device():
 
 def test_linear_attention_is_the_masked_scaled_scores_without_softmax():
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden=8, heads=2, attention="linear")
+    cfg = ModelConfig(width=8, heads=2, attention="linear")
     attn = Attention(cfg, causal=True)
     x = torch.randn(3, 5, 8)
     q, k, v = (lin(x).view(3, 5, 2, 4).transpose(1, 2) for lin in (attn.q, attn.k, attn.v))
@@ -246,7 +246,7 @@ def test_linear_attention_is_the_masked_scaled_scores_without_softmax():
 
 def test_softmax_multiplier_scales_weights_and_renormalises():
     torch.manual_seed(0)
-    attn = Attention(ModelConfig(hidden=8, heads=1), causal=True)
+    attn = Attention(ModelConfig(width=8, heads=1), causal=True)
     x = torch.randn(2, 4, 8)
     scale = torch.ones(1, 1, 4, 4)
     scale[..., 3, 0] = 3.0
@@ -303,7 +303,7 @@ def test_multiplier_one_is_a_no_op_and_acts_only_on_chosen_layers():
             ["model.arch=gpt", "task.name=mws", "task.modulus=16"],
             "task.modulus: must exceed task.high",
         ),
-        (["train.clip=-1"], "train.clip: must be a number >= 0"),
+        (["train.grad_clip=-1"], "train.grad_clip: must be a number >= 0"),
     ],
 )
 def test_bad_task_settings_are_one_line_errors(overrides, message):
@@ -324,7 +324,7 @@ def test_task_presets_are_the_follow_ups_sizes():
             cfg.task.name,
             cfg.train.steps,
             cfg.model.layers,
-            cfg.model.hidden,
+            cfg.model.width,
             cfg.train.lr,
         ) == (name, steps, layers, 256, 1e-4)
         assert (
@@ -332,7 +332,7 @@ def test_task_presets_are_the_follow_ups_sizes():
             and cfg.train.batch_size == 256
             and cfg.train.warmup == 0
         )
-    assert preset("histogram_full").train.clip == 1.0 and preset("mws").task.name == "mws"
+    assert preset("histogram_full").train.grad_clip == 1.0 and preset("mws").task.name == "mws"
 
 
 # --- training, resume, detector, analyses

@@ -50,7 +50,7 @@ def test_run_directory_contract(tmp_path):
     }
     assert summary["steps"] == 60
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["preset"] == "tiny" and cfg["model"]["hidden"] == 32 and "torch" in cfg["versions"]
+    assert cfg["preset"] == "tiny" and cfg["model"]["width"] == 32 and "torch" in cfg["versions"]
     steps = [c.step for c in checkpoints.list_checkpoints(run / "checkpoints")]
     assert steps == [0] + schedule(tiny())
     # training learned to copy the observed entries

@@ -90,7 +90,7 @@ def test_init_from_a_model_of_another_shape_is_one_line(source, tmp_path, capsys
                 "--out",
                 str(out),
                 f"train.init_from={source}",
-                "model.hidden=16",
+                "model.width=16",
                 "model.mlp=32",
             ]
         )
@@ -155,7 +155,7 @@ def test_grokfast_state_resumes_exactly(tmp_path):
 def test_attention_temperature_on_both_attention_paths(small_model):
     torch.manual_seed(0)
     model = MatrixBert(
-        ModelConfig(hidden=32, layers=2, heads=4, mlp=64, attn_temperature=3.0), seq_len=49
+        ModelConfig(width=32, layers=2, heads=4, mlp=64, attn_temperature=3.0), seq_len=49
     ).eval()
     tokens = torch.randint(1, 2002, (4, 49))
     fused = model(tokens)
@@ -256,7 +256,7 @@ def test_components_trains_each_group_alone(source, tmp_path):
     cfg = json.loads((out / "reinit=pos_embed" / "config.json").read_text())
     assert (
         cfg["train"]["trainable"] == cfg["train"]["reinit"] == "pos_embed"
-        and cfg["model"]["hidden"] == 32
+        and cfg["model"]["width"] == 32
     )
     start, end = last_weights(source), last_weights(out / "reinit=pos_embed")
     assert all(torch.equal(start[k], end[k]) for k in start if k != "pos_embed.weight")

@@ -27,15 +27,33 @@ from abrupt.dynamics.transition import loss_series, summarize  # noqa: E402
 SETTINGS = [
     ("mws, width 256 (`mws_full`, the follow-up's size)", "none", "runs/mws_full"),
     ("mws, width 256, held-out seed", "none", "runs/mws_full_heldout"),
-    ("mws, width 64 (`mws`)", "none", ("docs/tasks/sweeps/scale/results.jsonl", {"task.attn_scale": "1"})),
+    (
+        "mws, width 64 (`mws`)",
+        "none",
+        ("docs/tasks/sweeps/scale/results.jsonl", {"task.attn_scale": "1"}),
+    ),
     ("prefix_sum, width 256 (`prefix_sum_full`)", "none", "runs/prefix_sum_full"),
-    ("4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-4", "none", "runs/small_w128_eps"),
-    ("4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-8", "none", "runs/small_w128"),
+    (
+        "4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-4",
+        "none",
+        "runs/small_w128_eps",
+    ),
+    (
+        "4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-8",
+        "none",
+        "runs/small_w128",
+    ),
     ("4x4 rank 1, width 64, depth 6, batch 256, eps 1e-4", "none", "runs/small_depth6_eps"),
-    ("4x4 rank 1, width 64, batch 256, eps 1e-8 (docs/plateau)", "none",
-     ("docs/plateau/small_batch/results.jsonl", {})),
-    ("4x4 rank 1, width 64, bias c = 3, batch 256, eps 1e-4 (`sudden`; seeds 0, 2, 3, 4)", "row/column bias",
-     ("docs/plateau/small_bias3_b256_eps/results.jsonl", {})),
+    (
+        "4x4 rank 1, width 64, batch 256, eps 1e-8 (docs/plateau)",
+        "none",
+        ("docs/plateau/small_batch/results.jsonl", {}),
+    ),
+    (
+        "4x4 rank 1, width 64, bias c = 3, batch 256, eps 1e-4 (`sudden`; seeds 0, 2, 3, 4)",
+        "row/column bias",
+        ("docs/plateau/small_bias3_b256_eps/results.jsonl", {}),
+    ),
 ]
 
 
@@ -46,15 +64,30 @@ def _runs(source) -> list[dict]:
         for metrics in sorted((HERE / source).glob("*/metrics.jsonl")):
             rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
             minutes = rows[-1]["time"] / 60 if rows else None
-            out.append({"summary": summarize(rows), "minutes": minutes, "rows": rows, "name": metrics.parent.name})
+            out.append(
+                {
+                    "summary": summarize(rows),
+                    "minutes": minutes,
+                    "rows": rows,
+                    "name": metrics.parent.name,
+                }
+            )
         return out
     path, where = source
     out = []
     for line in (ROOT / path).read_text().splitlines():
         trial = json.loads(line)
-        if trial.get("status") == "done" and all(trial["overrides"].get(k) == v for k, v in where.items()):
-            out.append({"summary": trial["summary"], "minutes": trial["seconds"] / 60, "rows": None,
-                        "name": trial["trial"]})
+        if trial.get("status") == "done" and all(
+            trial["overrides"].get(k) == v for k, v in where.items()
+        ):
+            out.append(
+                {
+                    "summary": trial["summary"],
+                    "minutes": trial["seconds"] / 60,
+                    "rows": None,
+                    "name": trial["trial"],
+                }
+            )
     return out
 
 
@@ -62,17 +95,22 @@ def _spread(values: list) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return "—"
-    fmt = (lambda v: f"{v:.3g}") if any(isinstance(v, float) and v != int(v) for v in vals) else (
-        lambda v: f"{v:g}")
+    fmt = (
+        (lambda v: f"{v:.3g}")
+        if any(isinstance(v, float) and v != int(v) for v in vals)
+        else (lambda v: f"{v:g}")
+    )
     if len(vals) == 1:
         return fmt(vals[0])
     return f"{fmt(statistics.median(vals))} [{fmt(min(vals))}–{fmt(max(vals))}]"
 
 
 def table() -> str:
-    lines = ["| setting | intervention on attention | seeds | P (steps) | F within P/4 | sudden | "
-             "fold below the plateau at the end (step) | final loss | minutes a run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | intervention on attention | seeds | P (steps) | F within P/4 | sudden | "
+        "fold below the plateau at the end (step) | final loss | minutes a run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, intervention, source in SETTINGS:
         runs = _runs(source)
         if not runs:
@@ -83,11 +121,14 @@ def table() -> str:
         left = sum(s.get("plateau_steps") is not None for s in sums)
         steps = _spread([s["steps"] for s in sums])
         lines.append(
-            f"| {label} | {intervention} | {len(runs)} | {_spread([s.get('plateau_steps') for s in sums])}"
+            f"| {label} | {intervention} | {len(runs)} | "
+            f"{_spread([s.get('plateau_steps') for s in sums])}"
             f"{'' if left == len(runs) else f' ({len(runs) - left} never left)'} | "
-            f"{_spread([s.get('drop_factor') for s in sums])} | {sum(bool(s.get('sudden')) for s in sums)} of {len(runs)} | "
+            f"{_spread([s.get('drop_factor') for s in sums])} | "
+            f"{sum(bool(s.get('sudden')) for s in sums)} of {len(runs)} | "
             f"{_spread(folds)}x ({steps}) | {_spread([s.get(final_key) for s in sums])} | "
-            f"{_spread([r['minutes'] for r in runs])} |")
+            f"{_spread([r['minutes'] for r in runs])} |"
+        )
     return "\n".join(lines)
 
 
@@ -105,8 +146,13 @@ def curves(path: Path) -> None:
         ax = axes[0] if label.startswith(("mws", "prefix")) else axes[1]
         for i, run in enumerate(_runs(source)):
             steps, losses = loss_series(run["rows"])
-            ax.plot(steps, losses, lw=1, label=label if i == 0 else None,
-                    color=f"C{[s[0] for s in SETTINGS].index(label)}")
+            ax.plot(
+                steps,
+                losses,
+                lw=1,
+                label=label if i == 0 else None,
+                color=f"C{[s[0] for s in SETTINGS].index(label)}",
+            )
     axes[0].set_title("sequence tasks at the follow-up's size (cross-entropy, nats)")
     axes[1].set_title("4x4 rank-1 matrix completion (evaluation L_mask)")
     for ax in axes:

@@ -765,7 +765,7 @@ def _run(args: argparse.Namespace) -> int:
         ):
             raise
         print(
-            "abrupt: error: out of memory; lower model.hidden, train.batch_size or train.eval_size",
+            "abrupt: error: out of memory; lower model.width, train.batch_size or train.eval_size",
             file=sys.stderr,
         )
         return 1

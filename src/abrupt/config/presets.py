@@ -10,7 +10,7 @@ from .schema import Config, ConfigError, set_key
 # The CPU-sized recipe (docs/preset-search.md): the paper's model family at width 64, with the
 # paper's initialisation scaled to that width (0.02 * sqrt(768 / 64) = 0.07) and a short warm-up.
 _CPU_RECIPE: dict[str, Any] = {
-    "model.hidden": 64,
+    "model.width": 64,
     "model.layers": 4,
     "model.heads": 4,
     "model.mlp": 256,
@@ -91,7 +91,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "model.arch": "gpt",
             "model.layers": 2,
             "model.heads": 2,
-            "model.hidden": 256,
+            "model.width": 256,
             "model.mlp": 1024,
             "model.ln_eps": 1e-5,
             "train.steps": 50_000,
@@ -103,7 +103,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "model.arch": "gpt",
             "model.layers": 2,
             "model.heads": 2,
-            "model.hidden": 64,
+            "model.width": 64,
             "model.mlp": 256,
             "model.ln_eps": 1e-5,
             "model.init_std": 0.02,
@@ -117,7 +117,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": (
         "seconds-long smoke run (tests, demos): 2 layers, width 32; shows no drop",
         {
-            "model.hidden": 32,
+            "model.width": 32,
             "model.layers": 2,
             "model.heads": 2,
             "model.mlp": 64,
@@ -143,7 +143,7 @@ _SEQ_RECIPE: dict[str, Any] = {
     "model.attention": "linear",
     "model.layers": 1,
     "model.heads": 1,
-    "model.hidden": 256,
+    "model.width": 256,
     "model.mlp": 1024,
     "model.init_std": 0.02,
     "model.ln_eps": 1e-5,
@@ -155,7 +155,7 @@ _SEQ_RECIPE: dict[str, Any] = {
     "train.ckpt_every": 100,
     "train.ckpt_log_points": 4,
 }
-_SEQ_CPU = {"model.hidden": 64, "model.mlp": 256, "train.batch_size": 128, "train.lr": 1e-3}
+_SEQ_CPU = {"model.width": 64, "model.mlp": 256, "train.batch_size": 128, "train.lr": 1e-3}
 
 # (task, one-line description, the follow-up's steps, overrides, steps at CPU size)
 _SEQ_TASKS = (
@@ -171,7 +171,7 @@ _SEQ_TASKS = (
         "histogram",
         "histogram: for each of 16 letters of 12, its count in the sequence; 2 layers, clip 1.0",
         5000,
-        {"model.layers": 2, "train.clip": 1.0, "train.log_every": 25, "train.ckpt_every": 500},
+        {"model.layers": 2, "train.grad_clip": 1.0, "train.log_every": 25, "train.ckpt_every": 500},
         2500,
     ),
     (

@@ -79,11 +79,11 @@ class DataConfig:
 class ModelConfig:
     """The transformer (paper Sec. 2: a 4-layer BERT, width 768, 8 heads)."""
 
-    #: width of the residual stream (d_model)
-    hidden: int = 768
+    #: width of the residual stream (d_model; `model.hidden` in run directories written before)
+    width: int = 768
     #: transformer blocks
     layers: int = 4
-    #: attention heads per block (must divide hidden)
+    #: attention heads per block (must divide width)
     heads: int = 8
     #: width of each block's MLP
     mlp: int = 3072
@@ -161,7 +161,7 @@ class TrainConfig:
     optimizer: str = "adam"
     #: adamw only: the decoupled weight decay
     weight_decay: float = 0.0
-    #: > 0: width rule, the lr used is lr * lr_width_ref / model.hidden (Adam's step per weight
+    #: > 0: width rule, the lr used is lr * lr_width_ref / model.width (Adam's step per weight
     #: does not shrink with width)
     lr_width_ref: int = 0
     #: intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5
@@ -189,7 +189,8 @@ class TrainConfig:
     #: re-initialise these groups (as at step 0) after init_from
     reinit: str = ""
     #: > 0: clip the gradient's global norm to this (the follow-up's histogram: 1.0); 0 = off
-    clip: float = 0.0
+    #: (`train.clip` in run directories written before)
+    grad_clip: float = 0.0
 
 
 @dataclass
@@ -382,8 +383,15 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
+# Keys renamed since runs were first written: the old name is still read (config.json, sweep
+# specs, overrides) as the new one.
+RENAMED = {"model.hidden": "model.width", "train.clip": "train.grad_clip"}
+
+
 def set_key(cfg: Config, key: str, raw: Any) -> None:
-    """Set `section.key` (or `seed`) from a string or a typed value, with type checking."""
+    """Set `section.key` (or `seed`) from a string or a typed value, with type checking; a renamed
+    key's old name (RENAMED) sets the new one."""
+    key = RENAMED.get(key, key)
     if key == "seed":
         cfg.seed = _coerce(key, raw, int)
         return
@@ -394,7 +402,7 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
     section_name, _, name = key.partition(".")
     sections = _sections(cfg)
     if section_name not in sections or not name:
-        raise ConfigError(f"unknown key '{key}'; keys look like data.m, model.hidden, train.lr")
+        raise ConfigError(f"unknown key '{key}'; keys look like data.m, model.width, train.lr")
     section = sections[section_name]
     fields = {f.name: f for f in dataclasses.fields(section)}
     if name not in fields:
@@ -576,8 +584,8 @@ def _check_task(cfg: Config) -> None:
         f"task.attn_scale_from: must be >= 0 (0 = the whole run), got {k.attn_scale_from}",
     )
     need(
-        cfg.train.clip >= 0 and math.isfinite(cfg.train.clip),
-        f"train.clip: must be a number >= 0 (0 = off), got {cfg.train.clip}",
+        cfg.train.grad_clip >= 0 and math.isfinite(cfg.train.grad_clip),
+        f"train.grad_clip: must be a number >= 0 (0 = off), got {cfg.train.grad_clip}",
     )
     if k.name == "matrix":  # the default task, the one the data section describes
         need(
@@ -611,12 +619,12 @@ def validate(cfg: Config) -> None:
     need = _need
     need(0 <= cfg.seed < MAX_SEED, f"seed: must be in [0, 2^62), got {cfg.seed}")
     validate_data(cfg.data)
-    need(m.hidden >= 1, f"model.hidden: must be >= 1, got {m.hidden}")
+    need(m.width >= 1, f"model.width: must be >= 1, got {m.width}")
     need(m.layers >= 1, f"model.layers: must be >= 1, got {m.layers}")
     need(m.heads >= 1, f"model.heads: must be >= 1, got {m.heads}")
     need(
-        m.hidden % m.heads == 0,
-        f"model.heads: must divide model.hidden ({m.hidden}), got {m.heads}",
+        m.width % m.heads == 0,
+        f"model.heads: must divide model.width ({m.width}), got {m.heads}",
     )
     need(m.mlp >= 1, f"model.mlp: must be >= 1, got {m.mlp}")
     need(0 < m.init_std < math.inf, f"model.init_std: must be a positive number, got {m.init_std}")

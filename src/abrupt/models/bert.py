@@ -72,10 +72,10 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.attn = Attention(cfg)
-        self.ln_attn = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-        self.mlp_in = nn.Linear(cfg.hidden, cfg.mlp)
-        self.mlp_out = nn.Linear(cfg.mlp, cfg.hidden)
-        self.ln_mlp = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp_in = nn.Linear(cfg.width, cfg.mlp)
+        self.mlp_out = nn.Linear(cfg.mlp, cfg.width)
+        self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -117,13 +117,13 @@ class MatrixBert(HookedModule):
         )
         # padding_idx keeps the MASK row at zero and out of training, as in the reference
         # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
-        self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.hidden, padding_idx=MASK_ID)
-        self.pos_embed = nn.Embedding(seq_len, cfg.hidden)
-        self.ln_embed = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.width, padding_idx=MASK_ID)
+        self.pos_embed = nn.Embedding(seq_len, cfg.width)
+        self.ln_embed = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         if cfg.norm == "pre":
-            self.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-        self.readout = nn.Linear(cfg.hidden, 1)
+            self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.readout = nn.Linear(cfg.width, 1)
         self.hook_tok_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.hook_embed = HookPoint()

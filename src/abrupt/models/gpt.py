@@ -98,11 +98,11 @@ class GPTBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln_attn = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
+        self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.attn = Attention(cfg, causal=True)
-        self.ln_mlp = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-        self.mlp_in = nn.Linear(cfg.hidden, cfg.mlp)
-        self.mlp_out = nn.Linear(cfg.mlp, cfg.hidden)
+        self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp_in = nn.Linear(cfg.width, cfg.mlp)
+        self.mlp_out = nn.Linear(cfg.mlp, cfg.width)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -128,11 +128,11 @@ def build_decoder(module: HookedModule, cfg: ModelConfig, vocab: int, positions:
     """Give `module` the decoder's parts (token and position embeddings, `cfg.layers` GPT blocks, a
     final LayerNorm, an untied head without bias, the embedding and output hook points), name its
     hook points and initialise it with its own `reset_parameters` (MatrixGPT, SequenceGPT)."""
-    module.tok_embed = nn.Embedding(vocab, cfg.hidden)
-    module.pos_embed = nn.Embedding(positions, cfg.hidden)
+    module.tok_embed = nn.Embedding(vocab, cfg.width)
+    module.pos_embed = nn.Embedding(positions, cfg.width)
     module.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
-    module.ln_final = nn.LayerNorm(cfg.hidden, eps=cfg.ln_eps)
-    module.head = nn.Linear(cfg.hidden, vocab, bias=False)
+    module.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+    module.head = nn.Linear(cfg.width, vocab, bias=False)
     module.hook_tok_embed = HookPoint()
     module.hook_pos_embed = HookPoint()
     module.hook_embed = HookPoint()

@@ -87,7 +87,7 @@ def _parameter_names(model_cfg: Any) -> tuple[str, ...]:
     # Width never changes which tensors exist: the smallest model is built, once per kind, and the
     # global RNG (which build_model seeds) is restored.
     small = dataclasses.replace(
-        model_cfg, hidden=model_cfg.heads, mlp=1, value_init="random"
+        model_cfg, width=model_cfg.heads, mlp=1, value_init="random"
     )  # no data-dependent init on meta
     if repr(small) not in _NAMES:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):

@@ -69,13 +69,13 @@ class Attention(nn.Module):
         super().__init__()
         self.causal = causal
         self.heads = cfg.heads
-        self.head_dim = cfg.hidden // cfg.heads
+        self.head_dim = cfg.width // cfg.heads
         self.temperature = cfg.attn_temperature
         self.linear = cfg.attention == "linear"
-        self.q = nn.Linear(cfg.hidden, cfg.hidden)
-        self.k = nn.Linear(cfg.hidden, cfg.hidden)
-        self.v = nn.Linear(cfg.hidden, cfg.hidden)
-        self.o = nn.Linear(cfg.hidden, cfg.hidden)
+        self.q = nn.Linear(cfg.width, cfg.width)
+        self.k = nn.Linear(cfg.width, cfg.width)
+        self.v = nn.Linear(cfg.width, cfg.width)
+        self.o = nn.Linear(cfg.width, cfg.width)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()

@@ -483,7 +483,7 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
-        lr = t.lr * t.lr_width_ref / self.cfg.model.hidden if t.lr_width_ref else t.lr
+        lr = t.lr * t.lr_width_ref / self.cfg.model.width if t.lr_width_ref else t.lr
         return lr * min(1.0, step / t.warmup) if t.warmup else lr
 
     def step(self, step: int, want_norms: bool) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -500,8 +500,8 @@ class Trainer:
         self.optim.zero_grad(set_to_none=True)
         parts["loss"].backward()
         norms = self._grad_norms() if want_norms else {}
-        if self.cfg.train.clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip)
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         if self.cfg.train.grokfast_alpha:
             self._grokfast()
         self.optim.step()
