@@ -11,6 +11,7 @@ from pathlib import Path
 import abrupt.tasks
 from abrupt.checks import validate_run
 from abrupt.config import apply_overrides
+from abrupt.config.schema import RENAMED
 from abrupt.run.rundir import read_config, read_metrics
 from abrupt.train.trainer import train
 
@@ -81,7 +82,9 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
     raw = json.loads((OLD_RUN / "config.json").read_text())
     cfg = read_config(OLD_RUN)
     now = cfg.to_dict()
-    raw["model"]["width"] = raw["model"].pop("hidden")  # renamed since (config.schema.RENAMED)
+    for old, new in RENAMED.items():  # keys renamed since: read under their new names
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        raw[section][new_key] = raw[section].pop(old_key)
     for (
         section,
         values,

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
-from .run.rundir import RunDirError, atomic_write_bytes, read_json
+from .run.rundir import RunDirError, atomic_write_bytes, read_config, read_json
 
 # The page's template and style: package files beside this module (HTML and CSS, not Python).
 _TEMPLATES = resources.files("abrupt") / "templates"
@@ -160,7 +160,7 @@ def build(run_dir: Path) -> Path:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name,
             style=STYLE,
-            c=config,
+            c=read_config(run_dir).to_dict(),  # resolved: an older run's renamed keys as today's
             transition=_transition(summary),
             loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),
