@@ -38,46 +38,29 @@ def last_step(run):
 def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
     """transformers #28544 kind: the countdown of train.stop_after_drop went back to zero on
     resume."""
-    train(
-        tiny("train.steps=100", "train.stop_after_drop=25"), tmp_path / "straight", progress=False
-    )
-    assert last_step(tmp_path / "straight") == 45
+
+    def run(name, steps, resume=False):
+        cfg = tiny(f"train.steps={steps}", "train.stop_after_drop=25")
+        train(cfg, tmp_path / name, resume=resume, progress=False)
+        return last_step(tmp_path / name)
+
+    assert run("straight", 100) == 45
     # interrupted at step 41 (its last checkpoint), then resumed: stops at 45 too (it stopped at 75)
-    train(tiny("train.steps=41", "train.stop_after_drop=25"), tmp_path / "resumed", progress=False)
-    train(
-        tiny("train.steps=100", "train.stop_after_drop=25"),
-        tmp_path / "resumed",
-        resume=True,
-        progress=False,
-    )
-    assert last_step(tmp_path / "resumed") == 45
+    run("resumed", 41)
+    assert run("resumed", 100, resume=True) == 45
     straight = checkpoints.load_tensors(checkpoints.find(tmp_path / "straight").weights)
     resumed = checkpoints.load_tensors(checkpoints.find(tmp_path / "resumed").weights)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # the same 45 steps
     # a checkpoint written before the countdown was recorded: rebuilt from the logged rows
-    train(tiny("train.steps=41", "train.stop_after_drop=25"), tmp_path / "old", progress=False)
+    run("old", 41)
     side = checkpoints.find(tmp_path / "old").path
     meta = json.loads(side.read_text())
     del meta["drop_seen_at"]
     side.write_text(json.dumps(meta))
-    train(
-        tiny("train.steps=100", "train.stop_after_drop=25"),
-        tmp_path / "old",
-        resume=True,
-        progress=False,
-    )
-    assert last_step(tmp_path / "old") == 45
+    assert run("old", 100, resume=True) == 45
     # resuming a run its early stop already ended trains nothing more
-    train(
-        tiny("train.steps=100", "train.stop_after_drop=25"),
-        tmp_path / "straight",
-        resume=True,
-        progress=False,
-    )
-    assert (
-        last_step(tmp_path / "straight") == 45
-        and read_metrics(tmp_path / "straight")[-1]["step"] == 40
-    )
+    assert run("straight", 100, resume=True) == 45
+    assert read_metrics(tmp_path / "straight")[-1]["step"] == 40
 
 
 def test_drop_seen_at_reads_rows_prefix_by_prefix():
