@@ -272,3 +272,39 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     _draw_losses(ax, rows, dropped)
     assert f"drop_step {summary['drop_step']} (dropped)" in ax.get_legend_handles_labels()[1]
     plt.close(fig)
+
+
+DOC_PAGES = (
+    "results",
+    "interventions",
+    "experiments",
+    "run-directory",
+    "reliability",
+    "hooks",
+    "extending",
+    "configuration",
+)
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_every_link_of_the_docs_pages_resolves(page):
+    """The pages the README's documentation map names: links relative to docs/, anchors to
+    headings."""
+    tracked = _tracked()
+    path = ROOT / "docs" / f"{page}.md"
+    text = path.read_text()
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        doc = (path.parent / file).resolve() if file else path
+        rel = doc.relative_to(ROOT).as_posix() if doc.is_relative_to(ROOT) else str(doc)
+        if file and not _exists(rel, tracked):
+            missing.append(target)
+        elif anchor and doc.suffix == ".md" and doc.exists():
+            headings = re.findall(r"^#+ (.+)$", doc.read_text(), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+            if anchor not in slugs:
+                missing.append(target)
+    assert not missing, f"docs/{page}.md links to what is not there: {missing}"
