@@ -556,11 +556,12 @@ def _analyze(
     from .analysis.registry import analyze
 
     print(f"analyze: {run}")
+    t0 = time.perf_counter()
     try:
         analyze(run, only, steps, opts, device=device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    print(f"done; `abrupt report {run}` writes the page")
+    print(f"done in {time.perf_counter() - t0:.1f}s; `abrupt report {run}` writes the page")
     return 0
 
 

@@ -365,8 +365,9 @@ class Trainer:
         # On a GPU the batches are drawn there, from a generator of that device: no copy per step.
         self.data_rng = generator(cfg.seed + _TRAIN_STREAM, self.device)
         self.grok_ema: dict[str, torch.Tensor] = {}
+        # a new model's tensors outside every named part are logged together, as grad_norm_other
         self.part_of = {
-            name: next(g for g in groups.PARTS if re.search(groups.pattern(g), name))
+            name: next((g for g in groups.PARTS if re.search(groups.pattern(g), name)), "other")
             for name, _ in self.model.named_parameters()
         }
         self.evalset = eval_batch(cfg).to(self.device)
