@@ -156,3 +156,38 @@ def test_the_old_run_fixture_is_committed():
         ).returncode
         == 0
     )
+
+
+def test_a_rule_of_the_registries_refuses_before_a_run_directory_exists(tmp_path, monkeypatch):
+    from abrupt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "task.name=mws"]) == 2  # a sequence task needs the decoder
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_json_the_registries_refuse_is_one_line(tmp_path):
+    import pytest
+
+    from abrupt.run.rundir import RunDirError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = json.loads((OLD_RUN / "config.json").read_text())
+    raw["model"]["arch"] = "rnn"
+    (run / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(RunDirError, match="model.arch: must be one of bert, gpt"):
+        read_config(run)
+
+
+def test_a_renamed_key_and_its_old_name_are_one_key_in_a_sweep():
+    import pytest
+
+    from abrupt.config import ConfigError
+    from abrupt.sweep.runner import SweepSpec, expand
+
+    spec = SweepSpec(
+        preset="tiny", fixed={"model.hidden": "32"}, grid={"model.width": ["16", "64"]}
+    )
+    with pytest.raises(ConfigError, match="given more than once"):
+        expand(spec)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from abrupt.config import preset
+from abrupt.run.rundir import read_config
 from abrupt.sweep.runner import config_of, read_results, spec_from_file
 from abrupt.sweep.summary import end_fold, spread
 
@@ -52,7 +53,7 @@ def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
                     (f"`{spec.stem}`", cfg["seed"], row["summary"])
                 )
     for run in sorted((HERE / "runs").iterdir()):
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = read_config(run).to_dict()  # resolved: renamed keys as today's
         summary = json.loads((run / "summary.json").read_text())
         out.setdefault(setting(cfg), []).append((f"`runs/{run.name}`", cfg["seed"], summary))
     return out

@@ -336,7 +336,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = preset(args.preset)
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
-        apply_overrides(cfg, args.overrides)
+        validate_run(apply_overrides(cfg, args.overrides))  # before a run directory is made
         out = (
             args.out
             if args.out is not None

@@ -125,7 +125,7 @@ def forecast(
     departure has reached the target it returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
     steps, d, found = departure(rows, signal, after, window)
-    if not steps and found["plateau_start"] is not None:
+    if not steps and found["plateau_start"] is not None and signal == LOSS:
         return Forecast(now, reason="the plateau's level is 0: no departure from it to measure")
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")

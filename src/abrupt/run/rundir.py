@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..checks import validate_run
 from ..config import Config, CurriculumConfig
 
 LOCK_NAME = ".lock"
@@ -280,7 +281,8 @@ def read_config(run_dir: Path) -> Config:
         raise RunDirError(f"{run_dir} is not a run directory (no config.json)")
     raw = read_json(path)
     try:
-        return Config.from_dict({k: v for k, v in raw.items() if k != "versions"})
+        cfg = Config.from_dict({k: v for k, v in raw.items() if k != "versions"}, check=False)
+        return validate_run(cfg)
     except (AttributeError, ValueError) as e:
         raise RunDirError(f"{path} is not a valid run configuration: {e}") from None
 

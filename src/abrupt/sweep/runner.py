@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from ..checks import validate_run
 from ..config import ConfigError, apply_overrides, preset
+from ..config.schema import RENAMED
 from ..run.rundir import (
     RunDirError,
     RunLock,
@@ -207,11 +208,14 @@ def expand(spec: SweepSpec) -> list[Trial]:
             "sweep: zip lists must have one length, got "
             f"{dict((k, len(v)) for k, v in spec.zip.items())}"
         )
-    overlap = (set(spec.grid) & set(spec.zip)) | (
-        set(spec.fixed) & (set(spec.grid) | set(spec.zip))
+    fixed, grid, zipped = (
+        {RENAMED.get(k, k) for k in keys} for keys in (spec.fixed, spec.grid, spec.zip)
     )
+    overlap = (grid & zipped) | (
+        fixed & (grid | zipped)
+    )  # a renamed key's old name is the same key
     if spec.seeds:
-        overlap |= {"seed"} & (set(spec.fixed) | set(spec.grid) | set(spec.zip))
+        overlap |= {"seed"} & (fixed | grid | zipped)
     if overlap:
         raise ConfigError(f"sweep: key(s) {sorted(overlap)} given more than once")
     if _count(spec) > MAX_TRIALS:

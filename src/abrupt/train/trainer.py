@@ -620,9 +620,14 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
-        if self._stop_due(
-            start
-        ):  # resumed after its early stop had ended it: nothing left to train
+        if self._stop_due(start):  # resumed after its early stop had ended it: nothing to train
+            if self.progress:
+                print(
+                    f"resume: {self.out_dir} stopped at step {start}, {t.stop_after_drop} steps "
+                    "after its drop (train.stop_after_drop): nothing to train",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return self.finish()
         bar = StepProgress(t.steps, start, enabled=self.progress)
         after = self.cfg.curriculum.end()
