@@ -8,6 +8,7 @@ rebuild the run exactly. Validation happens before anything is written: a bad va
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -301,6 +302,7 @@ class Config:
 SECTIONS = ("data", "model", "train", "curriculum", "task")
 
 
+@functools.cache  # read from the source: every command builds its --help text from it
 def field_docs() -> dict[str, tuple[str, Any, str]]:
     """{key: (type, default, meaning)} of every configuration key, in schema order: `seed`, then
     `section.field`, from the `#:` comments above each field (what `--help` and
