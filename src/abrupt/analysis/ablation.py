@@ -9,7 +9,10 @@ alone.
 Every hook acts on each matrix and position alone, the batch mean being computed beforehand over
 the whole batch: the numbers do not depend on how prediction splits the batch into chunks
 (models.layers.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full
-reruns.
+reruns. On the BERT the intact pass and the patterns are read from the command's shared forward
+passes (analysis/cache.py), and an ablated pass starts at the first ablated layer from the cached
+residual stream (`MatrixBert.run_from`): the layers below it would compute the intact values
+again. The numbers equal `ablate`'s, which reruns everything (a test holds them bit for bit).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import torch
 
 from .. import hooks
 from ..config import Config
-from ..data import Batch, seeded_batch
+from ..data import Batch
 from ..hooks import act_name
-from ..losses import evaluate
+from ..losses import as_floats, evaluate, losses
 from ..models import layers
 from ..models.bert import MatrixBert
+from .cache import predict_from
 from .common import (
     Count,
     Inputs,
@@ -144,7 +148,7 @@ def run(
     modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES,
 ) -> Result:
     """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
-    batch = seeded_batch(inputs.data, n, seed)
+    batch = inputs.batch(n, seed)
     numbers: dict[str, Any] = {
         "seed": seed,
         "n": n,
@@ -154,21 +158,62 @@ def run(
     }
     for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
-        entry: dict[str, Any] = {
-            "none": evaluate(model, batch),
-            "chosen": {},
-            "per_head_loss_mask": {},
-        }
         chosen = parse_heads(heads, layers, nheads)
-        means = mean_patterns(model, batch.tokens) if "mean" in modes else None
+        if isinstance(model, MatrixBert):
+            stream = inputs.activations(step, batch)
+            intact = as_floats(losses(stream[act_name("out")].float().cpu(), batch))
+            means = (
+                _batch_means(inputs.activations(step, batch, "patterns"))
+                if "mean" in modes
+                else None
+            )
+
+            def measure(hs, mode, model=model, stream=stream, means=means):
+                return _ablate_from_stream(model, batch, stream, hs, mode, means)
+
+        else:
+            intact = evaluate(model, batch)
+            means = mean_patterns(model, batch.tokens) if "mean" in modes else None
+
+            def measure(hs, mode, model=model, means=means):
+                return ablate(model, batch, hs, mode, means)
+
+        entry: dict[str, Any] = {"none": intact, "chosen": {}, "per_head_loss_mask": {}}
         for mode in modes:
-            entry["chosen"][mode] = ablate(model, batch, chosen, mode, means)
+            entry["chosen"][mode] = measure(chosen, mode)
             entry["per_head_loss_mask"][mode] = [
-                [ablate(model, batch, [(l, h)], mode, means)["loss_mask"] for h in range(nheads)]
+                [measure([(l, h)], mode)["loss_mask"] for h in range(nheads)]
                 for l in range(layers)
             ]
         numbers["steps"][step] = entry
     return Result(numbers)
+
+
+def _batch_means(patterns: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """`mean_patterns` from a cached "patterns" pass, summed chunk by chunk in float64 as there."""
+    out = {}
+    for l in range(len(patterns)):
+        p = patterns[act_name("pattern", l)]
+        total = sum(
+            p[i : i + layers.CHUNK].double().sum(dim=0) for i in range(0, len(p), layers.CHUNK)
+        )
+        out[l] = (total / len(p)).float()
+    return out
+
+
+def _ablate_from_stream(
+    model: MatrixBert,
+    batch: Batch,
+    stream: dict[str, torch.Tensor],
+    heads: Sequence[tuple[int, int]],
+    mode: str,
+    means: dict[int, torch.Tensor] | None,
+) -> dict[str, float]:
+    """`ablate`, resumed at the first ablated layer from the cached "stream" pass."""
+    first = min(l for l, _ in heads)
+    with model.hooks(ablation_hooks(heads, mode, model.causal, means)):
+        pred = predict_from(model, first, stream[act_name("resid_pre", first)], batch.pad)
+    return as_floats(losses(pred, batch))
 
 
 def plot(result: Result, out: Path) -> list[Path]:

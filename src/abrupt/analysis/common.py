@@ -23,11 +23,15 @@ from typing import Annotated, Any, Callable
 
 import numpy as np
 
+import torch
+
 from ..config import Config, DataConfig
+from ..data import Batch, seeded_batch
 from ..models.bert import MatrixBert
 from ..plots import figure
 from ..run import checkpoints
 from ..run.rundir import RunDirError, read_config, read_json, read_metrics
+from .cache import ForwardCache
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class Inputs:
         None  # the run's whole configuration (its task, for task-generic analyses)
     )
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
+    _forwards: ForwardCache = field(default_factory=lambda: ForwardCache(seeded_batch), repr=False)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -171,6 +176,16 @@ class Inputs:
     def post(self) -> tuple[int, MatrixBert]:
         step = max(self.models)
         return step, self.models[step]
+
+    def batch(self, n: int, seed: int, data: DataConfig | None = None) -> Batch:
+        """`seeded_batch(data or self.data, n, seed)`, one object per (data, n, seed) for the whole
+        command, so that analyses on the same batch share its forward passes."""
+        return self._forwards.batch(data or self.data, n, seed)
+
+    def activations(self, step: int, batch: Batch, kind: str = "stream") -> dict[str, torch.Tensor]:
+        """{hook name: (B, ...)} of checkpoint `step` on `batch`, from a pass of `kind` run once
+        per command (analysis/cache.py: which hooks each kind holds, and why two kinds)."""
+        return self._forwards.activations(step, self.models[step], batch, kind)
 
     def all_checkpoints(self) -> dict[int, MatrixBert]:
         if self._all is None:

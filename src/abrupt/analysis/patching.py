@@ -6,6 +6,11 @@ fraction of the way the output moves from the corrupted prediction toward the cl
     f = <p_patched - p_corrupt, p_clean - p_corrupt> / ||p_clean - p_corrupt||^2,
 reported at hidden and at observed entries (1: the clean output, 0: unchanged), with the
 distances of the patched output to X and to -X. A layer x head table patches each head alone.
+
+The clean and corrupted passes are run once per checkpoint (the command's shared forward passes,
+analysis/cache.py), and a patched pass starts at the first patched layer from the corrupted
+run's residual stream (`MatrixBert.run_from`). The numbers equal `patch`'s, which reruns all
+three passes (a test holds them bit for bit).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from typing import Any, Sequence
 import torch
 
 from ..config import Config
-from ..data import Batch, make_batch, sample_batch, seeded_batch
-from ..hooks import act_name
+from ..data import Batch, make_batch, sample_batch
+from ..hooks import act_name, mode
 from ..models.bert import MatrixBert
 from .common import (
     Count,
@@ -109,7 +114,13 @@ def patch(
         clean_z = {l: cache[names[l]] for l in range(len(names))}
         with model.hooks(patch_hooks(clean_z, heads, positions)):
             patched = model(corrupt_batch.tokens)
-    clean, corrupt, patched = clean.cpu(), corrupt.cpu(), patched.cpu()
+    return scores(patched.cpu(), clean.cpu(), corrupt.cpu(), batch)
+
+
+def scores(
+    patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor, batch: Batch
+) -> dict[str, float]:
+    """Recovery and distances of the patched predictions (B, T) on `batch`'s entries."""
     x = batch.target
     hidden = batch.mask
     return {
@@ -120,6 +131,24 @@ def patch(
         "mse_to_X_observed": ((patched - x)[~hidden] ** 2).mean().item(),
         "mse_to_minus_X_observed": ((patched + x)[~hidden] ** 2).mean().item(),
     }
+
+
+def patch_from_streams(
+    model: MatrixBert,
+    batch: Batch,
+    clean: dict[str, torch.Tensor],
+    corrupt: dict[str, torch.Tensor],
+    heads: Sequence[tuple[int, int]],
+    positions: torch.Tensor,
+) -> dict[str, float]:
+    """`patch`, from the cached "stream" passes of the clean and the corrupted batch."""
+    first = min(l for l, _ in heads)
+    clean_z = {l: clean[act_name("z", l)] for l in range(len(model.blocks))}
+    # one pass over the whole batch, as `patch` makes: the hooks index it whole
+    with torch.no_grad(), mode(model), model.hooks(patch_hooks(clean_z, heads, positions)):
+        patched = model.run_from(first, corrupt[act_name("resid_pre", first)])
+    out = act_name("out")
+    return scores(patched.cpu(), clean[out].cpu(), corrupt[out].cpu(), batch)
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:
@@ -138,7 +167,8 @@ def run(
 ) -> Result:
     """`heads`: 'all' or 'L:H,...' ('*' wildcards) patched together; `positions`: 'all', 'hidden',
     'observed' or comma-separated indices. The per-head table always patches each head alone."""
-    batch = seeded_batch(inputs.data, n, seed)
+    batch = inputs.batch(n, seed)
+    corrupt_batch = negated(batch)
     numbers: dict[str, Any] = {
         "seed": seed,
         "n": n,
@@ -149,16 +179,21 @@ def run(
     pos = position_selector(positions, batch)
     for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
-        chosen = parse_heads(heads, layers, nheads)
+        clean = inputs.activations(step, batch)
+        corrupt = inputs.activations(step, corrupt_batch)
+
+        def measure(hs, model=model, clean=clean, corrupt=corrupt):
+            return patch_from_streams(model, batch, clean, corrupt, hs, pos)
+
         table_hidden = [[0.0] * nheads for _ in range(layers)]
         table_observed = [[0.0] * nheads for _ in range(layers)]
         for l in range(layers):
             for h in range(nheads):
-                r = patch(model, batch, [(l, h)], pos)
+                r = measure([(l, h)])
                 table_hidden[l][h] = r["recovery_hidden"]
                 table_observed[l][h] = r["recovery_observed"]
         numbers["steps"][step] = {
-            "chosen": patch(model, batch, chosen, pos),
+            "chosen": measure(parse_heads(heads, layers, nheads)),
             "per_head_recovery_hidden": table_hidden,
             "per_head_recovery_observed": table_observed,
         }

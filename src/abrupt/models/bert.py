@@ -150,15 +150,27 @@ class MatrixBert(HookedModule):
             raise ValueError(f"expected sequences of length 1..{self.seq_len}, got {t}")
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[:t].unsqueeze(0))
-        x = self.hook_embed(self.ln_embed(tok + pos))
+        return self.run_from(0, self.hook_embed(self.ln_embed(tok + pos)), pad)
+
+    def run_from(
+        self, layer: int, resid_pre: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Finish a forward pass from `blocks.{layer}.hook_resid_pre` (TransformerLens's
+        `start_at_layer`): resid_pre (B, T, d), as `run_with_cache` stored it there ->
+        predictions (B, T). Equal, bit for bit, to the whole forward pass when no hook acts on
+        the layers before `layer`: the analyses that intervene on one layer at a time (ablation,
+        patching) skip the layers below it this way."""
+        if not 0 <= layer < len(self.blocks):
+            raise ValueError(f"layer {layer} out of range: the model has {len(self.blocks)}")
+        x, t = resid_pre, resid_pre.shape[1]
         keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
         bias = (
             row_column_bias(t, self.cols, self.cfg.attn_bias, x.device)
             if self.attn_bias_on
             else None
         )
-        for layer, block in enumerate(self.blocks):
-            x = block(x, keep, bias if layer in self.bias_layers else None)
+        for l in range(layer, len(self.blocks)):
+            x = self.blocks[l](x, keep, bias if l in self.bias_layers else None)
         if self.cfg.norm == "pre":
             x = self.ln_final(x)
         return self.hook_out(self.readout(x).squeeze(-1))

@@ -1,0 +1,99 @@
+"""Forward passes shared by the analyses of one command: each (checkpoint, batch) is run once.
+
+TransformerLens's `run_with_cache`, memoised for a whole `abrupt analyze`: the analyses ask
+`Inputs.batch` for their evaluation batch (one object per data, size and seed) and
+`Inputs.activations` for that batch's activations at a checkpoint; the first ask runs the forward
+pass, later asks (the same analysis at another option, or another analysis on the same batch:
+ablation, patching and attention share theirs) read it. Two kinds of pass, because reading an
+attention pattern switches a layer to the exact attention path (`models/layers.py`), whose last
+bits differ from the fused one:
+
+    "stream"    every layer's hook_resid_pre and hook_z, and hook_out: the fused path, so its
+                predictions are those of `model.predict` bit for bit
+    "patterns"  every layer's hook_pattern (B, H, T, T), on the exact path
+
+Passes run in `models.layers.CHUNK` matrices at a time in evaluation mode without gradients, as
+`model.predict` does, so what is read from the cache equals what a fresh pass would give. Tensors
+are kept on the model's device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..data import Batch
+from ..hooks import act_name, mode
+from ..models import layers
+
+KINDS = ("stream", "patterns")
+
+
+def names(kind: str, n_layers: int) -> list[str]:
+    """The hook points a pass of `kind` stores."""
+    if kind == "stream":
+        per_layer = [act_name(k, l) for l in range(n_layers) for k in ("resid_pre", "z")]
+        return per_layer + [act_name("out")]
+    if kind == "patterns":
+        return [act_name("pattern", l) for l in range(n_layers)]
+    raise ValueError(f"unknown activation kind '{kind}'; one of {', '.join(KINDS)}")
+
+
+@torch.no_grad()
+def run_chunked(model, batch: Batch, kind: str) -> dict[str, torch.Tensor]:
+    """{hook name: activation over the whole batch (B, ...)} of one pass of `kind`."""
+    want = names(kind, len(model.blocks))
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in want}
+    with mode(model):
+        for i in range(0, len(batch.tokens), layers.CHUNK):
+            pad = {} if batch.pad is None else {"pad": batch.pad[i : i + layers.CHUNK]}
+            _, cache = model.run_with_cache(
+                model.encode(batch.tokens[i : i + layers.CHUNK]), names=want, **pad
+            )
+            for n in want:
+                parts[n].append(cache[n])
+    return {n: torch.cat(p) for n, p in parts.items()}
+
+
+@torch.no_grad()
+def predict_from(
+    model, layer: int, resid_pre: torch.Tensor, pad: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`model.predict`, resumed at `blocks.{layer}.hook_resid_pre` (`MatrixBert.run_from`) with
+    the cached resid_pre (B, T, d): predictions (B, T) float on the CPU, CHUNK matrices a pass."""
+    with mode(model):
+        return torch.cat(
+            [
+                model.run_from(
+                    layer,
+                    resid_pre[i : i + layers.CHUNK],
+                    None if pad is None else pad[i : i + layers.CHUNK],
+                )
+                .float()
+                .cpu()
+                for i in range(0, len(resid_pre), layers.CHUNK)
+            ]
+        )
+
+
+class ForwardCache:
+    """The batches and activations of one command; `Inputs` holds one."""
+
+    def __init__(self, make_batch: Callable[..., Batch]) -> None:
+        self._make_batch = make_batch
+        self._batches: dict[tuple[str, int, int], Batch] = {}
+        # keyed by the batch object's id; the batch is kept in the value so the id stays its own
+        self._runs: dict[tuple[int, int, str], tuple[Batch, dict[str, torch.Tensor]]] = {}
+
+    def batch(self, data, n: int, seed: int) -> Batch:
+        key = (repr(data), n, seed)  # mutable, so unhashable: its repr names every field
+        if key not in self._batches:
+            self._batches[key] = self._make_batch(data, n, seed)
+        return self._batches[key]
+
+    def activations(self, step: int, model, batch: Batch, kind: str) -> dict[str, torch.Tensor]:
+        key = (step, id(batch), kind)
+        if key not in self._runs:
+            self._runs[key] = (batch, run_chunked(model, batch, kind))
+        return self._runs[key][1]
