@@ -15,6 +15,7 @@ package is an extra of the same name (`pip install 'abrupt[NAME]'`), imported on
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -33,6 +34,7 @@ HPARAM_METRICS = (
     "summary/drop_step",
     "summary/drop_factor",
 )
+CLOSING = "failed to close"
 
 
 class TrackerWarning(UserWarning):
@@ -202,7 +204,10 @@ class Trackers:
                 self._warn(name, "could not start", e)
 
     def _warn(self, name: str, what: str, e: BaseException) -> None:
-        self.active.pop(name, None)
+        dropped = self.active.pop(name, None)
+        if dropped is not None and what != CLOSING:  # what it holds is flushed if it can be
+            with contextlib.suppress(Exception):
+                dropped.close(False)
         warnings.warn(
             f"train.log_to: {name} {what} ({type(e).__name__}: {e}); it is dropped and training "
             "goes on (metrics.jsonl has every row)",
@@ -229,5 +234,5 @@ class Trackers:
         return self
 
     def __exit__(self, kind: type | None, *rest: Any) -> None:
-        self._each("failed to close", "close", kind is None)
+        self._each(CLOSING, "close", kind is None)
         self.active.clear()
