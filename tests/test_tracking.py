@@ -207,6 +207,11 @@ def test_a_missing_package_is_one_line_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []  # no runs/, no run directory
     assert main(["sweep", "--out", "sw", "--preset", "tiny", f"train.log_to={name}"]) == 2
     assert list(tmp_path.iterdir()) == []
+    # a run's config.json still reads without the package (analyses, reports, plots need none)
+    from abrupt.checks import validate_run
+    from abrupt.config import apply_overrides, preset
+
+    validate_run(apply_overrides(preset("tiny"), [f"train.log_to={name}"]))
 
 
 def test_an_unknown_tracker_is_one_line(tmp_path, capsys):
