@@ -22,6 +22,7 @@ OPTIONAL = {
     "ray": ("ray", "runner.py"),
     "devinterp": ("devinterp", "llc.py"),
     "datasets": ("devinterp", "llc.py"),
+    "wandb": ("wandb", "tracking.py"),
 }
 
 

@@ -283,6 +283,7 @@ DOC_PAGES = (
     "hooks",
     "extending",
     "configuration",
+    "tracking",
 )
 
 

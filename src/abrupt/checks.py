@@ -1,10 +1,11 @@
 """`validate_run(cfg)`: every rule a run's configuration must meet, in one place. The schema's own
 rules (config.validate) and those that need the registries: the task exists and accepts the
-configuration, the architecture exists, the named parameter groups exist in that model."""
+configuration, the architecture exists, the named parameter groups exist in that model, the
+trackers of train.log_to exist."""
 
 from __future__ import annotations
 
-from . import tasks
+from . import tasks, tracking
 from .config import Config, ConfigError, group_lr, validate
 from .models import groups
 from .models.registry import ARCHS
@@ -25,6 +26,7 @@ def validate_run(cfg: Config) -> Config:
         f"task.name: must be one of {', '.join(tasks.names())}, got '{k.name}'",
     )
     validate(cfg)
+    tracking.names(t.log_to)
     try:
         tasks.get(k.name).check(cfg)  # the task's own rules (the layers it defines correct keys in)
     except ValueError as e:

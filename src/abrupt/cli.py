@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import tracking
 from .checks import validate_run
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
@@ -337,6 +338,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.seed is not None:
             set_key(cfg, "seed", args.seed)
         validate_run(apply_overrides(cfg, args.overrides))  # before a run directory is made
+        tracking.require(cfg.train.log_to)
         out = (
             args.out
             if args.out is not None

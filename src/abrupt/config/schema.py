@@ -146,6 +146,10 @@ class TrainConfig:
     compile: bool = False
     #: steps between log rows (metrics.jsonl) and evaluations
     log_every: int = 50
+    #: also stream each log row, the configuration, and at the end the figures and summary to
+    #: experiment trackers: tensorboard, wandb or both, comma-separated; "" = none
+    #: (docs/tracking.md)
+    log_to: str = ""
     #: examples of the fixed, seeded evaluation batch
     eval_size: int = 1024
     #: steps between checkpoints ...

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable
 
 from tqdm.auto import tqdm
 
+from .. import tracking
 from ..checks import validate_run
 from ..config import ConfigError, apply_overrides, preset
 from ..config.schema import RENAMED
@@ -254,7 +255,9 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
     from ..run.rundir import read_config
 
     base = read_config(Path(base_run)) if base_run else preset(preset_name)
-    return validate_run(apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
+    cfg = validate_run(apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()]))
+    tracking.require(cfg.train.log_to)  # a missing tracker package: refused as the sweep starts
+    return cfg
 
 
 # --- one trial, in its own process
@@ -297,7 +300,8 @@ def run_trial(
                         out
                     )  # finished before the sweep was stopped (or by a worker of a killed sweep)
         if summary is None:
-            summary = train(cfg, out, resume=started, progress=False)
+            # the trials of one sweep are one W&B group; TensorBoard: `--logdir SWEEP`
+            summary = train(cfg, out, resume=started, progress=False, group=out.parent.name)
         row["summary"] = summary
     except KeyboardInterrupt:
         row.update(status="interrupted", summary=None)

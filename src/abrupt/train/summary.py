@@ -22,3 +22,8 @@ def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     if any("forecast_escape" in r for r in rows):
         plots.plot_forecast(rows, summary, run_dir / "forecast.png")
     return summary
+
+
+def figures(run_dir: Path) -> list[Path]:
+    """The figures finish() wrote for the run (loss.png; forecast.png when it forecast)."""
+    return [p for p in (Path(run_dir) / n for n in ("loss.png", "forecast.png")) if p.exists()]

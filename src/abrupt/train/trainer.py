@@ -22,7 +22,7 @@ from typing import Any, Callable, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__, tasks
+from .. import __version__, tasks, tracking
 from ..checks import validate_run
 from ..config import Config, ConfigError, group_lr
 from ..data import generator
@@ -43,7 +43,7 @@ from ..run.rundir import (
     write_metrics,
 )
 from . import interventions
-from .summary import finish
+from .summary import figures, finish
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
@@ -348,10 +348,12 @@ def _duration(seconds: float) -> str:
 
 
 class Trainer:
-    """One run's model, optimizer, data stream and run directory."""
+    """One run's model, optimizer, data stream and run directory; `group` names the sweep a trial
+    belongs to (its trackers' group)."""
 
-    def __init__(self, cfg: Config, out_dir: Path, progress: bool = True) -> None:
-        self.cfg, self.out_dir, self.progress = cfg, Path(out_dir), progress
+    def __init__(self, cfg: Config, out_dir: Path, progress: bool = True, group: str = "") -> None:
+        self.cfg, self.out_dir, self.progress, self.group = cfg, Path(out_dir), progress, group
+        self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
         t = cfg.train
         self.device = resolve_device(t.device)
         if self.device.type == "cuda":
@@ -582,6 +584,7 @@ class Trainer:
         out.write(dumps(row) + "\n")
         out.flush()
         self.rows.append(row)
+        self.trackers.log(row)
         return row
 
     def save(self, step: int) -> None:
@@ -629,6 +632,16 @@ class Trainer:
                     flush=True,
                 )
             return self.finish()
+        run = tracking.RunInfo(
+            self.out_dir, self.cfg.to_dict(), start, self.group, quiet=not self.progress
+        )
+        with tracking.Trackers(t.log_to, run) as self.trackers:
+            summary = self._loop(start)
+            self.trackers.finish(summary, figures(self.out_dir))
+        return summary
+
+    def _loop(self, start: int) -> dict[str, Any]:
+        t = self.cfg.train
         bar = StepProgress(t.steps, start, enabled=self.progress)
         after = self.cfg.curriculum.end()
         try:
@@ -691,12 +704,14 @@ class Trainer:
 
 
 def train(
-    cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True
+    cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True, group: str = ""
 ) -> dict[str, Any]:
-    """Train (or resume) a run in `out_dir` as its only writer; returns the summary."""
+    """Train (or resume) a run in `out_dir` as its only writer; returns the summary. `group`: the
+    sweep it is a trial of."""
     validate_run(cfg)
+    tracking.require(cfg.train.log_to)
     check_name(out_dir)
-    trainer = Trainer(cfg, out_dir, progress)  # builds the model; writes nothing
+    trainer = Trainer(cfg, out_dir, progress, group)  # builds the model; writes nothing
     source = (
         init_source(trainer.model, cfg.train.init_from)
         if cfg.train.init_from and not resume
