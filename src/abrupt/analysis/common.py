@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import numpy as np
-
 import torch
 
 from ..config import Config, DataConfig
