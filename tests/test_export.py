@@ -194,3 +194,21 @@ def test_bad_input_is_one_line(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert err.startswith("abrupt: error: ") and err.count("\n") == 1 and message in err, err
     assert (out / "keep.txt").read_text() == "mine" if case == "not empty" else not out.exists()
+
+
+def test_without_transformers_it_names_the_extra_and_an_interrupt_names_the_command(
+    tmp_path, capsys, monkeypatch
+):
+    import argparse
+    import sys
+
+    from abrupt.cli import _interrupt_hint
+
+    run = train(tmp_path / "run", "tiny", steps=1)
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
+    assert export(run, tmp_path / "hf") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'abrupt[hf]'" in err
+    assert not (tmp_path / "hf").exists()
+    assert "abrupt export" in _interrupt_hint(argparse.Namespace(command="export"))
