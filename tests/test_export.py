@@ -174,12 +174,20 @@ def test_a_softmax_sequence_decoder_exports_and_linear_attention_is_refused(
         ("not empty", "exists and is not an empty directory"),
         ("target", "unknown target 'onnx'"),
         ("pre-LN", "model.norm=pre"),
+        ("scale", "task.attn_scale"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, case, message):
-    run = train(
-        tmp_path / "run", "tiny", *(["model.norm=pre"] if case == "pre-LN" else []), steps=1
-    )
+    extra = {
+        "pre-LN": ["model.norm=pre"],
+        "scale": [
+            "task.name=mws",
+            "model.arch=gpt",
+            "model.attention=softmax",
+            "task.attn_scale=2",
+        ],
+    }.get(case, [])
+    run = train(tmp_path / "run", "tiny", *extra, steps=1)
     out = tmp_path / "hf"
     if case == "not empty":
         out.mkdir()
