@@ -17,8 +17,9 @@ SRC = ROOT / "src" / "abrupt"
 
 # Optional imports: the extra that provides each, and the only module allowed to import it, lazily
 # (inside a function), so that `import abrupt` and every command but that one work without it.
-# (transformers, the test extra's reference models, is imported by tests/hf_oracle.py only.)
+# (The tests' reference models import transformers too, from the test extra.)
 OPTIONAL = {
+    "transformers": ("hf", "export.py"),
     "ray": ("ray", "runner.py"),
     "devinterp": ("devinterp", "llc.py"),
     "datasets": ("devinterp", "llc.py"),

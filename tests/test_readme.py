@@ -9,8 +9,8 @@ try the command quickly; none changes what the command does):
   which the table's RUN and DIR stand for, is also narrower (`SMALL_NARROW`: width 16, same 4x4
   data, 4 layers and 4 heads, so every row, column and head the examples name exists) and logs the
   progress measures (the table's `--only progress` needs them);
-- metavariables: NAME -> small, N -> 1 (a seed) or 10 more steps (train.steps), PRE,POST and LAST
-  -> checkpoints of RUN, OUT -> a scratch folder;
+- metavariables: NAME -> small, N -> 1 (a seed), 10 more steps (train.steps) or RUN's last
+  checkpoint (--step), PRE,POST and LAST -> checkpoints of RUN, OUT -> a scratch folder;
 - `[optional parts]` are included (they are the examples), except those holding `...`, which are
   syntax; `a\\|b` alternatives take the first; a bare `...` (and a flag left without its value) is
   dropped;
@@ -126,6 +126,8 @@ def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
             word = fresh if prev == "--out" else run
         if word == "N" and prev == "--seed":
             word = "1"
+        if word == "N" and prev == "--step":
+            word = str(steps[-1])
         if word == "train.steps=N":
             word = f"train.steps={steps[-1] + 10}"
         if prev == "--steps" and words[0] == "components":
@@ -284,6 +286,7 @@ DOC_PAGES = (
     "extending",
     "configuration",
     "tracking",
+    "export",
 )
 
 

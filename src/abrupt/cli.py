@@ -233,6 +233,19 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
     _threads_arg(r)
+
+    e = sub.add_parser(
+        "export", help="write a checkpoint as a transformers model directory (BertModel, GPT-2)"
+    )
+    e.add_argument("run", type=Path)
+    e.add_argument("--step", type=int, help="checkpoint step (default: the last)")
+    e.add_argument(
+        "--to",
+        nargs=2,
+        required=True,
+        metavar=("FORMAT", "DIR"),
+        help="hf DIR: a new or empty directory that transformers' from_pretrained loads",
+    )
     return p
 
 
@@ -577,6 +590,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError, export
+
+    to, out = args.to
+    try:
+        path = export(args.run, Path(out), args.step, to)
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {path} (README.md there says how to load and predict)")
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .run.rundir import unique_dir
     from .sweep.runner import Sweep, check_backend, spec_from_args, spec_from_file
@@ -679,6 +704,7 @@ COMMANDS = {
     "sweep": _cmd_sweep,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
+    "export": _cmd_export,
     "train": _cmd_train,
     "presets": _cmd_presets,
     "plot": _cmd_plot,
@@ -700,6 +726,8 @@ def _interrupt_hint(args: argparse.Namespace) -> str:
             f"the analyses that finished are kept in {args.run / 'analysis'}; "
             f"`abrupt analyze {args.run} --only NAMES` runs the others"
         )
+    if args.command == "export":
+        return "nothing was written; run the same `abrupt export` again"
     if args.command in ("report", "compare", "ood"):
         return f"nothing was lost; run `abrupt {args.command} {args.run}` again"
     return "resume with `abrupt train --resume DIR`"

@@ -6,13 +6,18 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Files only: no window and no display needed (servers, sweep workers). Inside a Jupyter kernel its
+# inline backend stays, so that the user's own figures still show (examples/quickstart.ipynb);
+# abrupt's figures are closed once saved, so none of them shows there.
+if "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .progress import LABELS, PROGRESS_KEYS  # noqa: E402
