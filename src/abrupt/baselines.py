@@ -11,6 +11,10 @@ Two implementations of the same two problems (A: observed matrix, Omega: observe
   and a shrinking active set), for either form. It reports, per problem, whether it met its
   tolerance; tests hold it to CVXPY.
 
+`SolutionCache` keeps the torch solver's completions on disk, keyed by the problem itself: the
+baseline depends on the data only, never on a model, so a second `abrupt analyze` of the run (an
+option changed, another checkpoint) reads it back instead of solving again.
+
 Edge cases are ordinary inputs here: a fully hidden row or column gets the minimum-norm fill
 (zeros in that row when nothing ties it to the rest), p_mask = 0 returns A, a fully hidden matrix
 returns 0. Problems that do not converge are counted, never silently returned as good.
@@ -18,15 +22,20 @@ returns 0. Problems that do not converge are counted, never silently returned as
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 
 from .data import Batch
 from .losses import as_floats, losses
+from .run.rundir import atomic_write_bytes
 
 PAPER_LAMBDAS = (5e-4, 1e-3, 1.5e-3, 1.75e-3, 2e-3, 5e-3, 1e-2)
 CVXPY_SOLVER = "CLARABEL"
@@ -231,25 +240,85 @@ def complete(
     lam: float | None = None,
     solver: str = "torch",
     exact: torch.Tensor | None = None,
+    cache: SolutionCache | None = None,
 ) -> Completion:
     """Complete with the exact (lam=None) or regularized problem; solver 'torch' or 'cvxpy'.
 
     The torch solver starts the regularized problem from the exact solution (`exact`, computed if
     not given), its limit as lam -> 0, with rho = 10 lam: started cold, small lam converges slowly.
+    With a `cache`, a torch solve of the same problem made before is read back (its seconds are
+    those it took then).
     """
     if solver == "cvxpy":
         return cvxpy_solve(a, observed, lam)
     if solver != "torch":
         raise ValueError(f"unknown solver '{solver}'; use torch or cvxpy")
+    key = cache.key(a, observed, lam, exact) if cache else ""
+    if cache and (found := cache.get(key)):
+        return found
     if lam is None:
-        return torch_admm(a, observed)
-    warm_seconds = 0.0
-    if exact is None:
-        first = torch_admm(a, observed)
-        exact, warm_seconds = first.x, first.seconds
-    out = torch_admm(a, observed, lam, rho=10 * lam, init=exact)
-    out.seconds += warm_seconds  # the warm start is part of the cost
+        out = torch_admm(a, observed)
+    else:
+        warm_seconds = 0.0
+        if exact is None:
+            first = torch_admm(a, observed)
+            exact, warm_seconds = first.x, first.seconds
+        out = torch_admm(a, observed, lam, rho=10 * lam, init=exact)
+        out.seconds += warm_seconds  # the warm start is part of the cost
+    if cache:
+        cache.put(key, out)
     return out
+
+
+class SolutionCache:
+    """Torch-solver completions in `folder`, one safetensors file per problem batch, named by a
+    SHA-256 of everything the solution depends on: the matrices and the observed mask (their
+    bytes), lam, the warm start, and `VERSION` (raised whenever `torch_admm` changes what it
+    returns, so that no old solution is read for a new solver). Written atomically; a damaged
+    file is solved again."""
+
+    VERSION = 1
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def key(
+        self,
+        a: torch.Tensor,
+        observed: torch.Tensor,
+        lam: float | None,
+        exact: torch.Tensor | None,
+    ) -> str:
+        h = hashlib.sha256(f"v{self.VERSION} {tuple(a.shape)} lam={lam!r}".encode())
+        for t in (a.double(), observed.bool()) + (() if exact is None else (exact.double(),)):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> Completion | None:
+        path = self.folder / f"{key}.safetensors"
+        try:
+            raw = path.read_bytes()
+            tensors = load(raw)
+            meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
+            return Completion(
+                tensors["x"],
+                json.loads(meta["status"]),
+                int(meta["iterations"]),
+                float(meta["seconds"]),
+            )
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return None  # absent or unreadable: solve again
+
+    def put(self, key: str, c: Completion) -> None:
+        meta = {
+            "status": json.dumps(c.status),
+            "iterations": str(c.iterations),
+            "seconds": repr(c.seconds),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(
+            self.folder / f"{key}.safetensors", save({"x": c.x.contiguous()}, metadata=meta)
+        )
 
 
 def method_name(lam: float | None) -> str:
@@ -271,7 +340,13 @@ def outcome(c: Completion) -> dict[str, int]:
 
 
 def score_methods(
-    batch: Batch, m: int, n: int, model=None, lambdas: Sequence[float] = (), solver: str = "torch"
+    batch: Batch,
+    m: int,
+    n: int,
+    model=None,
+    lambdas: Sequence[float] = (),
+    solver: str = "torch",
+    cache: SolutionCache | None = None,
 ) -> list[dict[str, Any]]:
     """Score BERT (if given), exact nuclear-norm minimization and each regularized form on one
     batch.
@@ -293,7 +368,7 @@ def score_methods(
                 "inaccurate": 0,
             }
         )
-    exact = complete(target, observed, None, solver=solver)
+    exact = complete(target, observed, None, solver=solver, cache=cache)
     rows.append(
         {
             "method": method_name(None),
@@ -303,7 +378,7 @@ def score_methods(
         }
     )
     for lam in lambdas:
-        reg = complete(target, observed, lam, solver=solver, exact=exact.x)
+        reg = complete(target, observed, lam, solver=solver, exact=exact.x, cache=cache)
         rows.append(
             {
                 "method": method_name(lam),

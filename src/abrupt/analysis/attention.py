@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 
 from ..config import Config, DataConfig
@@ -155,43 +156,60 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], out: Path) -> Path:
-    """(layers, heads, T, T) mean patterns, one panel per head; positions are row-major, so each
-    matrix row is a block of n positions: ticks mark where row r starts."""
-    layers, heads = maps.shape[:2]
+    """(layers, heads, T, T) mean patterns as one mosaic, a panel per head (query down, key
+    across), drawn as a single image: one axes instead of layers x heads keeps a 16-panel map
+    well under a second. Positions are row-major, so each matrix row is a block of n positions;
+    thin lines mark where each row starts."""
+    layers, heads, t, _ = maps.shape
     m, n = grid
+    gap = max(1, t // 12)
+    cell = t + gap
+    mosaic = np.full((layers * cell - gap, heads * cell - gap), np.nan)
+    for l in range(layers):
+        for h in range(heads):
+            mosaic[l * cell : l * cell + t, h * cell : h * cell + t] = maps[l, h].numpy()
     path = out / f"maps_{mode}_step{step}.png"
     vmax = float(maps.max())
     title = (
-        f"attention, {mode} masks, step {step}: query (down) x key (across),\npositions row-major, "
-        f"r = first position of matrix row r; colour 0 to {vmax:.2f}"
+        f"attention, {mode} masks, step {step}: each panel query (down) x key (across),\n"
+        f"positions row-major, lines where matrix rows start; colour 0 to {vmax:.2f}"
     )
-    starts = [r * n for r in range(m)]
-    with figure(
-        path,
-        layers,
-        heads,
-        title=title,
-        figsize=(0.6 + 1.6 * heads, 0.8 + 1.6 * layers),
-        dpi=100,
-        sharex=True,
-        sharey=True,
-    ) as (fig, axes):
-        labels = [f"r{r}" for r in range(m)]
-        axes[0][0].set_xticks(
-            starts, labels, fontsize=7
-        )  # shared by every panel, labelled on the outer ones
-        axes[0][0].set_yticks(starts, labels, fontsize=7)
-        for l in range(layers):
-            for h in range(heads):
-                ax = axes[l][h]
-                ax.imshow(maps[l, h].numpy(), cmap="viridis", vmin=0, vmax=vmax)
-                ax.tick_params(labelsize=7)
-                if l == 0:
-                    ax.set_title(f"head {h}", fontsize=8)
-                if h == 0:
-                    ax.set_ylabel(f"layer {l}\nquery", fontsize=8)
-                if l == layers - 1:
-                    ax.set_xlabel("key", fontsize=8)
+    size = (1.0 + 1.5 * heads, 1.0 + 1.5 * layers)
+    with figure(path, title=title, figsize=size, dpi=100) as (fig, axes):
+        ax = axes[0][0]
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("white")
+        ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        starts = [o * cell + r * n - 0.5 for o in range(max(layers, heads)) for r in range(1, m)]
+        ax.vlines(
+            [x for x in starts if x < mosaic.shape[1]],
+            -0.5,
+            mosaic.shape[0] - 0.5,
+            colors="white",
+            linewidths=0.3,
+            alpha=0.5,
+        )
+        ax.hlines(
+            [y for y in starts if y < mosaic.shape[0]],
+            -0.5,
+            mosaic.shape[1] - 0.5,
+            colors="white",
+            linewidths=0.3,
+            alpha=0.5,
+        )
+        ax.set_xticks(
+            [h * cell + (t - 1) / 2 for h in range(heads)],
+            [f"head {h}" for h in range(heads)],
+            fontsize=8,
+        )
+        ax.set_yticks(
+            [l * cell + (t - 1) / 2 for l in range(layers)],
+            [f"layer {l}" for l in range(layers)],
+            fontsize=8,
+        )
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
     return path
 
 

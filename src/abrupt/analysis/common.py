@@ -24,6 +24,7 @@ from typing import Annotated, Any, Callable
 import numpy as np
 import torch
 
+from ..baselines import SolutionCache
 from ..config import Config, DataConfig
 from ..data import Batch, seeded_batch
 from ..models.bert import MatrixBert
@@ -158,6 +159,7 @@ class Inputs:
     config: Config | None = (
         None  # the run's whole configuration (its task, for task-generic analyses)
     )
+    run_dir: Path | None = None  # where the inputs come from (None: built in memory)
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
     _forwards: ForwardCache = field(default_factory=lambda: ForwardCache(seeded_batch), repr=False)
 
@@ -185,6 +187,11 @@ class Inputs:
         """{hook name: (B, ...)} of checkpoint `step` on `batch`, from a pass of `kind` run once
         per command (analysis/cache.py: which hooks each kind holds, and why two kinds)."""
         return self._forwards.activations(step, self.models[step], batch, kind)
+
+    def solutions(self) -> SolutionCache | None:
+        """The run's nuclear-norm solutions kept from earlier analyses (`RUN/analysis/cache/`,
+        baselines.SolutionCache); None for inputs built without a run directory."""
+        return None if self.run_dir is None else SolutionCache(self.run_dir / "analysis" / "cache")
 
     def all_checkpoints(self) -> dict[int, MatrixBert]:
         if self._all is None:
@@ -222,6 +229,7 @@ class RunView:
             read_metrics(self.path),
             self.summary,
             config=self.cfg,
+            run_dir=self.path,
         )
 
 

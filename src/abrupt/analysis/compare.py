@@ -68,7 +68,7 @@ def run(
         if truth is None:
             truth = baselines.nuclear_norm(batch.matrix).mean().item()
         for row in baselines.score_methods(
-            batch, inputs.data.m, inputs.data.n, model, lambdas, solver
+            batch, inputs.data.m, inputs.data.n, model, lambdas, solver, inputs.solutions()
         ):
             rows.append({"p_mask": p, "n": n, **row})
     return Result(

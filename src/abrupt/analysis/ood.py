@@ -81,7 +81,9 @@ def run(
         data = dataclasses.replace(inputs.data, **overrides, clip=True)
         validate_data(data)
         batch = seeded_batch(data, n, seed + 10 * i)
-        for row in score_methods(batch, data.m, data.n, model, solver=solver):
+        for row in score_methods(
+            batch, data.m, data.n, model, solver=solver, cache=inputs.solutions()
+        ):
             rows.append({"family": family, "variant": label, **overrides, "n": n, **row})
     return Result(
         {
