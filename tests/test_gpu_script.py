@@ -81,9 +81,10 @@ def test_gpu_script_smoke_leaves_few_small_files(tmp_path):
     # the GPU run's path: bf16 autocast, progress measures, no early checkpoints
     assert config["train"]["bf16"] and config["train"]["progress"]
     assert config["train"]["ckpt_log_points"] == 0
-    assert tar_member(out / "paper-run.tar.gz", "paper-run/metrics.jsonl") == (
-        out / "metrics.jsonl"
-    ).read_text()
+    assert (
+        tar_member(out / "paper-run.tar.gz", "paper-run/metrics.jsonl")
+        == (out / "metrics.jsonl").read_text()
+    )
     gpt = json.loads((out / "gpt-summary.json").read_text())
     assert gpt["steps"] == 10 and "gpt-run/metrics.jsonl" in members(out / "gpt-run.tar.gz")
 
@@ -226,3 +227,23 @@ def test_training_needs_no_baseline_packages(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_the_watch_projects_from_the_measured_rate_and_moves_the_end_to_reach_the_drop(
+    tmp_path, clock
+):
+    # the GPU path: 50 steps/s, 100 s left, at most 100 s more: step 6 100 by the end, so the end
+    # moves the whole 100 s (18 000 would need 338 s more), and the drop is still out of reach
+    clock.arm(100.0)
+    end, rec = clock.stage_end, {}
+    cfg = gpu_paper.run_config(smoke=False)
+    watch = gpu_paper.TrainingWatch(tmp_path, tmp_path, clock, rec, cfg, False, end + 100, set())
+    watch._project(
+        [{"step": 1, "time": 1.0}, {"step": 100, "time": 3.0}, {"step": 1100, "time": 23.0}]
+    )
+    p = rec["projection"]
+    assert p["steps_per_s"] == 50.0 and p["measured_over_steps"] == [100, 1100]
+    assert p["moved_end_s"] == pytest.approx(100, abs=0.5)
+    assert clock.stage_end == pytest.approx(end + 100, abs=0.5)
+    assert p["projected_last_step"] == pytest.approx(11_100, abs=50)
+    assert "cannot be seen" in p["verdict"]
