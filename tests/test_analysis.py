@@ -598,3 +598,26 @@ def test_every_planned_analysis_runs_on_a_small_shape_with_its_defaults(
             **({"p_masks": (0.3,)} if name == "compare" else {}),
         }  # sizes only: every other option at its default
         assert discover()[name].run(inputs, **sizes).numbers, name
+
+
+def test_analyses_run_one_by_one_on_checkpoints_loaded_and_hashed_once(tiny_run, monkeypatch):
+    # the GPU script runs each analysis alone (guarded): every checkpoint is still read once
+    from abrupt.analysis import registry
+    from abrupt.run import checkpoints
+
+    hashed = []
+    real = checkpoints._sha256
+    monkeypatch.setattr(checkpoints, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    prepared = registry.prepare(
+        tiny_run,
+        only=["attention", "embeddings"],
+        progress=False,
+        opts={"attention": {"n": 8}, "embeddings": {"n": 8}},
+    )
+    for name in prepared.names:
+        assert registry.run_one(prepared, name, progress=False) == tiny_run / "analysis" / name
+    assert sorted(hashed) == sorted(set(hashed))  # each file once
+    every = {f"step_{s}.safetensors" for s in prepared.view.steps}
+    # attention and embeddings follow every checkpoint (its optimizer state, where kept, is
+    # verified with it)
+    assert {h for h in hashed if ".optim." not in h} == every

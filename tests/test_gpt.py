@@ -214,3 +214,22 @@ def test_uniform_ablation_of_the_gpt_attends_to_no_later_position():
     torch.testing.assert_close(
         cache[name][:, 1], (expected / expected.sum(-1, keepdim=True)).expand(2, 18, 18)
     )
+
+
+def test_a_training_step_reads_nothing_back_from_the_device():
+    # .item() and bool() of a tensor run aten._local_scalar_dense: on a GPU each is a host sync
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ScalarReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    cfg = apply_overrides(preset("tiny"), ["model.arch=gpt"])
+    model = MatrixGPT(cfg.model, cfg.data.m * cfg.data.n)
+    batch = sample_batch(cfg.data, 8, generator(0), check=False)
+    with ScalarReads():
+        model.objective(model(*model.train_inputs(batch)), batch)["loss"].backward()
+    assert ScalarReads.count == 0

@@ -258,3 +258,18 @@ def test_loss_plot_shows_the_judged_window_and_the_progress_measures(tmp_path):
     } <= set(bottom_labels)
     plot_losses(rows, summary, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_tf32_is_on_only_inside_its_block_and_never_through_the_legacy_flags():
+    from abrupt.train.trainer import tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    with tf32(False):
+        assert (matmul.fp32_precision, conv.fp32_precision) == before
+    with pytest.raises(ZeroDivisionError):
+        with tf32(True):
+            assert matmul.fp32_precision == conv.fp32_precision == "tf32"
+            1 / 0
+    assert (matmul.fp32_precision, conv.fp32_precision) == before
+    assert matmul.allow_tf32 is False  # readable: the legacy and new settings were not mixed

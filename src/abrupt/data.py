@@ -77,9 +77,10 @@ def value_to_id(x: torch.Tensor, clip: bool = False, check: bool = True) -> torc
     return hundredths_ + _OFFSET
 
 
-def id_to_value(ids: torch.Tensor) -> torch.Tensor:
-    """Values of value-token ids; MASK_ID is rejected (it has no value)."""
-    if (ids < 1).any() or (ids >= VOCAB_SIZE).any():
+def id_to_value(ids: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """Values of value-token ids; MASK_ID is rejected (it has no value). `check=False` skips that
+    test (two device-to-host syncs), for ids that are value ids by construction."""
+    if check and ((ids < 1).any() or (ids >= VOCAB_SIZE).any()):
         raise ValueError(f"token ids must be value tokens in [1, {VOCAB_SIZE - 1}]")
     return (ids - _OFFSET).double().div(100).float()
 

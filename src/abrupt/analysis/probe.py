@@ -32,23 +32,25 @@ ORDER = 30
 
 
 def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
-    """(layers + 1, B, T, d): the embedding output and each block's output."""
+    """(layers + 1, B, T, d): the embedding output and each block's output, on the model's
+    device (the probes are fitted there: at width 768 the states of 1024 matrices are 770 MB)."""
     names = [act_name("embed")] + [act_name("resid_post", l) for l in range(len(model.blocks))]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names=names)
-    return torch.stack([cache[n] for n in names]).cpu()
+    return torch.stack([cache[n] for n in names])
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
     """Least squares with bias (tiny ridge for rank-deficient features): (N, d), (N, k) -> (d+1,
     k)."""
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double()
-    gram = xb.T @ xb + ridge * torch.eye(xb.shape[1], dtype=torch.float64) * len(xb)
+    xb = torch.cat([x, x.new_ones(len(x), 1)], dim=1).double()
+    eye = torch.eye(xb.shape[1], dtype=torch.float64, device=x.device)
+    gram = xb.T @ xb + ridge * eye * len(xb)
     return torch.linalg.solve(gram, xb.T @ y.double())
 
 
 def apply_probe(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1).double() @ w
+    return torch.cat([x, x.new_ones(len(x), 1)], dim=1).double() @ w
 
 
 def mean_abs_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -107,9 +109,11 @@ def run(
     batch = seeded_batch(data, n, seed)
     t = data.m * data.n
     n_test = max(1, int(round(n * holdout)))
-    split = torch.arange(n * t) < (n - n_test) * t  # first matrices train, last ones test
-    tg = targets(batch, data.m, data.n)
-    hidden_tok = batch.mask.reshape(-1)
+    # the fits run where the models are (the targets are small: moved once)
+    device = next(next(iter(inputs.models.values())).parameters()).device
+    split = (torch.arange(n * t) < (n - n_test) * t).to(device)  # first matrices fit, last test
+    tg = {k: v.to(device) for k, v in targets(batch, data.m, data.n).items()}
+    hidden_tok = batch.mask.reshape(-1).to(device)
     rows = []
     for step, model in inputs.models.items():
         states = hidden_states(model, batch.tokens)  # (L+1, B, T, d)

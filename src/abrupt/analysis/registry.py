@@ -16,6 +16,7 @@ import inspect
 import pkgutil
 import time
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from typing import Any, Callable
 from .. import tasks
 from ..config import Config
 from ..run.rundir import atomic_write_json, read_json
-from .common import Check, RunView, open_run
+from .common import Check, Inputs, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
 
@@ -133,17 +134,33 @@ def plan(
     return [n for n in names if n not in skipped], skipped
 
 
-def analyze(
+@dataclass
+class Prepared:
+    """A run opened for its analyses, every option checked and the chosen checkpoints loaded once:
+    `run_one` runs each of `names` on these same models (a caller that must outlive one failing
+    analysis, or stop at a deadline, runs them one by one)."""
+
+    view: RunView
+    names: list[str]  # the analyses to run, in report order
+    skipped: dict[str, str]  # {name: why this run cannot support it}
+    steps: list[int]  # the chosen checkpoint steps
+    asked: list[int] | None  # the steps as given (None: the default plateau and post-drop pair)
+    opts: dict[str, dict[str, Any]]
+    inputs: Inputs
+
+
+def prepare(
     run_dir: Path,
     only: list[str] | None = None,
     steps: list[int] | None = None,
     opts: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     device: str = "cpu",
-) -> dict[str, Path]:
-    """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop
-    checkpoints)."""
-    analyses = discover()
+) -> Prepared:
+    """Open the run, check the chosen analyses (default all) and their options, record those this
+    run cannot support in `analysis/skipped.json`, and load the checkpoints at `steps` (default:
+    plateau and post-drop) onto `device`. Raises ValueError (bad options or steps, nothing to run)
+    or CheckpointError before any analysis runs."""
     view = open_run(run_dir, device)
     if not steps and view.steps == [0]:  # the default would compare step 0 with itself
         raise ValueError(
@@ -172,31 +189,47 @@ def analyze(
         raise ValueError(
             f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}"
         )
-    inputs = view.inputs(chosen)
-    written = {}
-    for name in names:
-        t0 = time.perf_counter()
-        mod = analyses[name]
-        kwargs = dict(opts.get(name, {}))
-        result = mod.run(inputs, **kwargs)
-        out = view.path / "analysis" / name
-        out.mkdir(parents=True, exist_ok=True)
-        figures = mod.plot(result, out)
-        meta = {
-            "analysis": name,
-            "steps": chosen,
-            "selection": _selection_note(view, steps),
-            "options": {**options()[name], **kwargs},
-            "figures": [p.name for p in figures],
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        atomic_write_json(out / "results.json", {**meta, **result.numbers})
-        written[name] = out
-        if progress:
-            print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
-            for note in result.numbers.get("notes", []):
-                print(f"  {'':11s} note: {note}", flush=True)
-    return written
+    return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen))
+
+
+def run_one(prepared: Prepared, name: str, progress: bool = True) -> Path:
+    """Run one analysis of `prepared` and write its `results.json` and figures; returns its
+    folder. Whatever the analysis raises propagates (nothing is written for it then)."""
+    t0 = time.perf_counter()
+    mod = discover()[name]
+    kwargs = dict(prepared.opts.get(name, {}))
+    result = mod.run(prepared.inputs, **kwargs)
+    out = prepared.view.path / "analysis" / name
+    out.mkdir(parents=True, exist_ok=True)
+    figures = mod.plot(result, out)
+    meta = {
+        "analysis": name,
+        "steps": prepared.steps,
+        "selection": _selection_note(prepared.view, prepared.asked),
+        "options": {**options()[name], **kwargs},
+        "figures": [p.name for p in figures],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_json(out / "results.json", {**meta, **result.numbers})
+    if progress:
+        print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
+        for note in result.numbers.get("notes", []):
+            print(f"  {'':11s} note: {note}", flush=True)
+    return out
+
+
+def analyze(
+    run_dir: Path,
+    only: list[str] | None = None,
+    steps: list[int] | None = None,
+    opts: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+    device: str = "cpu",
+) -> dict[str, Path]:
+    """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop
+    checkpoints), in report order; the first that raises stops the rest."""
+    prepared = prepare(run_dir, only, steps, opts, progress, device)
+    return {name: run_one(prepared, name, progress) for name in prepared.names}
 
 
 def _selection_note(view: RunView, steps: list[int] | None) -> str:

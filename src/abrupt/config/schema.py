@@ -160,7 +160,7 @@ class TrainConfig:
     keep_optim: int = 2
     #: > 0: end this many steps after the loss first falls 10x below its plateau
     stop_after_drop: int = 0
-    #: CUDA only: TF32 matmuls (recorded; fp32 otherwise)
+    #: CUDA only: TF32 matmuls in training's steps and evaluations (not the data, not after)
     tf32: bool = False
     #: adam (the paper) | adamw (decoupled weight decay)
     optimizer: str = "adam"

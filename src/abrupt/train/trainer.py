@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +53,26 @@ _UNRECORDED = object()  # a checkpoint written before it recorded the early stop
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, nothing to resume from, ...)."""
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and convolutions inside the block only, through torch's
+    `fp32_precision` settings (restored on exit, also when the block raises); `enabled=False`
+    changes nothing. The legacy `allow_tf32` flags are neither set nor read: torch warns on them
+    and raises when a program mixes the two."""
+    if not enabled:
+        yield
+        return
+    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        for s, value in zip(settings, saved):
+            s.fp32_precision = value
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -356,8 +376,9 @@ class Trainer:
         self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
         t = cfg.train
         self.device = resolve_device(t.device)
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
+        # TF32 only for the model's steps and evaluations: the data (U V^T) and whatever runs in
+        # this process after training keep full fp32
+        self.use_tf32 = t.tf32 and self.device.type == "cuda"
         self.task = tasks.get(cfg.task.name)
         self.model = self.task.build_model(cfg).to(self.device)
         trainable = set().union(*(groups.names(self.model, g) for g in groups.split(t.trainable)))
@@ -497,17 +518,18 @@ class Trainer:
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
         batch = self.task.batch(self.cfg, self.cfg.train.batch_size, self.data_rng, step)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            pred = self.forward(*self.model.train_inputs(batch))
-        parts = self.model.objective(pred, batch)
-        self.optim.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        norms = self._grad_norms() if want_norms else {}
-        if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        if self.cfg.train.grokfast_alpha:
-            self._grokfast()
-        self.optim.step()
+        with tf32(self.use_tf32):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                pred = self.forward(*self.model.train_inputs(batch))
+            parts = self.model.objective(pred, batch)
+            self.optim.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            norms = self._grad_norms() if want_norms else {}
+            if self.cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            if self.cfg.train.grokfast_alpha:
+                self._grokfast()
+            self.optim.step()
         return parts, norms
 
     def _grad_norms(self) -> dict[str, float]:
@@ -542,15 +564,17 @@ class Trainer:
             raise TrainingError(
                 self._divergence(step, f"the training loss became {train_losses['loss']}")
             )
-        if self.evalset.size is None:
-            ev = self.model.evaluate_batch(self.evalset)
-        # a size mixture (BERT only): one forward pass for the losses and the L_mask of each size
-        else:
-            pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
-            ev = {
-                **as_floats(losses(pred, self.evalset)),
-                **per_size(pred, self.evalset, [f"{r}x{c}" for r, c in self.cfg.data.size_list()]),
-            }
+        sizes = [f"{r}x{c}" for r, c in self.cfg.data.size_list()]
+        with tf32(self.use_tf32):
+            if self.evalset.size is None:
+                ev = self.model.evaluate_batch(self.evalset)
+            # a size mixture (BERT only): one forward pass for the losses and each size's L_mask
+            else:
+                pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
+                ev = {
+                    **as_floats(losses(pred, self.evalset)),
+                    **per_size(pred, self.evalset, sizes),
+                }
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
         row = {
@@ -562,7 +586,8 @@ class Trainer:
             "time": round(time.perf_counter() - self.t0, 3),
         }
         if self.cfg.train.progress:
-            row.update(self.task.progress(self.model, self.evalset, self.cfg))
+            with tf32(self.use_tf32):
+                row.update(self.task.progress(self.model, self.evalset, self.cfg))
             row["time"] = round(time.perf_counter() - self.t0, 3)
         if self.cfg.train.forecast:
             t = self.cfg.train
