@@ -128,11 +128,9 @@ class Calibration:
             "entries": self.entries,
         }
 
-    def write(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.as_dict(), indent=1) + "\n")
-
     @classmethod
     def read(cls, path: Path) -> Calibration:
+        """A table as `abrupt forecast --calibration` writes it."""
         raw = json.loads(Path(path).read_text())
         return cls(raw["entries"], raw["runs"])
 
