@@ -245,8 +245,9 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    """The escape step forecast at each log (forecast.py) with its interval, against the step it
-    was made at, and the escape as it came (summary's escape_step)."""
+    """The escape step forecast at each log (forecast.py) with its 90% interval (calibrated,
+    calibration.py), against the step it was made at, and the escape as it came (summary's
+    escape_step) with the share of the intervals made before it that held it."""
     made = [r for r in rows if r.get("forecast_escape") is not None]
     with figure(path, figsize=(6.4, 3.6), dpi=120) as (fig, axes):
         ax = axes[0][0]
@@ -258,7 +259,7 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
             color="tab:blue",
             alpha=0.2,
             step="mid",
-            label="interval",
+            label="90% interval",
         )
         ax.plot(
             steps,
@@ -269,12 +270,14 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
             label="forecast escape step",
         )
         if summary.get("escape_step") is not None:
+            held = summary.get("forecast_record", {}).get("covered")
             ax.axhline(
                 summary["escape_step"],
                 color="tab:red",
                 ls="--",
                 lw=0.8,
-                label=f"escape_step {summary['escape_step']}",
+                label=f"escape_step {summary['escape_step']}"
+                + (f" (held by {held:.0%} of the intervals before it)" if held is not None else ""),
             )
         lo = min(steps + [r["step"] for r in rows[:1]])
         ax.plot(
