@@ -217,13 +217,19 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
             "target": target,
             "evaluation_runs": len(ev),
             "warned": len(warned),
-            "warn_lead": _median(
-                [(r.escape - j["warn"]["warn"]) / r.length for j, r in warned if r.escape > 0]
-            ),
+            "warn_lead": _median([(r.escape - j["warn"]["warn"]) / r.length for j, r in warned]),
+            "warn_lead_steps": _median([r.escape - j["warn"]["warn"] for j, r in warned]),
             "warn_false_alarms": sum(j["warn"]["false_alarm"] for j in judged)
             + sum(a["warn"]["warn"] is not None for a in alarms),
             "forecast_runs": sum(j["forecasts"] > 0 for j in judged),
-            "first_lead": _median([j["first_lead"] for j in judged if j["first_lead"]]),
+            "first_lead": _median([j["first_lead"] for j in judged if j["first_lead"] is not None]),
+            "first_lead_steps": _median(
+                [
+                    j["first_lead"] * r.length
+                    for j, r in zip(judged, ev)
+                    if j["first_lead"] is not None
+                ]
+            ),
             "forecasts": sum(j["forecasts"] for j in judged),
             "coverage": _share([c for j in judged for c in j["covered"]]),
             "raw_coverage": _share([c for j in judged for c in j["raw_covered"]]),
@@ -315,6 +321,10 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return str(v)
 
 
+def _steps(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """summary.md: the runs and their roles, the table per family and signal, the goals."""
     runs = result["runs"]
@@ -332,7 +342,8 @@ def markdown(result: dict[str, Any]) -> str:
         + ". L = the plateau's length (escape_step - plateau_start); errors and leads are "
         "fractions of L, on the evaluation runs.",
         "",
-        "| family | signal | eval runs | warned (lead / L) | with a forecast (first lead / L) | "
+        "| family | signal | eval runs | warned (lead / L, steps) | "
+        "with a forecast (first lead / L, steps) | "
         "error at 75% / 50% / 25% of L before (runs) | 90% interval held the escape (fit's "
         "spread) | median width / L | never-escaping runs with a forecast (one its end refuted) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -341,7 +352,8 @@ def markdown(result: dict[str, Any]) -> str:
         at = " / ".join(f"{_fmt(r[f'at_{q:g}_error'])} ({r[f'at_{q:g}_runs']})" for q in BEFORE)
         lines.append(
             f"| {r['family']} | {r['signal']} | {r['evaluation_runs']} | {r['warned']} "
-            f"({_fmt(r['warn_lead'])}) | {r['forecast_runs']} ({_fmt(r['first_lead'])}) | {at} | "
+            f"({_fmt(r['warn_lead'])}, {_steps(r['warn_lead_steps'])}) | {r['forecast_runs']} "
+            f"({_fmt(r['first_lead'])}, {_steps(r['first_lead_steps'])}) | {at} | "
             f"{_fmt(r['coverage'], True)} of {r['forecasts']} ({_fmt(r['raw_coverage'], True)}) | "
             f"{_fmt(r['width'])} | {r['false_alarm_runs']} of {r['never_runs']} "
             f"({r['refuted_runs']}) |"
