@@ -22,7 +22,7 @@ from .checks import validate_run
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
 from .run import checkpoints
-from .run.rundir import dumps, read_config
+from .run.rundir import atomic_write_json, dumps, read_config
 
 
 class UsageError(Exception):
@@ -220,16 +220,26 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--quiet", action="store_true")
 
     f = sub.add_parser(
-        "forecast", help="how early each signal warns of the escape, over runs or sweeps (issue 19)"
+        "forecast",
+        help="how early and how well the escape is forecast, replayed on runs (issues 19, 30)",
     )
-    f.add_argument("paths", type=Path, nargs="+", help="run directories or sweep directories")
+    f.add_argument(
+        "paths", type=Path, nargs="+", help="run directories or folders of them (recursive)"
+    )
     f.add_argument(
         "--out",
         type=Path,
         required=True,
-        help="folder for summary.md, results.json, error_vs_horizon.png",
+        help="folder for summary.md, results.json, intervals.png",
     )
     f.add_argument("--every", type=int, default=1, help="forecast at every N-th log (default 1)")
+    f.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="JSON",
+        help="also write the calibration table fit on the calibration runs here (the package's: "
+        "src/abrupt/dynamics/calibration.json)",
+    )
     r = sub.add_parser("report", help="write RUN/report.html from the run's results")
     r.add_argument("run", type=Path)
     _threads_arg(r)
@@ -694,7 +704,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         raise UsageError(
             f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"
         )
-    print(f"wrote {forecast_study.write(forecast_study.study(runs, args.every), args.out)}")
+    result = forecast_study.study(runs, args.every)
+    print(f"wrote {forecast_study.write(result, args.out)}")
+    if args.calibration:
+        atomic_write_json(args.calibration, result["calibration"])
+        print(f"wrote {args.calibration}")
     return 0
 
 

@@ -250,8 +250,9 @@ def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> No
 
 
 def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    """The escape step forecast at each log (forecast.py) with its interval, against the step it
-    was made at, and the escape as it came (summary's escape_step)."""
+    """The escape step forecast at each log (forecast.py) with its 90% interval (calibrated,
+    calibration.py), against the step it was made at, and the escape as it came (summary's
+    escape_step) with the share of the intervals made before it that held it."""
     made = [r for r in rows if r.get("forecast_escape") is not None]
     with figure(path, figsize=(6.4, 3.6), dpi=120) as (fig, axes):
         ax = axes[0][0]
@@ -263,7 +264,7 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
             color="tab:blue",
             alpha=0.2,
             step="mid",
-            label="interval",
+            label="90% interval",
         )
         ax.plot(
             steps,
@@ -274,12 +275,14 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
             label="forecast escape step",
         )
         if summary.get("escape_step") is not None:
+            held = summary.get("forecast_record", {}).get("covered")
             ax.axhline(
                 summary["escape_step"],
                 color="tab:red",
                 ls="--",
                 lw=0.8,
-                label=f"escape_step {summary['escape_step']}",
+                label=f"escape_step {summary['escape_step']}"
+                + (f" (held by {held:.0%} of the intervals before it)" if held is not None else ""),
             )
         lo = min(steps + [r["step"] for r in rows[:1]])
         ax.plot(
@@ -294,3 +297,34 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
         ax.set_ylabel("forecast escape step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+
+
+def plot_study_intervals(
+    points: list[dict[str, Any]], best: dict[str, str], path: Path, clip: float = 3.0
+) -> None:
+    """The forecast study's figure (dynamics/study.py): per family, the calibrated forecasts of
+    its best signal on the evaluation runs, with their 90% intervals, in units of each run's
+    plateau length L from its start (x: when the forecast was made, y: the escape it forecast;
+    the escape as it came is y = 1). Values above `clip` are drawn at it."""
+    fams = sorted(best) or ["none"]
+    with figure(path, 1, len(fams), figsize=(4.2 * len(fams), 3.8), dpi=110) as (fig, axes):
+        for ax, fam in zip(axes[0], fams):
+            sel = [p for p in points if p["family"] == fam and p["signal"] == best.get(fam)]
+            for k, run in enumerate(sorted({p["run"] for p in sel})):
+                mine = [p for p in sel if p["run"] == run]
+                x = [(p["step"] - p["start"]) / p["L"] for p in mine]
+                y = [min(clip, (p["forecast"] - p["start"]) / p["L"]) for p in mine]
+                lo = [min(clip, (p["low"] - p["start"]) / p["L"]) for p in mine]
+                hi = [min(clip, (p["high"] - p["start"]) / p["L"]) for p in mine]
+                color = f"C{k % 10}"
+                ax.vlines(x, lo, hi, color=color, alpha=0.25, lw=2)
+                ax.plot(x, y, ".", color=color, ms=3)
+            ax.axhline(1.0, color="tab:red", ls="--", lw=0.8, label="the escape")
+            ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=0.8, label="now")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, clip)
+            ax.set_xlabel("when made: (step - plateau start) / L")
+            ax.set_ylabel("forecast escape: (step - plateau start) / L")
+            ax.set_title(f"{fam}: {best.get(fam, '-')}, 90% intervals", fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+            ax.grid(alpha=0.3)

@@ -10,11 +10,16 @@ The rule (one signal at a time; the default signal is the evaluation L_mask itse
 3. Near a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
    logs all stand above the plateau's noise (`noise_k` robust standard deviations of d on the
    plateau) and still below the target, log d is fitted by weighted least squares on them (weights
-   d^2); with a growth
-   rate r at least `min_z` standard errors above 0 the forecast is the step where the fit reaches
-   the target, and its interval the steps where fits with r -/+ z_interval standard errors do
-   (an unbounded end means "not yet predictable").
+   d^2); with a growth rate r at least `min_z` standard errors above 0 the fit's forecast is the
+   step where it reaches the target (`fit_forecast`, with the steps where fits with r -/+
+   z_interval standard errors do as its spread).
+4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
+   escape and the 90% interval come from the quantiles of the fit's actual errors on the
+   calibration runs, for the task family, the signal and how far through the plateau the fit
+   thinks it is. A signal without calibration keeps the fit's spread, and says so (`basis`).
 
+Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
+non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
 Assumptions: one plateau, a monotone departure from it, and a target level that transfers between
 runs (for progress measures). A forecast is never earlier than the step after the last one seen.
 """
@@ -26,6 +31,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import calibration as cal
 from .transition import ESCAPE_DEPARTURE, detect, loss_series, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
@@ -34,13 +40,17 @@ LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for G
 @dataclass
 class Forecast:
     """A forecast made with the rows up to `step`: the escape step `escape` within [low, high]
-    (steps), or None with the `reason` why not yet."""
+    (steps), or None with the `reason` why not yet. `raw`: the fit's own escape step before
+    calibration; `start`: the plateau's start; `basis`: where the interval comes from."""
 
     step: int
     escape: int | None = None
     low: int | None = None
     high: int | None = None
     reason: str = ""
+    raw: int | None = None
+    start: int | None = None
+    basis: str = ""
 
     def as_row(self) -> dict[str, Any]:
         """The metrics.jsonl fields (only when there is a forecast)."""
@@ -52,12 +62,46 @@ class Forecast:
             "forecast_high": self.high,
         }
 
-    def label(self) -> str:
-        """Short text for the progress bar: 'drop ~N±M' (M half the interval)."""
+    def describe(self, steps_per_s: float = 0.0) -> str:
+        """The progress line's text: 'escape in ~1 200 steps (~6 min), 90%: 800–1 900' (steps from
+        now; the wall time from `steps_per_s`, the measured step rate, left out when 0), 'escaped
+        at step N', or 'escape not yet predictable (reason)'."""
         if self.escape is None:
-            return ""
-        half = (self.high - self.low) / 2 if self.high is not None and self.low is not None else 0
-        return f"~{self.escape}±{half:.0f}"
+            return f"escape not yet predictable ({self.reason or 'no forecast'})"
+        if self.reason == "escaped":
+            return f"escaped at step {_thousands(self.escape)}"
+        ahead = self.escape - self.step
+        wall = f" ({_wall(ahead / steps_per_s)})" if steps_per_s > 0 else ""
+        spread = "90%" if self.basis.startswith("calibrated") else "uncalibrated spread"
+        lo, hi = (
+            _thousands(_round2(x - self.step)) for x in (self.low or self.step, self.high or 0)
+        )
+        return f"escape in ~{_thousands(_round2(ahead))} steps{wall}, {spread}: {lo}–{hi}"
+
+
+def _round2(n: int) -> int:
+    """Two significant digits (a forecast is not more precise than that)."""
+    if abs(n) < 100:
+        return int(n)
+    p = 10 ** (len(str(abs(int(n)))) - 2)
+    return int(round(n / p) * p)
+
+
+def _thousands(n: int) -> str:
+    return f"{int(n):,}".replace(",", " ")
+
+
+def _wall(seconds: float) -> str:
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def family(rows: list[dict[str, Any]]) -> str:
+    """The task family whose calibration applies: 'sequence' (the sequence tasks) or 'matrix'."""
+    return "sequence" if rows and "eval_seq_acc" in rows[0] else "matrix"
 
 
 def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:
@@ -106,7 +150,22 @@ def noise_level(d: list[float], n: int) -> float:
     return 1.4826 * statistics.median(abs(x - med) for x in head) or 1e-12
 
 
-def forecast(
+def _unusable(rows: list[dict[str, Any]], signal: str, target: float) -> str:
+    """Why these rows cannot be forecast from at all ('' when they can)."""
+    if not rows:
+        return "no rows yet"
+    if not (isinstance(target, (int, float)) and 0 < target < math.inf):
+        return f"no target for {signal} (its departure at the escape must be > 0, got {target})"
+    steps, values = loss_series(rows)
+    bad = next((s for s, v in zip(steps, values) if not math.isfinite(v)), None)
+    if bad is not None:
+        return f"the loss is not finite at step {bad}"
+    if signal != LOSS and not _signal(rows, signal)[0]:
+        return f"{signal} is not logged (or never finite)"
+    return ""
+
+
+def fit_forecast(
     rows: list[dict[str, Any]],
     signal: str = LOSS,
     target: float = ESCAPE_DEPARTURE,
@@ -117,21 +176,28 @@ def forecast(
     z_interval: float = 1.64,
     window: int = 5,
 ) -> Forecast:
-    """The escape step forecast from `rows` (metrics rows, oldest first) as of their last step.
+    """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
+    the fit's own spread as the interval (uncalibrated: see `forecast`).
 
     `target`: the departure d at which the escape happens (0.2 for the loss, by the definition of
     escape_step; for a progress measure, from `calibrate`). Other arguments: see the module's rule.
     Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet; once the
     departure has reached the target it returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
+    why = _unusable(rows, signal, target)
+    if why:
+        return Forecast(now, reason=why)
     steps, d, found = departure(rows, signal, after, window)
     if not steps and found["plateau_start"] is not None and signal == LOSS:
         return Forecast(now, reason="the plateau's level is 0: no departure from it to measure")
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
+    start = found["plateau_start"]
     reached = next((s for s, x in zip(steps, d) if x >= target), None)
     if reached is not None:
-        return Forecast(now, reached, reached, reached, "escaped")
+        return Forecast(now, reached, reached, reached, "escaped", reached, start)
+    if max(d) == 0:
+        return Forecast(now, reason=f"{signal} is constant on the plateau")
     sigma = noise_level(d, len(d) // 2)
     xs, ys = steps[-fit_points:], d[-fit_points:]
     if min(ys) <= noise_k * sigma:
@@ -153,7 +219,44 @@ def forecast(
     escape, low, high = reach(rate), reach(rate + z_interval * se), reach(rate - z_interval * se)
     if high is None:
         return Forecast(now, reason="growth rate too uncertain")
-    return Forecast(now, escape, low, high)
+    return Forecast(now, escape, low, high, raw=escape, start=start, basis="the fit's spread")
+
+
+def calibrated(f: Forecast, fam: str, signal: str, table: cal.Calibration) -> Forecast:
+    """The fit's forecast `f` corrected by `table` (see calibration.py): escape and 90% interval
+    from the quantiles of past errors; unchanged, with the basis saying so, where the table has
+    no calibration for (fam, signal). A seen escape or no forecast is returned as it is."""
+    if f.escape is None or f.reason == "escaped" or f.raw is None or f.start is None:
+        return f
+    found = table.lookup(fam, signal, cal.elapsed(f.step, f.raw, f.start))
+    if found is None:
+        return Forecast(**{**asdict(f), "basis": f"uncalibrated ({fam}/{signal}): fit's spread"})
+    c, label = found
+    span = f.raw - f.step
+    at = lambda q: max(f.step + 1, round(f.step + span * math.exp(q)))  # noqa: E731
+    return Forecast(
+        f.step,
+        at(c["q_mid"]),
+        at(c["q_low"]),
+        at(c["q_high"]),
+        raw=f.raw,
+        start=f.start,
+        basis=f"calibrated on {c['runs']} runs ({label})",
+    )
+
+
+def forecast(
+    rows: list[dict[str, Any]],
+    signal: str = LOSS,
+    target: float = ESCAPE_DEPARTURE,
+    after: int = 0,
+    table: cal.Calibration | None = None,
+    **options: Any,
+) -> Forecast:
+    """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
+    settings) corrected by `table` (default: the package's calibration.json)."""
+    f = fit_forecast(rows, signal, target, after, **options)
+    return calibrated(f, family(rows), signal, table if table is not None else cal.packaged())
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:
@@ -197,12 +300,50 @@ def history(
     target: float = ESCAPE_DEPARTURE,
     after: int = 0,
     every: int = 1,
+    raw: bool = False,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The forecast as it would have been made at each logged step (every `every`-th), as dicts:
-    what a run's training wrote to metrics.jsonl, recomputed for any signal (the study's input)."""
-    out = []
-    for i in range(1, len(rows) + 1, every):
-        f = forecast(rows[:i], signal, target, after, **options)
-        out.append(asdict(f))
+    what a run's training wrote to metrics.jsonl, recomputed for any signal (the study's input);
+    `raw`: the fit's forecast (`fit_forecast`), before calibration."""
+    make = fit_forecast if raw else forecast
+    return [
+        asdict(make(rows[:i], signal, target, after, **options))
+        for i in range(1, len(rows) + 1, every)
+    ]
+
+
+def record(rows: list[dict[str, Any]], escape: int | None, keep: int = 10) -> dict[str, Any]:
+    """How the logged forecasts (metrics rows' forecast_*) fared against the escape as it came
+    (summary.json's `forecast_record`): their number before the escape, the share whose interval
+    held it, the median |forecast - escape| (steps), the lead of the first one, and `made`: at
+    most `keep` of them, evenly spread, each {step, escape, low, high, covered, error} (error =
+    forecast - actual, steps). Without an escape only the forecasts themselves (every one a
+    false alarm if the run never escapes)."""
+    made = [
+        r
+        for r in rows
+        if r.get("forecast_escape") is not None and (escape is None or r["step"] < escape)
+    ]
+    out: dict[str, Any] = {"escape_step": escape, "forecasts": len(made)}
+    picks = sorted({round(i * (len(made) - 1) / max(keep - 1, 1)) for i in range(keep)})
+    shown = [made[i] for i in picks] if made else []
+    held = lambda r: r["forecast_low"] <= escape <= r["forecast_high"]  # noqa: E731
+    out["made"] = [
+        {
+            "step": r["step"],
+            "escape": r["forecast_escape"],
+            "low": r["forecast_low"],
+            "high": r["forecast_high"],
+            "covered": None if escape is None else held(r),
+            "error": None if escape is None else r["forecast_escape"] - escape,
+        }
+        for r in shown
+    ]
+    if escape is not None and made:
+        out["covered"] = round(sum(map(held, made)) / len(made), 3)
+        out["median_abs_error"] = statistics.median(
+            abs(r["forecast_escape"] - escape) for r in made
+        )
+        out["first_lead"] = escape - made[0]["step"]
     return out

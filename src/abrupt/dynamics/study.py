@@ -1,30 +1,39 @@
-"""How early does each signal warn of the escape? The study behind `abrupt forecast` (issue 19).
+"""How early, and how well, is the escape forecast? The study behind `abrupt forecast` (issues 19,
+30), by replaying the forecaster on committed runs' metrics rows step by step (no training).
 
-Input: run directories (or sweep directories, whose trials are runs) with metrics.jsonl. Runs are
-split by position into a calibration half (even indices) and a held-out half (odd); nothing is
-tuned on the held-out runs, on which every number reported is measured.
+Input: run directories (or folders holding them, searched recursively) with metrics.jsonl. Each
+run belongs to a task family (forecast.family: `matrix`, `sequence`). Within a family the runs
+that escape are sorted by name and split by position: even positions are **calibration runs**
+(the progress measures' targets, `forecast.calibrate`, and the interval's calibration table,
+`calibration.Calibration`, are fit on them and nowhere else), odd positions **evaluation runs**
+(every error and coverage reported is measured on them). Runs that never escape take no part in
+either: on them every forecast is a false alarm.
 
-- Lead time of a signal (the evaluation L_mask, and each logged progress measure `prog_*`): the
-  signal warns at the first step after the plateau's start where its departure from its plateau
-  value (forecast.departure) exceeds `noise_k` times its robust plateau noise and stays above for
-  `hold` logs; lead = escape_step - that step. A warning in a run that never escapes, or one
-  that is withdrawn (the departure falls back below the threshold for `hold` logs before the
-  escape), is a false alarm.
-- Forecast error: every forecast made before the escape (forecast.history; for a progress
-  measure with the target calibrated on the calibration half), against how far ahead it was
-  made: |forecast - escape| and whether the interval held the escape.
+For each evaluation run and signal, with L = escape_step - plateau_start its plateau's length:
+
+- lead of the first warning (`warning`): the first sustained departure above the plateau's noise;
+  lead of the first forecast: escape - the first step with a forecast (both also / L);
+- error at 75%, 50%, 25% of L before the escape: |forecast - escape| / L, the forecast being the
+  one the run showed at its last log at or before escape - q L (none there: no forecast);
+- coverage: the share of its forecasts made before the escape whose 90% interval held it (and,
+  for comparison, the share the fit's own spread held).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..run.rundir import read_config, read_metrics
+from . import calibration as cal
 from . import forecast as fc
 from .transition import detect
+
+CAL, EVAL, NEVER = "calibration", "evaluation", "never escapes"
+BEFORE = (0.75, 0.5, 0.25)  # the times to judge at: these fractions of L before the escape
 
 
 @dataclass
@@ -33,27 +42,47 @@ class Run:
     rows: list[dict[str, Any]]
     after: int  # the curriculum's end: the plateau is sought after it
     escape: int | None = field(init=False)
+    start: int | None = field(init=False)
+    family: str = field(init=False)
+    role: str = ""
 
     def __post_init__(self) -> None:
-        self.escape = detect(self.rows, after=self.after)["escape_step"]
+        found = detect(self.rows, after=self.after)
+        self.escape, self.start = found["escape_step"], found["plateau_start"]
+        self.family = fc.family(self.rows)
+
+    @property
+    def length(self) -> int:
+        """L, the plateau's length in steps (at least 1)."""
+        return max(1, (self.escape or 0) - (self.start or 0))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:
-    """Runs from run directories and sweep directories (every trial with metrics), sorted by
-    name."""
+    """Runs from run directories and folders holding them (searched recursively), sorted by
+    name, with their roles set (`assign_roles`)."""
     dirs: list[Path] = []
     for p in map(Path, paths):
         if (p / "metrics.jsonl").exists():
             dirs.append(p)
         elif p.is_dir():
-            dirs += sorted(d for d in p.iterdir() if (d / "metrics.jsonl").exists())
+            dirs += sorted(m.parent for m in p.rglob("metrics.jsonl"))
         else:
-            raise FileNotFoundError(f"{p}: neither a run directory nor a sweep directory")
-    runs = [
-        Run(f"{d.parent.name}/{d.name}", read_metrics(d), read_config(d).curriculum.end())
-        for d in dirs
-    ]
-    return sorted(runs, key=lambda r: r.name)
+            raise FileNotFoundError(f"{p}: neither a run directory nor a folder of runs")
+    runs = [Run(str(d), read_metrics(d), read_config(d).curriculum.end()) for d in dirs]
+    return assign_roles(sorted(runs, key=lambda r: r.name))
+
+
+def assign_roles(runs: list[Run]) -> list[Run]:
+    """Per family, escaping runs alternate calibration / evaluation by name; the rest never
+    escape."""
+    for fam in {r.family for r in runs}:
+        escaping = sorted((r for r in runs if r.family == fam and r.escape), key=lambda r: r.name)
+        for i, r in enumerate(escaping):
+            r.role = CAL if i % 2 == 0 else EVAL
+    for r in runs:
+        if not r.escape:
+            r.role = NEVER
+    return runs
 
 
 def signals(runs: list[Run]) -> list[str]:
@@ -63,7 +92,8 @@ def signals(runs: list[Run]) -> list[str]:
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
     """The first sustained crossing of the noise threshold: {'warn': step or None, 'false_alarm':
-    bool}."""
+    bool}. A warning in a run that never escapes, after its escape, or withdrawn before it (the
+    departure falls back for `hold` logs), is a false alarm."""
     steps, d, _ = fc.departure(run.rows, signal, run.after)
     if len(steps) < 2 * hold + 3:
         return {"warn": None, "false_alarm": False}
@@ -84,187 +114,273 @@ def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[
     }
 
 
-def lead_table(runs: list[Run]) -> list[dict[str, Any]]:
-    """Per signal over the given runs: median and range of lead times, false alarms, misses."""
-    out = []
-    for sig in signals(runs):
-        leads, false, missed = [], 0, 0
-        for run in runs:
-            w = warning(run, sig)
-            if w["false_alarm"]:
-                false += 1
-            elif w["warn"] is None or run.escape is None:
-                missed += run.escape is not None
-            else:
-                leads.append(run.escape - w["warn"])
-        out.append(
-            {
-                "signal": sig,
-                "runs": len(runs),
-                "warned": len(leads),
-                "false_alarms": false,
-                "missed": missed,
-                "lead_median": statistics.median(leads) if leads else None,
-                "lead_min": min(leads) if leads else None,
-                "lead_max": max(leads) if leads else None,
-            }
-        )
+def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[str, Any]]:
+    """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
+    its escape (all its logs if it never escapes)."""
+    seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
+    return fc.history(seen, signal, target, run.after, every=every, raw=True)
+
+
+def targets(runs: list[Run]) -> dict[str, float]:
+    """{'family/signal': target departure}: 0.2 for the loss, each measure's from the family's
+    calibration runs (forecast.calibrate)."""
+    out = {}
+    for fam in sorted({r.family for r in runs}):
+        calib = [r for r in runs if r.family == fam and r.role == CAL]
+        out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
+        for sig in signals([r for r in runs if r.family == fam])[1:]:
+            t = fc.calibrate([(r.rows, r.after) for r in calib], sig)
+            if t:
+                out[f"{fam}/{sig}"] = t
     return out
 
 
-def forecast_errors(
-    runs: list[Run], signal: str, target: float, every: int = 1
-) -> list[dict[str, Any]]:
-    """Every forecast made before the escape, on runs that escaped: horizon, error, covered."""
-    out = []
-    for run in runs:
-        if run.escape is None:
-            continue
-        seen = [r for r in run.rows if r["step"] < run.escape]
-        for f in fc.history(seen, signal, target, run.after, every=every):
-            if f["escape"] is None or f["reason"] == "escaped":
-                continue
-            out.append(
-                {
-                    "run": run.name,
-                    "signal": signal,
-                    "made_at": f["step"],
-                    "horizon": run.escape - f["step"],
-                    "forecast": f["escape"],
-                    "error": abs(f["escape"] - run.escape),
-                    "covered": f["low"] <= run.escape <= f["high"],
-                }
+def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Calibration:
+    """The calibration table from the calibration runs' replayed forecasts."""
+    scores: dict[str, list[tuple[str, float, float]]] = {}
+    calib = [r for r in runs if r.role == CAL]
+    for key, target in tgts.items():
+        fam, sig = key.split("/", 1)
+        for run in (r for r in calib if r.family == fam):
+            for f in replay(run, sig, target, every):
+                if f["raw"] is None or f["reason"] == "escaped":
+                    continue
+                u = cal.elapsed(f["step"], f["raw"], f["start"])
+                scores.setdefault(key, []).append(
+                    (run.name, u, cal.score(f["step"], f["raw"], run.escape))
+                )
+    return cal.Calibration.fit(scores, tgts, [r.name for r in calib])
+
+
+def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: int = 1):
+    """One run and signal: its calibrated forecasts, and how they fared (see the module)."""
+    made = []
+    shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
+    for f in replay(run, signal, target, every):
+        c = fc.calibrated(fc.Forecast(**f), run.family, signal, table)
+        shown.append((c.step, c.escape if c.reason != "escaped" else None))
+        if c.escape is not None and c.reason != "escaped":
+            made.append(
+                {**f, "low_raw": f["low"], "high_raw": f["high"], "escape": c.escape}
+                | {"low": c.low, "high": c.high}
             )
-    return out
+    out: dict[str, Any] = {"run": run.name, "signal": signal, "forecasts": len(made)}
+    out["warn"] = warning(run, signal)
+    if run.escape is None:  # refuted: the whole interval lies before the run's last log
+        out["refuted"] = sum(m["high"] < run.rows[-1]["step"] for m in made)
+        return out, made
+    L, e = run.length, run.escape
+    out["first_lead"] = (e - made[0]["step"]) / L if made else None
+    for q in BEFORE:
+        at = [x for s, x in shown if s <= e - q * L]
+        out[f"error_{q:g}"] = abs(at[-1] - e) / L if at and at[-1] is not None else None
+    out["covered"] = [m["low"] <= e <= m["high"] for m in made]
+    out["raw_covered"] = [m["low_raw"] <= e <= m["high_raw"] for m in made]
+    out["width"] = [(m["high"] - m["low"]) / L for m in made]
+    return out, made
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
 
 
 def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
-    """Calibrate on even-indexed runs, report on odd-indexed ones (and lead times on all)."""
-    calib, held = runs[0::2], runs[1::2]
-    targets = {fc.LOSS: fc.ESCAPE_DEPARTURE}
-    for sig in signals(runs)[1:]:
-        t = fc.calibrate([(r.rows, r.after) for r in calib], sig)
-        if t:
-            targets[sig] = t
-    errors = [e for sig, t in targets.items() for e in forecast_errors(held, sig, t, every)]
+    """Targets and the calibration table from the calibration runs; per family and signal, the
+    numbers of the module's docstring on the evaluation runs and false alarms on the runs that
+    never escape."""
+    tgts = targets(runs)
+    table = fit_table(runs, tgts, every)
+    rows, points = [], []
+    for key, target in tgts.items():
+        fam, sig = key.split("/", 1)
+        ev = [r for r in runs if r.family == fam and r.role == EVAL]
+        judged = []
+        for run in ev:
+            j, made = judge(run, sig, target, table, every)
+            judged.append(j)
+            points += [
+                {"run": run.name, "family": fam, "signal": sig, "L": run.length}
+                | {"start": run.start, "escape": run.escape, "step": m["step"]}
+                | {"forecast": m["escape"], "low": m["low"], "high": m["high"]}
+                for m in made
+            ]
+        never = [r for r in runs if r.family == fam and r.role == NEVER]
+        alarms = [judge(r, sig, target, table, every)[0] for r in never]
+        warned = [
+            (j, r)
+            for j, r in zip(judged, ev)
+            if j["warn"]["warn"] is not None and not j["warn"]["false_alarm"]
+        ]
+        row: dict[str, Any] = {
+            "family": fam,
+            "signal": sig,
+            "target": target,
+            "evaluation_runs": len(ev),
+            "warned": len(warned),
+            "warn_lead": _median([(r.escape - j["warn"]["warn"]) / r.length for j, r in warned]),
+            "warn_lead_steps": _median([r.escape - j["warn"]["warn"] for j, r in warned]),
+            "warn_false_alarms": sum(j["warn"]["false_alarm"] for j in judged)
+            + sum(a["warn"]["warn"] is not None for a in alarms),
+            "forecast_runs": sum(j["forecasts"] > 0 for j in judged),
+            "first_lead": _median([j["first_lead"] for j in judged if j["first_lead"] is not None]),
+            "first_lead_steps": _median(
+                [
+                    j["first_lead"] * r.length
+                    for j, r in zip(judged, ev)
+                    if j["first_lead"] is not None
+                ]
+            ),
+            "forecasts": sum(j["forecasts"] for j in judged),
+            "coverage": _share([c for j in judged for c in j["covered"]]),
+            "raw_coverage": _share([c for j in judged for c in j["raw_covered"]]),
+            "width": _median([w for j in judged for w in j["width"]]),
+            "never_runs": len(never),
+            "false_alarm_runs": sum(a["forecasts"] > 0 for a in alarms),
+            "refuted_runs": sum(a["refuted"] > 0 for a in alarms),
+        }
+        for q in BEFORE:
+            errs = [j[f"error_{q:g}"] for j in judged if j[f"error_{q:g}"] is not None]
+            row[f"at_{q:g}_runs"] = len(errs)
+            row[f"at_{q:g}_error"] = _median(errs)
+            # a run with no forecast then counts as a miss (an infinite error)
+            row[f"at_{q:g}_error_all"] = _median(errs + [math.inf] * (len(judged) - len(errs)))
+        rows.append(row)
     return {
         "runs": [
-            {"name": r.name, "escape": r.escape, "after": r.after, "held_out": i % 2 == 1}
-            for i, r in enumerate(runs)
+            {"name": r.name, "family": r.family, "role": r.role, "escape": r.escape}
+            | {"plateau_start": r.start, "after": r.after}
+            for r in runs
         ],
-        "targets": targets,
-        "leads_held_out": lead_table(held),
-        "leads_all": lead_table(runs),
-        "errors": errors,
+        "targets": tgts,
+        "table": rows,
+        "goals": goals(rows, points),
+        "points": points,
+        "calibration": table.as_dict(),
     }
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
-    return "–" if v is None else str(v)
+def _share(xs: list[bool]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
-def _lead_md(rows: list[dict[str, Any]]) -> list[str]:
-    out = [
-        "| signal | runs | warned | lead median (steps) | lead range | false alarms | missed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        rng = "–" if r["lead_min"] is None else f"{r['lead_min']} to {r['lead_max']}"
-        out.append(
-            f"| {r['signal']} | {r['runs']} | {r['warned']} | {_fmt(r['lead_median'])} | {rng} | "
-            f"{r['false_alarms']} | {r['missed']} |"
-        )
-    return out
+def _or_inf(v: float | None) -> float:
+    return math.inf if v is None else v
 
 
-HORIZONS = (0, 100, 250, 500, 1000, 2000, 10**9)
-
-
-def error_by_horizon(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median |forecast - escape| and interval coverage per signal and horizon bin (steps ahead)."""
+def goals(rows: list[dict[str, Any]], points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's three goals per family, met or by how much not."""
     out = []
-    for sig in sorted({e["signal"] for e in errors}):
-        for lo, hi in zip(HORIZONS, HORIZONS[1:]):
-            sel = [e for e in errors if e["signal"] == sig and lo < e["horizon"] <= hi]
-            if sel:
-                out.append(
-                    {
-                        "signal": sig,
-                        "horizon": f"{lo}-{hi}" if hi < 10**9 else f">{lo}",
-                        "forecasts": len(sel),
-                        "runs": len({e["run"] for e in sel}),
-                        "median_error": statistics.median(e["error"] for e in sel),
-                        "coverage": sum(e["covered"] for e in sel) / len(sel),
-                    }
-                )
+    for fam in sorted({r["family"] for r in rows}):
+        mine = [r for r in rows if r["family"] == fam]
+        pts = [p for p in points if p["family"] == fam]
+        cover = _share([p["low"] <= p["escape"] <= p["high"] for p in pts])
+        best = min(mine, key=lambda r: (_or_inf(r["at_0.5_error_all"]), _or_inf(r["at_0.5_error"])))
+        err = best["at_0.5_error_all"]
+        alarms = sum(r["false_alarm_runs"] for r in mine)  # (signal, run) pairs
+        out += [
+            {
+                "family": fam,
+                "goal": "90% intervals cover 80-95% on evaluation runs (all signals)",
+                "value": cover,
+                "met": cover is not None and 0.8 <= cover <= 0.95,
+                "forecasts": len(pts),
+            },
+            {
+                "family": fam,
+                "goal": "median error at half the plateau before the escape <= 0.25 L "
+                "(best signal; a run without a forecast then is a miss)",
+                "value": err,
+                "met": err is not None and err <= 0.25,
+                "signal": best["signal"],
+                "detail": f"{best['at_0.5_runs']} of {best['evaluation_runs']} runs had a forecast "
+                f"then, median {_fmt(best['at_0.5_error'])} L among them",
+            },
+            {
+                "family": fam,
+                "goal": "no forecast on a run that never escapes",
+                "value": alarms,
+                "met": alarms == 0,
+                "signal": "all signals",
+                "detail": f"(signal, run) pairs with a forecast, over {mine[0]['never_runs']} "
+                f"never-escaping runs; {sum(r['refuted_runs'] for r in mine)} refuted by the "
+                "run's end",
+            },
+        ]
     return out
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    if pct:
+        return f"{v:.0%}"
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return str(v)
+
+
+def _steps(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """summary.md: the runs and their roles, the table per family and signal, the goals."""
+    runs = result["runs"]
+    count = lambda fam, role: sum(r["family"] == fam and r["role"] == role for r in runs)  # noqa: E731
+    fams = sorted({r["family"] for r in runs})
+    lines = [
+        "# Forecasting the escape: calibrated intervals on both families (issue 30)",
+        "",
+        "Written by `abrupt forecast` (src/abrupt/dynamics/study.py). Runs per family: "
+        + "; ".join(
+            f"{f} {count(f, CAL)} calibration, {count(f, EVAL)} evaluation, "
+            f"{count(f, NEVER)} never escaping"
+            for f in fams
+        )
+        + ". L = the plateau's length (escape_step - plateau_start); errors and leads are "
+        "fractions of L, on the evaluation runs.",
+        "",
+        "| family | signal | eval runs | warned (lead / L, steps) | "
+        "with a forecast (first lead / L, steps) | "
+        "error at 75% / 50% / 25% of L before (runs) | 90% interval held the escape (fit's "
+        "spread) | median width / L | never-escaping runs with a forecast (one its end refuted) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["table"]:
+        at = " / ".join(f"{_fmt(r[f'at_{q:g}_error'])} ({r[f'at_{q:g}_runs']})" for q in BEFORE)
+        lines.append(
+            f"| {r['family']} | {r['signal']} | {r['evaluation_runs']} | {r['warned']} "
+            f"({_fmt(r['warn_lead'])}, {_steps(r['warn_lead_steps'])}) | {r['forecast_runs']} "
+            f"({_fmt(r['first_lead'])}, {_steps(r['first_lead_steps'])}) | {at} | "
+            f"{_fmt(r['coverage'], True)} of {r['forecasts']} ({_fmt(r['raw_coverage'], True)}) | "
+            f"{_fmt(r['width'])} | {r['false_alarm_runs']} of {r['never_runs']} "
+            f"({r['refuted_runs']}) |"
+        )
+    lines += ["", "## Goals", "", "| family | goal | value | met |", "|---|---|---|---|"]
+    for g in result["goals"]:
+        pct = "cover" in g["goal"]
+        extra = f" ({g['signal']}: {g['detail']})" if "signal" in g else ""
+        lines.append(
+            f"| {g['family']} | {g['goal']} | {_fmt(g['value'], pct)}{extra} | "
+            f"{'yes' if g['met'] else 'no'} |"
+        )
+    lines += ["", "## Runs", "", "| run | family | role | escape step |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['family']} | {r['role']} | {_fmt(r['escape'])} |" for r in runs]
+    return "\n".join(lines) + "\n"
 
 
 def write(result: dict[str, Any], out: Path) -> Path:
-    """results.json, summary.md and error_vs_horizon.png in `out`; returns summary.md's path."""
-    from ..plots import figure
+    """results.json, summary.md and intervals.png in `out`; returns summary.md's path."""
+    from ..plots import plot_study_intervals
     from ..run.rundir import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    by_h = error_by_horizon(result["errors"])
-    atomic_write_json(out / "results.json", {**result, "error_by_horizon": by_h})
-    held = [r for r in result["runs"] if r["held_out"]]
-    lines = [
-        "# Forecasting the escape (issue 19)",
-        "",
-        f"{len(result['runs'])} runs, {len(held)} held out (odd positions); targets calibrated on "
-        "the others: " + ", ".join(f"{k} {v:.3g}" for k, v in result["targets"].items()) + ".",
-        "",
-        "## Lead time of each signal, held-out runs",
-        "",
-        *_lead_md(result["leads_held_out"]),
-        "",
-        "## Lead time of each signal, all runs",
-        "",
-        *_lead_md(result["leads_all"]),
-        "",
-        "## Forecast error against how far ahead it was made (held-out runs)",
-        "",
-        "| signal | steps ahead | forecasts | runs | median abs error (steps) | interval held the "
-        "escape |",
-        "|---|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {r['signal']} | {r['horizon']} | {r['forecasts']} | {r['runs']} | "
-        f"{r['median_error']:.0f} | {r['coverage']:.0%} |"
-        for r in by_h
-    ]
-    lines += ["", "| run | escape step | held out |", "|---|---|---|"]
-    lines += [
-        f"| {r['name']} | {_fmt(r['escape'])} | {'yes' if r['held_out'] else ''} |"
-        for r in result["runs"]
-    ]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    with figure(out / "error_vs_horizon.png", figsize=(6.4, 4.2)) as (fig, axes):
-        ax = axes[0][0]
-        for sig in sorted({e["signal"] for e in result["errors"]}):
-            sel = [e for e in result["errors"] if e["signal"] == sig]
-            ax.scatter(
-                [e["horizon"] for e in sel],
-                [max(e["error"], 1) for e in sel],
-                s=8,
-                alpha=0.6,
-                label=sig,
-            )
-        ax.plot(
-            [1, max([e["horizon"] for e in result["errors"]] or [10])],
-            [1, max([e["horizon"] for e in result["errors"]] or [10])],
-            color="gray",
-            ls=":",
-            lw=0.8,
-            label="error = steps ahead",
-        )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("steps before the escape when the forecast was made")
-        ax.set_ylabel("|forecast - actual escape| (steps)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, which="both")
+    atomic_write_json(
+        out / "results.json", {k: v for k, v in result.items() if k != "points"}
+    )  # the points only draw the figure
+    (out / "summary.md").write_text(markdown(result))
+    best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
+    plot_study_intervals(result["points"], best, out / "intervals.png")
     return out / "summary.md"

@@ -7,19 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from .. import plots
-from ..dynamics import transition
+from ..dynamics import forecast, transition
 from ..run.rundir import atomic_write_json, curriculum_end, read_metrics
 
 
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
-    """(Re)write summary.json and loss.png from metrics.jsonl."""
+    """(Re)write summary.json and loss.png from metrics.jsonl; with logged forecasts also
+    forecast.png and summary.json's `forecast_record` (how they fared, forecast.record)."""
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
+    forecasts = any("forecast_escape" in r for r in rows)
+    if forecasts:
+        summary["forecast_record"] = forecast.record(rows, summary["escape_step"])
     atomic_write_json(run_dir / "summary.json", summary)
     plots.plot_losses(rows, summary, run_dir / "loss.png")
-    if any("forecast_escape" in r for r in rows):
+    if forecasts:
         plots.plot_forecast(rows, summary, run_dir / "forecast.png")
     return summary
 
