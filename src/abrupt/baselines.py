@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from .data import Batch
@@ -306,7 +307,7 @@ class SolutionCache:
                 int(meta["iterations"]),
                 float(meta["seconds"]),
             )
-        except (OSError, ValueError, KeyError, RuntimeError):
+        except (OSError, ValueError, KeyError, SafetensorError):
             return None  # absent or unreadable: solve again
 
     def put(self, key: str, c: Completion) -> None:

@@ -177,8 +177,7 @@ def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], o
     size = (1.0 + 1.5 * heads, 1.0 + 1.5 * layers)
     with figure(path, title=title, figsize=size, dpi=100) as (fig, axes):
         ax = axes[0][0]
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("white")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="white")
         ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         starts = [o * cell + r * n - 0.5 for o in range(max(layers, heads)) for r in range(1, m)]
         ax.vlines(

@@ -1,0 +1,123 @@
+"""Cost of every default analysis and of the report, against the training steps they explain.
+
+Trains `--preset` for `--steps` steps (the baseline: its wall time), then runs `abrupt analyze`
+twice (cold: nothing kept; warm: the nuclear-norm solutions the first run kept in
+RUN/analysis/cache/ read back, as when an option is changed and the analyses run again) and
+`abrupt report`, all in this process on `--threads` threads. Prints each analysis's seconds, the
+totals and their ratio to the training time (target: at most 0.2), and the two shared-forward
+analyses against their kept reference implementations (`ablation.ablate` and `patching.patch`,
+which rerun every layer of every pass), with a check that they give the same numbers.
+
+    python benchmarks/analyses.py [--preset cpu] [--steps 300] [--threads 1]
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from abrupt.analysis import ablation, patching
+from abrupt.analysis.common import open_run, parse_heads
+from abrupt.analysis.registry import default_analyses
+from abrupt.cli import main as cli
+
+
+def _timed(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        code = cli(argv)
+    if code not in (0, None):
+        raise SystemExit(f"abrupt {' '.join(argv)} failed with exit status {code}")
+    return time.perf_counter() - t0
+
+
+def _seconds(run: Path, names: list[str]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        path = run / "analysis" / name / "results.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())["seconds"]
+    return out
+
+
+def _references(run: Path) -> list[tuple[str, float, float, bool]]:
+    """(analysis, reference seconds, shared-forward seconds, same numbers) for ablation and
+    patching on the run's default checkpoints."""
+    view = open_run(run)
+    steps = sorted({view.pre, view.post})
+    out = []
+    for name, mod in (("ablation", ablation), ("patching", patching)):
+        inputs = view.inputs(steps)
+        t0 = time.perf_counter()
+        fast = mod.run(inputs).numbers
+        t_fast = time.perf_counter() - t0
+        batch = inputs.batch(256, 0)
+        t0 = time.perf_counter()
+        same = True
+        for step, model in inputs.models.items():
+            heads = [(l, h) for l in range(len(model.blocks)) for h in range(model.cfg.heads)]
+            entry = fast["steps"][step]
+            if name == "ablation":
+                means = ablation.mean_patterns(model, batch.tokens)
+                for mode in ablation.MODES:
+                    table = entry["per_head_loss_mask"][mode]
+                    for l, h in heads:
+                        ref = ablation.ablate(model, batch, [(l, h)], mode, means)["loss_mask"]
+                        same &= ref == table[l][h]
+            else:
+                chosen = parse_heads("all", len(model.blocks), model.cfg.heads)
+                same &= patching.patch(model, batch, chosen) == entry["chosen"]
+                for l, h in heads:
+                    ref = patching.patch(model, batch, [(l, h)])["recovery_hidden"]
+                    same &= ref == entry["per_head_recovery_hidden"][l][h]
+        out.append((name, time.perf_counter() - t0, t_fast, bool(same)))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    threads = ["--threads", str(args.threads)]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        train = _timed(
+            ["train", "--preset", args.preset, "--out", str(run), "--quiet", *threads]
+            + [f"train.steps={args.steps}"]
+        )
+        names = default_analyses()
+        cold = _timed(["analyze", str(run), *threads])
+        per_cold = _seconds(run, names)
+        warm = _timed(["analyze", str(run), *threads])
+        per_warm = _seconds(run, names)
+        report = _timed(["report", str(run)])
+        refs = _references(run)
+    print(
+        f"{args.preset}, {args.steps} training steps in {train:.1f} s, {args.threads} thread(s)"
+    )
+    print(f"{'analysis':12s} {'cold s':>8s} {'warm s':>8s}")
+    for name in per_cold:
+        print(f"{name:12s} {per_cold[name]:8.1f} {per_warm.get(name, float('nan')):8.1f}")
+    print(f"{'report':12s} {report:8.1f}")
+    for label, total in (("cold", cold), ("warm", warm)):
+        print(
+            f"analyze ({label}) + report: {total + report:.1f} s = "
+            f"{(total + report) / train:.2f}x the training (target <= 0.2x)"
+        )
+    for name, ref, fast, same in refs:
+        print(
+            f"{name}: reference (every pass whole) {ref:.1f} s, shared forwards {fast:.1f} s, "
+            f"ratio {fast / ref:.2f}; numbers {'equal' if same else 'DIFFERENT'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
