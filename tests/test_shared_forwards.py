@@ -130,3 +130,13 @@ def test_solutions_are_read_back_from_the_cache(tmp_path, monkeypatch):
     for path in tmp_path.glob("*.safetensors"):
         path.write_bytes(b"not a safetensors file")
     assert torch.equal(baselines.complete(a, observed, cache=cache).x, exact.x)
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_solve_standing(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would go")
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 4, 1, generator=g) @ torch.randn(3, 1, 4, generator=g)
+    observed = torch.rand(3, 4, 4, generator=g) > 0.3
+    out = baselines.complete(a, observed, cache=baselines.SolutionCache(blocked / "cache"))
+    assert torch.equal(out.x, baselines.complete(a, observed).x)

@@ -316,10 +316,13 @@ class SolutionCache:
             "iterations": str(c.iterations),
             "seconds": repr(c.seconds),
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            self.folder / f"{key}.safetensors", save({"x": c.x.contiguous()}, metadata=meta)
-        )
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(
+                self.folder / f"{key}.safetensors", save({"x": c.x.contiguous()}, metadata=meta)
+            )
+        except OSError:
+            pass  # a full disk or a read-only run: the cache only saves time, the solve stands
 
 
 def method_name(lam: float | None) -> str:

@@ -59,7 +59,7 @@ def unmapped(model: HookedModule) -> str | None:
     c = model.cfg
     if c.attention == "linear":
         return (
-            "linear attention (model.attention=linear) has no counterpart in GPT2LMHeadModel, "
+            "linear attention (model.attention=linear) has no counterpart in transformers' GPT-2, "
             "whose attention is softmax; train with model.attention=softmax to export"
         )
     if isinstance(model, MatrixBert):

@@ -4,7 +4,7 @@ TransformerLens's `run_with_cache`, memoised for a whole `abrupt analyze`: the a
 `Inputs.batch` for their evaluation batch (one object per data, size and seed) and
 `Inputs.activations` for that batch's activations at a checkpoint; the first ask runs the forward
 pass, later asks (the same analysis at another option, or another analysis on the same batch:
-ablation, patching and attention share theirs) read it. Two kinds of pass, because reading an
+ablation and patching share theirs) read it. Two kinds of pass, because reading an
 attention pattern switches a layer to the exact attention path (`models/layers.py`), whose last
 bits differ from the fused one:
 
