@@ -241,8 +241,41 @@ def test_the_interval_comes_from_the_calibration_table():
     none = calibrated(fit, "sequence", "loss", table)
     assert (none.escape, none.low, none.high) == (2000, 1900, 2100)
     assert none.basis.startswith("uncalibrated")
+    # the table was fit at the loss's target 0.2: a forecast to another target is not its
+    other = calibrated(fit, "matrix", "loss", table, target=0.3)
+    assert (other.escape, other.low, other.high) == (2000, 1900, 2100)
+    assert other.basis == (
+        "uncalibrated (matrix/loss calibrated at target 0.2, this run's target is 0.3): "
+        "fit's spread"
+    )
+    assert other.describe().endswith("uncalibrated spread: 900–1 100")
+    assert calibrated(fit, "matrix", "loss", table, target=0.2 * 1.005).escape == 1607
     # the packaged table (fit on docs/forecast's calibration runs) is what forecast() uses
     assert "matrix/loss" in cal.packaged().entries and cal.packaged().runs
+
+
+def test_a_measure_forecast_to_another_target_than_the_table_s_is_not_called_calibrated():
+    """docs/forecast/runs/mws_c1_seed0 on prog_attn_l0: at the packaged table's target (0.426,
+    as docs/forecast/README.md tells the user to type it) the interval is calibrated; at a
+    target the user picked otherwise the fit's spread is kept, and the line says so."""
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "docs/forecast/runs/mws_c1_seed0/metrics.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    entry = cal.packaged().entries["sequence/prog_attn_l0"]
+    for target, is_calibrated in ((0.426, True), (0.3, False)):
+        seen = [rows[:i] for i in range(1, len(rows) + 1)]
+        made = [(r, forecast(r, "prog_attn_l0", target)) for r in seen]
+        made = [(r, f) for r, f in made if f.escape is not None and f.reason != "escaped"]
+        assert made
+        for r, f in made:
+            assert f.basis.startswith("calibrated") == is_calibrated
+            if not is_calibrated:
+                assert f"calibrated at target {entry['target']:.3g}, this run's" in f.basis
+                fit = fit_forecast(r, "prog_attn_l0", target)
+                assert (f.escape, f.low, f.high) == (fit.escape, fit.low, fit.high)
 
 
 def test_what_the_progress_line_says():
@@ -381,3 +414,27 @@ def test_llc_analysis_estimates_finite_reproducible_values(tmp_path):
         if "numbers" in again
         else [r["llc"] for r in again["rows"]]
     )
+
+
+def test_a_forecast_record_that_fails_leaves_the_rest_of_the_summary_written(tmp_path, monkeypatch):
+    from abrupt.dynamics import forecast as fc
+    from abrupt.run.rundir import read_metrics, write_metrics
+    from abrupt.train.summary import finish
+
+    fake_run(tmp_path / "run", 3000, 0)
+    rows = read_metrics(tmp_path / "run")
+    for r in rows:  # the losses the loss figure draws, and forecasts on part of the plateau
+        r |= {k: r["eval_loss_mask"] for k in ("eval_loss", "eval_loss_obs")}
+        if 2000 <= r["step"] < 2500:
+            r |= {"forecast_escape": 3000, "forecast_low": 2900, "forecast_high": 3100}
+    write_metrics(tmp_path / "run", rows)
+
+    def broken(rows, escape, keep=10):
+        raise KeyError("forecast_low\nand a second line")
+
+    monkeypatch.setattr(fc, "record", broken)
+    summary = finish(tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["forecast_record"] == {"error": "KeyError: 'forecast_low\\nand a second line'"}
+    assert written["escape_step"] == summary["escape_step"] == detect(rows)["escape_step"] > 2500
+    assert (tmp_path / "run" / "forecast.png").exists()

@@ -17,8 +17,10 @@ levels moved outward by a factor (1 + 1/R)), give the calibrated forecast
 
 A cell needs `MIN_RUNS` runs and `MIN_SCORES` scores; else the signal's cell over all u is used;
 else there is no calibration for the signal and the interval is the fit's own spread, labelled
-so. The table committed with the package (`calibration.json`) is fit by `abrupt forecast` on the
-calibration runs of docs/forecast/ only (its `runs` lists them).
+so. The same holds where the run forecasts to another target than the entry was fit at (its
+errors were measured at another level). The table committed with the package
+(`calibration.json`) is fit by `abrupt forecast` on the calibration runs of docs/forecast/ only
+(its `runs` lists them).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ LEVEL = 0.9  # the interval's nominal coverage
 BINS = (0.0, 0.5, 0.8, 1.0)  # edges of u, the fraction of the forecast plateau elapsed
 MIN_RUNS, MIN_SCORES = 3, 19  # 19: the smallest n whose 95% conformal quantile is finite
 ALL = "all"  # the cell over every u
+TARGET_TOLERANCE = 0.01  # relative: a target typed from the table's 3 digits still matches
 
 
 def score(now: int, raw: int, escape: int) -> float:
@@ -108,15 +111,23 @@ class Calibration:
                 entries[key] = {"target": targets.get(key), "cells": kept}
         return cls(entries, sorted(runs))
 
-    def lookup(self, family: str, signal: str, u: float) -> tuple[dict[str, Any], str] | None:
-        """The cell for a forecast at u, with its label; None where the signal has none."""
-        entry = self.entries.get(f"{family}/{signal}")
+    def lookup(
+        self, family: str, signal: str, u: float, target: float
+    ) -> tuple[dict[str, Any] | None, str]:
+        """(cell, label) for a forecast at u that extrapolates to the departure `target`, or
+        (None, why not) where the signal has no entry or its entry was fit at another target
+        (beyond a relative `TARGET_TOLERANCE`: its errors were measured at another level)."""
+        key = f"{family}/{signal}"
+        entry = self.entries.get(key)
         if entry is None:
-            return None
+            return None, key
+        fitted = entry.get("target")
+        if fitted is not None and abs(target - fitted) > TARGET_TOLERANCE * abs(fitted):
+            return None, f"{key} calibrated at target {fitted:.3g}, this run's target is {target:g}"
         name = bin_of(u)
         if name in entry["cells"]:
-            return entry["cells"][name], f"{family}/{signal}, u {name}"
-        return entry["cells"][ALL], f"{family}/{signal}, all u"
+            return entry["cells"][name], f"{key}, u {name}"
+        return entry["cells"][ALL], f"{key}, all u"
 
     def as_dict(self) -> dict[str, Any]:
         return {

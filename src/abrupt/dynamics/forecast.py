@@ -16,7 +16,8 @@ The rule (one signal at a time; the default signal is the evaluation L_mask itse
 4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
    escape and the 90% interval come from the quantiles of the fit's actual errors on the
    calibration runs, for the task family, the signal and how far through the plateau the fit
-   thinks it is. A signal without calibration keeps the fit's spread, and says so (`basis`).
+   thinks it is. A signal without calibration, or forecast to another target than its
+   calibration was fit at, keeps the fit's spread, and says so (`basis`).
 
 Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
 non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
@@ -222,18 +223,23 @@ def fit_forecast(
     return Forecast(now, escape, low, high, raw=escape, start=start, basis="the fit's spread")
 
 
-def calibrated(f: Forecast, fam: str, signal: str, table: cal.Calibration) -> Forecast:
-    """The fit's forecast `f` corrected by `table` (see calibration.py): escape and 90% interval
-    from the quantiles of past errors; unchanged, with the basis saying so, where the table has
-    no calibration for (fam, signal). A seen escape or no forecast is returned as it is."""
+def calibrated(
+    f: Forecast, fam: str, signal: str, table: cal.Calibration, target: float = ESCAPE_DEPARTURE
+) -> Forecast:
+    """The fit's forecast `f` (extrapolated to the departure `target`) corrected by `table` (see
+    calibration.py): escape and 90% interval from the quantiles of past errors; unchanged, with
+    the basis saying why, where the table has no calibration for (fam, signal) or fit it at
+    another target. A seen escape or no forecast is returned as it is."""
     if f.escape is None or f.reason == "escaped" or f.raw is None or f.start is None:
         return f
-    found = table.lookup(fam, signal, cal.elapsed(f.step, f.raw, f.start))
-    if found is None:
-        return Forecast(**{**asdict(f), "basis": f"uncalibrated ({fam}/{signal}): fit's spread"})
-    c, label = found
+    c, label = table.lookup(fam, signal, cal.elapsed(f.step, f.raw, f.start), target)
+    if c is None:
+        return Forecast(**{**asdict(f), "basis": f"uncalibrated ({label}): fit's spread"})
     span = f.raw - f.step
-    at = lambda q: max(f.step + 1, round(f.step + span * math.exp(q)))  # noqa: E731
+
+    def at(q: float) -> int:
+        return max(f.step + 1, round(f.step + span * math.exp(q)))
+
     return Forecast(
         f.step,
         at(c["q_mid"]),
@@ -256,7 +262,8 @@ def forecast(
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
     settings) corrected by `table` (default: the package's calibration.json)."""
     f = fit_forecast(rows, signal, target, after, **options)
-    return calibrated(f, family(rows), signal, table if table is not None else cal.packaged())
+    table = table if table is not None else cal.packaged()
+    return calibrated(f, family(rows), signal, table, target)
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:
@@ -328,7 +335,10 @@ def record(rows: list[dict[str, Any]], escape: int | None, keep: int = 10) -> di
     out: dict[str, Any] = {"escape_step": escape, "forecasts": len(made)}
     picks = sorted({round(i * (len(made) - 1) / max(keep - 1, 1)) for i in range(keep)})
     shown = [made[i] for i in picks] if made else []
-    held = lambda r: r["forecast_low"] <= escape <= r["forecast_high"]  # noqa: E731
+
+    def held(r: dict[str, Any]) -> bool:
+        return r["forecast_low"] <= escape <= r["forecast_high"]
+
     out["made"] = [
         {
             "step": r["step"],

@@ -157,7 +157,7 @@ def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: i
     made = []
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
     for f in replay(run, signal, target, every):
-        c = fc.calibrated(fc.Forecast(**f), run.family, signal, table)
+        c = fc.calibrated(fc.Forecast(**f), run.family, signal, table, target)
         shown.append((c.step, c.escape if c.reason != "escaped" else None))
         if c.escape is not None and c.reason != "escaped":
             made.append(
@@ -328,7 +328,10 @@ def _steps(v: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """summary.md: the runs and their roles, the table per family and signal, the goals."""
     runs = result["runs"]
-    count = lambda fam, role: sum(r["family"] == fam and r["role"] == role for r in runs)  # noqa: E731
+
+    def count(fam: str, role: str) -> int:
+        return sum(r["family"] == fam and r["role"] == role for r in runs)
+
     fams = sorted({r["family"] for r in runs})
     lines = [
         "# Forecasting the escape: calibrated intervals on both families (issue 30)",

@@ -13,14 +13,19 @@ from ..run.rundir import atomic_write_json, curriculum_end, read_metrics
 
 def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
     """(Re)write summary.json and loss.png from metrics.jsonl; with logged forecasts also
-    forecast.png and summary.json's `forecast_record` (how they fared, forecast.record)."""
+    forecast.png and summary.json's `forecast_record` (how they fared, forecast.record; where
+    that fails, {'error': its one-line message}, and the rest is written all the same)."""
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
     forecasts = any("forecast_escape" in r for r in rows)
     if forecasts:
-        summary["forecast_record"] = forecast.record(rows, summary["escape_step"])
+        try:
+            summary["forecast_record"] = forecast.record(rows, summary["escape_step"])
+        except Exception as e:  # noqa: BLE001 - the record is advice: the summary is still written
+            line = f"{type(e).__name__}: {e}".splitlines()[0]
+            summary["forecast_record"] = {"error": line}
     atomic_write_json(run_dir / "summary.json", summary)
     plots.plot_losses(rows, summary, run_dir / "loss.png")
     if forecasts:
