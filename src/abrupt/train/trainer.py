@@ -388,6 +388,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: Path, progress: bool = True, group: str = "") -> None:
         self.cfg, self.out_dir, self.progress, self.group = cfg, Path(out_dir), progress, group
         self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
+        self.resumed = False  # set by resume() when it loads a checkpoint: the trackers continue
         t = cfg.train
         self.device = resolve_device(t.device)
         # TF32 only for the model's steps and evaluations: the data (U V^T) and whatever runs in
@@ -493,6 +494,7 @@ class Trainer:
             )
         write_metrics(self.out_dir, self.rows)
         self._write_config(ckpt.step, history=segments(self.out_dir))
+        self.resumed = True
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
         return ckpt.step
 
@@ -669,7 +671,12 @@ class Trainer:
                 )
             return self.finish()
         run = tracking.RunInfo(
-            self.out_dir, self.cfg.to_dict(), start, self.group, quiet=not self.progress
+            self.out_dir,
+            self.cfg.to_dict(),
+            start,
+            self.resumed,
+            self.group,
+            quiet=not self.progress,
         )
         with tracking.Trackers(t.log_to, run) as self.trackers:
             summary = self._loop(start)
