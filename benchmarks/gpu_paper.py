@@ -300,12 +300,13 @@ def run_config(smoke: bool, arch: str = "bert", use_tf32: bool = True) -> Config
 def tf32_fails(device: torch.device) -> str | None:
     """Why an fp32 matmul on `device` fails under trainer.tf32 (None when it runs): a torch whose
     matmul still read the legacy flags would raise at the first training step; this costs a
-    millisecond before training, which then runs without TF32 instead."""
+    millisecond before training, which then runs without TF32 instead. Any Exception (a torch
+    without the settings trainer.tf32 uses, ...) is the reason, never a crash before training."""
     try:
         with tf32(device.type == "cuda"):
             a = torch.ones(64, 64, device=device)
             (a @ a).sum().item()
-    except RuntimeError as e:
+    except Exception as e:  # noqa: BLE001 -- recorded as the note; training runs without TF32
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -489,42 +490,53 @@ def analyses(
 
     opts = SMOKE_OPTIONS if smoke else GPU_OPTIONS
     prepared = registry.prepare(run, only=names, opts=opts, progress=False, device=str(device))
-    rec.update(steps=prepared.steps, unsupported=prepared.skipped, each={})
-    each = rec["each"]
     order = sorted(prepared.names, key=lambda n: FIRST.index(n) if n in FIRST else len(FIRST))
+    rec.update(steps=prepared.steps, unsupported=prepared.skipped, names=order, each={})
+    each = rec["each"]
     min_s = 0.0 if smoke else MIN_ANALYSIS_S
-    for i, name in enumerate(order):
-        left = record.clock.stage_left()
-        if left < min_s:
-            each[name] = {"status": "skipped", "note": f"{left:.0f} s left of the share"}
-            continue
-        each[name] = {"status": "running"}
-        if not smoke and name in GPU_NOTES:
-            each[name]["note"] = GPU_NOTES[name]
-        record.write()
-        t0 = time.monotonic()
+    for name in order:
         try:
-            if f"raise:{name}" in faults:
-                raise RuntimeError(f"fault injected by --fault-at raise:{name}")
-            registry.run_one(prepared, name, progress=False)
-            each[name]["status"] = "ok"
-        except Exception as e:  # noqa: BLE001 -- recorded; the next analysis runs
-            each[name].update(status="failed", error=record.error(f"analyses/{name}", e))
-        except KeyboardInterrupt as e:
-            each[name]["status"] = "stopped" if isinstance(e, Expired) else "interrupted"
-            for rest in order[i + 1 :]:
-                each[rest] = {"status": "skipped", "note": "the analyses' share ran out"}
+            left = record.clock.stage_left()
+            if left < min_s:
+                each[name] = {"status": "skipped", "note": f"{left:.0f} s left of the share"}
+                continue
+            each[name] = {"status": "running"}
+            if not smoke and name in GPU_NOTES:
+                each[name]["note"] = GPU_NOTES[name]
+            record.write()
+            t0 = time.monotonic()
+            try:
+                if f"raise:{name}" in faults:
+                    raise RuntimeError(f"fault injected by --fault-at raise:{name}")
+                registry.run_one(prepared, name, progress=False)
+                each[name]["status"] = "ok"
+            except Exception as e:  # noqa: BLE001 -- recorded; the next analysis runs
+                each[name].update(status="failed", error=record.error(f"analyses/{name}", e))
+            except KeyboardInterrupt as e:
+                each[name]["status"] = "stopped" if isinstance(e, Expired) else "interrupted"
+                raise
+            finally:
+                each[name]["seconds"] = round(time.monotonic() - t0, 1)
+                print(f"  {name}: {each[name]['status']} ({each[name]['seconds']} s)", flush=True)
+            repack(f"analysis {name}")
+            record.write()
+        except KeyboardInterrupt:
+            # wherever it landed (an analysis, the repack, the write): the rest never run
+            for rest in order:
+                each.setdefault(rest, {"status": "skipped", "note": "the analyses' share ran out"})
             raise
-        finally:
-            each[name]["seconds"] = round(time.monotonic() - t0, 1)
-            print(f"  {name}: {each[name]['status']} ({each[name]['seconds']} s)", flush=True)
-        repack(f"analysis {name}")
-        record.write()
         if "kill:analysis" in faults:
             os.kill(os.getpid(), signal.SIGKILL)
     failed = [n for n, v in each.items() if v["status"] != "ok"]
     if failed:
         rec.update(status="partial", note=f"not ok: {', '.join(failed)}")
+
+
+def analyze_ok(rec: dict[str, Any]) -> bool:
+    """Whether every prepared analysis of the stage's record `rec` ran ok (False when none did)."""
+    each = rec.get("each", {})
+    names = rec.get("names", [])
+    return bool(names) and all(each.get(n, {}).get("status") == "ok" for n in names)
 
 
 def pack(run: Path, archive: Path, fault: bool = False) -> None:
@@ -723,7 +735,7 @@ def stages(
         except Exception as e:  # noqa: BLE001 -- the previous archive stays; recorded
             record.error("pack", e)
 
-    failure = tf32_fails(device)
+    failure = tf32_fails(device)  # never raises: a failure is the reason TF32 stays off
     if failure:
         d["tf32"] = f"off: an fp32 matmul under TF32 failed ({failure})"
         print(f"training without TF32: {failure}", file=sys.stderr, flush=True)
@@ -766,8 +778,7 @@ def stages(
     left = clock.left() - TAIL_S
     analyses_share = max(left - args.throughput, min(MIN_ANALYSES_S, left))
     record.run_stage("analyses", analyses_share, analysis_stage, min_s=1.0)
-    each = d["stages"]["analyses"].get("each", {})
-    d["analyze_ok"] = bool(each) and all(v["status"] == "ok" for v in each.values())
+    d["analyze_ok"] = analyze_ok(d["stages"]["analyses"])
 
     def report(rec: dict[str, Any]) -> None:
         from abrupt.report import build

@@ -1,6 +1,7 @@
 """The prepared GPU script runs end to end on CPU (--smoke), as it would on a bare GPU machine, and
 whatever kills it, what it had finished is under --out."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -215,6 +216,47 @@ def test_past_the_deadline_or_after_sigterm_no_stage_starts(tmp_path, clock):
     }
     assert stages["term"]["status"] == "interrupted"
     assert stages["after"] == {"status": "skipped", "note": "not started: SIGTERM received"}
+
+
+def test_an_interrupt_while_repacking_skips_the_rest_and_the_analyses_are_not_ok(
+    tmp_path, clock, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from abrupt.analysis import registry
+
+    ran = []
+    prepared = SimpleNamespace(steps=[0], skipped={}, names=["progress", "probe", "attention"])
+    monkeypatch.setattr(registry, "prepare", lambda *a, **k: prepared)
+    monkeypatch.setattr(registry, "run_one", lambda p, name, progress: ran.append(name))
+
+    def repack(after):
+        raise gpu_paper.Expired
+
+    record = gpu_paper.Record(tmp_path, clock)
+    rec: dict = {}
+    with pytest.raises(gpu_paper.Expired):
+        gpu_paper.analyses(rec, tmp_path, "cpu", record, None, True, set(), repack)
+    first, *rest = rec["names"]
+    assert ran == [first]
+    assert rec["each"][first]["status"] == "ok"
+    assert [rec["each"][n]["status"] for n in rest] == ["skipped", "skipped"]
+    assert not gpu_paper.analyze_ok(rec)
+    # every prepared analysis counts, also one the record has no entry for
+    assert not gpu_paper.analyze_ok({"names": ["a", "b"], "each": {"a": {"status": "ok"}}})
+    assert gpu_paper.analyze_ok({"names": ["a"], "each": {"a": {"status": "ok"}}})
+
+
+def test_tf32_fails_is_a_reason_for_any_exception_never_a_crash(monkeypatch):
+    @contextlib.contextmanager
+    def broken(enabled):
+        raise AttributeError("no fp32_precision")
+        yield
+
+    monkeypatch.setattr(gpu_paper, "tf32", broken)
+    assert gpu_paper.tf32_fails(gpu_paper.torch.device("cpu")) == (
+        "AttributeError: no fp32_precision"
+    )
 
 
 def test_training_needs_no_baseline_packages(tmp_path):

@@ -165,6 +165,55 @@ def test_a_resume_continues_both_without_duplicated_steps(tmp_path, offline):
     assert [h["_step"] for h in after["history"] if "loss" in h] == [50, 60]  # after step 40
 
 
+def test_a_resume_from_the_step_0_checkpoint_purges_and_writes_no_second_hparams(
+    tmp_path, one_thread
+):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    run = tmp_path / "run"
+    # every checkpoint keeps its optimizer state, step 0's too
+    assert train("--out", str(run), "train.log_to=tensorboard", "train.keep_optim=100") == 0
+    first_rows = read_metrics(run)
+    # killed after logging every row but before any checkpoint after step 0's (with optimizer)
+    for path in (run / "checkpoints").glob("step_*"):
+        if not path.name.startswith("step_0."):
+            path.unlink()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert [s for s, _ in scalars["loss"]] == [r["step"] for r in first_rows]  # each step once
+    sessions = [
+        v.tag
+        for path in (run / "tensorboard").glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for v in event.summary.value
+        if v.tag == "_hparams_/session_start_info"
+    ]
+    assert len(sessions) == 1
+
+
+def test_wandb_goes_offline_with_one_warning_when_it_has_no_key_and_never_prompts(
+    tmp_path, monkeypatch
+):
+    import wandb
+
+    asked = []
+
+    def login(**kwargs):
+        asked.append(kwargs)
+        return False
+
+    monkeypatch.setattr(wandb, "login", login)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.warns(UserWarning, match="goes offline to .*wandb sync") as caught:
+        assert tracking.wandb_mode(tmp_path / "run") == "offline"
+    assert len(caught) == 1 and asked == [{"prompt": False, "verify": False}]
+    monkeypatch.setattr(wandb, "login", lambda **kwargs: True)  # a key in env, settings or netrc
+    assert tracking.wandb_mode(tmp_path / "run") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B's own setting wins, no login asked
+    monkeypatch.setattr(wandb, "login", None)
+    assert tracking.wandb_mode(tmp_path / "run") == "disabled"
+
+
 def test_a_tracker_that_raises_is_one_warning_and_training_goes_on(
     tmp_path, one_thread, monkeypatch
 ):

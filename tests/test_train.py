@@ -273,3 +273,19 @@ def test_tf32_is_on_only_inside_its_block_and_never_through_the_legacy_flags():
             1 / 0
     assert (matmul.fp32_precision, conv.fp32_precision) == before
     assert matmul.allow_tf32 is False  # readable: the legacy and new settings were not mixed
+
+
+def test_tf32_on_a_torch_without_fp32_precision_sets_and_restores_the_legacy_flags(monkeypatch):
+    from types import SimpleNamespace
+
+    from abrupt.train.trainer import tf32
+
+    # torch < 2.9: the matmul backend has allow_tf32 only, cudnn has no `conv`
+    matmul, cudnn = SimpleNamespace(allow_tf32=False), SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    with pytest.raises(ZeroDivisionError):
+        with tf32(True):
+            assert matmul.allow_tf32 is cudnn.allow_tf32 is True
+            1 / 0
+    assert matmul.allow_tf32 is cudnn.allow_tf32 is False

@@ -48,6 +48,7 @@ class RunInfo:
     run_dir: Path
     config: dict[str, Any]  # the resolved configuration (Config.to_dict())
     start: int  # 0 for a fresh run; on a resume the checkpoint's step (later rows are logged anew)
+    resumed: bool = False  # a resume (from any checkpoint, step 0's included): trackers continue
     group: str = ""  # the sweep a trial belongs to (its directory's name); "" for a lone run
     quiet: bool = False  # the tracker's own console messages off (abrupt train --quiet, sweeps)
 
@@ -83,9 +84,10 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
 
 
 class TensorBoard:
-    """torch.utils.tensorboard's SummaryWriter on RUN/tensorboard/. A resume writes with
-    purge_step = the checkpoint's step + 1: TensorBoard drops the points an interrupted segment
-    logged after that checkpoint, and the resumed segment's take their place."""
+    """torch.utils.tensorboard's SummaryWriter on RUN/tensorboard/. A resume (also from step 0's
+    checkpoint) writes with purge_step = the checkpoint's step + 1: TensorBoard drops the points an
+    interrupted segment logged after that checkpoint, and the resumed segment's take their place;
+    the hyper-parameters are those the fresh start wrote."""
 
     module = "tensorboard"
 
@@ -94,9 +96,9 @@ class TensorBoard:
         from torch.utils.tensorboard.summary import hparams
 
         self.writer = SummaryWriter(
-            str(run.run_dir / "tensorboard"), purge_step=run.start + 1 if run.start else None
+            str(run.run_dir / "tensorboard"), purge_step=run.start + 1 if run.resumed else None
         )
-        if not run.start:  # written at step 0, which a resume's purge keeps
+        if not run.resumed:  # written at step 0, which a resume's purge keeps
             for part in hparams(flat(run.config), dict.fromkeys(HPARAM_METRICS)):
                 self.writer.file_writer.add_summary(part)
 
@@ -121,8 +123,9 @@ class TensorBoard:
 class WandB:
     """A W&B run in RUN/wandb/ (project $WANDB_PROJECT or `abrupt`, named after the run directory,
     grouped by sweep); its id is kept in RUN/wandb/run_id, so that a resume continues it
-    (resume="allow"). WANDB_MODE is W&B's own: offline writes RUN/wandb/offline-run-*/ for
-    `wandb sync`."""
+    (resume="allow"). The mode is chosen before wandb.init, which never prompts: WANDB_MODE (W&B's
+    own) when set, else online when W&B has credentials, else offline (one warning): offline
+    writes RUN/wandb/offline-run-*/ for `wandb sync`."""
 
     module = "wandb"
 
@@ -136,6 +139,7 @@ class WandB:
             dir=str(run.run_dir),
             id=id_file.read_text().strip() if id_file.exists() else None,  # None: a new run
             resume="allow",
+            mode=wandb_mode(run.run_dir),
             name=run.run_dir.name,
             group=run.group or None,
             # abrupt's own progress lines stay on the terminal, not in W&B's console capture
@@ -161,6 +165,27 @@ class WandB:
 
     def close(self, ok: bool) -> None:
         self.run.finish(exit_code=0 if ok else 1)
+
+
+def wandb_mode(run_dir: Path) -> str:
+    """W&B's mode for a run in `run_dir`, decided without a login prompt (which would block
+    training before its first step): $WANDB_MODE when set; else "online" when W&B finds an API key
+    ($WANDB_API_KEY, its settings files or ~/.netrc), else "offline" with one UserWarning."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    if wandb.login(prompt=False, verify=False):  # False, asking nothing, when it has no key
+        return "online"
+    warnings.warn(
+        f"train.log_to=wandb: no W&B API key (WANDB_API_KEY or `wandb login`), so the run goes "
+        f"offline to {run_dir / 'wandb'}; `wandb sync {run_dir / 'wandb'}/offline-run-*` "
+        "uploads it",
+        UserWarning,
+        stacklevel=2,
+    )
+    return "offline"
 
 
 TRACKERS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "wandb": WandB}

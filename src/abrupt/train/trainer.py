@@ -57,22 +57,29 @@ class TrainingError(RuntimeError):
 
 @contextlib.contextmanager
 def tf32(enabled: bool) -> Iterator[None]:
-    """TF32 for CUDA matmuls and convolutions inside the block only, through torch's
-    `fp32_precision` settings (restored on exit, also when the block raises); `enabled=False`
-    changes nothing. The legacy `allow_tf32` flags are neither set nor read: torch warns on them
-    and raises when a program mixes the two."""
+    """TF32 for CUDA matmuls and convolutions inside the block only (restored on exit, also when
+    the block raises); `enabled=False` changes nothing. Through torch's `fp32_precision` settings
+    where torch has them (2.9 on), the legacy `allow_tf32` flags then neither set nor read: torch
+    warns on them and raises when a program mixes the two. An older torch has only the flags."""
     if not enabled:
         yield
         return
-    settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-    saved = [s.fp32_precision for s in settings]
-    for s in settings:
-        s.fp32_precision = "tf32"
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        settings = [
+            (matmul, "fp32_precision", "tf32"),
+            (torch.backends.cudnn.conv, "fp32_precision", "tf32"),
+        ]
+    else:  # torch < 2.9
+        settings = [(matmul, "allow_tf32", True), (torch.backends.cudnn, "allow_tf32", True)]
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        for s, value in zip(settings, saved):
-            s.fp32_precision = value
+        for (owner, name, _), value in zip(settings, saved):
+            setattr(owner, name, value)
 
 
 def resolve_device(name: str, key: str = "train.device") -> torch.device:
@@ -381,6 +388,7 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: Path, progress: bool = True, group: str = "") -> None:
         self.cfg, self.out_dir, self.progress, self.group = cfg, Path(out_dir), progress, group
         self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
+        self.resumed = False  # set by resume() when it loads a checkpoint: the trackers continue
         t = cfg.train
         self.device = resolve_device(t.device)
         # TF32 only for the model's steps and evaluations: the data (U V^T) and whatever runs in
@@ -486,6 +494,7 @@ class Trainer:
             )
         write_metrics(self.out_dir, self.rows)
         self._write_config(ckpt.step, history=segments(self.out_dir))
+        self.resumed = True
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
         return ckpt.step
 
@@ -662,7 +671,12 @@ class Trainer:
                 )
             return self.finish()
         run = tracking.RunInfo(
-            self.out_dir, self.cfg.to_dict(), start, self.group, quiet=not self.progress
+            self.out_dir,
+            self.cfg.to_dict(),
+            start,
+            self.resumed,
+            self.group,
+            quiet=not self.progress,
         )
         with tracking.Trackers(t.log_to, run) as self.trackers:
             summary = self._loop(start)
