@@ -312,7 +312,7 @@ def tf32_fails(device: torch.device) -> str | None:
 
 
 def paper_run(
-    run: Path, cfg: Config, clock: Clock, progress: bool
+    run: Path, cfg: Config, clock: Clock, verbose: bool
 ) -> tuple[dict[str, Any], BaseException | None]:
     """Train `cfg` in `run` until it ends (all steps, or stop_after_drop) or the stage's share is
     spent (it then stops at a step boundary, as on Ctrl-C). Never raises: returns the run's
@@ -322,7 +322,7 @@ def paper_run(
 
     t0, error = time.monotonic(), None
     try:
-        summary = train(cfg, run, progress=progress)
+        summary = train(cfg, run, verbose=verbose)
         ended = "finished" if summary["steps"] >= cfg.train.steps else "stopped after the drop"
     except KeyboardInterrupt as e:
         why = "expired" if isinstance(e, Expired) else clock.interruption()
@@ -489,7 +489,7 @@ def analyses(
     from abrupt.analysis import registry
 
     opts = SMOKE_OPTIONS if smoke else GPU_OPTIONS
-    prepared = registry.prepare(run, only=names, opts=opts, progress=False, device=str(device))
+    prepared = registry.prepare(run, only=names, opts=opts, verbose=False, device=str(device))
     order = sorted(prepared.names, key=lambda n: FIRST.index(n) if n in FIRST else len(FIRST))
     rec.update(steps=prepared.steps, unsupported=prepared.skipped, names=order, each={})
     each = rec["each"]
@@ -508,7 +508,7 @@ def analyses(
             try:
                 if f"raise:{name}" in faults:
                     raise RuntimeError(f"fault injected by --fault-at raise:{name}")
-                registry.run_one(prepared, name, progress=False)
+                registry.run_one(prepared, name, verbose=False)
                 each[name]["status"] = "ok"
             except Exception as e:  # noqa: BLE001 -- recorded; the next analysis runs
                 each[name].update(status="failed", error=record.error(f"analyses/{name}", e))
@@ -749,7 +749,7 @@ def stages(
         watch = TrainingWatch(run, out, clock, rec, cfg, args.smoke, latest, args.fault_at)
         watch.start()
         try:
-            summary, error = paper_run(run, cfg, clock, progress=not args.smoke)
+            summary, error = paper_run(run, cfg, clock, verbose=not args.smoke)
         finally:
             watch.stopped.set()
             watch.join(timeout=10)
@@ -807,7 +807,7 @@ def stages(
 
         def gpt(rec: dict[str, Any]) -> None:
             gpt_cfg = run_config(args.smoke, "gpt", use_tf32=not failure)
-            summary, error = paper_run(gpt_run, gpt_cfg, clock, progress=not args.smoke)
+            summary, error = paper_run(gpt_run, gpt_cfg, clock, verbose=not args.smoke)
             atomic_write_json(out / "gpt-summary.json", summary)
             pack(gpt_run, out / "gpt-run.tar.gz")
             rec["ended"] = summary["ended"]

@@ -26,6 +26,6 @@ def time_off_on(preset_name: str, option: str, steps: int, repeats: int) -> tupl
                     ],
                 )
                 t0 = time.perf_counter()
-                train(cfg, Path(tmp) / f"{i}-{on}", progress=False)
+                train(cfg, Path(tmp) / f"{i}-{on}", verbose=False)
                 seconds[on].append(time.perf_counter() - t0)
     return min(seconds[False]), min(seconds[True])

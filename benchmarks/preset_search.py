@@ -57,7 +57,7 @@ def main() -> None:
     signal.alarm(int(minutes * 60))
     t0 = time.time()
     try:
-        summary = train(cfg, out, progress=False)
+        summary = train(cfg, out, verbose=False)
     except KeyboardInterrupt:
         summary = json.loads((out / "summary.json").read_text())
     rows = read_metrics(out)

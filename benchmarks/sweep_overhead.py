@@ -38,7 +38,7 @@ def main() -> None:
             train(
                 config_of(args.preset, {"seed": str(s), "train.steps": str(args.steps)}),
                 tmp / f"seq{s}",
-                progress=False,
+                verbose=False,
             )
             direct.append(time.perf_counter() - t)
         sequential = time.perf_counter() - t0
@@ -51,7 +51,7 @@ def main() -> None:
         for backend in backends:
             sweep = Sweep.create(tmp / backend, spec, threads=1)
             t0 = time.perf_counter()
-            rows = sweep.run(backend, workers=2, progress=False)
+            rows = sweep.run(backend, workers=2, verbose=False)
             wall = time.perf_counter() - t0
             per_trial = sum(r["seconds"] for r in rows.values()) / len(rows)
             print(

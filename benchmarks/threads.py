@@ -34,7 +34,7 @@ def steps_per_second(name: str, threads: int, steps: int, warmup: int = 5) -> fl
     cfg = apply_overrides(preset(name), ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
-            cfg, Path(tmp), progress=False
+            cfg, Path(tmp), verbose=False
         )  # builds the model and optimizer; writes nothing
         for step in range(1, warmup + 1):
             trainer.step(step, want_norms=False)

@@ -37,7 +37,7 @@ def main() -> None:
     apply_overrides(cfg, ["train.stop_after_drop=1000", *args.overrides])
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
-        summary = train(cfg, out, progress=True)
+        summary = train(cfg, out, verbose=True)
         rows = read_metrics(out)
     drop = summary["drop_step"]
     drop_time = (

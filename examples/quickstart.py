@@ -34,7 +34,7 @@ torch.set_num_threads(1)  # small models run best on one thread (README: Quick s
 # %%
 cfg = apply_overrides(preset("mws"), ["train.stop_after_drop=20", "train.progress=true"])
 run = unique_dir(Path("runs"), "quickstart")
-summary = train(cfg, run, progress=False)
+summary = train(cfg, run, verbose=False)
 print(run, {k: summary[k] for k in ("plateau_steps", "escape_step", "drop_factor", "sudden")})
 
 # %% [markdown]
@@ -89,7 +89,7 @@ fig.savefig(run / "quickstart_attention.png")  # a notebook also shows it below 
 # the HTML page.
 
 # %%
-analyze(run, only=["progress"], progress=False)
+analyze(run, only=["progress"], verbose=False)
 result = read_json(run / "analysis" / "progress" / "results.json")
 print(f"drop at step {result['drop_step']}")
 for r in result["rows"]:

@@ -227,7 +227,7 @@ def tiny_run(tmp_path_factory):
     from abrupt.train.trainer import train
 
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    train(apply_overrides(preset("tiny"), []), run, progress=False)
+    train(apply_overrides(preset("tiny"), []), run, verbose=False)
     return run
 
 
@@ -469,7 +469,7 @@ def small_runs(tmp_path_factory):
             preset("tiny"),
             [f"model.arch={arch}", f"data.m={m}", f"data.n={n}", "data.rank=1", "train.steps=4"],
         )
-        train(cfg, runs[name], progress=False)
+        train(cfg, runs[name], verbose=False)
     return runs
 
 
@@ -611,11 +611,11 @@ def test_analyses_run_one_by_one_on_checkpoints_loaded_and_hashed_once(tiny_run,
     prepared = registry.prepare(
         tiny_run,
         only=["attention", "embeddings"],
-        progress=False,
+        verbose=False,
         opts={"attention": {"n": 8}, "embeddings": {"n": 8}},
     )
     for name in prepared.names:
-        assert registry.run_one(prepared, name, progress=False) == tiny_run / "analysis" / name
+        assert registry.run_one(prepared, name, verbose=False) == tiny_run / "analysis" / name
     assert sorted(hashed) == sorted(set(hashed))  # each file once
     every = {f"step_{s}.safetensors" for s in prepared.view.steps}
     # attention and embeddings follow every checkpoint (its optimizer state, where kept, is

@@ -41,7 +41,7 @@ def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
 
     def run(name, steps, resume=False):
         cfg = tiny(f"train.steps={steps}", "train.stop_after_drop=25")
-        train(cfg, tmp_path / name, resume=resume, progress=False)
+        train(cfg, tmp_path / name, resume=resume, verbose=False)
         return last_step(tmp_path / name)
 
     assert run("straight", 100) == 45
@@ -151,7 +151,7 @@ def test_an_infinite_drop_factor_prints_as_strict_json(tmp_path, capsys):
     from abrupt.cli import main
 
     run = tmp_path / "run"
-    train(tiny("train.steps=10"), run, progress=False)
+    train(tiny("train.steps=10"), run, verbose=False)
     write_metrics(run, zero_loss_rows())
     capsys.readouterr()
     assert main(["plot", str(run)]) == 0
@@ -197,7 +197,7 @@ def test_an_option_accepted_does_not_crash_mid_run():
 
 def test_one_schedule_for_training_and_loading(tmp_path):
     cfg = tiny("model.attn_bias=3", "model.attn_bias_until=20", "train.steps=40")
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", verbose=False)
     for step, on in ((0, True), (20, True), (40, False)):
         model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
         assert model.attn_bias_on is on is interventions.bias_on(cfg, step)

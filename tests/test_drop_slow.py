@@ -11,7 +11,7 @@ def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
     # The whole preset (about 15 minutes): stopping early can catch a noisy log above 10x. One
     # thread reproduces the documented run (README) bit for bit; other thread counts change the
     # floating-point order and, after the drop, the trajectory.
-    summary = train(preset("small"), tmp_path / "run", progress=False)
+    summary = train(preset("small"), tmp_path / "run", verbose=False)
     assert summary["plateau_loss_mask"] == pytest.approx(
         0.111, rel=0.1
     )  # copying: E[X^2] for rank 1
@@ -27,6 +27,6 @@ def test_sudden_preset_drops_suddenly_by_the_window_rule(tmp_path, one_thread):
     # 20-25 minutes on one thread (passed in 22 min 25 s when added). Seed 0 of
     # docs/plateau/small_bias3_b256_eps (the same settings up to its 5 000-step cap): flat at 0.1125
     # for 4 149 steps, then 7.47x below within P/4.
-    summary = train(preset("sudden"), tmp_path / "run", progress=False)
+    summary = train(preset("sudden"), tmp_path / "run", verbose=False)
     assert summary["plateau_steps"] == 4149 and summary["sudden"]
     assert summary["drop_factor"] >= 7.47

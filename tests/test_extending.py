@@ -113,12 +113,12 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
         "model.mlp=32",
     ]
     small = validate_run(apply_overrides(read_config(OLD_RUN), short + ["train.steps=8"]))
-    train(small, run, progress=False)
+    train(small, run, verbose=False)
     config = json.loads((run / "config.json").read_text())
     config.pop("segments")  # as written by the version that made OLD_RUN: no segments
     (run / "config.json").write_text(json.dumps(config))
     resumed = train(
-        validate_run(apply_overrides(read_config(OLD_RUN), short)), run, resume=True, progress=False
+        validate_run(apply_overrides(read_config(OLD_RUN), short)), run, resume=True, verbose=False
     )
     assert resumed["steps"] == 12
     r = abrupt_cli(

@@ -83,7 +83,7 @@ def test_training_writes_forecasts_and_the_report_draws_them(tmp_path):
     train(
         apply_overrides(preset("tiny"), ["train.steps=20", "train.log_every=5"]),
         tmp_path / "run",
-        progress=False,
+        verbose=False,
     )
     assert all(
         "forecast_escape" not in r for r in read_metrics(tmp_path / "run")
@@ -91,7 +91,7 @@ def test_training_writes_forecasts_and_the_report_draws_them(tmp_path):
     train(
         apply_overrides(preset("tiny"), ["train.steps=20", "train.forecast=false"]),
         tmp_path / "off",
-        progress=False,
+        verbose=False,
     )
     rows = saddle()
     for i, r in enumerate(rows):
@@ -348,7 +348,7 @@ def test_the_summary_records_how_each_forecast_fared_and_the_line_shows_it(
 
     monkeypatch.setattr(fc, "forecast", forced)
     cfg = apply_overrides(preset("tiny"), ["train.steps=40", "train.log_every=5"])
-    summary = train(cfg, tmp_path / "run", progress=True)
+    summary = train(cfg, tmp_path / "run", verbose=True)
     line = capsys.readouterr().err
     assert "escape in ~20 steps (~" in line and "90%: 15–25" in line
     rec = summary["forecast_record"]
@@ -364,7 +364,7 @@ def test_the_summary_records_how_each_forecast_fared_and_the_line_shows_it(
         raise TypeError("a bug in the forecaster")
 
     monkeypatch.setattr(fc, "forecast", broken)
-    train(apply_overrides(preset("tiny"), ["train.steps=10"]), tmp_path / "b", progress=True)
+    train(apply_overrides(preset("tiny"), ["train.steps=10"]), tmp_path / "b", verbose=True)
     assert "escape not yet predictable (forecast failed: TypeError" in capsys.readouterr().err
     assert record(
         [{"step": 5, "forecast_escape": 9, "forecast_low": 8, "forecast_high": 10}], None

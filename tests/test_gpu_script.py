@@ -228,7 +228,7 @@ def test_an_interrupt_while_repacking_skips_the_rest_and_the_analyses_are_not_ok
     ran = []
     prepared = SimpleNamespace(steps=[0], skipped={}, names=["progress", "probe", "attention"])
     monkeypatch.setattr(registry, "prepare", lambda *a, **k: prepared)
-    monkeypatch.setattr(registry, "run_one", lambda p, name, progress: ran.append(name))
+    monkeypatch.setattr(registry, "run_one", lambda p, name, verbose: ran.append(name))
 
     def repack(after):
         raise gpu_paper.Expired

@@ -47,7 +47,7 @@ def test_each_lever_refuses_bad_values_in_one_line(override, message):
 
 
 def test_levers_off_explicitly_are_bit_identical(tmp_path):
-    train(tiny(), tmp_path / "plain", progress=False)
+    train(tiny(), tmp_path / "plain", verbose=False)
     train(
         tiny(
             "model.norm=post",
@@ -61,7 +61,7 @@ def test_levers_off_explicitly_are_bit_identical(tmp_path):
             "train.eps=1e-8",
         ),
         tmp_path / "off",
-        progress=False,
+        verbose=False,
     )
     assert strip_time(read_metrics(tmp_path / "plain")) == strip_time(
         read_metrics(tmp_path / "off")
@@ -69,7 +69,7 @@ def test_levers_off_explicitly_are_bit_identical(tmp_path):
 
 
 def test_each_lever_on_changes_the_run(tmp_path):
-    train(tiny(), tmp_path / "plain", progress=False)
+    train(tiny(), tmp_path / "plain", verbose=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
     for i, lever in enumerate(
         [
@@ -81,7 +81,7 @@ def test_each_lever_on_changes_the_run(tmp_path):
             "train.eps=1e-3",
         ]
     ):
-        train(tiny(lever), tmp_path / str(i), progress=False)
+        train(tiny(lever), tmp_path / str(i), verbose=False)
         assert strip_time(read_metrics(tmp_path / str(i)))[-1]["loss"] != plain[-1]["loss"], lever
 
 
@@ -147,12 +147,12 @@ def test_attn_bias_until_switches_the_bias_off_in_training_and_in_loaded_checkpo
         "train.ckpt_every=5",
         "train.ckpt_log_points=0",
     )
-    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer = Trainer(cfg, tmp_path / "r", verbose=False)
     trainer.step(10, False)
     assert trainer.model.attn_bias_on
     trainer.step(11, False)
     assert not trainer.model.attn_bias_on
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", verbose=False)
     assert (
         load_run(tmp_path / "run", 10)[1].attn_bias_on
         and not load_run(tmp_path / "run", 15)[1].attn_bias_on
@@ -173,14 +173,14 @@ def test_signed_factors_are_zero_mean_with_bounded_magnitude():
 
 def test_width_rule_scales_the_lr_by_reference_over_width(tmp_path):
     trainer = Trainer(
-        tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", progress=False
+        tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", verbose=False
     )
     assert trainer.lr_at(10) == pytest.approx(1e-3 * 64 / 32)
 
 
 def test_adam_eps_reaches_every_parameter_group(tmp_path):
     trainer = Trainer(
-        tiny("train.eps=1e-4", "train.group_lr=mlp=0.5"), tmp_path / "r", progress=False
+        tiny("train.eps=1e-4", "train.group_lr=mlp=0.5"), tmp_path / "r", verbose=False
     )
     groups = trainer.optim.param_groups
     assert len(groups) > 1 and all(g["eps"] == 1e-4 for g in groups)

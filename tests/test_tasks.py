@@ -68,7 +68,7 @@ def test_matrix_runs_reproduce_the_pre_task_metrics_exactly(
     # to
     # the AVX2 rows within 1e-6. Bit for bit where the capability has rows; within 1e-5 elsewhere.
     cfg = apply_overrides(preset("tiny"), ["train.steps=20", *overrides])
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", verbose=False)
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -341,7 +341,7 @@ def test_task_presets_are_the_follow_ups_sizes():
 
 def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_path, one_thread):
     cfg = small("mws", "train.progress=true", "task.attn_scale=2.5", "task.attn_scale_from=8")
-    summary = train(cfg, tmp_path / "full", progress=False)
+    summary = train(cfg, tmp_path / "full", verbose=False)
     rows = [
         json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -369,9 +369,9 @@ def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_
             "train.steps=10",
         ),
         tmp_path / "part",
-        progress=False,
+        verbose=False,
     )
-    train(cfg, tmp_path / "part", resume=True, progress=False)
+    train(cfg, tmp_path / "part", resume=True, verbose=False)
     part = [
         json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     ]
@@ -380,11 +380,11 @@ def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_
 
 
 def test_multiplier_switched_on_late_changes_training_only_from_that_step(tmp_path, one_thread):
-    base = train(small("mws", "train.steps=10"), tmp_path / "a", progress=False)
+    base = train(small("mws", "train.steps=10"), tmp_path / "a", verbose=False)
     late = train(
         small("mws", "train.steps=10", "task.attn_scale=2.5", "task.attn_scale_from=6"),
         tmp_path / "b",
-        progress=False,
+        verbose=False,
     )
     rows = lambda d: [
         json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
@@ -414,10 +414,10 @@ def test_detector_reads_the_cross_entropy_on_outputs():
 
 def test_only_the_applicable_analyses_run_on_a_sequence_task(tmp_path, one_thread):
     cfg = small("histogram", "train.progress=true")
-    train(cfg, tmp_path / "run", progress=False)
+    train(cfg, tmp_path / "run", verbose=False)
     run, skipped = registry.plan(cfg, registry.default_analyses(), {})
     assert run == ["progress"] and "built for matrix completion" in skipped["copying"]
-    written = registry.analyze(tmp_path / "run", progress=False)
+    written = registry.analyze(tmp_path / "run", verbose=False)
     numbers = json.loads((written["progress"] / "results.json").read_text())
     assert {"prog_attn_l0", "prog_attn_l1", "prog_repetition"} <= {
         r["measure"] for r in numbers["rows"]
@@ -428,7 +428,7 @@ def test_only_the_applicable_analyses_run_on_a_sequence_task(tmp_path, one_threa
 def test_mws_preset_drops_suddenly_within_two_minutes(tmp_path, one_thread):
     # docs/tasks/README.md: seed 0 leaves the plateau (2.75 nats) at step 160 and is 29x below it
     # 40 steps later; 400 steps took 83 s on one core of a busy 2-core machine
-    summary = train(preset("mws"), tmp_path / "run", progress=False)
+    summary = train(preset("mws"), tmp_path / "run", verbose=False)
     assert summary["sudden"] and summary["drop_factor"] >= 5
     assert summary["plateau_end"] == 160 and summary["drop_factor"] == pytest.approx(28.8, rel=0.01)
     rows = [

@@ -33,7 +33,7 @@ def strip_time(rows):
 
 
 def test_run_directory_contract(tmp_path):
-    summary = train(tiny(), tmp_path / "run", progress=False)
+    summary = train(tiny(), tmp_path / "run", verbose=False)
     run = tmp_path / "run"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     rows = read_metrics(run)
@@ -74,24 +74,24 @@ def test_checkpoint_schedule():
 
 
 def test_same_seed_same_metrics(tmp_path):
-    train(tiny("train.steps=30"), tmp_path / "a", progress=False)
-    train(tiny("train.steps=30"), tmp_path / "b", progress=False)
+    train(tiny("train.steps=30"), tmp_path / "a", verbose=False)
+    train(tiny("train.steps=30"), tmp_path / "b", verbose=False)
     other = tiny("train.steps=30")
     other.seed = 1
-    train(other, tmp_path / "c", progress=False)
+    train(other, tmp_path / "c", verbose=False)
     a, b, c = (strip_time(read_metrics(tmp_path / x)) for x in "abc")
     assert a == b
     assert a != c
 
 
 def test_resume_gives_identical_metrics(tmp_path):
-    train(tiny(), tmp_path / "full", progress=False)
+    train(tiny(), tmp_path / "full", verbose=False)
     # A run that stopped at step 40 (as if killed after its checkpoint) and is resumed to 60.
-    train(tiny("train.steps=40"), tmp_path / "part", progress=False)
+    train(tiny("train.steps=40"), tmp_path / "part", verbose=False)
     with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
         f.write('{"step": 41, "loss": 1.0')  # a line cut by the kill
     cfg = tiny()
-    train(cfg, tmp_path / "part", resume=True, progress=False)
+    train(cfg, tmp_path / "part", resume=True, verbose=False)
     assert strip_time(read_metrics(tmp_path / "part")) == strip_time(
         read_metrics(tmp_path / "full")
     )
@@ -103,13 +103,13 @@ def test_resume_gives_identical_metrics(tmp_path):
 
 def test_resume_falls_back_past_a_torn_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(tiny("train.steps=40"), run, progress=False)
+    train(tiny("train.steps=40"), run, verbose=False)
     # Kill during the write of step 40: its weights file is truncated.
     weights = run / "checkpoints" / "step_40.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     usable = [c.step for c in checkpoints.list_checkpoints(run / "checkpoints") if c.optim.exists()]
     assert usable == [20]
-    train(tiny(), run, resume=True, progress=False)
+    train(tiny(), run, resume=True, verbose=False)
     assert read_metrics(run)[-1]["step"] == 60
     with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at step 7"):
         checkpoints.find(run, 7)
@@ -118,7 +118,7 @@ def test_resume_falls_back_past_a_torn_checkpoint(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="loss became"):
-        train(tiny("train.lr=1e6"), run, progress=False)
+        train(tiny("train.lr=1e6"), run, verbose=False)
     assert checkpoints.list_checkpoints(run / "checkpoints")
     for c in checkpoints.list_checkpoints(run / "checkpoints"):
         model = checkpoints.load_model(tiny(), c)
@@ -139,7 +139,7 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
     )
     threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, run, progress=False)
+        train(cfg, run, verbose=False)
     last = checkpoints.list_checkpoints(run / "checkpoints")[-1]
     assert last.step > 0 and last.optim.exists()
     assert (run / "summary.json").exists()
@@ -152,22 +152,22 @@ def test_sigint_saves_a_checkpoint_at_a_step_boundary(tmp_path):
         "train.log_every=5",
     )
     cfg_to.train.steps = stop_at + 10
-    train(cfg_to, run, resume=True, progress=False)
-    train(cfg_to, tmp_path / "straight", progress=False)
+    train(cfg_to, run, resume=True, verbose=False)
+    train(cfg_to, tmp_path / "straight", verbose=False)
     assert strip_time(read_metrics(run)) == strip_time(read_metrics(tmp_path / "straight"))
 
 
 def test_curriculum_off_is_bit_identical_and_on_changes_only_training_data(tmp_path):
-    train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
+    train(tiny("train.steps=20"), tmp_path / "plain", verbose=False)
     train(
         tiny("train.steps=20", "curriculum.mean=0", "curriculum.hold=10"),
         tmp_path / "zero",
-        progress=False,
+        verbose=False,
     )
     train(
         tiny("train.steps=20", "curriculum.mean=0.5", "curriculum.hold=10"),
         tmp_path / "shift",
-        progress=False,
+        verbose=False,
     )
     plain, zero, shift = (
         strip_time(read_metrics(tmp_path / x)) for x in ("plain", "zero", "shift")

@@ -35,7 +35,7 @@ def last_weights(run):
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     run = tmp_path_factory.mktemp("variants") / "source"
-    train(tiny("train.steps=30"), run, progress=False)
+    train(tiny("train.steps=30"), run, verbose=False)
     return run
 
 
@@ -44,7 +44,7 @@ def test_training_one_group_leaves_every_other_tensor_bit_identical(source, tmp_
     train(
         tiny("train.steps=20", f"train.init_from={source}", "train.trainable=pos_embed"),
         run,
-        progress=False,
+        verbose=False,
     )
     start, end = last_weights(source), last_weights(run)
     inside = set(groups.names(build_model(tiny().model, 49, 0), "pos_embed"))
@@ -66,7 +66,7 @@ def test_reinit_restarts_a_group_from_step_zero_and_keeps_the_rest(source, tmp_p
             "train.trainable=readout",
         ),
         run,
-        progress=False,
+        verbose=False,
     )
     fresh = build_model(tiny().model, 49, seed=0).state_dict()
     start = load_file(str(checkpoints.find(source, 20).weights))
@@ -106,7 +106,7 @@ def test_init_from_a_model_of_another_shape_is_one_line(source, tmp_path, capsys
 def test_group_learning_rates(tmp_path):
     from abrupt.train.trainer import Trainer
 
-    trainer = Trainer(tiny("train.group_lr=pos_embed=10"), tmp_path / "t", progress=False)
+    trainer = Trainer(tiny("train.group_lr=pos_embed=10"), tmp_path / "t", verbose=False)
     trainer.step(1, False)
     lrs = {id(p): g["lr"] for g in trainer.optim.param_groups for p in g["params"]}
     assert lrs[id(trainer.model.pos_embed.weight)] == pytest.approx(
@@ -115,7 +115,7 @@ def test_group_learning_rates(tmp_path):
 
 
 def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
-    train(tiny("train.steps=20"), tmp_path / "plain", progress=False)
+    train(tiny("train.steps=20"), tmp_path / "plain", verbose=False)
     off = [
         "model.attn_temperature=1",
         "train.grokfast_alpha=0",
@@ -123,7 +123,7 @@ def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
         "curriculum.p_mask=-1",
         "train.group_lr=",
     ]
-    train(tiny("train.steps=20", *off), tmp_path / "off", progress=False)
+    train(tiny("train.steps=20", *off), tmp_path / "off", verbose=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
     assert plain == strip_time(read_metrics(tmp_path / "off"))
     for i, on in enumerate(
@@ -134,7 +134,7 @@ def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
             ["curriculum.p_mask=0.1", "curriculum.hold=10"],
         )
     ):
-        train(tiny("train.steps=20", *on), tmp_path / f"on{i}", progress=False)
+        train(tiny("train.steps=20", *on), tmp_path / f"on{i}", verbose=False)
         rows = strip_time(read_metrics(tmp_path / f"on{i}"))
         assert torch.equal(
             eval_batch(tiny(*on)).tokens, eval_batch(tiny()).tokens
@@ -144,9 +144,9 @@ def test_interventions_off_are_bit_identical_and_on_change_the_run(tmp_path):
 
 def test_grokfast_state_resumes_exactly(tmp_path):
     knobs = ["train.grokfast_alpha=0.9", "train.grokfast_lambda=2"]
-    train(tiny("train.steps=40", *knobs), tmp_path / "straight", progress=False)
-    train(tiny("train.steps=20", *knobs), tmp_path / "part", progress=False)
-    train(tiny("train.steps=40", *knobs), tmp_path / "part", resume=True, progress=False)
+    train(tiny("train.steps=40", *knobs), tmp_path / "straight", verbose=False)
+    train(tiny("train.steps=20", *knobs), tmp_path / "part", verbose=False)
+    train(tiny("train.steps=40", *knobs), tmp_path / "part", resume=True, verbose=False)
     assert strip_time(read_metrics(tmp_path / "part")) == strip_time(
         read_metrics(tmp_path / "straight")
     )
@@ -182,7 +182,7 @@ def test_progress_measures_on_hand_set_weights():
 
 
 def test_progress_measures_are_logged(tmp_path):
-    train(tiny("train.steps=20", "train.progress=true"), tmp_path / "p", progress=False)
+    train(tiny("train.steps=20", "train.progress=true"), tmp_path / "p", verbose=False)
     rows = read_metrics(tmp_path / "p")
     for key in (
         *progress.PROGRESS_KEYS,
@@ -197,14 +197,14 @@ def test_progress_measures_are_logged(tmp_path):
 
 def test_progress_analysis_reads_the_logged_measures(tmp_path, capsys):
     run = tmp_path / "p"
-    train(tiny("train.steps=40", "train.progress=true"), run, progress=False)
+    train(tiny("train.steps=40", "train.progress=true"), run, verbose=False)
     assert main(["analyze", str(run), "--only", "progress"]) == 0
     res = json.loads((run / "analysis" / "progress" / "results.json").read_text())
     measures = {r["measure"] for r in res["rows"]}
     assert set(progress.PROGRESS_KEYS) <= measures and "grad_norm_attention" in measures
     assert (run / "analysis" / "progress" / "progress.png").exists()
     plain = tmp_path / "plain"
-    train(tiny("train.steps=10"), plain, progress=False)
+    train(tiny("train.steps=10"), plain, verbose=False)
     capsys.readouterr()
     assert main(["analyze", str(plain), "--only", "progress,probe"]) == 0
     assert (
@@ -291,7 +291,7 @@ def test_size_mixture_layout_padding_and_per_size_metrics(tmp_path):
     summary = train(
         tiny("data.m=5", "data.n=5", "data.rank=1", "data.sizes=3x3,5x5", "train.steps=20"),
         run,
-        progress=False,
+        verbose=False,
     )
     assert {"drop_step_3x3", "drop_step_5x5"} <= set(summary)
     assert {"eval_loss_mask_3x3", "eval_loss_mask_5x5"} <= set(read_metrics(run)[-1])

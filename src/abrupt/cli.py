@@ -370,7 +370,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
         )
     try:
-        summary = train(cfg, out, resume=bool(args.resume), progress=not args.quiet)
+        summary = train(cfg, out, resume=bool(args.resume), verbose=not args.quiet)
     except KeyboardInterrupt:
         print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
         return 130
@@ -654,7 +654,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         f"sweep: {len(sweep.trials)} trials in {sweep.out} ({args.backend}, {args.workers} at "
         f"once, {sweep.threads} thread(s) each)"
     )
-    rows = sweep.run(args.backend, args.workers, args.gpus, args.address, progress=not args.quiet)
+    rows = sweep.run(args.backend, args.workers, args.gpus, args.address, verbose=not args.quiet)
     status = [r.get("status") for r in rows.values()]
     left = len(sweep.trials) - status.count("done") - status.count("failed")
     print(
@@ -686,7 +686,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
         )
     args.resumable = sweep.out
     print(f"components: {len(sweep.trials)} groups, each trained alone, in {sweep.out}")
-    sweep.run("local", args.workers, progress=not args.quiet)
+    sweep.run("local", args.workers, verbose=not args.quiet)
     print(f"wrote {components.report(sweep)} and components.md")
     return 0
 

@@ -154,7 +154,7 @@ def prepare(
     only: list[str] | None = None,
     steps: list[int] | None = None,
     opts: dict[str, dict[str, Any]] | None = None,
-    progress: bool = True,
+    verbose: bool = True,
     device: str = "cpu",
 ) -> Prepared:
     """Open the run, check the chosen analyses (default all) and their options, record those this
@@ -170,7 +170,7 @@ def prepare(
     opts = opts or {}
     names, skipped = plan(view.cfg, only or default_analyses(), opts)
     for name, why in skipped.items():
-        if progress:
+        if verbose:
             print(f"  {name:11s} skipped: {why}", flush=True)
     if not names:
         raise ValueError(
@@ -192,7 +192,7 @@ def prepare(
     return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen))
 
 
-def run_one(prepared: Prepared, name: str, progress: bool = True) -> Path:
+def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
     """Run one analysis of `prepared` and write its `results.json` and figures; returns its
     folder. Whatever the analysis raises propagates (nothing is written for it then)."""
     t0 = time.perf_counter()
@@ -211,7 +211,7 @@ def run_one(prepared: Prepared, name: str, progress: bool = True) -> Path:
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_json(out / "results.json", {**meta, **result.numbers})
-    if progress:
+    if verbose:
         print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
         for note in result.numbers.get("notes", []):
             print(f"  {'':11s} note: {note}", flush=True)
@@ -223,13 +223,13 @@ def analyze(
     only: list[str] | None = None,
     steps: list[int] | None = None,
     opts: dict[str, dict[str, Any]] | None = None,
-    progress: bool = True,
+    verbose: bool = True,
     device: str = "cpu",
 ) -> dict[str, Path]:
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop
     checkpoints), in report order; the first that raises stops the rest."""
-    prepared = prepare(run_dir, only, steps, opts, progress, device)
-    return {name: run_one(prepared, name, progress) for name in prepared.names}
+    prepared = prepare(run_dir, only, steps, opts, verbose, device)
+    return {name: run_one(prepared, name, verbose) for name in prepared.names}
 
 
 def _selection_note(view: RunView, steps: list[int] | None) -> str:

@@ -301,7 +301,7 @@ def run_trial(
                     )  # finished before the sweep was stopped (or by a worker of a killed sweep)
         if summary is None:
             # the trials of one sweep are one W&B group; TensorBoard: `--logdir SWEEP`
-            summary = train(cfg, out, resume=started, progress=False, group=out.parent.name)
+            summary = train(cfg, out, resume=started, verbose=False, group=out.parent.name)
         row["summary"] = summary
     except KeyboardInterrupt:
         row.update(status="interrupted", summary=None)
@@ -646,7 +646,7 @@ class Sweep:
         workers: int = 1,
         gpus: float = 0.0,
         address: str | None = None,
-        progress: bool = True,
+        verbose: bool = True,
     ) -> dict[int, dict[str, Any]]:
         """Run every trial not yet done; returns the final row of each trial."""
         with RunLock(self.out), _terminate_as_interrupt():
@@ -659,7 +659,7 @@ class Sweep:
                 else LocalBackend(workers)
             )
             try:
-                self._drive(engine, todo, progress)
+                self._drive(engine, todo, verbose)
             finally:
                 engine.stop()
                 self._rewrite_results()
@@ -669,11 +669,11 @@ class Sweep:
             write_summary(self)
         return rows
 
-    def _drive(self, engine: Any, todo: list[Trial], progress: bool) -> None:
+    def _drive(self, engine: Any, todo: list[Trial], verbose: bool) -> None:
         bar = tqdm(
             total=len(self.trials),
             initial=len(self.trials) - len(todo),
-            disable=not progress,
+            disable=not verbose,
             desc="sweep",
             unit="trial",
         )

@@ -385,8 +385,8 @@ class Trainer:
     """One run's model, optimizer, data stream and run directory; `group` names the sweep a trial
     belongs to (its trackers' group)."""
 
-    def __init__(self, cfg: Config, out_dir: Path, progress: bool = True, group: str = "") -> None:
-        self.cfg, self.out_dir, self.progress, self.group = cfg, Path(out_dir), progress, group
+    def __init__(self, cfg: Config, out_dir: Path, verbose: bool = True, group: str = "") -> None:
+        self.cfg, self.out_dir, self.verbose, self.group = cfg, Path(out_dir), verbose, group
         self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
         self.resumed = False  # set by resume() when it loads a checkpoint: the trackers continue
         t = cfg.train
@@ -654,7 +654,7 @@ class Trainer:
 
     def run(self, start: int) -> dict[str, Any]:
         t = self.cfg.train
-        if self.progress:
+        if self.verbose:
             print(
                 f"{'resume' if start else 'train'}: {self.out_dir} from step {start} to {t.steps}, "
                 f"{torch.get_num_threads()} thread(s), {self.device}",
@@ -662,7 +662,7 @@ class Trainer:
                 flush=True,
             )
         if self._stop_due(start):  # resumed after its early stop had ended it: nothing to train
-            if self.progress:
+            if self.verbose:
                 print(
                     f"resume: {self.out_dir} stopped at step {start}, {t.stop_after_drop} steps "
                     "after its drop (train.stop_after_drop): nothing to train",
@@ -676,7 +676,7 @@ class Trainer:
             start,
             self.resumed,
             self.group,
-            quiet=not self.progress,
+            quiet=not self.verbose,
         )
         with tracking.Trackers(t.log_to, run) as self.trackers:
             summary = self._loop(start)
@@ -685,7 +685,7 @@ class Trainer:
 
     def _loop(self, start: int) -> dict[str, Any]:
         t = self.cfg.train
-        bar = StepProgress(t.steps, start, enabled=self.progress)
+        bar = StepProgress(t.steps, start, enabled=self.verbose)
         after = self.cfg.curriculum.end()
         try:
             with (
@@ -742,14 +742,14 @@ class Trainer:
 
 
 def train(
-    cfg: Config, out_dir: Path, resume: bool = False, progress: bool = True, group: str = ""
+    cfg: Config, out_dir: Path, resume: bool = False, verbose: bool = True, group: str = ""
 ) -> dict[str, Any]:
     """Train (or resume) a run in `out_dir` as its only writer; returns the summary. `group`: the
     sweep it is a trial of."""
     validate_run(cfg)
     tracking.require(cfg.train.log_to)
     check_name(out_dir)
-    trainer = Trainer(cfg, out_dir, progress, group)  # builds the model; writes nothing
+    trainer = Trainer(cfg, out_dir, verbose, group)  # builds the model; writes nothing
     source = (
         init_source(trainer.model, cfg.train.init_from)
         if cfg.train.init_from and not resume
