@@ -20,6 +20,7 @@ if "ipykernel" not in sys.modules:
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .dynamics.transition import run_kind  # noqa: E402
 from .progress import LABELS, PROGRESS_KEYS  # noqa: E402
 
 
@@ -56,13 +57,12 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    if (
-        rows and "eval_seq_acc" in rows[0]
-    ):  # a sequence task: cross-entropy on the outputs and accuracies
+    kind = run_kind(rows)
+    if kind == "sequence":  # cross-entropy on the outputs and accuracies
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_sequence(axes[0][0], axes[1][0], rows, summary)
         return
-    if rows and "eval_acc_obs" in rows[0]:  # the GPT variant: cross-entropy and accuracies
+    if kind == "gpt":  # cross-entropy and accuracies
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
         return

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import calibration as cal
-from .transition import ESCAPE_DEPARTURE, detect, loss_series, running_median
+from .transition import ESCAPE_DEPARTURE, detect, loss_series, run_kind, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
 
@@ -102,7 +102,7 @@ def _wall(seconds: float) -> str:
 
 def family(rows: list[dict[str, Any]]) -> str:
     """The task family whose calibration applies: 'sequence' (the sequence tasks) or 'matrix'."""
-    return "sequence" if rows and "eval_seq_acc" in rows[0] else "matrix"
+    return "sequence" if run_kind(rows) == "sequence" else "matrix"
 
 
 def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:

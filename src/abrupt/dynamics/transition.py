@@ -33,10 +33,25 @@ ESCAPE_DEPARTURE = (
 )
 
 
+RUN_KINDS = ("matrix", "gpt", "sequence")
+
+
+def run_kind(rows: list[dict[str, Any]]) -> str:
+    """What a run's metrics rows come from, read from the keys each objective writes (so a
+    metrics.jsonl is read alone, without its config.json): 'sequence' (a sequence task:
+    `eval_seq_acc`, tasks/sequence.py), 'gpt' (the matrix task's GPT variant: `eval_acc_obs`,
+    models/gpt.py), else 'matrix' (the paper's BERT). The one place that tells them apart."""
+    if rows and "eval_seq_acc" in rows[0]:
+        return "sequence"
+    if rows and "eval_acc_obs" in rows[0]:
+        return "gpt"
+    return "matrix"
+
+
 def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
     """(steps, losses) of the run's headline loss: evaluation L_mask on matrices (training L_mask
     where a row lacks it), the evaluation cross-entropy for the GPT variant and sequence tasks."""
-    if rows and ("eval_acc_obs" in rows[0] or "eval_seq_acc" in rows[0]):
+    if run_kind(rows) != "matrix":
         # the GPT variant (Fig. 11) and the sequence tasks: the drop is in the cross-entropy
         key = "eval_loss"
     else:
