@@ -101,8 +101,8 @@ class ModelConfig:
     #: post (the paper's BERT: LayerNorm after each residual sum) | pre (LayerNorm before each
     #: sublayer)
     norm: str = "post"
-    #: lever: random (the paper) | line: value-token rows start at random + value * d (a number
-    #: line; docs/plateau)
+    #: intervention: random (the paper) | line: value-token rows start at random + value * d
+    #: (a number line; docs/plateau)
     value_init: str = "random"
     #: line: |d| = this times the expected norm of a random row
     value_init_scale: float = 1.0
@@ -121,7 +121,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """The optimisation (paper Sec. 2: Adam, lr 1e-4, batch 256, 50 000 steps, fresh data), the
-    log, the checkpoints and the levers applied during training."""
+    log, the checkpoints and the interventions applied during training."""
 
     #: optimizer steps
     steps: int = 50_000
@@ -526,7 +526,7 @@ def layer_list(spec: str, layers: int, key: str) -> list[int]:
     return sorted(set(out))
 
 
-def _check_levers(cfg: Config) -> None:
+def _check_interventions(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
     need(m.norm in ("post", "pre"), f"model.norm: must be post or pre, got '{m.norm}'")
@@ -716,7 +716,7 @@ def validate(cfg: Config) -> None:
         0 <= t.grokfast_lambda < math.inf,
         f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}",
     )
-    _check_levers(cfg)
+    _check_interventions(cfg)
     _check_task(cfg)
     c = cfg.curriculum
     need(

@@ -104,7 +104,7 @@ class Attention(nn.Module):
         cache: "KVCache | None" = None,
     ) -> torch.Tensor:
         """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
-        `bias` (Tq, Tk) float: added to the logits (the row/column lever), None for none.
+        `bias` (Tq, Tk) float: added to the logits (the row/column intervention), None for none.
         `scale` (B or 1, 1, Tq, Tk) float > 0: the follow-up's attention-score multiplier (c on a
         task's correct keys, 1 elsewhere): linear attention multiplies its scores by it; softmax
         multiplies its weights and renormalises (log scale added to the logits).

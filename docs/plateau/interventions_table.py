@@ -1,11 +1,12 @@
-"""The lever table of docs/plateau/README.md, from the committed results: the finished trials of the
-sweeps under docs/plateau/ (their results.jsonl) and the single runs under docs/plateau/runs/ (a
-config.json and summary.json each; some are sweep trials stopped once their P/4 window had closed).
+"""The intervention table of docs/plateau/README.md, from the committed results: the finished
+trials of the sweeps under docs/plateau/ (their results.jsonl) and the single runs under
+docs/plateau/runs/ (a config.json and summary.json each; some are sweep trials stopped once their
+P/4 window had closed).
 Runs of one setting are pooled whatever their source: P, F and the end fold as `median [min–max]`
 over seeds (sweep_summary.spread), `sudden` counted. A run stopped before its planned last step
 shows that step in the end-fold column, so its end fold is not comparable with the others'.
 
-    python docs/plateau/levers_table.py
+    python docs/plateau/interventions_table.py
 """
 
 import json

@@ -1,5 +1,5 @@
-"""The levers against the slow fall (issue 15): each validated, off = the paper's model and data,
-on = a change of exactly the part it names."""
+"""The interventions against the slow fall (issue 15): each validated, off = the paper's model and
+data, on = a change of exactly the part it names."""
 
 import math
 
@@ -40,13 +40,13 @@ def strip_time(rows):
         ("train.eps=2", "train.eps"),
     ],
 )
-def test_each_lever_refuses_bad_values_in_one_line(override, message):
+def test_each_intervention_refuses_bad_values_in_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         tiny("data.distribution=signed" if override.startswith("data.mag") else "seed=0", override)
     assert "\n" not in str(err.value)
 
 
-def test_levers_off_explicitly_are_bit_identical(tmp_path):
+def test_interventions_off_explicitly_are_bit_identical(tmp_path):
     train(tiny(), tmp_path / "plain", verbose=False)
     train(
         tiny(
@@ -68,10 +68,10 @@ def test_levers_off_explicitly_are_bit_identical(tmp_path):
     )
 
 
-def test_each_lever_on_changes_the_run(tmp_path):
+def test_each_intervention_on_changes_the_run(tmp_path):
     train(tiny(), tmp_path / "plain", verbose=False)
     plain = strip_time(read_metrics(tmp_path / "plain"))
-    for i, lever in enumerate(
+    for i, intervention in enumerate(
         [
             "model.norm=pre",
             "model.value_init=line",
@@ -81,8 +81,9 @@ def test_each_lever_on_changes_the_run(tmp_path):
             "train.eps=1e-3",
         ]
     ):
-        train(tiny(lever), tmp_path / str(i), verbose=False)
-        assert strip_time(read_metrics(tmp_path / str(i)))[-1]["loss"] != plain[-1]["loss"], lever
+        train(tiny(intervention), tmp_path / str(i), verbose=False)
+        last = strip_time(read_metrics(tmp_path / str(i)))[-1]
+        assert last["loss"] != plain[-1]["loss"], intervention
 
 
 def test_value_line_changes_only_value_rows_along_one_direction():
