@@ -21,6 +21,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from abrupt.dynamics.transition import loss_series, summarize  # noqa: E402
+from abrupt.run.rundir import curriculum_end  # noqa: E402
 
 # (label, intervention on attention, source): a folder of this study's runs, or (results.jsonl,
 # a filter on the trials' overrides)
@@ -50,6 +51,16 @@ SETTINGS = [
         ("docs/plateau/small_batch/results.jsonl", {}),
     ),
     (
+        "7x7 rank 2, width 128, lr 1.5e-3 (width rule), batch 128, curriculum: mean 0.5, 600 steps",
+        "none",
+        "runs/paper_w128_curriculum",
+    ),
+    (
+        "7x7 rank 2, width 128, lr 1.5e-3 (width rule), batch 128, no curriculum",
+        "none",
+        "runs/paper_w128_plain",
+    ),
+    (
         "4x4 rank 1, width 64, bias c = 3, batch 256, eps 1e-4 (`sudden`; seeds 0, 2, 3, 4)",
         "row/column bias",
         ("docs/plateau/small_bias3_b256_eps/results.jsonl", {}),
@@ -66,7 +77,8 @@ def _runs(source) -> list[dict]:
             minutes = rows[-1]["time"] / 60 if rows else None
             out.append(
                 {
-                    "summary": summarize(rows),
+                    # judged after a curriculum, as summary.json is
+                    "summary": summarize(rows, after=curriculum_end(metrics.parent)),
                     "minutes": minutes,
                     "rows": rows,
                     "name": metrics.parent.name,
@@ -116,7 +128,7 @@ def table() -> str:
         if not runs:
             continue
         sums = [r["summary"] for r in runs]
-        final_key = "final_loss_mask" if "x4" in label else "final_loss"
+        final_key = "final_loss_mask" if "rank" in label else "final_loss"
         folds = [s["plateau_loss_mask"] / s[final_key] if s.get(final_key) else None for s in sums]
         left = sum(s.get("plateau_steps") is not None for s in sums)
         steps = _spread([s["steps"] for s in sums])
@@ -139,11 +151,11 @@ def curves(path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for label, _, source in SETTINGS:
         if not isinstance(source, str):
             continue
-        ax = axes[0] if label.startswith(("mws", "prefix")) else axes[1]
+        ax = axes[0] if label.startswith(("mws", "prefix")) else axes[label.startswith("7x7") + 1]
         for i, run in enumerate(_runs(source)):
             steps, losses = loss_series(run["rows"])
             ax.plot(
@@ -155,6 +167,7 @@ def curves(path: Path) -> None:
             )
     axes[0].set_title("sequence tasks at the follow-up's size (cross-entropy, nats)")
     axes[1].set_title("4x4 rank-1 matrix completion (evaluation L_mask)")
+    axes[2].set_title("7x7 rank-2 matrix completion, the paper's problem (evaluation L_mask)")
     for ax in axes:
         ax.set_yscale("log")
         ax.set_xlabel("step")
