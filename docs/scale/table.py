@@ -167,7 +167,7 @@ def curves(path: Path) -> None:
             )
     axes[0].set_title("sequence tasks at the follow-up's size (cross-entropy, nats)")
     axes[1].set_title("4x4 rank-1 matrix completion (evaluation L_mask)")
-    axes[2].set_title("7x7 rank-2 matrix completion, the paper's problem (evaluation L_mask)")
+    axes[2].set_title("7x7 rank 2, the paper's problem (evaluation L_mask)")
     for ax in axes:
         ax.set_yscale("log")
         ax.set_xlabel("step")
