@@ -31,8 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from .data import Batch
 from .losses import as_floats, losses
@@ -298,16 +298,15 @@ class SolutionCache:
     def get(self, key: str) -> Completion | None:
         path = self.folder / f"{key}.safetensors"
         try:
-            raw = path.read_bytes()
-            tensors = load(raw)
-            meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
-            return Completion(
-                tensors["x"],
-                json.loads(meta["status"]),
-                int(meta["iterations"]),
-                float(meta["seconds"]),
-            )
-        except (OSError, ValueError, KeyError, SafetensorError):
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata()
+                return Completion(
+                    f.get_tensor("x"),
+                    json.loads(meta["status"]),
+                    int(meta["iterations"]),
+                    float(meta["seconds"]),
+                )
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
             return None  # absent or unreadable: solve again
 
     def put(self, key: str, c: Completion) -> None:

@@ -18,7 +18,7 @@ again. The numbers equal `ablate`'s, which reruns everything (a test holds them 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Iterable, Sequence
 
 import torch
 
@@ -69,17 +69,28 @@ def mean_patterns(model: MatrixBert, tokens: torch.Tensor) -> dict[int, torch.Te
     2T for the GPT variant); summed in float64 over chunks of models.layers.CHUNK matrices, so the
     mean
     is the same whatever the chunk size."""
-    names = {l: act_name("pattern", l) for l in range(len(model.blocks))}
-    total: dict[int, torch.Tensor] = {}
+    names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with hooks.mode(model):
-        for i in range(0, len(tokens), layers.CHUNK):
-            _, cache = model.run_with_cache(
-                model.prediction_inputs(tokens[i : i + layers.CHUNK]), names=list(names.values())
-            )
-            for l, name in names.items():
-                part = cache[name].double().sum(dim=0)
-                total[l] = part if l not in total else total[l] + part
-    return {l: (s / len(tokens)).float() for l, s in total.items()}
+        chunks = (
+            model.run_with_cache(
+                model.prediction_inputs(tokens[i : i + layers.CHUNK]), names=names
+            )[1]
+            for i in range(0, len(tokens), layers.CHUNK)
+        )
+        return _chunk_means(chunks, len(names), len(tokens))
+
+
+def _chunk_means(
+    chunks: Iterable[dict[str, torch.Tensor]], n_layers: int, count: int
+) -> dict[int, torch.Tensor]:
+    """{layer: (H, L, L)} the mean over `count` matrices of the patterns of each chunk (one dict
+    of hook_pattern activations per CHUNK matrices), summed chunk by chunk in float64."""
+    total: dict[int, torch.Tensor] = {}
+    for cache in chunks:
+        for l in range(n_layers):
+            part = cache[act_name("pattern", l)].double().sum(dim=0)
+            total[l] = part if l not in total else total[l] + part
+    return {l: (s / count).float() for l, s in total.items()}
 
 
 def ablation_hooks(
@@ -190,15 +201,13 @@ def run(
 
 
 def _batch_means(patterns: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """`mean_patterns` from a cached "patterns" pass, summed chunk by chunk in float64 as there."""
-    out = {}
-    for l in range(len(patterns)):
-        p = patterns[act_name("pattern", l)]
-        total = sum(
-            p[i : i + layers.CHUNK].double().sum(dim=0) for i in range(0, len(p), layers.CHUNK)
-        )
-        out[l] = (total / len(p)).float()
-    return out
+    """`mean_patterns` from a cached "patterns" pass, cut into the chunks it was run in."""
+    count = len(next(iter(patterns.values())))
+    chunks = (
+        {name: p[i : i + layers.CHUNK] for name, p in patterns.items()}
+        for i in range(0, count, layers.CHUNK)
+    )
+    return _chunk_means(chunks, len(patterns), count)
 
 
 def _ablate_from_stream(

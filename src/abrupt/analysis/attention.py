@@ -180,22 +180,10 @@ def _plot_map(maps: torch.Tensor, mode: str, step: int, grid: tuple[int, int], o
         cmap = plt.get_cmap("viridis").with_extremes(bad="white")
         ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         starts = [o * cell + r * n - 0.5 for o in range(max(layers, heads)) for r in range(1, m)]
-        ax.vlines(
-            [x for x in starts if x < mosaic.shape[1]],
-            -0.5,
-            mosaic.shape[0] - 0.5,
-            colors="white",
-            linewidths=0.3,
-            alpha=0.5,
-        )
-        ax.hlines(
-            [y for y in starts if y < mosaic.shape[0]],
-            -0.5,
-            mosaic.shape[1] - 0.5,
-            colors="white",
-            linewidths=0.3,
-            alpha=0.5,
-        )
+        height, width = mosaic.shape
+        for lines, extent, across in ((ax.vlines, width, height), (ax.hlines, height, width)):
+            at = [s for s in starts if s < extent]
+            lines(at, -0.5, across - 0.5, colors="white", linewidths=0.3, alpha=0.5)
         ax.set_xticks(
             [h * cell + (t - 1) / 2 for h in range(heads)],
             [f"head {h}" for h in range(heads)],
