@@ -3,8 +3,9 @@
 Trains `--preset` for `--steps` steps (the baseline: its wall time), then runs `abrupt analyze`
 twice (cold: nothing kept; warm: the nuclear-norm solutions the first run kept in
 RUN/analysis/cache/ read back, as when an option is changed and the analyses run again) and
-`abrupt report`, all in this process on `--threads` threads. Prints each analysis's seconds, the
-totals and their ratio to the training time (target: at most 0.2), and the two shared-forward
+`abrupt report`, then the same twice with `--quick` (each analysis at 1/8 of its sample size), all
+in this process on `--threads` threads. Prints each analysis's seconds, the totals and their ratio
+to the training time (target: at most 0.2), and the two shared-forward
 analyses against their kept reference implementations (`ablation.ablate` and `patching.patch`,
 which rerun every layer of every pass), with a check that they give the same numbers.
 
@@ -15,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -100,17 +102,27 @@ def main() -> None:
         per_warm = _seconds(run, names)
         report = _timed(["report", str(run)])
         refs = _references(run)
+        quick = [_timed(["analyze", str(run), "--quick", *threads]) for _ in ("cold", "warm")]
+        per_quick = _seconds(run, names)
+        quick_report = _timed(["report", str(run)])
     print(
         f"{args.preset}, {args.steps} training steps in {train:.1f} s, {args.threads} thread(s)"
     )
-    print(f"{'analysis':12s} {'cold s':>8s} {'warm s':>8s}")
+    print(f"{'analysis':12s} {'cold s':>8s} {'warm s':>8s} {'quick s':>8s}")
     for name in per_cold:
-        print(f"{name:12s} {per_cold[name]:8.1f} {per_warm.get(name, float('nan')):8.1f}")
-    print(f"{'report':12s} {report:8.1f}")
-    for label, total in (("cold", cold), ("warm", warm)):
+        cells = [per_cold[name], per_warm.get(name, math.nan), per_quick.get(name, math.nan)]
+        print(f"{name:12s} " + " ".join(f"{c:8.1f}" for c in cells))
+    print(f"{'report':12s} {report:8.1f} {'':8s} {quick_report:8.1f}")
+    totals = (
+        ("cold", cold, report),
+        ("warm", warm, report),
+        ("--quick, cold", quick[0], quick_report),
+        ("--quick, warm", quick[1], quick_report),
+    )
+    for label, total, rep in totals:
         print(
-            f"analyze ({label}) + report: {total + report:.1f} s = "
-            f"{(total + report) / train:.2f}x the training (target <= 0.2x)"
+            f"analyze ({label}) + report: {total + rep:.1f} s = "
+            f"{(total + rep) / train:.2f}x the training (target <= 0.2x)"
         )
     for name, ref, fast, same in refs:
         print(

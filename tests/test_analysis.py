@@ -293,6 +293,26 @@ def test_analyze_and_report_end_to_end(tiny_run):
     assert main(["analyze", str(tiny_run), "--only", "nonsense"]) == 2
 
 
+def test_quick_cuts_each_sample_size_unless_set_and_says_so(tiny_run, tmp_path):
+    from abrupt.cli import main
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    argv = ["analyze", str(run), "--only", "copying,probe,patching", "--quick"]
+    assert main([*argv, "--set", "patching.n=20"]) == 0
+    res = {
+        n: json.loads((run / "analysis" / n / "results.json").read_text())
+        for n in ("copying", "probe", "patching")
+    }
+    # copying 512 / 8 = 64; probe 1024 / 8 = 128; patching set by hand, so untouched
+    assert [res[n]["options"]["n"] for n in res] == [64, 128, 20]
+    assert res["copying"]["n"] == 64
+    assert "--quick: n = 64 instead of 512" in " ".join(res["copying"]["notes"])
+    assert not any("--quick" in note for note in res["patching"].get("notes", []))
+    assert main(["report", str(run)]) == 0
+    assert "--quick: n = 128 instead of 1024" in (run / "report.html").read_text()
+
+
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 )

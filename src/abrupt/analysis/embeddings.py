@@ -18,8 +18,6 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 from matplotlib.lines import Line2D
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
 
 from .. import progress
 from ..config import Config, DataConfig, max_abs_entry
@@ -97,6 +95,11 @@ def _step_numbers(
     model: MatrixBert, data: DataConfig, seed: int, k: int, perplexity: float
 ) -> tuple[dict, dict]:
     """One checkpoint's numbers and its drawing data."""
+    # scikit-learn takes ~2 s to import: paid only when this analysis runs, not by every command
+    # that discovers the analyses
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     t = data.m * data.n
     cols, rows_ = np.arange(t) % data.n, np.arange(t) // data.n
     values, tok = token_table(model, data)
@@ -153,6 +156,8 @@ def run(
         numbers["steps"][step], draw["steps"][step] = _step_numbers(
             model, data, seed, k, perplexity
         )
+    from sklearn.decomposition import PCA  # imported here for the reason in _step_numbers
+
     # one fixed projection (fitted on the last checkpoint) for the position embeddings across
     # training
     across = inputs.all_checkpoints()

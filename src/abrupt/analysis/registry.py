@@ -16,7 +16,7 @@ import inspect
 import pkgutil
 import time
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -27,6 +27,13 @@ from ..run.rundir import atomic_write_json, read_json
 from .common import Check, Inputs, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
+
+# `abrupt analyze --quick`: every analysis's sample size `n` (matrices or sequences) is its default
+# over QUICK_DIVISOR, at least QUICK_MIN_N, unless set with --set: about 1/8 of the forward passes
+# and solver calls, for iterating on an option; each number's sampling error is then about
+# sqrt(8) = 2.8x the default's, and results.json says so in its notes.
+QUICK_DIVISOR = 8
+QUICK_MIN_N = 64
 
 
 def discover() -> dict[str, ModuleType]:
@@ -134,6 +141,25 @@ def plan(
     return [n for n in names if n not in skipped], skipped
 
 
+def quick_options(
+    names: list[str], opts: dict[str, dict[str, Any]]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """`opts` with each of `names`' sample size `n` reduced as `--quick` does (where the analysis
+    has an `n` and the user did not set it), and {name: note} for each analysis reduced."""
+    out = {k: dict(v) for k, v in opts.items()}
+    notes = {}
+    for name in names:
+        default = options()[name].get("n")
+        if isinstance(default, int) and "n" not in out.get(name, {}):
+            n = max(QUICK_MIN_N, default // QUICK_DIVISOR)
+            out.setdefault(name, {})["n"] = n
+            notes[name] = (
+                f"--quick: n = {n} instead of {default}, so sampling errors are about "
+                f"{(default / n) ** 0.5:.1f}x the default's"
+            )
+    return out, notes
+
+
 @dataclass
 class Prepared:
     """A run opened for its analyses, every option checked and the chosen checkpoints loaded once:
@@ -147,6 +173,7 @@ class Prepared:
     asked: list[int] | None  # the steps as given (None: the default plateau and post-drop pair)
     opts: dict[str, dict[str, Any]]
     inputs: Inputs
+    quick: dict[str, str] = field(default_factory=dict)  # {name: note} of those --quick reduced
 
 
 def prepare(
@@ -156,10 +183,12 @@ def prepare(
     opts: dict[str, dict[str, Any]] | None = None,
     verbose: bool = True,
     device: str = "cpu",
+    quick: bool = False,
 ) -> Prepared:
-    """Open the run, check the chosen analyses (default all) and their options, record those this
-    run cannot support in `analysis/skipped.json`, and load the checkpoints at `steps` (default:
-    plateau and post-drop) onto `device`. Raises ValueError (bad options or steps, nothing to run)
+    """Open the run, check the chosen analyses (default all) and their options (`quick`: sample
+    sizes reduced, see QUICK_DIVISOR), record those this run cannot support in
+    `analysis/skipped.json`, and load the checkpoints at `steps` (default: plateau and post-drop)
+    onto `device`. Raises ValueError (bad options or steps, nothing to run)
     or CheckpointError before any analysis runs."""
     view = open_run(run_dir, device)
     if not steps and view.steps == [0]:  # the default would compare step 0 with itself
@@ -168,6 +197,9 @@ def prepare(
             "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model"
         )
     opts = opts or {}
+    reduced: dict[str, str] = {}
+    if quick:
+        opts, reduced = quick_options(only or default_analyses(), opts)
     names, skipped = plan(view.cfg, only or default_analyses(), opts)
     for name, why in skipped.items():
         if verbose:
@@ -189,7 +221,8 @@ def prepare(
         raise ValueError(
             f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}"
         )
-    return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen))
+    reduced = {k: v for k, v in reduced.items() if k in names}
+    return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen), reduced)
 
 
 def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
@@ -199,6 +232,8 @@ def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
     mod = discover()[name]
     kwargs = dict(prepared.opts.get(name, {}))
     result = mod.run(prepared.inputs, **kwargs)
+    if name in prepared.quick:
+        result.numbers["notes"] = [*result.numbers.get("notes", []), prepared.quick[name]]
     out = prepared.view.path / "analysis" / name
     out.mkdir(parents=True, exist_ok=True)
     figures = mod.plot(result, out)
@@ -225,10 +260,12 @@ def analyze(
     opts: dict[str, dict[str, Any]] | None = None,
     verbose: bool = True,
     device: str = "cpu",
+    quick: bool = False,
 ) -> dict[str, Path]:
     """Run the chosen analyses (default all) at `steps` (default: plateau and post-drop
-    checkpoints), in report order; the first that raises stops the rest."""
-    prepared = prepare(run_dir, only, steps, opts, verbose, device)
+    checkpoints), in report order (`quick`: see QUICK_DIVISOR); the first that raises stops the
+    rest."""
+    prepared = prepare(run_dir, only, steps, opts, verbose, device, quick)
     return {name: run_one(prepared, name, verbose) for name in prepared.names}
 
 
