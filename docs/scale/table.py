@@ -34,6 +34,9 @@ SETTINGS = [
         ("docs/tasks/sweeps/scale/results.jsonl", {"task.attn_scale": "1"}),
     ),
     ("prefix_sum, width 256 (`prefix_sum_full`)", "none", "runs/prefix_sum_full"),
+    ("addition, width 256 (`addition_full`)", "none", "runs/addition_full"),
+    ("histogram, width 256, 2 layers (`histogram_full`)", "none", "runs/histogram_full"),
+    ("permutation, width 256, 2 layers (`permutation_full`)", "none", "runs/permutation_full"),
     (
         "4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-4",
         "none",
@@ -43,6 +46,11 @@ SETTINGS = [
         "4x4 rank 1, width 128, lr 1.5e-3 (width rule), batch 256, eps 1e-8",
         "none",
         "runs/small_w128",
+    ),
+    (
+        "4x4 rank 1, width 192, lr 1e-3 (width rule), batch 256, eps 1e-8",
+        "none",
+        "runs/small_w192",
     ),
     ("4x4 rank 1, width 64, depth 6, batch 256, eps 1e-4", "none", "runs/small_depth6_eps"),
     (
@@ -145,7 +153,8 @@ def table() -> str:
 
 
 def curves(path: Path) -> None:
-    """The loss of every run of this study, each relative to its plateau level, against step / P."""
+    """The loss of every run of this study against its step (the sequence tasks' steps on a log
+    axis: their runs last 250 to 5 700 steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,7 +164,8 @@ def curves(path: Path) -> None:
     for label, _, source in SETTINGS:
         if not isinstance(source, str):
             continue
-        ax = axes[0] if label.startswith(("mws", "prefix")) else axes[label.startswith("7x7") + 1]
+        sequence = label.startswith(("mws", "prefix", "addition", "histogram", "permutation"))
+        ax = axes[0] if sequence else axes[label.startswith("7x7") + 1]
         for i, run in enumerate(_runs(source)):
             steps, losses = loss_series(run["rows"])
             ax.plot(
@@ -166,6 +176,7 @@ def curves(path: Path) -> None:
                 color=f"C{[s[0] for s in SETTINGS].index(label)}",
             )
     axes[0].set_title("sequence tasks at the follow-up's size (cross-entropy, nats)")
+    axes[0].set_xscale("log")
     axes[1].set_title("4x4 rank-1 matrix completion (evaluation L_mask)")
     axes[2].set_title("7x7 rank 2, the paper's problem (evaluation L_mask)")
     for ax in axes:
