@@ -313,6 +313,33 @@ def test_quick_cuts_each_sample_size_unless_set_and_says_so(tiny_run, tmp_path):
     assert "--quick: n = 128 instead of 1024" in (run / "report.html").read_text()
 
 
+def test_figures_are_drawn_again_only_when_what_they_show_changed(tiny_run, tmp_path, capsys):
+    from abrupt.cli import main
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    argv = ["analyze", str(run), "--only", "copying,attention"]
+
+    def stamps(name):
+        res = json.loads((run / "analysis" / name / "results.json").read_text())
+        return {f: (run / "analysis" / name / f).stat().st_mtime_ns for f in res["figures"]}
+
+    assert main(argv) == 0
+    first = {n: stamps(n) for n in ("copying", "attention")}
+    capsys.readouterr()
+    assert main(argv) == 0  # the same numbers and drawing data: every figure kept
+    assert capsys.readouterr().out.count("figures unchanged, kept") == 2
+    assert {n: stamps(n) for n in first} == first
+    # another option of copying changes its numbers: its figure is drawn again, attention's kept
+    assert main([*argv, "--set", "copying.substitutes=0.5"]) == 0
+    assert stamps("copying") != first["copying"] and stamps("attention") == first["attention"]
+    # a figure removed by hand is drawn again, though the key is unchanged
+    gone = next(iter(first["attention"]))
+    (run / "analysis" / "attention" / gone).unlink()
+    assert main(argv) == 0
+    assert (run / "analysis" / "attention" / gone).exists()
+
+
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 )

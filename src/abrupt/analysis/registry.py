@@ -6,11 +6,16 @@ finds it, so `abrupt analyze --only NAME`, `--options` and
 the report pick it up without other edits. Options reach `run` as keyword arguments
 (`--set probe.n=2048`), typed from its signature. Each analysis writes
 `RUN/analysis/<name>/results.json` (strict JSON: its options, steps, seconds and numbers) and its
-PNG figures.
+PNG figures. A figure is drawn again only when what it would show has changed: results.json keeps
+`figure_key`, a digest of the analysis's numbers, its drawing data and abrupt's source, and where
+that key and every figure file are there already, the figures are kept (drawing is most of what an
+analysis costs when only another analysis's option was changed).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import inspect
 import pkgutil
@@ -21,9 +26,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+import matplotlib
+import numpy as np
+import torch
+
 from .. import tasks
 from ..config import Config
-from ..run.rundir import atomic_write_json, read_json
+from ..run.rundir import atomic_write_json, dumps, read_json
 from .common import Check, Inputs, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
@@ -225,9 +234,65 @@ def prepare(
     return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen), reduced)
 
 
+@functools.cache
+def _source_digest() -> str:
+    """sha256 of abrupt's source and matplotlib's version: what draws a figure besides its data."""
+    h = hashlib.sha256(matplotlib.__version__.encode())
+    for path in sorted(Path(__file__).parents[1].rglob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _digest(obj: Any, h: Any) -> None:
+    """Feed `obj` (nested dicts, lists and tuples of tensors, arrays and plain values) to the hash
+    `h`, in order: equal digests, equal drawings."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        h.update(f"array{obj.dtype}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"dict{len(obj)}".encode())
+        for key, value in obj.items():
+            _digest(key, h)
+            _digest(value, h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}{len(obj)}".encode())
+        for value in obj:
+            _digest(value, h)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def figure_key(result: Any) -> str:
+    """What an analysis's figures show, as a digest: its numbers, its drawing data, the code."""
+    h = hashlib.sha256(_source_digest().encode())
+    h.update(dumps(result.numbers).encode())
+    _digest(result.figure_data, h)
+    return h.hexdigest()
+
+
+def _kept_figures(out: Path, key: str) -> list[Path] | None:
+    """The figures already in `out` if its results.json was drawn from the same `key`, else
+    None."""
+    path = out / "results.json"
+    try:
+        old = read_json(path) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("figure_key") != key:
+        return None
+    names = old.get("figures")
+    if not isinstance(names, list) or not all(isinstance(f, str) for f in names):
+        return None
+    figures = [out / f for f in names]
+    return figures if all(f.is_file() for f in figures) else None
+
+
 def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
-    """Run one analysis of `prepared` and write its `results.json` and figures; returns its
-    folder. Whatever the analysis raises propagates (nothing is written for it then)."""
+    """Run one analysis of `prepared` and write its `results.json` and figures (kept, not drawn
+    again, when `figure_key` is unchanged); returns its folder. Whatever the analysis raises
+    propagates (nothing is written for it then)."""
     t0 = time.perf_counter()
     mod = discover()[name]
     kwargs = dict(prepared.opts.get(name, {}))
@@ -236,18 +301,22 @@ def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
         result.numbers["notes"] = [*result.numbers.get("notes", []), prepared.quick[name]]
     out = prepared.view.path / "analysis" / name
     out.mkdir(parents=True, exist_ok=True)
-    figures = mod.plot(result, out)
+    key = figure_key(result)
+    kept = _kept_figures(out, key)
+    figures = kept if kept is not None else mod.plot(result, out)
     meta = {
         "analysis": name,
         "steps": prepared.steps,
         "selection": _selection_note(prepared.view, prepared.asked),
         "options": {**options()[name], **kwargs},
         "figures": [p.name for p in figures],
+        "figure_key": key,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_json(out / "results.json", {**meta, **result.numbers})
     if verbose:
-        print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}", flush=True)
+        same = " (figures unchanged, kept)" if kept is not None else ""
+        print(f"  {name:11s} {meta['seconds']:6.1f}s  -> {out}{same}", flush=True)
         for note in result.numbers.get("notes", []):
             print(f"  {'':11s} note: {note}", flush=True)
     return out
