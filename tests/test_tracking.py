@@ -5,6 +5,7 @@ training; a missing package is one line before anything is written."""
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,21 @@ def wandb_records(path: Path):
             chunks = b""
 
 
-def wandb_run(run_dir: Path) -> list[dict]:
+def wandb_run(run_dir: Path, wait: float = 30.0) -> list[dict]:
     """Each offline W&B run under RUN/wandb, oldest first: its id, name, group, configuration,
-    history rows ({key: value, '_step': step}) and summary."""
+    history rows ({key: value, '_step': step}) and summary. W&B's service process writes the file
+    and may still be writing it after `finish()` returns on a loaded machine (a run record missing
+    once in a full suite beside two trainings): read again for up to `wait` seconds until every
+    run has its run record."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = _wandb_runs(run_dir)
+        if all("id" in r for r in out) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+def _wandb_runs(run_dir: Path) -> list[dict]:
     out = []
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
         found = {"config": {}, "history": [], "summary": {}}
