@@ -166,8 +166,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--quick",
         action="store_true",
-        help="every analysis at 1/8 of its sample size n (at least 64; not where --set gives n): "
-        "about 1/8 of the time, sampling errors about 2.8x; for iterating on an option",
+        help="every analysis at 1/8 of its sample size n (at least 64; not where --set gives n, "
+        "nor llc): sampling errors 2-2.8x; for iterating on an option",
     )
     _threads_arg(a)
 

@@ -33,6 +33,8 @@ PAPER = (
 )
 ORDER = 6
 ON_REQUEST = True  # minutes per checkpoint: `abrupt analyze RUN --only llc`
+# --quick leaves n alone: the cost is chains x draws of `batch`, and n sets n_beta (the estimate)
+QUICK = False
 
 
 def unsupported(cfg: Config) -> str | None:

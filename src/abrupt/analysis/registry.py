@@ -32,7 +32,7 @@ import torch
 
 from .. import tasks
 from ..config import Config
-from ..run.rundir import atomic_write_json, dumps, read_json
+from ..run.rundir import RunDirError, atomic_write_json, dumps, read_json
 from .common import Check, Inputs, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
@@ -40,7 +40,8 @@ _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
 # `abrupt analyze --quick`: every analysis's sample size `n` (matrices or sequences) is its default
 # over QUICK_DIVISOR, at least QUICK_MIN_N, unless set with --set: about 1/8 of the forward passes
 # and solver calls, for iterating on an option; each number's sampling error is then about
-# sqrt(8) = 2.8x the default's, and results.json says so in its notes.
+# sqrt(8) = 2.8x the default's (1/4 and 2x where the floor applies), and results.json says so in
+# its notes. An analysis whose cost does not scale with n sets QUICK = False (llc).
 QUICK_DIVISOR = 8
 QUICK_MIN_N = 64
 
@@ -157,10 +158,13 @@ def quick_options(
     has an `n` and the user did not set it), and {name: note} for each analysis reduced."""
     out = {k: dict(v) for k, v in opts.items()}
     notes = {}
+    analyses = discover()
     for name in names:
         default = options()[name].get("n")
+        if not getattr(analyses[name], "QUICK", True):  # its n is not what its time scales with
+            continue
         if isinstance(default, int) and "n" not in out.get(name, {}):
-            n = max(QUICK_MIN_N, default // QUICK_DIVISOR)
+            n = min(default, max(QUICK_MIN_N, default // QUICK_DIVISOR))
             out.setdefault(name, {})["n"] = n
             notes[name] = (
                 f"--quick: n = {n} instead of {default}, so sampling errors are about "
@@ -264,10 +268,19 @@ def _digest(obj: Any, h: Any) -> None:
         h.update(f"{type(obj).__name__}:{obj!r}".encode())
 
 
+def _untimed(obj: Any) -> Any:
+    """`obj` without the keys named seconds* (timings no figure draws, which differ every run)."""
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if not str(k).startswith("seconds")}
+    if isinstance(obj, (list, tuple)):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
 def figure_key(result: Any) -> str:
     """What an analysis's figures show, as a digest: its numbers, its drawing data, the code."""
     h = hashlib.sha256(_source_digest().encode())
-    h.update(dumps(result.numbers).encode())
+    h.update(dumps(_untimed(result.numbers)).encode())
     _digest(result.figure_data, h)
     return h.hexdigest()
 
@@ -278,7 +291,7 @@ def _kept_figures(out: Path, key: str) -> list[Path] | None:
     path = out / "results.json"
     try:
         old = read_json(path) if path.exists() else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RunDirError):
         return None
     if not isinstance(old, dict) or old.get("figure_key") != key:
         return None
@@ -303,6 +316,9 @@ def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     key = figure_key(result)
     kept = _kept_figures(out, key)
+    if kept is None:
+        # a drawing stopped halfway must not leave the old key beside half-new figures
+        (out / "results.json").unlink(missing_ok=True)
     figures = kept if kept is not None else mod.plot(result, out)
     meta = {
         "analysis": name,
