@@ -32,7 +32,7 @@ import torch
 
 from .. import tasks
 from ..config import Config
-from ..run.rundir import RunDirError, atomic_write_json, dumps, read_json
+from ..run.rundir import RunDirError, atomic_write_json, read_json
 from .common import Check, Inputs, RunView, open_run
 
 _PROTOCOL = ("TITLE", "PAPER", "ORDER", "run", "plot", "render")
@@ -158,9 +158,9 @@ def quick_options(
     has an `n` and the user did not set it), and {name: note} for each analysis reduced."""
     out = {k: dict(v) for k, v in opts.items()}
     notes = {}
-    analyses = discover()
+    analyses, defaults = discover(), options()
     for name in names:
-        default = options()[name].get("n")
+        default = defaults[name].get("n")
         if not getattr(analyses[name], "QUICK", True):  # its n is not what its time scales with
             continue
         if isinstance(default, int) and "n" not in out.get(name, {}):
@@ -210,10 +210,11 @@ def prepare(
             "(`abrupt train --resume`), or give --steps 0 to analyse the untrained model"
         )
     opts = opts or {}
+    chosen_names = only or default_analyses()
     reduced: dict[str, str] = {}
     if quick:
-        opts, reduced = quick_options(only or default_analyses(), opts)
-    names, skipped = plan(view.cfg, only or default_analyses(), opts)
+        opts, reduced = quick_options(chosen_names, opts)
+    names, skipped = plan(view.cfg, chosen_names, opts)
     for name, why in skipped.items():
         if verbose:
             print(f"  {name:11s} skipped: {why}", flush=True)
@@ -280,7 +281,7 @@ def _untimed(obj: Any) -> Any:
 def figure_key(result: Any) -> str:
     """What an analysis's figures show, as a digest: its numbers, its drawing data, the code."""
     h = hashlib.sha256(_source_digest().encode())
-    h.update(dumps(_untimed(result.numbers)).encode())
+    _digest(_untimed(result.numbers), h)
     _digest(result.figure_data, h)
     return h.hexdigest()
 
@@ -319,7 +320,9 @@ def run_one(prepared: Prepared, name: str, verbose: bool = True) -> Path:
     if kept is None:
         # a drawing stopped halfway must not leave the old key beside half-new figures
         (out / "results.json").unlink(missing_ok=True)
-    figures = kept if kept is not None else mod.plot(result, out)
+        figures = mod.plot(result, out)
+    else:
+        figures = kept
     meta = {
         "analysis": name,
         "steps": prepared.steps,
