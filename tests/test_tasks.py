@@ -58,7 +58,7 @@ def small(name, *overrides):
         ("progress", ["train.progress=true"]),
     ],
 )
-def test_matrix_runs_reproduce_the_pre_task_metrics_exactly(
+def test_matrix_runs_reproduce_the_pre_task_metrics(
     tmp_path, one_thread, variant, overrides
 ):
     # tests/data/matrix_baseline.json: metrics.jsonl rows (time dropped) of these runs, one thread,
