@@ -7,7 +7,10 @@ RUN/analysis/cache/ read back, as when an option is changed and the analyses run
 in this process on `--threads` threads. Prints each analysis's seconds, the totals and their ratio
 to the training time (target: at most 0.2), and the two shared-forward
 analyses against their kept reference implementations (`ablation.ablate` and `patching.patch`,
-which rerun every layer of every pass), with a check that they give the same numbers.
+which rerun every layer of every pass), with a check that they give the same numbers. Last,
+where a cold pass's time goes: seconds inside the model's layers (every forward pass), the
+nuclear-norm solver and the figures; the first two are fixed by each analysis's sample size `n`
+and the solver's tolerance, so their sum is the least a cold pass at default sizes can cost.
 
     python benchmarks/analyses.py [--preset cpu] [--steps 300] [--threads 1]
 """
@@ -17,16 +20,19 @@ import contextlib
 import io
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from abrupt import baselines
 from abrupt.analysis import ablation, patching
 from abrupt.analysis.common import open_run, parse_heads
-from abrupt.analysis.registry import default_analyses
+from abrupt.analysis.registry import default_analyses, discover
 from abrupt.cli import main as cli
+from abrupt.models import bert
 
 
 def _timed(argv: list[str]) -> float:
@@ -81,6 +87,37 @@ def _references(run: Path) -> list[tuple[str, float, float, bool]]:
     return out
 
 
+@contextlib.contextmanager
+def _accounting(totals: dict[str, float]):
+    """Adds to `totals` the seconds spent in BERT's layers, the torch solver and each analysis's
+    `plot` while the block runs (outermost calls only, so nothing is counted twice)."""
+    depth = {key: 0 for key in totals}
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            depth[key] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[key] -= 1
+                if depth[key] == 0:
+                    totals[key] += time.perf_counter() - t0
+
+        return wrapper
+
+    targets = [(bert.Block, "forward", "layers"), (baselines, "torch_admm", "solver")]
+    targets += [(mod, "plot", "figures") for mod in discover().values()]
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
+    try:
+        for obj, attr, key in targets:
+            setattr(obj, attr, timed(key, getattr(obj, attr)))
+        yield
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="cpu")
@@ -105,6 +142,10 @@ def main() -> None:
         quick = [_timed(["analyze", str(run), "--quick", *threads]) for _ in ("cold", "warm")]
         per_quick = _seconds(run, names)
         quick_report = _timed(["report", str(run)])
+        spent = {"layers": 0.0, "solver": 0.0, "figures": 0.0}
+        shutil.rmtree(run / "analysis")  # cold again: no kept solutions, no kept figures
+        with _accounting(spent):
+            accounted = _timed(["analyze", str(run), *threads])
     print(
         f"{args.preset}, {args.steps} training steps in {train:.1f} s, {args.threads} thread(s)"
     )
@@ -129,6 +170,16 @@ def main() -> None:
             f"{name}: reference (every pass whole) {ref:.1f} s, shared forwards {fast:.1f} s, "
             f"ratio {fast / ref:.2f}; numbers {'equal' if same else 'DIFFERENT'}"
         )
+    rest = accounted - sum(spent.values())
+    print(
+        f"where a cold pass's {accounted:.1f} s go: model layers {spent['layers']:.1f} s, "
+        f"solver {spent['solver']:.1f} s, figures {spent['figures']:.1f} s, the rest {rest:.1f} s"
+    )
+    floor = spent["layers"] + spent["solver"]
+    print(
+        f"least cost of a cold pass at default sizes (layers + solver): {floor:.1f} s = "
+        f"{floor / train:.2f}x the training"
+    )
 
 
 if __name__ == "__main__":
