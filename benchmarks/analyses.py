@@ -10,7 +10,10 @@ analyses against their kept reference implementations (`ablation.ablate` and `pa
 which rerun every layer of every pass), with a check that they give the same numbers. Last,
 where a cold pass's time goes: seconds inside the model's layers (every forward pass), the
 nuclear-norm solver and the figures; the first two are fixed by each analysis's sample size `n`
-and the solver's tolerance, so their sum is the least a cold pass at default sizes can cost.
+and the solver's tolerance, so their sum is the least a cold pass at default sizes can cost. And
+the work, counted rather than timed (so load on the machine does not move it): tokens through
+the model's layers in the analyses against the training's (its forward passes with gradients
+counted 3x, for the backward pass's two matrix products per forward one).
 
     python benchmarks/analyses.py [--preset cpu] [--steps 300] [--threads 1]
 """
@@ -88,6 +91,23 @@ def _references(run: Path) -> list[tuple[str, float, float, bool]]:
 
 
 @contextlib.contextmanager
+def _counting(work: dict[str, int]):
+    """Adds to `work` the tokens (matrices x positions) that pass through each BERT layer while
+    the block runs: under "grad" those of passes that build a graph (training), else "no_grad"."""
+    forward = bert.Block.forward
+
+    def counted(self, x, *args, **kwargs):
+        work["grad" if torch.is_grad_enabled() else "no_grad"] += x.shape[0] * x.shape[1]
+        return forward(self, x, *args, **kwargs)
+
+    bert.Block.forward = counted
+    try:
+        yield
+    finally:
+        bert.Block.forward = forward
+
+
+@contextlib.contextmanager
 def _accounting(totals: dict[str, float]):
     """Adds to `totals` the seconds spent in BERT's layers, the torch solver and each analysis's
     `plot` while the block runs (outermost calls only, so nothing is counted twice)."""
@@ -128,10 +148,12 @@ def main() -> None:
     threads = ["--threads", str(args.threads)]
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        train = _timed(
-            ["train", "--preset", args.preset, "--out", str(run), "--quiet", *threads]
-            + [f"train.steps={args.steps}"]
-        )
+        train_work = {"grad": 0, "no_grad": 0}
+        with _counting(train_work):
+            train = _timed(
+                ["train", "--preset", args.preset, "--out", str(run), "--quiet", *threads]
+                + [f"train.steps={args.steps}"]
+            )
         names = default_analyses()
         cold = _timed(["analyze", str(run), *threads])
         per_cold = _seconds(run, names)
@@ -144,7 +166,8 @@ def main() -> None:
         quick_report = _timed(["report", str(run)])
         spent = {"layers": 0.0, "solver": 0.0, "figures": 0.0}
         shutil.rmtree(run / "analysis")  # cold again: no kept solutions, no kept figures
-        with _accounting(spent):
+        analyze_work = {"grad": 0, "no_grad": 0}
+        with _accounting(spent), _counting(analyze_work):
             accounted = _timed(["analyze", str(run), *threads])
     print(
         f"{args.preset}, {args.steps} training steps in {train:.1f} s, {args.threads} thread(s)"
@@ -179,6 +202,12 @@ def main() -> None:
     print(
         f"least cost of a cold pass at default sizes (layers + solver): {floor:.1f} s = "
         f"{floor / train:.2f}x the training"
+    )
+    trained = 3 * train_work["grad"] + train_work["no_grad"]
+    analysed = 3 * analyze_work["grad"] + analyze_work["no_grad"]
+    print(
+        f"work in the model's layers (token-layer passes, a backward pass as two): training "
+        f"{trained:,}, a cold analyze {analysed:,} = {analysed / trained:.2f}x the training"
     )
 
 
