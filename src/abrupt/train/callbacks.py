@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm.auto import tqdm
 
+from .. import tasks
 from ..config import Config
 from ..dynamics import forecast, transition
 from ..run.rundir import dumps
@@ -119,6 +120,7 @@ class Forecast(Callback):
                 cfg.train.forecast_signal,
                 cfg.train.forecast_target or forecast.ESCAPE_DEPARTURE,
                 after=cfg.curriculum.end(),
+                kind=trainer.task.run_kind(cfg),
             )
         except Exception as e:  # noqa: BLE001 - the forecast is advice: it never stops a run
             self.latest = forecast.Forecast(
@@ -158,15 +160,15 @@ class EarlyStop(Callback):
     `drop_seen_at`, is in every checkpoint (None until seen, and without the rule), so a resumed
     run stops where it would have; a checkpoint without it has it rebuilt from the rows."""
 
-    def __init__(self, wait: int, after: int) -> None:
-        self.wait, self.after = wait, after
+    def __init__(self, wait: int, after: int, kind: str) -> None:
+        self.wait, self.after, self.kind = wait, after, kind
         self.seen_at: int | None = None
 
     def on_logged(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if (
             self.wait
             and self.seen_at is None
-            and transition.detect(trainer.rows, after=self.after)["dropped"]
+            and transition.detect(trainer.rows, after=self.after, kind=self.kind)["dropped"]
         ):
             self.seen_at = row["step"]
 
@@ -180,7 +182,7 @@ class EarlyStop(Callback):
         if self.wait:  # the countdown goes on where it was
             seen = state.get("drop_seen_at", _UNRECORDED)
             self.seen_at = (
-                transition.drop_seen_at(trainer.rows, after=self.after)
+                transition.drop_seen_at(trainer.rows, after=self.after, kind=self.kind)
                 if seen is _UNRECORDED
                 else seen
             )
@@ -199,6 +201,7 @@ def standard(cfg: Config) -> list[Callback]:
     """The callbacks of a run configured by `cfg`, in the order their hooks run (the progress
     measures' fields come before the forecast's in each row)."""
     t = cfg.train
+    kind = tasks.get(cfg.task.name).run_kind(cfg)
     escape = Forecast() if t.forecast else None
     return [
         *([ProgressMeasures()] if t.progress else []),
@@ -206,7 +209,7 @@ def standard(cfg: Config) -> list[Callback]:
         MetricsFile(),
         Trackers(),
         ProgressBar(escape),
-        EarlyStop(t.stop_after_drop, cfg.curriculum.end()),
+        EarlyStop(t.stop_after_drop, cfg.curriculum.end(), kind),
         Checkpoints(),
     ]
 

@@ -577,7 +577,7 @@ class Trainer:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
         disk), none at all: a stale summary would mislead (`abrupt plot` redraws them)."""
         try:
-            return finish(self.out_dir, time.perf_counter() - self.t0)
+            return finish(self.out_dir, time.perf_counter() - self.t0, self.cfg)
         except OSError:
             for name in ("summary.json", "loss.png"):
                 (self.out_dir / name).unlink(missing_ok=True)
