@@ -87,7 +87,7 @@ class MetricsFile(Callback):
             self.file = None
 
 
-class Trackers(Callback):
+class TrackerLog(Callback):
     """Sends each row to the experiment trackers of train.log_to (tracking.py)."""
 
     def on_logged(self, trainer: Trainer, row: dict[str, Any]) -> None:
@@ -207,7 +207,7 @@ def standard(cfg: Config) -> list[Callback]:
         *([ProgressMeasures()] if t.progress else []),
         *([escape] if escape else []),
         MetricsFile(),
-        Trackers(),
+        TrackerLog(),
         ProgressBar(escape),
         EarlyStop(t.stop_after_drop, cfg.curriculum.end(), kind),
         Checkpoints(),
