@@ -246,7 +246,7 @@ def test_a_stopped_training_names_the_resume_command(tmp_path):
 def test_progress_is_labelled_and_plain_lines_when_not_a_terminal(tmp_path, capsys):
     import io
 
-    from abrupt.train.trainer import StepProgress
+    from abrupt.train.callbacks import StepProgress
 
     assert (
         main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), "train.steps=60"]) == 0

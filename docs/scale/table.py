@@ -21,7 +21,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from abrupt.dynamics.transition import loss_series, summarize  # noqa: E402
-from abrupt.run.rundir import curriculum_end  # noqa: E402
+from abrupt.run.rundir import read_config  # noqa: E402
 
 # (label, intervention on attention, source): a folder of this study's runs, or (results.jsonl,
 # a filter on the trials' overrides)
@@ -86,7 +86,7 @@ def _runs(source) -> list[dict]:
             out.append(
                 {
                     # judged after a curriculum, as summary.json is
-                    "summary": summarize(rows, after=curriculum_end(metrics.parent)),
+                    "summary": summarize(rows, after=read_config(metrics.parent).curriculum.end()),
                     "minutes": minutes,
                     "rows": rows,
                     "name": metrics.parent.name,

@@ -22,7 +22,7 @@ from .checks import validate_run
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
 from .run import checkpoints
-from .run.rundir import atomic_write_json, dumps, read_config
+from .run.rundir import atomic_write_json, dumps, read_run
 
 
 class UsageError(Exception):
@@ -332,7 +332,7 @@ def _set_threads(threads: int | None) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .run.rundir import unique_dir
-    from .train.trainer import recorded_threads, resume_point, train
+    from .train.trainer import resume_point, train
 
     if args.threads is not None:
         _check_threads(args.threads)
@@ -341,7 +341,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(
                 "--resume takes its configuration from the run; only train.steps=N may be given"
             )
-        cfg = read_config(args.resume)
+        record = read_run(args.resume)
+        cfg = record.config
         for item in args.overrides:
             key, _, value = item.partition("=")
             if key.strip() != "train.steps":
@@ -358,9 +359,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = args.resume
         # a resumed run goes on as it last ran (thread counts change the trajectory), unless told
         # otherwise
-        _set_threads(
-            args.threads or min(recorded_threads(out) or DEFAULT_THREADS, os.cpu_count() or 1)
-        )
+        _set_threads(args.threads or min(record.threads or DEFAULT_THREADS, os.cpu_count() or 1))
     else:
         _set_threads(args.threads)
         cfg = preset(args.preset)

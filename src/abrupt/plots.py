@@ -56,8 +56,12 @@ def _save(fig: Any, path: Path) -> None:
         raise
 
 
-def plot_losses(rows: list[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
-    kind = run_kind(rows)
+def plot_losses(
+    rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, kind: str | None = None
+) -> None:
+    """The run's loss figure, laid out for its `kind` (transition.RUN_KINDS; None: guessed from
+    the rows)."""
+    kind = kind or run_kind(rows)
     if kind == "sequence":  # cross-entropy on the outputs and accuracies
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_sequence(axes[0][0], axes[1][0], rows, summary)

@@ -152,15 +152,17 @@ def build(run_dir: Path) -> Path:
         raise RunDirError(
             f"{run_dir} has no summary.json; train it (or run `abrupt plot {run_dir}`) first"
         )
-    summary, config = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
-    if not isinstance(summary, dict) or not isinstance(config, dict):
-        raise RunDirError(f"{run_dir}: summary.json and config.json must hold JSON objects")
+    summary = read_json(run_dir / "summary.json")
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{run_dir}: summary.json must hold a JSON object")
+    # resolved: an older run's renamed keys as today's
+    config = read_config(run_dir)
     loss_png = _inside(run_dir, run_dir, "loss.png")
     try:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name,
             style=STYLE,
-            c=read_config(run_dir).to_dict(),  # resolved: an older run's renamed keys as today's
+            c=config.to_dict(),
             transition=_transition(summary),
             loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),

@@ -100,14 +100,17 @@ def _wall(seconds: float) -> str:
     return f"~{seconds / 3600:.1f} h"
 
 
-def family(rows: list[dict[str, Any]]) -> str:
-    """The task family whose calibration applies: 'sequence' (the sequence tasks) or 'matrix'."""
-    return "sequence" if run_kind(rows) == "sequence" else "matrix"
+def family(kind: str) -> str:
+    """The task family whose calibration applies to runs of `kind` (transition.RUN_KINDS):
+    'sequence' (the sequence tasks) or 'matrix' (the BERT and its GPT variant)."""
+    return "sequence" if kind == "sequence" else "matrix"
 
 
-def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[float]]:
+def _signal(
+    rows: list[dict[str, Any]], signal: str, kind: str | None = None
+) -> tuple[list[int], list[float]]:
     if signal == LOSS:
-        return loss_series(rows)
+        return loss_series(rows, kind)
     pts = [
         (int(r["step"]), float(r[signal]))
         for r in rows
@@ -117,15 +120,20 @@ def _signal(rows: list[dict[str, Any]], signal: str) -> tuple[list[int], list[fl
 
 
 def departure(
-    rows: list[dict[str, Any]], signal: str = LOSS, after: int = 0, window: int = 5
+    rows: list[dict[str, Any]],
+    signal: str = LOSS,
+    after: int = 0,
+    window: int = 5,
+    kind: str | None = None,
 ) -> tuple[list[int], list[float], dict[str, Any]]:
     """(steps, d, plateau) from the plateau's start on: the signal's departure from its plateau
     value (see the module's rule), smoothed by a running median of `window` logs; `plateau` is
-    `transition.detect`'s answer. Empty lists before a plateau is found."""
-    found = detect(rows, after=after, window=window)
+    `transition.detect`'s answer. Empty lists before a plateau is found. `kind`: the run's
+    (transition.RUN_KINDS; None: guessed from the rows)."""
+    found = detect(rows, after=after, window=window, kind=kind)
     if found["plateau_start"] is None:
         return [], [], found
-    steps, values = _signal(rows, signal)
+    steps, values = _signal(rows, signal, kind)
     smooth = running_median(values, window)
     keep = [i for i, s in enumerate(steps) if s >= found["plateau_start"]]
     steps, smooth = [steps[i] for i in keep], [smooth[i] for i in keep]
@@ -151,13 +159,15 @@ def noise_level(d: list[float], n: int) -> float:
     return 1.4826 * statistics.median(abs(x - med) for x in head) or 1e-12
 
 
-def _unusable(rows: list[dict[str, Any]], signal: str, target: float) -> str:
+def _unusable(
+    rows: list[dict[str, Any]], signal: str, target: float, kind: str | None = None
+) -> str:
     """Why these rows cannot be forecast from at all ('' when they can)."""
     if not rows:
         return "no rows yet"
     if not (isinstance(target, (int, float)) and 0 < target < math.inf):
         return f"no target for {signal} (its departure at the escape must be > 0, got {target})"
-    steps, values = loss_series(rows)
+    steps, values = loss_series(rows, kind)
     bad = next((s for s, v in zip(steps, values) if not math.isfinite(v)), None)
     if bad is not None:
         return f"the loss is not finite at step {bad}"
@@ -176,6 +186,7 @@ def fit_forecast(
     min_z: float = 3.0,
     z_interval: float = 1.64,
     window: int = 5,
+    kind: str | None = None,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
     the fit's own spread as the interval (uncalibrated: see `forecast`).
@@ -185,10 +196,10 @@ def fit_forecast(
     Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet; once the
     departure has reached the target it returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
-    why = _unusable(rows, signal, target)
+    why = _unusable(rows, signal, target, kind)
     if why:
         return Forecast(now, reason=why)
-    steps, d, found = departure(rows, signal, after, window)
+    steps, d, found = departure(rows, signal, after, window, kind)
     if not steps and found["plateau_start"] is not None and signal == LOSS:
         return Forecast(now, reason="the plateau's level is 0: no departure from it to measure")
     if len(steps) < fit_points + window:
@@ -257,13 +268,16 @@ def forecast(
     target: float = ESCAPE_DEPARTURE,
     after: int = 0,
     table: cal.Calibration | None = None,
+    kind: str | None = None,
     **options: Any,
 ) -> Forecast:
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
-    settings) corrected by `table` (default: the package's calibration.json)."""
-    f = fit_forecast(rows, signal, target, after, **options)
+    settings) corrected by `table` (default: the package's calibration.json) for the family of
+    `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows)."""
+    kind = kind or run_kind(rows)
+    f = fit_forecast(rows, signal, target, after, kind=kind, **options)
     table = table if table is not None else cal.packaged()
-    return calibrated(f, family(rows), signal, table, target)
+    return calibrated(f, family(kind), signal, table, target)
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:
@@ -285,15 +299,13 @@ def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | Non
     return intercept, slope, se
 
 
-def calibrate(
-    runs: list[tuple[list[dict[str, Any]], int]], signal: str, window: int = 5
-) -> float | None:
-    """The departure of `signal` at the escape, median over `runs` [(rows, after), ...] that
-    escaped:
-    the target for forecasting with that signal. None when no run escaped."""
+def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = 5) -> float | None:
+    """The departure of `signal` at the escape, median over `runs` that escaped, each (rows,
+    after) or (rows, after, kind) (kind: transition.RUN_KINDS; without it, guessed from the
+    rows): the target for forecasting with that signal. None when no run escaped."""
     at_escape = []
-    for rows, after in runs:
-        steps, d, found = departure(rows, signal, after, window)
+    for rows, after, *kind in runs:
+        steps, d, found = departure(rows, signal, after, window, *kind)
         if found["escape_step"] is None or not steps:
             continue
         i = max(j for j, s in enumerate(steps) if s <= found["escape_step"])

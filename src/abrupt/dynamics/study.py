@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import tasks
 from ..run.rundir import read_config, read_metrics
 from . import calibration as cal
 from . import forecast as fc
-from .transition import detect
+from .transition import detect, run_kind
 
 CAL, EVAL, NEVER = "calibration", "evaluation", "never escapes"
 BEFORE = (0.75, 0.5, 0.25)  # the times to judge at: these fractions of L before the escape
@@ -45,11 +46,13 @@ class Run:
     start: int | None = field(init=False)
     family: str = field(init=False)
     role: str = ""
+    kind: str | None = None  # transition.RUN_KINDS, from its configuration; None: from the rows
 
     def __post_init__(self) -> None:
-        found = detect(self.rows, after=self.after)
+        self.kind = self.kind or run_kind(self.rows)
+        found = detect(self.rows, after=self.after, kind=self.kind)
         self.escape, self.start = found["escape_step"], found["plateau_start"]
-        self.family = fc.family(self.rows)
+        self.family = fc.family(self.kind)
 
     @property
     def length(self) -> int:
@@ -68,7 +71,11 @@ def load_runs(paths: list[Path]) -> list[Run]:
             dirs += sorted(m.parent for m in p.rglob("metrics.jsonl"))
         else:
             raise FileNotFoundError(f"{p}: neither a run directory nor a folder of runs")
-    runs = [Run(str(d), read_metrics(d), read_config(d).curriculum.end()) for d in dirs]
+    runs = []
+    for d in dirs:
+        cfg = read_config(d)
+        kind = tasks.get(cfg.task.name).run_kind(cfg)
+        runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind))
     return assign_roles(sorted(runs, key=lambda r: r.name))
 
 
@@ -94,7 +101,7 @@ def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[
     """The first sustained crossing of the noise threshold: {'warn': step or None, 'false_alarm':
     bool}. A warning in a run that never escapes, after its escape, or withdrawn before it (the
     departure falls back for `hold` logs), is a false alarm."""
-    steps, d, _ = fc.departure(run.rows, signal, run.after)
+    steps, d, _ = fc.departure(run.rows, signal, run.after, kind=run.kind)
     if len(steps) < 2 * hold + 3:
         return {"warn": None, "false_alarm": False}
     sigma = fc.noise_level(d, max(len(d) // 4, 5))
@@ -118,7 +125,7 @@ def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[st
     """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
     its escape (all its logs if it never escapes)."""
     seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
-    return fc.history(seen, signal, target, run.after, every=every, raw=True)
+    return fc.history(seen, signal, target, run.after, every=every, raw=True, kind=run.kind)
 
 
 def targets(runs: list[Run]) -> dict[str, float]:
@@ -129,7 +136,7 @@ def targets(runs: list[Run]) -> dict[str, float]:
         calib = [r for r in runs if r.family == fam and r.role == CAL]
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
         for sig in signals([r for r in runs if r.family == fam])[1:]:
-            t = fc.calibrate([(r.rows, r.after) for r in calib], sig)
+            t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
             if t:
                 out[f"{fam}/{sig}"] = t
     return out

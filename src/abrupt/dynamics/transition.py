@@ -33,14 +33,19 @@ ESCAPE_DEPARTURE = (
 )
 
 
+# What a run's metrics rows are: the paper's BERT on matrices, the matrix task's GPT variant
+# (models/gpt.py), a sequence task (tasks/sequence.py). A task declares its runs' kind
+# (`Task.run_kind`); `run_kind` guesses it from the rows where only they are known.
 RUN_KINDS = ("matrix", "gpt", "sequence")
+# the loss the drop is read from, by kind: L_mask on matrices (the MSE on hidden entries), the
+# cross-entropy on the written outputs for the GPT variant (Fig. 11) and the sequence tasks
+HEADLINE_LOSS = {"matrix": "eval_loss_mask", "gpt": "eval_loss", "sequence": "eval_loss"}
 
 
 def run_kind(rows: list[dict[str, Any]]) -> str:
-    """What a run's metrics rows come from, read from the keys each objective writes (so a
-    metrics.jsonl is read alone, without its config.json): 'sequence' (a sequence task:
-    `eval_seq_acc`, tasks/sequence.py), 'gpt' (the matrix task's GPT variant: `eval_acc_obs`,
-    models/gpt.py), else 'matrix' (the paper's BERT). The one place that tells them apart."""
+    """A run's kind (RUN_KINDS) guessed from the keys each objective writes, for metrics read
+    without their config.json (`kind=None` below): 'sequence' (`eval_seq_acc`), 'gpt'
+    (`eval_acc_obs`), else 'matrix'."""
     if rows and "eval_seq_acc" in rows[0]:
         return "sequence"
     if rows and "eval_acc_obs" in rows[0]:
@@ -48,18 +53,16 @@ def run_kind(rows: list[dict[str, Any]]) -> str:
     return "matrix"
 
 
-def loss_series(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
-    """(steps, losses) of the run's headline loss: evaluation L_mask on matrices (training L_mask
-    where a row lacks it), the evaluation cross-entropy for the GPT variant and sequence tasks."""
-    if run_kind(rows) != "matrix":
-        # the GPT variant (Fig. 11) and the sequence tasks: the drop is in the cross-entropy
-        key = "eval_loss"
-    else:
-        key = (
-            "eval_loss_mask"
-            if rows and all(r.get("eval_loss_mask") is not None for r in rows)
-            else "loss_mask"
-        )
+def loss_series(
+    rows: list[dict[str, Any]], kind: str | None = None
+) -> tuple[list[int], list[float]]:
+    """(steps, losses) of the run's headline loss (HEADLINE_LOSS of `kind`; None: `run_kind`'s
+    guess from the rows); on matrices the training L_mask where a row lacks the evaluation's."""
+    key = HEADLINE_LOSS[kind or run_kind(rows)]
+    if key == "eval_loss_mask" and not (
+        rows and all(r.get("eval_loss_mask") is not None for r in rows)
+    ):
+        key = "loss_mask"
     pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) is not None]
     return [s for s, _ in pts], [v for _, v in pts]
 
@@ -75,10 +78,12 @@ def detect(
     flat_ratio: float = 0.9,
     min_factor: float = 10.0,
     after: int = 0,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """`after`: the plateau is looked for only after this step (the end of a training curriculum,
-    during which the evaluation loss reflects the shifted training data, not the target's)."""
-    steps, raw = loss_series(rows)
+    during which the evaluation loss reflects the shifted training data, not the target's).
+    `kind`: the run's (RUN_KINDS; None: guessed from the rows), which names the loss read."""
+    steps, raw = loss_series(rows, kind)
     result: dict[str, Any] = {
         "plateau_start": None,
         "plateau_loss_mask": None,
@@ -116,12 +121,12 @@ def detect(
     return result
 
 
-def drop_seen_at(rows: list[dict[str, Any]], after: int = 0) -> int | None:
+def drop_seen_at(rows: list[dict[str, Any]], after: int = 0, kind: str | None = None) -> int | None:
     """The first logged step at which `detect` on the rows up to it says `dropped`: where a run's
     early stop (`train.stop_after_drop`) started counting, log by log; None if it never did. For
     resuming runs whose checkpoints did not record it (the rows are re-read prefix by prefix)."""
     for i in range(1, len(rows) + 1):
-        if detect(rows[:i], after=after)["dropped"]:
+        if detect(rows[:i], after=after, kind=kind)["dropped"]:
             return int(rows[i - 1]["step"])
     return None
 
@@ -132,6 +137,7 @@ def window_rule(
     window: int = 5,
     band: float = 0.25,
     factor: float = 5.0,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """The window rule on the smoothed series: `plateau_end` is the first step after plateau_start
     where the loss is below (1 - band) x the plateau level; the plateau is the run of logs just
@@ -148,7 +154,7 @@ def window_rule(
     level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
     if not level or first is None:
         return out
-    steps, raw = loss_series(rows)
+    steps, raw = loss_series(rows, kind)
     s = running_median(raw, window)
     start = steps.index(first)
     leave = next((j for j in range(start, len(s)) if s[j] < (1 - band) * level), None)
@@ -168,7 +174,7 @@ def window_rule(
 
 
 def suddenness(
-    rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5
+    rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, kind: str | None = None
 ) -> dict[str, Any]:
     """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
     (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
@@ -176,7 +182,7 @@ def suddenness(
     plateau = found.get("plateau_loss_mask")
     if not found.get("drop_step") or not plateau:
         return out
-    steps, raw = loss_series(rows)
+    steps, raw = loss_series(rows, kind)
     s = running_median(raw, window)
     final = s[-1]
     if not 0 < final < plateau:
@@ -197,24 +203,29 @@ def suddenness(
 
 
 def summarize(
-    rows: list[dict[str, Any]], seconds: float | None = None, after: int = 0
+    rows: list[dict[str, Any]],
+    seconds: float | None = None,
+    after: int = 0,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """The run's summary.json: transition fields plus final losses (the plateau sought after
-    `after`)."""
-    found = detect(rows, after=after)
+    `after`; `kind`: the run's, RUN_KINDS, None: guessed from the rows)."""
+    found = detect(rows, after=after, kind=kind)
     last = rows[-1] if rows else {}
     # a size mixture logs L_mask per size (eval_loss_mask_5x5, ...): a drop step for each
     per_size = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
     sizes = {
         f"drop_step_{k.removeprefix('eval_loss_mask_')}": detect(
-            [{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows], after=after
+            [{"step": r["step"], "eval_loss_mask": r.get(k)} for r in rows],
+            after=after,
+            kind="matrix",
         )["drop_step"]
         for k in per_size
     }
     return {
         **found,
-        **suddenness(rows, found),
-        **window_rule(rows, found),
+        **suddenness(rows, found, kind=kind),
+        **window_rule(rows, found, kind=kind),
         **sizes,
         "final_loss": last.get("eval_loss", last.get("loss")),
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),

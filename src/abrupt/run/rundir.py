@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..checks import validate_run
-from ..config import Config, CurriculumConfig
+from ..config import Config
 
 LOCK_NAME = ".lock"
 
@@ -274,23 +274,56 @@ def unique_dir(parent: Path, stem: str) -> Path:
     raise RunDirError(f"no free directory name for {stem} in {parent}")
 
 
-def read_config(run_dir: Path) -> Config:
-    """The resolved configuration a run wrote to its config.json."""
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What a run's config.json holds: the resolved configuration, and where it trained.
+
+    `versions`: the runtime it started on (library versions, CPU, threads, device; {} when not
+    recorded). `segments`: one per start or resume, oldest first, each with the step it started
+    from (`from_step`), when (`started`) and its runtime; a run written before segments were
+    recorded has one, from its `versions`."""
+
+    config: Config
+    versions: dict[str, Any]
+    segments: list[dict[str, Any]]
+
+    @property
+    def threads(self) -> int | None:
+        """The thread count the run last trained with (None when it recorded none)."""
+        threads = next(
+            (s["threads"] for s in reversed(self.segments) if isinstance(s.get("threads"), int)),
+            None,
+        )
+        return threads if threads is None or threads >= 1 else None
+
+
+_RECORDS = ("versions", "segments")  # config.json's keys that are records, not configuration
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The run's config.json, the one reader of it: the configuration resolved (an older run's
+    renamed keys as today's) and validated, with its runtime records. A RunDirError when the
+    directory has no config.json or it is not a valid run configuration."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise RunDirError(f"{run_dir} is not a run directory (no config.json)")
     raw = read_json(path)
     try:
-        cfg = Config.from_dict({k: v for k, v in raw.items() if k != "versions"}, check=False)
-        return validate_run(cfg)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        cfg = Config.from_dict({k: v for k, v in raw.items() if k not in _RECORDS}, check=False)
+        cfg = validate_run(cfg)
     except (AttributeError, ValueError) as e:
         raise RunDirError(f"{path} is not a valid run configuration: {e}") from None
+    versions = raw.get("versions") if isinstance(raw.get("versions"), dict) else {}
+    found = raw.get("segments")
+    if isinstance(found, list) and all(isinstance(s, dict) for s in found):
+        segments = found
+    else:
+        segments = [{"from_step": 0, **versions}] if versions else []
+    return RunRecord(cfg, versions, segments)
 
 
-def curriculum_end(run_dir: Path) -> int:
-    """The last step of the run's training curriculum (0 without one), from its config.json."""
-    path = Path(run_dir) / "config.json"
-    cfg = read_json(path) if path.exists() else {}
-    raw = cfg.get("curriculum", {}) if isinstance(cfg, dict) else {}
-    known = {f.name for f in dataclasses.fields(CurriculumConfig)}
-    return CurriculumConfig(**{k: v for k, v in raw.items() if k in known}).end()
+def read_config(run_dir: Path) -> Config:
+    """The resolved configuration a run wrote to its config.json (`read_run`)."""
+    return read_run(run_dir).config

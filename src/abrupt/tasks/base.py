@@ -28,3 +28,9 @@ class Task(Protocol):
 
     def progress(self, model: HookedModule, batch: Any, cfg: Config) -> dict[str, float]:
         """The progress measures (`prog_*` keys) of `model` on an evaluation batch."""
+
+    def run_kind(self, cfg: Config) -> str:
+        """What the metrics rows of a run configured by `cfg` are, one of
+        `dynamics.transition.RUN_KINDS`: it names the headline loss the transition is read from
+        (`transition.HEADLINE_LOSS`), the forecast's calibration family (`forecast.family`) and
+        the loss figure's layout (plots.plot_losses)."""

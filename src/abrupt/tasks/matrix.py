@@ -43,5 +43,9 @@ class MatrixCompletion:
             None if batch.pad is None else batch.pad[:k],
         )
 
+    def run_kind(self, cfg: Config) -> str:
+        # the GPT variant (Fig. 11) writes cross-entropy and accuracies, the BERT the MSE
+        return "gpt" if cfg.model.arch == "gpt" else "matrix"
+
 
 TASK = MatrixCompletion()

@@ -121,6 +121,9 @@ class SequenceTask:
                 )
         return out
 
+    def run_kind(self, cfg: Config) -> str:
+        return "sequence"
+
 
 def randint(low: int, high: int, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Uniform integers in low..high (inclusive) on gen's device."""

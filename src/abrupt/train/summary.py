@@ -6,19 +6,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import plots
+from .. import plots, tasks
+from ..config import Config
 from ..dynamics import forecast, transition
-from ..run.rundir import atomic_write_json, curriculum_end, read_metrics
+from ..run.rundir import atomic_write_json, read_config, read_metrics
 
 
-def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
+def finish(
+    run_dir: Path, seconds: float | None = None, cfg: Config | None = None
+) -> dict[str, Any]:
     """(Re)write summary.json and loss.png from metrics.jsonl; with logged forecasts also
     forecast.png and summary.json's `forecast_record` (how they fared, forecast.record; where
-    that fails, {'error': its one-line message}, and the rest is written all the same)."""
+    that fails, {'error': its one-line message}, and the rest is written all the same). `cfg`:
+    the run's configuration (None: read from its config.json), which gives the curriculum's end
+    and the run's kind (`Task.run_kind`)."""
 
     run_dir = Path(run_dir)
+    cfg = cfg if cfg is not None else read_config(run_dir)
+    kind = tasks.get(cfg.task.name).run_kind(cfg)
     rows = read_metrics(run_dir)
-    summary = transition.summarize(rows, seconds, after=curriculum_end(run_dir))
+    summary = transition.summarize(rows, seconds, after=cfg.curriculum.end(), kind=kind)
     forecasts = any("forecast_escape" in r for r in rows)
     if forecasts:
         try:
@@ -27,7 +34,7 @@ def finish(run_dir: Path, seconds: float | None = None) -> dict[str, Any]:
             line = f"{type(e).__name__}: {e}".splitlines()[0]
             summary["forecast_record"] = {"error": line}
     atomic_write_json(run_dir / "summary.json", summary)
-    plots.plot_losses(rows, summary, run_dir / "loss.png")
+    plots.plot_losses(rows, summary, run_dir / "loss.png", kind)
     if forecasts:
         plots.plot_forecast(rows, summary, run_dir / "forecast.png")
     return summary

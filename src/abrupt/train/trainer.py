@@ -2,8 +2,11 @@
 (the files are listed in rundir.py, the checkpoints in checkpoints.py).
 
 `train()` holds the run directory's lock for its whole life and drives a `Trainer`, whose parts
-each read alone: set-up (`__init__`), a fresh start or a resume, one optimisation step, a log row,
-a checkpoint, and the loop that ties them together with signals and early stopping.
+each read alone: set-up (`__init__`), a fresh start or a resume, one optimisation step (the
+interventions' schedule, lr, forward/backward, gradient clipping and Grokfast), a log row's losses,
+a checkpoint, and the loop. Everything else around the steps (the metrics file, trackers, progress
+measures, the forecast, the progress bar, the early stop, when to checkpoint) is a callback
+(callbacks.py), which the loop calls at fixed points.
 """
 
 from __future__ import annotations
@@ -17,16 +20,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import __version__, tasks, tracking
 from ..checks import validate_run
 from ..config import Config, ConfigError, group_lr
 from ..data import generator
-from ..dynamics import forecast, transition
 from ..losses import as_floats, losses, per_size
 from ..models import groups
 from ..run import checkpoints
@@ -36,19 +37,18 @@ from ..run.rundir import (
     atomic_write_json,
     check_fresh,
     check_name,
-    dumps,
-    read_json,
     read_metrics,
+    read_run,
     remove_temp_files,
     write_metrics,
 )
+from . import callbacks as callbacks_
 from . import interventions
 from .summary import figures, finish
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
 _TRAIN_STREAM = 1_000_003
 _EVAL_STREAM = 2_000_003
-_UNRECORDED = object()  # a checkpoint written before it recorded the early stop's countdown
 
 
 class TrainingError(RuntimeError):
@@ -144,34 +144,6 @@ def _cpu_model() -> str:
             )
     except OSError:
         return platform.processor() or platform.machine()
-
-
-def segments(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's segments, oldest first: one per start or resume, each with the step it started
-    from (`from_step`), when (`started`), and its device, thread count and versions. A run written
-    before segments were recorded has one, from its `versions`; a directory without config.json
-    none."""
-    path = Path(run_dir) / "config.json"
-    raw = read_json(path) if path.exists() else {}
-    if not isinstance(raw, dict):
-        return []
-    found = raw.get("segments")
-    if isinstance(found, list) and all(isinstance(s, dict) for s in found):
-        return found
-    return [{"from_step": 0, **raw["versions"]}] if isinstance(raw.get("versions"), dict) else []
-
-
-def recorded_threads(run_dir: Path) -> int | None:
-    """The thread count the run last trained with (None when it recorded none)."""
-    threads = next(
-        (
-            s.get("threads")
-            for s in reversed(segments(run_dir))
-            if isinstance(s.get("threads"), int)
-        ),
-        None,
-    )
-    return threads if threads is None or threads >= 1 else None
 
 
 def resume_point(out_dir: Path) -> checkpoints.Checkpoint | None:
@@ -273,120 +245,21 @@ def divergence_advice(cfg: Config) -> str:
     )
 
 
-class StepProgress:
-    """Training progress on standard error, labelled `train_loss` (the current training batch) and
-    `eval_L_mask` (hidden entries of the fixed evaluation batch). On a terminal, a tqdm bar; else
-    (a log file, a pipe) a plain line at every tenth of the steps and at least every `every_s`
-    seconds, never a redraw."""
+class Trainer:
+    """One run's model, optimizer, data stream and run directory; `group` names the sweep a trial
+    belongs to (its trackers' group); `callbacks`: what runs around the steps (callbacks.py;
+    None: `callbacks.standard(cfg)`)."""
 
     def __init__(
         self,
-        total: int,
-        start: int,
-        enabled: bool = True,
-        every_s: float = 60.0,
-        stream: TextIO | None = None,
+        cfg: Config,
+        out_dir: Path,
+        verbose: bool = True,
+        group: str = "",
+        callbacks: list[callbacks_.Callback] | None = None,
     ) -> None:
-        self.stream = stream or sys.stderr
-        self.total, self.step, self.start, self.every_s = total, start, start, every_s
-        self.enabled = enabled
-        tty = enabled and getattr(self.stream, "isatty", lambda: False)()
-        self.bar = (
-            tqdm(total=total, initial=start, desc="train", unit="step", file=self.stream)
-            if tty
-            else None
-        )
-        self.row: dict[str, Any] = {}
-        self.note = ""
-        self.t0 = self.last_time = time.perf_counter()
-        self.last_step = start
-
-    def _tenth_after(self, step: int) -> int:
-        return next(
-            (k * self.total + 9) // 10 for k in range(1, 11) if (k * self.total + 9) // 10 > step
-        )
-
-    def _postfix(self) -> str:
-        r = self.row
-        num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-        evaluation = (
-            f"eval_L_mask {num(r.get('eval_loss_mask'))}"
-            if "eval_loss_mask" in r
-            else f"eval_loss {num(r.get('eval_loss'))}"
-        )
-        return (
-            f"train_loss {num(r.get('loss'))}, {evaluation}"
-            + (f", {self.note}" if self.note else "")
-            if r
-            else ""
-        )
-
-    def losses(
-        self, row: dict[str, Any], note: str = "", escape: forecast.Forecast | None = None
-    ) -> None:
-        """The latest logged row (its losses are shown from now on), and a note to show after
-        them; with `escape`, the escape forecast's text first ('escape in ~1 200 steps (~6 min),
-        90%: 800–1 900'; the wall time from the step rate measured since this start)."""
-        if escape is not None:
-            done, elapsed = row["step"] - self.start, time.perf_counter() - self.t0
-            text = escape.describe(done / elapsed if done > 0 and elapsed > 0 else 0.0)
-            note = f"{text}, {note}" if note else text
-        self.row, self.note = row, note
-        if self.bar is not None:
-            self.bar.set_postfix_str(self._postfix(), refresh=False)
-
-    def update(self, step: int) -> None:
-        self.step = step
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            return
-        now = time.perf_counter()
-        if self.enabled and (
-            step >= self._tenth_after(self.last_step) or now - self.last_time >= self.every_s
-        ):
-            self._line(now)
-
-    def _line(self, now: float) -> None:
-        done, elapsed = self.step - self.start, now - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (
-            f", eta {_duration((self.total - self.step) / rate)}"
-            if rate > 0 and self.step < self.total
-            else ""
-        )
-        logged = f"; at step {self.row['step']}: {self._postfix()}" if self.row else ""
-        print(
-            f"train: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%), "
-            f"{rate:.1f} step/s, "
-            f"{_duration(elapsed)} elapsed{eta}{logged}",
-            file=self.stream,
-            flush=True,
-        )
-        self.last_time, self.last_step = now, self.step
-
-    def close(self) -> None:
-        """Close the bar, or write the line of a step not yet reported (a run stopped early)."""
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.step != self.last_step:
-            self._line(time.perf_counter())
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
-
-
-class Trainer:
-    """One run's model, optimizer, data stream and run directory; `group` names the sweep a trial
-    belongs to (its trackers' group)."""
-
-    def __init__(self, cfg: Config, out_dir: Path, verbose: bool = True, group: str = "") -> None:
         self.cfg, self.out_dir, self.verbose, self.group = cfg, Path(out_dir), verbose, group
+        self.callbacks = callbacks_.standard(cfg) if callbacks is None else callbacks
         self.trackers = tracking.Trackers()  # train.log_to's, while run() trains
         self.resumed = False  # set by resume() when it loads a checkpoint: the trackers continue
         t = cfg.train
@@ -416,10 +289,6 @@ class Trainer:
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
-        self.forecast = forecast.Forecast(0, reason="not started")
-        self.drop_seen_at: int | None = (
-            None  # train.stop_after_drop: the log step its countdown started
-        )
         self.t0 = time.perf_counter()
 
     # --- start ----------------------------------------------------------------------------------
@@ -485,15 +354,10 @@ class Trainer:
             if k.startswith("grokfast_ema.")
         }
         self.rows = [r for r in read_metrics(self.out_dir) if r["step"] <= ckpt.step]
-        if self.cfg.train.stop_after_drop:  # the early stop's countdown goes on where it was
-            seen = ckpt.meta.get("drop_seen_at", _UNRECORDED)
-            self.drop_seen_at = (
-                transition.drop_seen_at(self.rows, after=self.cfg.curriculum.end())
-                if seen is _UNRECORDED
-                else seen
-            )
+        for callback in self.callbacks:
+            callback.load_state_dict(ckpt.meta, self)
         write_metrics(self.out_dir, self.rows)
-        self._write_config(ckpt.step, history=segments(self.out_dir))
+        self._write_config(ckpt.step, history=read_run(self.out_dir).segments)
         self.resumed = True
         self.t0 = time.perf_counter() - float(ckpt.meta.get("time", 0.0))
         return ckpt.step
@@ -521,6 +385,11 @@ class Trainer:
 
     # --- one step, one log row, one checkpoint ----------------------------------------------------
 
+    def tf32(self) -> ContextManager[None]:
+        """TF32 as this run has it: on for CUDA with train.tf32 (the model's steps and evaluations
+        only), else nothing changed."""
+        return tf32(self.use_tf32)
+
     def lr_at(self, step: int) -> float:
         t = self.cfg.train
         lr = t.lr * t.lr_width_ref / self.cfg.model.width if t.lr_width_ref else t.lr
@@ -534,7 +403,7 @@ class Trainer:
         for group in self.optim.param_groups:
             group["lr"] = lr * group["lr_scale"]
         batch = self.task.batch(self.cfg, self.cfg.train.batch_size, self.data_rng, step)
-        with tf32(self.use_tf32):
+        with self.tf32():
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 pred = self.forward(*self.model.train_inputs(batch))
             parts = self.model.objective(pred, batch)
@@ -572,25 +441,16 @@ class Trainer:
             )
             p.grad.add_(ema, alpha=lam)
 
-    def log(
-        self, step: int, parts: dict[str, torch.Tensor], norms: dict[str, float], out
-    ) -> dict[str, Any]:
+    def log(self, step: int, parts: dict[str, torch.Tensor], norms: dict[str, float]) -> None:
+        """The row of log step `step`: the training batch's losses (`parts`), the evaluation
+        batch's (`eval_*`), gradient norms, lr and time, then the callbacks' fields; appended to
+        `rows` and handed to every callback. A TrainingError when a loss is not finite."""
         train_losses = as_floats(parts)
         if not math.isfinite(train_losses["loss"]):
             raise TrainingError(
                 self._divergence(step, f"the training loss became {train_losses['loss']}")
             )
-        sizes = [f"{r}x{c}" for r, c in self.cfg.data.size_list()]
-        with tf32(self.use_tf32):
-            if self.evalset.size is None:
-                ev = self.model.evaluate_batch(self.evalset)
-            # a size mixture (BERT only): one forward pass for the losses and each size's L_mask
-            else:
-                pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
-                ev = {
-                    **as_floats(losses(pred, self.evalset)),
-                    **per_size(pred, self.evalset, sizes),
-                }
+        ev = self.evaluate()
         if not math.isfinite(ev["loss"]):
             raise TrainingError(self._divergence(step, f"the evaluation loss became {ev['loss']}"))
         row = {
@@ -601,29 +461,22 @@ class Trainer:
             "lr": self.lr_at(step),
             "time": round(time.perf_counter() - self.t0, 3),
         }
-        if self.cfg.train.progress:
-            with tf32(self.use_tf32):
-                row.update(self.task.progress(self.model, self.evalset, self.cfg))
-            row["time"] = round(time.perf_counter() - self.t0, 3)
-        if self.cfg.train.forecast:
-            t = self.cfg.train
-            try:
-                self.forecast = forecast.forecast(
-                    self.rows + [row],
-                    t.forecast_signal,
-                    t.forecast_target or forecast.ESCAPE_DEPARTURE,
-                    after=self.cfg.curriculum.end(),
-                )
-            except Exception as e:  # noqa: BLE001 - the forecast is advice: it never stops a run
-                self.forecast = forecast.Forecast(
-                    step, reason=f"forecast failed: {type(e).__name__}: {e}"
-                )
-            row.update(self.forecast.as_row())
-        out.write(dumps(row) + "\n")
-        out.flush()
+        for callback in self.callbacks:
+            row.update(callback.on_log(self, row))
         self.rows.append(row)
-        self.trackers.log(row)
-        return row
+        for callback in self.callbacks:
+            callback.on_logged(self, row)
+
+    def evaluate(self) -> dict[str, float]:
+        """The model's losses and metrics on the fixed evaluation batch; for a matrix size mixture
+        (BERT only) one forward pass gives the losses and each size's L_mask
+        (`loss_mask_RxC`)."""
+        with self.tf32():
+            if self.evalset.size is None:
+                return self.model.evaluate_batch(self.evalset)
+            sizes = [f"{r}x{c}" for r, c in self.cfg.data.size_list()]
+            pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
+            return {**as_floats(losses(pred, self.evalset)), **per_size(pred, self.evalset, sizes)}
 
     def save(self, step: int) -> None:
         """A checkpoint, only of finite weights: a diverged state is never kept to resume from."""
@@ -635,7 +488,10 @@ class Trainer:
             self.model,
             self.optim,
             self.data_rng,
-            {"time": time.perf_counter() - self.t0, "drop_seen_at": self.drop_seen_at},
+            {
+                "time": time.perf_counter() - self.t0,
+                **{k: v for c in self.callbacks for k, v in c.state_dict().items()},
+            },
             {f"grokfast_ema.{k}": v for k, v in self.grok_ema.items()},
         )
         checkpoints.prune_optim(self.out_dir / "checkpoints", self.cfg.train.keep_optim)
@@ -661,7 +517,8 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
-        if self._stop_due(start):  # resumed after its early stop had ended it: nothing to train
+        if any(c.should_stop(self, start) for c in self.callbacks):
+            # resumed after a stop rule (train.stop_after_drop) had ended it: nothing to train
             if self.verbose:
                 print(
                     f"resume: {self.out_dir} stopped at step {start}, {t.stop_after_drop} steps "
@@ -684,57 +541,43 @@ class Trainer:
         return summary
 
     def _loop(self, start: int) -> dict[str, Any]:
+        """Steps start+1 ... train.steps, a row at every log step; ends early when a callback's
+        stop rule says so, or at a stop signal (KeyboardInterrupt, after a checkpoint)."""
         t = self.cfg.train
-        bar = StepProgress(t.steps, start, enabled=self.verbose)
-        after = self.cfg.curriculum.end()
         try:
-            with (
-                open(self.out_dir / "metrics.jsonl", "a") as mf,
-                _stop_requests() as stop_requested,
-            ):
+            with _stop_requests() as stop_requested:
+                for callback in self.callbacks:
+                    callback.on_start(self, start)
                 for step in range(start + 1, t.steps + 1):
                     log_now = step == 1 or step % t.log_every == 0 or step == t.steps
                     parts, norms = self.step(step, log_now)
                     if log_now:
-                        row = self.log(step, parts, norms, mf)
-                        bar.losses(row, escape=self.forecast if t.forecast else None)
-                        if (
-                            t.stop_after_drop
-                            and self.drop_seen_at is None
-                            and transition.detect(self.rows, after=after)["dropped"]
-                        ):
-                            self.drop_seen_at = step
-                    bar.update(step)
-                    stop = self._stop_due(step)
-                    if self.is_ckpt_step(step) or stop or stop_requested.is_set():
-                        self.save(step)
-                    if stop_requested.is_set():
+                        self.log(step, parts, norms)
+                    stop = any(c.should_stop(self, step) for c in self.callbacks)
+                    requested = stop_requested.is_set()
+                    for callback in self.callbacks:
+                        callback.on_step_end(self, step, last=stop or requested)
+                    if requested:
                         raise KeyboardInterrupt
                     if stop:
                         break
         except (KeyboardInterrupt, TrainingError, OSError):
-            bar.close()
+            self._end_callbacks()
             with contextlib.suppress(OSError):  # a full disk: the first error is the one to report
                 self.finish()
             raise
-        bar.close()
+        self._end_callbacks()
         return self.finish()
 
-    def _stop_due(self, step: int) -> bool:
-        """train.stop_after_drop: whether `step` is that many steps after the drop was first
-        seen."""
-        t = self.cfg.train
-        return (
-            bool(t.stop_after_drop)
-            and self.drop_seen_at is not None
-            and step >= self.drop_seen_at + t.stop_after_drop
-        )
+    def _end_callbacks(self) -> None:
+        for callback in self.callbacks:
+            callback.on_end(self)
 
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
         disk), none at all: a stale summary would mislead (`abrupt plot` redraws them)."""
         try:
-            return finish(self.out_dir, time.perf_counter() - self.t0)
+            return finish(self.out_dir, time.perf_counter() - self.t0, self.cfg)
         except OSError:
             for name in ("summary.json", "loss.png"):
                 (self.out_dir / name).unlink(missing_ok=True)
