@@ -1,4 +1,8 @@
-"""The GPT variant (Fig. 11, 12): a decoder-only transformer that reads a masked matrix and then
+"""The decoder: `Decoder` (GPT-2 blocks, the attention-score multiplier, teacher-forced
+evaluation), and its two models, `MatrixGPT` (the paper's GPT variant) and `SequenceGPT` (the
+follow-up's sequence tasks, Gopalani & Hu 2025, their batch and objective in seqgpt.py).
+
+The GPT variant (Fig. 11, 12): a decoder-only transformer that reads a masked matrix and then
 writes the whole matrix, trained with next-token cross-entropy on the written half.
 
 Sequence: [masked matrix tokens] [SEP] [full matrix tokens], row-major, T = m*n each side. The
@@ -209,8 +213,7 @@ class Decoder(HookedModule):
         for layer, block in enumerate(self.blocks):
             scale = None
             if self.attn_scale_on and keys is not None and layer in self.scale_layers:
-                t = length
-                on = keys[:, layer, :t, :t].to(x.device)[:, None]  # (B, 1, T, T)
+                on = keys[:, layer, :length, :length].to(x.device)[:, None]  # (B, 1, L, L)
                 scale = torch.where(on, self.attn_scale, 1.0).to(x.dtype)
             x = block(x, scale, cache=None if cache is None else cache[layer])
         if last:
