@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import abrupt.tasks
 from abrupt.checks import validate_run
 from abrupt.config import apply_overrides
@@ -191,3 +193,43 @@ def test_a_renamed_key_and_its_old_name_are_one_key_in_a_sweep():
     )
     with pytest.raises(ConfigError, match="given more than once"):
         expand(spec)
+
+
+def test_a_new_model_is_a_class_and_a_registry_entry(tmp_path, monkeypatch):
+    """A toy decoder registered without writing into src/: `model.arch=toy` trains matrix
+    completion and a sequence task through the trainer, and its undeclared options are refused."""
+    from abrupt.config import ConfigError, preset
+    from abrupt.models.gpt import MatrixGPT, SequenceGPT
+    from abrupt.models.registry import ARCHS
+
+    built = []
+
+    class ToySequence(SequenceGPT):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append("sequence")
+
+    class Toy(MatrixGPT):
+        supports = frozenset({"sequence_tasks"})
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append("matrix")
+
+        for_sequences = ToySequence
+
+    monkeypatch.setitem(ARCHS, "toy", Toy)
+    small = ["train.steps=4", "train.log_every=2", "train.ckpt_every=4", "train.eval_size=8"]
+    small += ["train.batch_size=8", "model.width=16", "model.mlp=32", "model.layers=1"]
+    for name, overrides in (
+        ("matrix", ["model.arch=toy", "train.progress=false"]),
+        ("mws", ["model.arch=toy", "task.name=mws", "train.progress=true"]),
+    ):
+        run = tmp_path / name
+        train(apply_overrides(preset("gpt_cpu"), overrides + small), run, verbose=False)
+        rows = read_metrics(run)
+        assert [r["step"] for r in rows] == [1, 2, 4] and all(r["loss"] > 0 for r in rows)
+    assert "matrix" in built and "sequence" in built
+    linear = apply_overrides(preset("gpt_cpu"), ["model.arch=toy", "model.attention=linear"])
+    with pytest.raises(ConfigError, match=r"^model.attention=linear: built for .*, not toy$"):
+        validate_run(linear)

@@ -133,7 +133,7 @@ def test_gpt_refuses_what_it_does_not_support():
     from abrupt.config import ConfigError
 
     with pytest.raises(ConfigError, match="model.arch=bert only"):
-        apply_overrides(preset("gpt_cpu"), ["train.progress=true"])
+        validate_run(apply_overrides(preset("gpt_cpu"), ["train.progress=true"]))
     with pytest.raises(ConfigError, match="model.arch: must be one of bert, gpt"):
         validate_run(apply_overrides(preset("tiny"), ["model.arch=rnn"]))
 

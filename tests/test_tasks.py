@@ -13,8 +13,9 @@ from abrupt.analysis import registry
 from abrupt.checks import validate_run
 from abrupt.config import ConfigError, ModelConfig, TaskConfig, apply_overrides, preset
 from abrupt.data import generator
+from abrupt.models.gpt import SequenceGPT
 from abrupt.models.layers import Attention
-from abrupt.models.seqgpt import SequenceGPT, sequence_losses
+from abrupt.models.seqgpt import sequence_losses
 from abrupt.train.trainer import train
 
 BASELINE = Path(__file__).parent / "data" / "matrix_baseline.json"

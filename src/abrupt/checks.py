@@ -8,12 +8,48 @@ from __future__ import annotations
 from . import tasks, tracking
 from .config import Config, ConfigError, group_lr, validate
 from .models import groups
-from .models.registry import ARCHS
+from .models.registry import ARCHS, supports
 
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
+
+
+def _check_capabilities(cfg: Config) -> None:
+    """The options only some architectures build, by the capabilities their class declares
+    (`supports`, models/registry.py)."""
+    m = cfg.model
+    for on, capability, msg in (
+        (
+            m.norm == "pre",
+            "norm_pre",
+            f"model.norm=pre: built for model.arch=bert (the GPT variant is pre-LN already), "
+            f"not {m.arch}",
+        ),
+        (
+            m.value_init == "line",
+            "value_init_line",
+            f"model.value_init=line: built for model.arch=bert, not {m.arch}",
+        ),
+        (
+            m.attention == "linear",
+            "attention_linear",
+            f"model.attention=linear: built for the decoder (model.arch=gpt), not {m.arch}",
+        ),
+        (
+            bool(cfg.data.sizes.strip()),
+            "size_mixtures",
+            f"data.sizes: size mixtures are built for model.arch=bert only, not {m.arch}",
+        ),
+        (
+            cfg.task.name == "matrix" and cfg.train.progress,
+            "matrix_progress",
+            "train.progress: on matrices the progress measures are built for model.arch=bert "
+            f"only, not {m.arch}",
+        ),
+    ):
+        _need(not on or supports(m.arch, capability), msg)
 
 
 def validate_run(cfg: Config) -> Config:
@@ -26,6 +62,7 @@ def validate_run(cfg: Config) -> Config:
         f"task.name: must be one of {', '.join(tasks.names())}, got '{k.name}'",
     )
     validate(cfg)
+    _check_capabilities(cfg)
     tracking.names(t.log_to)
     try:
         tasks.get(k.name).check(cfg)  # the task's own rules (the layers it defines correct keys in)

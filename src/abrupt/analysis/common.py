@@ -28,6 +28,7 @@ from ..baselines import SolutionCache
 from ..config import Config, DataConfig
 from ..data import Batch, seeded_batch
 from ..models.bert import MatrixBert
+from ..models.registry import supports
 from ..plots import figure
 from ..run import checkpoints
 from ..run.rundir import RunDirError, read_config, read_json, read_metrics
@@ -75,7 +76,7 @@ def bert_only(cfg: Config) -> str | None:
     position."""
     return (
         "it reads one scalar prediction per position, which the GPT variant does not make"
-        if cfg.model.arch != "bert"
+        if not supports(cfg.model.arch, "scalar_readout")
         else None
     )
 

@@ -531,10 +531,6 @@ def _check_interventions(cfg: Config) -> None:
     need = _need
     need(m.norm in ("post", "pre"), f"model.norm: must be post or pre, got '{m.norm}'")
     need(
-        m.norm == "post" or m.arch == "bert",
-        "model.norm=pre: the GPT variant is pre-LN already; use it with model.arch=bert",
-    )
-    need(
         m.value_init in ("random", "line"),
         f"model.value_init: must be random or line, got '{m.value_init}'",
     )
@@ -551,10 +547,6 @@ def _check_interventions(cfg: Config) -> None:
         f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}",
     )
     need(m.attn_bias == 1.0 or m.arch == "bert", "model.attn_bias: built for model.arch=bert")
-    need(
-        m.value_init == "random" or m.arch == "bert",
-        "model.value_init=line: built for model.arch=bert",
-    )
     layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
     need(
@@ -580,10 +572,6 @@ def _check_task(cfg: Config) -> None:
     need(
         m.attention in ("softmax", "linear"),
         f"model.attention: must be softmax or linear, got '{m.attention}'",
-    )
-    need(
-        m.attention == "softmax" or m.arch == "gpt",
-        "model.attention=linear: built for the decoder (model.arch=gpt)",
     )
     need(
         0 < k.attn_scale < math.inf,
@@ -684,14 +672,6 @@ def validate(cfg: Config) -> None:
     )
     need(t.keep_optim >= 1, f"train.keep_optim: must be >= 1, got {t.keep_optim}")
     need(t.stop_after_drop >= 0, f"train.stop_after_drop: must be >= 0, got {t.stop_after_drop}")
-    need(
-        m.arch == "bert" or not cfg.data.sizes.strip(),
-        "data.sizes: size mixtures are built for model.arch=bert only",
-    )
-    need(
-        m.arch == "bert" or cfg.task.name != "matrix" or not t.progress,
-        "train.progress: on matrices the progress measures are built for model.arch=bert only",
-    )
     need(
         0 < m.attn_temperature < math.inf,
         f"model.attn_temperature: must be a positive number, got {m.attn_temperature}",

@@ -1,4 +1,5 @@
 """The models: plain PyTorch with named hook points (hooks.py). `layers.py` holds what they share,
-`bert.py` the paper's encoder, `gpt.py` its decoder variant, `seqgpt.py` the decoder of the
-follow-up's sequence tasks, `groups.py` the named parameter groups, `registry.py` the
+`bert.py` the paper's encoder, `gpt.py` the decoder (`Decoder`) with its matrix model (the
+paper's variant) and sequence model (the follow-up's), `seqgpt.py` the sequence tasks' batch and
+objective, `groups.py` the named parameter groups, `registry.py` the
 architectures by `model.arch`."""

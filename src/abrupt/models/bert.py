@@ -101,6 +101,10 @@ class MatrixBert(HookedModule):
     `model.attn_bias_until`)."""
 
     causal = False  # every position attends to every other
+    # what model.* options and tasks this architecture serves (checks.validate_run)
+    supports = frozenset(
+        {"norm_pre", "value_init_line", "size_mixtures", "matrix_progress", "scalar_readout"}
+    )
 
     def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:
         super().__init__()

@@ -1,4 +1,8 @@
-"""The GPT variant (Fig. 11, 12): a decoder-only transformer that reads a masked matrix and then
+"""The decoder: `Decoder` (GPT-2 blocks, the attention-score multiplier, teacher-forced
+evaluation), and its two models, `MatrixGPT` (the paper's GPT variant) and `SequenceGPT` (the
+follow-up's sequence tasks, Gopalani & Hu 2025, their batch and objective in seqgpt.py).
+
+The GPT variant (Fig. 11, 12): a decoder-only transformer that reads a masked matrix and then
 writes the whole matrix, trained with next-token cross-entropy on the written half.
 
 Sequence: [masked matrix tokens] [SEP] [full matrix tokens], row-major, T = m*n each side. The
@@ -20,6 +24,8 @@ pre-LN already, so `model.norm` stays a BERT option.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,8 +33,10 @@ from torch import nn
 from ..config import ModelConfig
 from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from ..hooks import HookedModule, HookPoint, mode
+from ..losses import as_floats
 from . import layers
 from .layers import Attention, KVCache, init_weights
+from .seqgpt import SeqBatch, sequence_losses
 
 GPT_MASK, GPT_SEP = 0, 1
 _SHIFT = 1  # a GPT value id is the BERT value id + 1 (room for SEP after MASK)
@@ -128,68 +136,164 @@ class GPTBlock(nn.Module):
         return self.hook_resid_post(x + mlp)
 
 
-def build_decoder(module: HookedModule, cfg: ModelConfig, vocab: int, positions: int) -> None:
-    """Give `module` the decoder's parts (token and position embeddings, `cfg.layers` GPT blocks, a
-    final LayerNorm, an untied head without bias, the embedding and output hook points), name its
-    hook points and initialise it with its own `reset_parameters` (MatrixGPT, SequenceGPT)."""
-    module.tok_embed = nn.Embedding(vocab, cfg.width)
-    module.pos_embed = nn.Embedding(positions, cfg.width)
-    module.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
-    module.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-    module.head = nn.Linear(cfg.width, vocab, bias=False)
-    module.hook_tok_embed = HookPoint()
-    module.hook_pos_embed = HookPoint()
-    module.hook_embed = HookPoint()
-    module.hook_out = HookPoint()
-    module.name_hook_points()
-    module.reset_parameters()
+class Decoder(HookedModule):
+    """GPT-2's decoder: tokens (B, L <= positions) ids in [0, vocab) -> next-token logits
+    (B, L, vocab). Token and position embeddings, `cfg.layers` GPTBlocks, a final LayerNorm, an
+    untied head without bias. The matrix and sequence models subclass it with their tokens and
+    objective (MatrixGPT, SequenceGPT).
 
-
-class MatrixGPT(HookedModule):
-    """tokens (B, L <= 2T) GPT ids -> next-token logits (B, L, GPT_VOCAB)."""
+    Attention-score multiplier (the follow-up's intervention): with `attn_scale` c != 1 the
+    attention of the layers in `scale_layers` on each query's correct keys (`keys`, (B, layers,
+    >= L, >= L) bool, from the task) is multiplied by c; `attn_scale_on` switches it (the trainer
+    turns it on from `task.attn_scale_from`)."""
 
     causal = True  # a position attends to itself and earlier ones
+    # GPT-2's init of the residual output projections, N(0, init_std / sqrt(2 layers)), so the
+    # residual stream's variance does not grow with depth (the follow-up's code); off: init_std
+    scaled_residual_init = False
 
     def __init__(
-        self, cfg: ModelConfig, seq_len: int, cols: int | None = None
-    ) -> None:  # cols: unused (no row/column bias)
+        self,
+        cfg: ModelConfig,
+        vocab: int,
+        positions: int,
+        attn_scale: float = 1.0,
+        scale_layers: list[int] | tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
-        build_decoder(self, cfg, GPT_VOCAB, 2 * seq_len)
+        self.attn_scale = attn_scale
+        self.scale_layers = set(scale_layers)
+        self.attn_scale_on = attn_scale != 1.0 and bool(self.scale_layers)
+        # registration order sets which draws of the seeded RNG each weight gets
+        self.tok_embed = nn.Embedding(vocab, cfg.width)
+        self.pos_embed = nn.Embedding(positions, cfg.width)
+        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
+        self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.head = nn.Linear(cfg.width, vocab, bias=False)
+        self.hook_tok_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.hook_embed = HookPoint()
+        self.hook_out = HookPoint()
+        self.name_hook_points()
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         init_weights(self)
+        if self.scaled_residual_init:
+            std = self.cfg.init_std / math.sqrt(2 * self.cfg.layers)
+            for block in self.blocks:
+                nn.init.normal_(block.attn.o.weight, std=std)
+                nn.init.normal_(block.mlp_out.weight, std=std)
 
     def forward(
         self,
         tokens: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        *,
         pad: torch.Tensor | None = None,
         cache: list[KVCache] | None = None,
         last: bool = False,
     ) -> torch.Tensor:
-        """`cache` (one KVCache per layer, from `new_cache`): `tokens` continue the positions it has
+        """`keys`: the task's correct keys, read only while the attention-score multiplier is on.
+        `cache` (one KVCache per layer, from `new_cache`): `tokens` continue the positions it has
         read, and are added to it; every hook then sees the new positions only. `last`: the logits
-        of the last position alone, (B, 1, GPT_VOCAB) (greedy decoding needs no others)."""
+        of the last position alone, (B, 1, vocab) (greedy decoding needs no others). `pad`: refused
+        (no size mixtures)."""
         if pad is not None:
             raise ValueError("the GPT variant does not take size mixtures")
         start = 0 if cache is None else cache[0].length
         length = tokens.shape[1]
-        if not 1 <= start + length <= 2 * self.seq_len:
-            raise ValueError(
-                f"expected sequences of length 1..{2 * self.seq_len}, got {start + length}"
-            )
+        positions = self.pos_embed.num_embeddings
+        if not 1 <= start + length <= positions:
+            raise ValueError(f"expected sequences of length 1..{positions}, got {start + length}")
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[start : start + length].unsqueeze(0))
         x = self.hook_embed(tok + pos)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache=None if cache is None else cache[i])
+        for layer, block in enumerate(self.blocks):
+            scale = None
+            if self.attn_scale_on and keys is not None and layer in self.scale_layers:
+                on = keys[:, layer, :length, :length].to(x.device)[:, None]  # (B, 1, L, L)
+                scale = torch.where(on, self.attn_scale, 1.0).to(x.dtype)
+            x = block(x, scale, cache=None if cache is None else cache[layer])
         if last:
             x = x[:, -1:]
         return self.hook_out(self.head(self.ln_final(x)))
 
     def new_cache(self) -> list[KVCache]:
-        return [KVCache(2 * self.seq_len) for _ in self.blocks]
+        return [KVCache(self.pos_embed.num_embeddings) for _ in self.blocks]
+
+    def train_inputs(self, batch) -> tuple[torch.Tensor, ...]:
+        """The forward's arguments for a training batch (teacher forcing)."""
+        raise NotImplementedError
+
+    def objective(self, logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
+        """The loss ("loss") and metrics of the logits of `train_inputs(batch)`."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch, chunk: int | None = None) -> dict[str, float]:
+        """Teacher-forced metrics on a batch (evaluation mode, `chunk` sequences a forward pass,
+        default layers.CHUNK), as floats."""
+        chunk = chunk or layers.CHUNK
+        with mode(self):
+            logits = torch.cat(
+                [
+                    self(*self.train_inputs(batch[i : i + chunk])).float()
+                    for i in range(0, len(batch), chunk)
+                ]
+            )
+        return as_floats(self.objective(logits, batch))
+
+
+class SequenceGPT(Decoder):
+    """The decoder of the follow-up's sequence tasks (Gopalani & Hu 2025), as in their
+    minGPT-based code: tokens (B, T <= seq_len) -> logits (B, T, vocab), trained on
+    `seqgpt.sequence_losses`. Initialisation (GPT-2's, theirs): every weight N(0, init_std),
+    biases 0, LayerNorms 1, residual output projections N(0, init_std / sqrt(2 layers))."""
+
+    scaled_residual_init = True
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab: int,
+        seq_len: int,
+        attn_scale: float = 1.0,
+        scale_layers: list[int] | tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(cfg, vocab, seq_len, attn_scale, scale_layers)
+        self.vocab = vocab
+        self.seq_len = seq_len
+
+    def train_inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch.tokens[:, :-1], batch.keys
+
+    objective = staticmethod(sequence_losses)
+
+
+class MatrixGPT(Decoder):
+    """tokens (B, L <= 2T) GPT ids -> next-token logits (B, L, GPT_VOCAB)."""
+
+    # what model.* options and tasks this architecture serves (checks.validate_run)
+    supports = frozenset({"attention_linear", "sequence_tasks"})
+
+    def __init__(
+        self, cfg: ModelConfig, seq_len: int, cols: int | None = None
+    ) -> None:  # cols: unused (no row/column bias)
+        super().__init__(cfg, GPT_VOCAB, 2 * seq_len)
+        self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
+
+    @staticmethod
+    def for_sequences(
+        cfg: ModelConfig,
+        vocab: int,
+        seq_len: int,
+        attn_scale: float = 1.0,
+        scale_layers: list[int] | tuple[int, ...] = (),
+    ) -> SequenceGPT:
+        """This architecture's model for a sequence task (`supports` has "sequence_tasks")."""
+        return SequenceGPT(cfg, vocab, seq_len, attn_scale, scale_layers)
 
     # --- what training and the analyses call --------------------------------------------------
 
@@ -202,18 +306,6 @@ class MatrixGPT(HookedModule):
         return masked_prefix(tokens)
 
     objective = staticmethod(gpt_losses)
-
-    @torch.no_grad()
-    def evaluate_batch(self, batch: Batch) -> dict[str, float]:
-        """Teacher-forced losses on a batch (evaluation mode), as floats."""
-        with mode(self):
-            logits = torch.cat(
-                [
-                    self(*self.train_inputs(batch[i : i + layers.CHUNK])).float()
-                    for i in range(0, len(batch), layers.CHUNK)
-                ]
-            )
-        return {k: v.item() for k, v in gpt_losses(logits, batch).items()}
 
     @torch.no_grad()
     def complete(self, tokens: torch.Tensor, cache: bool = True) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""The matrix-completion models by `model.arch`: one line per architecture. A new one is a module
-of this package defining a HookedModule class that takes (ModelConfig, seq_len, cols) and has
-the calls training makes (`train_inputs`, `objective`, `evaluate_batch`, `predict`), plus its
-line here (docs/extending.md)."""
+"""The models by `model.arch`: one line per architecture. A new one is a module of this package
+defining a HookedModule class that takes (ModelConfig, seq_len, cols) for matrix completion, has
+the calls training makes (`train_inputs`, `objective`, `evaluate_batch`, `predict`), declares the
+options and tasks it serves in `supports` (checks.validate_run) and, with "sequence_tasks" there,
+builds its sequence-task model with `for_sequences`; plus its line here (docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,24 @@ def build_model(cfg: ModelConfig, seq_len: int, seed: int, cols: int | None = No
     (`cols` columns: needed by model.attn_bias)."""
     torch.manual_seed(seed)
     return ARCHS[cfg.arch](cfg, seq_len, cols)
+
+
+def supports(arch: str, capability: str) -> bool:
+    """Whether architecture `arch` declares `capability` (its class's `supports`; an unknown
+    architecture declares none)."""
+    return capability in getattr(ARCHS.get(arch), "supports", ())
+
+
+def build_sequence_model(
+    cfg: ModelConfig,
+    vocab: int,
+    seq_len: int,
+    seed: int,
+    attn_scale: float = 1.0,
+    scale_layers: list[int] | tuple[int, ...] = (),
+) -> HookedModule:
+    """The sequence-task model of `cfg.arch` (one with "sequence_tasks" in `supports`),
+    initialised from `seed`: `vocab` token ids, sequences of up to `seq_len` tokens, the
+    attention-score multiplier `attn_scale` on `scale_layers` (gpt.Decoder)."""
+    torch.manual_seed(seed)
+    return ARCHS[cfg.arch].for_sequences(cfg, vocab, seq_len, attn_scale, scale_layers)

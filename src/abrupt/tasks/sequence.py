@@ -15,7 +15,8 @@ import torch
 
 from ..config import Config, TaskConfig, layer_list
 from ..hooks import HookedModule, act_name, mode
-from ..models.seqgpt import SeqBatch, SequenceGPT
+from ..models.registry import build_sequence_model, supports
+from ..models.seqgpt import SeqBatch
 from ..progress import collapse
 
 PROGRESS_BATCH = 256  # progress measures use the first sequences of the evaluation batch
@@ -52,8 +53,11 @@ class SequenceTask:
 
     def check(self, cfg: Config) -> None:
         name = cfg.task.name
-        if cfg.model.arch != "gpt":
-            raise ValueError(f"task.name={name}: a sequence task needs the decoder, model.arch=gpt")
+        if not supports(cfg.model.arch, "sequence_tasks"):
+            raise ValueError(
+                f"task.name={name}: a sequence task needs the decoder, model.arch=gpt "
+                f"(not {cfg.model.arch})"
+            )
         if cfg.curriculum.end():
             raise ValueError(f"curriculum: built for task.name=matrix, not {name}")
         if cfg.data.sizes.strip():
@@ -61,13 +65,13 @@ class SequenceTask:
         layer_list(cfg.task.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
 
     def build_model(self, cfg: Config) -> HookedModule:
-        torch.manual_seed(cfg.seed)
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
         k = cfg.task
-        return SequenceGPT(
+        return build_sequence_model(
             cfg.model,
             self.vocab(k),
             tokens.shape[1] - 1,
+            cfg.seed,
             k.attn_scale,
             layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
             if k.attn_scale != 1.0
