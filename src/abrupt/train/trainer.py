@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__, tasks, tracking
+from .. import __version__, interventions, tasks, tracking
 from ..checks import validate_run
 from ..config import Config, ConfigError, group_lr
 from ..data import generator
@@ -42,7 +42,6 @@ from ..run.rundir import (
     remove_temp_files,
     write_metrics,
 )
-from . import interventions
 from .summary import figures, finish
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
