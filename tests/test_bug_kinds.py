@@ -7,13 +7,14 @@ import tempfile
 import pytest
 import torch
 
+from abrupt import interventions
 from abrupt.analysis.probe import r_squared
 from abrupt.config import ConfigError, apply_overrides, preset
 from abrupt.data import generator, id_to_value, make_batch, sample_batch
 from abrupt.dynamics import forecast, transition
 from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics, write_metrics
-from abrupt.train.trainer import interventions, train
+from abrupt.train.trainer import train
 
 
 def tiny(*overrides):
@@ -200,9 +201,9 @@ def test_one_schedule_for_training_and_loading(tmp_path):
     train(cfg, tmp_path / "run", verbose=False)
     for step, on in ((0, True), (20, True), (40, False)):
         model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
-        assert model.attn_bias_on is on is interventions.bias_on(cfg, step)
+        assert model.attn_bias_on is on is interventions.get("attn_bias").on(cfg, step)
     seq = apply_overrides(preset("mws"), ["task.attn_scale=2", "task.attn_scale_from=5"])
-    assert [interventions.scale_on(seq, s) for s in (4, 5)] == [False, True]
+    assert [interventions.get("attn_scale").on(seq, s) for s in (4, 5)] == [False, True]
 
 
 def test_a_token_and_its_target_are_one_rounding():

@@ -1,5 +1,6 @@
-"""docs/extending.md holds: a task added as one file trains, analyses and reports; a run directory
-written before the package's layout changed still loads, resumes and analyses."""
+"""docs/extending.md holds: a task added as one file trains, analyses and reports; an
+intervention added as one file acts in training and on checkpoint loading; a run directory written
+before the package's layout changed still loads, resumes and analyses."""
 
 import json
 import re
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import abrupt.interventions
 import abrupt.tasks
 from abrupt.checks import validate_run
-from abrupt.config import apply_overrides
+from abrupt.config import apply_overrides, preset
 from abrupt.config.schema import RENAMED
+from abrupt.run import checkpoints
 from abrupt.run.rundir import read_config, read_metrics
 from abrupt.train.trainer import train
 
@@ -71,6 +74,35 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
         assert abrupt_cli("report", str(run)).returncode == 0
     finally:
         path.unlink()
+
+
+def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
+    """The docs' example, dropped into a temporary folder of the package's path (not into src/:
+    parallel test workers share it), sets its switch by its schedule before every training step
+    and on every loaded checkpoint."""
+    code = re.search(r"```python\n(\"\"\"On for the first half.*?)```", DOC, re.S).group(1)
+    (tmp_path / "zz_first_half.py").write_text(code)
+    registry = abrupt.interventions
+    monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    registry._registry.cache_clear()
+    try:
+        toy = registry.get("first_half")
+        seen = []
+        real_apply = toy.apply
+
+        def apply(model, cfg, step):
+            real_apply(model, cfg, step)
+            seen.append((step, model.first_half_on))
+
+        monkeypatch.setattr(toy, "apply", apply)
+        cfg = apply_overrides(preset("tiny"), ["train.steps=6", "train.ckpt_every=2"])
+        train(cfg, tmp_path / "run", verbose=False)
+        assert seen == [(s, s <= 3) for s in range(1, 7)]
+        for step in (2, 4, 6):
+            model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
+            assert model.first_half_on is (step <= 3)
+    finally:
+        registry._registry.cache_clear()
 
 
 def test_an_unknown_task_names_the_registered_ones():

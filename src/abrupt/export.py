@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from . import interventions
 from .data import MASK_ID
 from .hooks import HookedModule
 from .models.bert import MatrixBert
@@ -65,17 +66,7 @@ def unmapped(model: HookedModule) -> str | None:
     if isinstance(model, MatrixBert):
         if c.norm == "pre":
             return "the pre-LayerNorm BERT (model.norm=pre) has no counterpart in BertModel"
-        if model.attn_bias_on:
-            return (
-                "the row/column attention bias (model.attn_bias) acts at this step and BertModel "
-                "has no such bias; export a step after model.attn_bias_until"
-            )
-    elif getattr(model, "attn_scale_on", False):
-        return (
-            "the attention-score multiplier (task.attn_scale) acts at this step and "
-            "GPT2LMHeadModel has no such multiplier"
-        )
-    return None
+    return interventions.unexported(model)
 
 
 def _q_scaled(sd: dict[str, torch.Tensor], prefix: str, temperature: float) -> None:

@@ -24,10 +24,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import tasks
+from .. import interventions, tasks
 from ..config import Config
 from ..models.bert import MatrixBert
-from ..train import interventions
 from .rundir import atomic_write_json, interrupts_held, read_config, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")

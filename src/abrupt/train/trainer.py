@@ -24,7 +24,7 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from .. import __version__, tasks, tracking
+from .. import __version__, interventions, tasks, tracking
 from ..checks import validate_run
 from ..config import Config, ConfigError, group_lr
 from ..data import generator
@@ -43,7 +43,6 @@ from ..run.rundir import (
     write_metrics,
 )
 from . import callbacks as callbacks_
-from . import interventions
 from .summary import figures, finish
 
 # Offsets keep the streams of model init, training data and evaluation data apart for one seed.
