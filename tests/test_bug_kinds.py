@@ -201,7 +201,8 @@ def test_one_schedule_for_training_and_loading(tmp_path):
     train(cfg, tmp_path / "run", verbose=False)
     for step, on in ((0, True), (20, True), (40, False)):
         model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
-        assert model.attn_bias_on is on is interventions.get("attn_bias").on(cfg, step)
+        acting = "attn_bias" in model.attention_edits
+        assert acting is on is interventions.get("attn_bias").on(cfg, step)
     seq = apply_overrides(preset("mws"), ["task.attn_scale=2", "task.attn_scale_from=5"])
     assert [interventions.get("attn_scale").on(seq, s) for s in (4, 5)] == [False, True]
 

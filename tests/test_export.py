@@ -107,7 +107,7 @@ def test_the_temperature_is_folded_and_the_bias_exports_once_switched_off(tmp_pa
     assert not (tmp_path / "on").exists()
     assert export(run, tmp_path / "hf") == 0  # step 4: the bias is off
     cfg, model, _ = load_run(run)
-    assert not model.attn_bias_on
+    assert not model.attention_edits
     tokens = sample_batch(cfg.data, 8, generator(1)).tokens
     scope = {"DIR": str(tmp_path / "hf"), "tokens": tokens}
     with torch.no_grad():

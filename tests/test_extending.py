@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import abrupt.interventions
 import abrupt.tasks
 from abrupt.checks import validate_run
 from abrupt.config import apply_overrides, preset
 from abrupt.config.schema import RENAMED
+from abrupt.data import generator, sample_batch
 from abrupt.run import checkpoints
 from abrupt.run.rundir import read_config, read_metrics
 from abrupt.train.trainer import train
@@ -78,9 +80,10 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
 
 def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
     """The docs' example, dropped into a temporary folder of the package's path (not into src/:
-    parallel test workers share it), sets its switch by its schedule before every training step
-    and on every loaded checkpoint."""
-    code = re.search(r"```python\n(\"\"\"On for the first half.*?)```", DOC, re.S).group(1)
+    parallel test workers share it), puts its attention edit in and takes it out by its schedule
+    before every training step and on every loaded checkpoint, and the edit changes the forward
+    pass."""
+    code = re.search(r"```python\n(\"\"\"A nudge toward.*?)```", DOC, re.S).group(1)
     (tmp_path / "zz_first_half.py").write_text(code)
     registry = abrupt.interventions
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
@@ -92,7 +95,7 @@ def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
 
         def apply(model, cfg, step):
             real_apply(model, cfg, step)
-            seen.append((step, model.first_half_on))
+            seen.append((step, "first_half" in model.attention_edits))
 
         monkeypatch.setattr(toy, "apply", apply)
         cfg = apply_overrides(preset("tiny"), ["train.steps=6", "train.ckpt_every=2"])
@@ -100,7 +103,12 @@ def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
         assert seen == [(s, s <= 3) for s in range(1, 7)]
         for step in (2, 4, 6):
             model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
-            assert model.first_half_on is (step <= 3)
+            assert ("first_half" in model.attention_edits) is (step <= 3)
+        tokens = sample_batch(cfg.data, 4, generator(0)).tokens
+        toy.apply(model, cfg, 1)
+        nudged = model.predict(tokens)
+        model.attention_edits.clear()
+        assert not torch.equal(nudged, model.predict(tokens))
     finally:
         registry._registry.cache_clear()
 

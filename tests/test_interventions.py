@@ -8,7 +8,8 @@ import torch
 
 from abrupt.config import ConfigError, ModelConfig, apply_overrides, preset
 from abrupt.data import VOCAB_SIZE, generator, id_to_value, sample_batch
-from abrupt.models.bert import MatrixBert, row_column_bias
+from abrupt.interventions.attn_bias import RowColumnBias, row_column_bias
+from abrupt.models.bert import MatrixBert
 from abrupt.models.registry import build_model
 from abrupt.run.rundir import read_metrics
 from abrupt.train.trainer import Trainer, train
@@ -107,11 +108,8 @@ def test_row_column_bias_multiplies_attention_on_row_and_column_keys_by_c():
     for k in range(6):
         assert bias[0, k].item() == pytest.approx(math.log(2.5) if (0, k) in same else 0.0)
     torch.manual_seed(0)
-    model = MatrixBert(
-        ModelConfig(width=16, layers=2, heads=2, mlp=32, attn_bias=4.0, attn_bias_layers="1"),
-        6,
-        cols=3,
-    ).eval()
+    model = MatrixBert(ModelConfig(width=16, layers=2, heads=2, mlp=32), 6, cols=3).eval()
+    model.attention_edits["attn_bias"] = RowColumnBias(4.0, [1])
     tokens = torch.randint(1, VOCAB_SIZE, (2, 6))
     base = MatrixBert(ModelConfig(width=16, layers=2, heads=2, mlp=32), 6)
     base.load_state_dict(model.state_dict())
@@ -150,13 +148,13 @@ def test_attn_bias_until_switches_the_bias_off_in_training_and_in_loaded_checkpo
     )
     trainer = Trainer(cfg, tmp_path / "r", verbose=False)
     trainer.step(10, False)
-    assert trainer.model.attn_bias_on
+    assert "attn_bias" in trainer.model.attention_edits
     trainer.step(11, False)
-    assert not trainer.model.attn_bias_on
+    assert "attn_bias" not in trainer.model.attention_edits
     train(cfg, tmp_path / "run", verbose=False)
     assert (
-        load_run(tmp_path / "run", 10)[1].attn_bias_on
-        and not load_run(tmp_path / "run", 15)[1].attn_bias_on
+        "attn_bias" in load_run(tmp_path / "run", 10)[1].attention_edits
+        and "attn_bias" not in load_run(tmp_path / "run", 15)[1].attention_edits
     )
 
 

@@ -13,6 +13,7 @@ from abrupt.analysis import registry
 from abrupt.checks import validate_run
 from abrupt.config import ConfigError, ModelConfig, TaskConfig, apply_overrides, preset
 from abrupt.data import generator
+from abrupt.interventions.attn_scale import ScaleOnKeys
 from abrupt.models.gpt import SequenceGPT
 from abrupt.models.layers import Attention
 from abrupt.models.seqgpt import sequence_losses
@@ -271,10 +272,11 @@ def test_multiplier_one_is_a_no_op_and_acts_only_on_chosen_layers():
     torch.manual_seed(0)
     plain = SequenceGPT(cfg.model, 33, 49)
     torch.manual_seed(0)
-    scaled = SequenceGPT(cfg.model, 33, 49, attn_scale=2.5, scale_layers=[1])
+    scaled = SequenceGPT(cfg.model, 33, 49)
+    scaled.attention_edits["attn_scale"] = ScaleOnKeys(2.5, [1])
     inputs = batch.tokens[:, :-1]
     assert not torch.equal(plain(inputs, batch.keys), scaled(inputs, batch.keys))
-    scaled.attn_scale_on = False
+    scaled.attention_edits.clear()
     assert torch.equal(plain(inputs, batch.keys), scaled(inputs, batch.keys))
     # GPT-2 init: residual projections at init_std / sqrt(2 layers)
     assert plain.blocks[0].mlp_out.weight.std().item() == pytest.approx(0.02 / 2, rel=0.05)

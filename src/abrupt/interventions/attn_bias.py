@@ -1,13 +1,39 @@
-"""The row/column attention bias (docs/plateau): with `model.attn_bias` = c != 1 the BERT adds log c
-to the attention logits of keys in the query's row or column (`models.bert.row_column_bias`), in
-the layers `model.attn_bias_layers`; it acts up to and including training step
-`model.attn_bias_until` (0: the whole run). The model's switch is `attn_bias_on`."""
+"""The row/column attention bias (docs/plateau): with `model.attn_bias` = c != 1 the BERT's
+attention weights on keys in the query's row or column are multiplied by c (log c added to their
+logits), in the layers `model.attn_bias_layers`; it acts up to and including training step
+`model.attn_bias_until` (0: the whole run)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..config import Config
+from ..config import Config, layer_list
+from ..models.layers import AttentionSite
+
+
+def row_column_bias(
+    t: int, cols: int, c: float, device: torch.device | None = None
+) -> torch.Tensor:
+    """(T, T) additive attention bias: log c where the key shares the query's row or column in a
+    matrix of `cols` columns read row-major (the query itself included), 0 elsewhere."""
+    p = torch.arange(t, device=device)
+    same = (p[:, None] // cols == p[None, :] // cols) | (p[:, None] % cols == p[None, :] % cols)
+    return same.float() * math.log(c)
+
+
+class RowColumnBias:
+    """The attention edit: the bias in `layers`, none elsewhere."""
+
+    def __init__(self, c: float, layers: list[int]) -> None:
+        self.c = c
+        self.layers = set(layers)
+
+    def __call__(self, site: AttentionSite) -> tuple[str, torch.Tensor] | None:
+        if site.layer not in self.layers:
+            return None
+        return "bias", row_column_bias(site.t, site.cols, self.c, site.device)
 
 
 class AttnBias:
@@ -18,11 +44,20 @@ class AttnBias:
         return cfg.model.attn_bias != 1.0 and (until == 0 or step <= until)
 
     def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
-        if hasattr(model, "attn_bias_on"):
-            model.attn_bias_on = self.on(cfg, step)
+        edits = getattr(model, "attention_edits", None)
+        if edits is None:
+            return
+        if not self.on(cfg, step):
+            edits.pop(self.name, None)
+            return
+        if not getattr(model, "cols", None):
+            raise ValueError("model.attn_bias needs a model of matrices (its number of columns)")
+        m = cfg.model
+        layers = layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
+        edits[self.name] = RowColumnBias(m.attn_bias, layers)
 
     def unexported(self, model: torch.nn.Module) -> str | None:
-        if getattr(model, "attn_bias_on", False):
+        if self.name in getattr(model, "attention_edits", {}):
             return (
                 "the row/column attention bias (model.attn_bias) acts at this step and BertModel "
                 "has no such bias; export a step after model.attn_bias_until"

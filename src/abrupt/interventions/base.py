@@ -16,7 +16,9 @@ class Intervention(Protocol):
         """Whether the intervention acts at training step `step` of the run `cfg` describes."""
 
     def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
-        """Set `model`'s switch to `on(cfg, step)`; a model without the switch is left alone."""
+        """Put the intervention's attention edit into `model.attention_edits` while `on(cfg,
+        step)`, take it out otherwise (`models.layers.AttentionSite`); a model without
+        `attention_edits` is left alone."""
 
     def unexported(self, model: torch.nn.Module) -> str | None:
         """Why `model`, with the intervention as `apply` set it, has no transformers counterpart

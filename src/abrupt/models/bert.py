@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, layer_list
+from ..config import ModelConfig
 from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from ..hooks import HookedModule, HookPoint, mode
 from ..losses import as_floats, losses
@@ -57,16 +57,6 @@ def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
         tok_embed[1:] += values[:, None] * d.to(tok_embed)
 
 
-def row_column_bias(
-    t: int, cols: int, c: float, device: torch.device | None = None
-) -> torch.Tensor:
-    """(T, T) additive attention bias: log c where the key shares the query's row or column in a
-    matrix of `cols` columns read row-major (the query itself included), 0 elsewhere."""
-    p = torch.arange(t, device=device)
-    same = (p[:, None] // cols == p[None, :] // cols) | (p[:, None] % cols == p[None, :] % cols)
-    return same.float() * math.log(c)
-
-
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -83,22 +73,29 @@ class Block(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None, bias: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`keep`, `bias`, `scale`: as Attention.forward takes them (None: none)."""
         x = self.hook_resid_pre(x)
         if self.pre_norm:
-            x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(self.ln_attn(x), keep, bias)))
+            attn = self.attn(self.ln_attn(x), keep, bias, scale)
+            x = self.hook_resid_mid(x + self.hook_attn_out(attn))
             mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)))))
             return self.hook_resid_post(x + mlp)
-        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(self.attn(x, keep, bias))))
+        attn = self.attn(x, keep, bias, scale)
+        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(attn)))
         mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x))))
         return self.hook_resid_post(self.ln_mlp(x + mlp))
 
 
 class MatrixBert(HookedModule):
-    """`cols`: the matrix's number of columns, needed only by the row/column attention bias
-    (`model.attn_bias`); `attn_bias_on` switches that bias (the trainer turns it off after
-    `model.attn_bias_until`)."""
+    """`cols`: the matrix's number of columns (read by attention edits that follow the matrix's
+    rows and columns). `attention_edits`: {name: edit} of the interventions acting now
+    (`layers.AttentionSite`; set by src/abrupt/interventions/, empty by default)."""
 
     causal = False  # every position attends to every other
     # what model.* options and tasks this architecture serves (checks.validate_run)
@@ -108,17 +105,10 @@ class MatrixBert(HookedModule):
 
     def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:
         super().__init__()
-        if cfg.attn_bias != 1.0 and not cols:
-            raise ValueError("model.attn_bias needs the matrix's number of columns (cols)")
         self.cfg = cfg
         self.seq_len = seq_len
         self.cols = cols
-        self.attn_bias_on = cfg.attn_bias != 1.0
-        self.bias_layers = (
-            set(layer_list(cfg.attn_bias_layers, cfg.layers, "model.attn_bias_layers"))
-            if self.attn_bias_on
-            else set()
-        )
+        self.attention_edits: dict[str, layers.AttentionEdit] = {}
         # padding_idx keeps the MASK row at zero and out of training, as in the reference
         # (HF BertModel with pad_token_id = 0): a hidden entry carries only its position.
         self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.width, padding_idx=MASK_ID)
@@ -168,13 +158,12 @@ class MatrixBert(HookedModule):
             raise ValueError(f"layer {layer} out of range: the model has {len(self.blocks)}")
         x, t = resid_pre, resid_pre.shape[1]
         keep = None if pad is None else ~pad.to(x.device)[:, None, None, :]
-        bias = (
-            row_column_bias(t, self.cols, self.cfg.attn_bias, x.device)
-            if self.attn_bias_on
-            else None
-        )
         for l in range(layer, len(self.blocks)):
-            x = self.blocks[l](x, keep, bias if l in self.bias_layers else None)
+            bias = scale = None
+            if self.attention_edits:
+                site = layers.AttentionSite(l, t, x.device, x.dtype, cols=self.cols)
+                bias, scale = layers.edit_terms(self.attention_edits, site)
+            x = self.blocks[l](x, keep, bias, scale)
         if self.cfg.norm == "pre":
             x = self.ln_final(x)
         return self.hook_out(self.readout(x).squeeze(-1))

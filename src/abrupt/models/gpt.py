@@ -35,7 +35,7 @@ from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from ..hooks import HookedModule, HookPoint, mode
 from ..losses import as_floats
 from . import layers
-from .layers import Attention, KVCache, init_weights
+from .layers import Attention, AttentionEdit, AttentionSite, KVCache, edit_terms, init_weights
 from .seqgpt import SeqBatch, sequence_losses
 
 GPT_MASK, GPT_SEP = 0, 1
@@ -122,14 +122,17 @@ class GPTBlock(nn.Module):
         self.hook_resid_post = HookPoint()
 
     def forward(
-        self, x: torch.Tensor, scale: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`scale`: the attention-score multiplier (Attention.forward), None for none; `cache`: the
-        layer's keys and values already read (greedy decoding)."""
+        """`scale`, `bias`: an attention edit's terms (Attention.forward), None for none; `cache`:
+        the layer's keys and values already read (greedy decoding)."""
         x = self.hook_resid_pre(x)
-        x = self.hook_resid_mid(
-            x + self.hook_attn_out(self.attn(self.ln_attn(x), scale=scale, cache=cache))
-        )
+        attn = self.attn(self.ln_attn(x), bias=bias, scale=scale, cache=cache)
+        x = self.hook_resid_mid(x + self.hook_attn_out(attn))
         mlp = self.hook_mlp_out(
             self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
         )
@@ -142,29 +145,18 @@ class Decoder(HookedModule):
     untied head without bias. The matrix and sequence models subclass it with their tokens and
     objective (MatrixGPT, SequenceGPT).
 
-    Attention-score multiplier (the follow-up's intervention): with `attn_scale` c != 1 the
-    attention of the layers in `scale_layers` on each query's correct keys (`keys`, (B, layers,
-    >= L, >= L) bool, from the task) is multiplied by c; `attn_scale_on` switches it (the trainer
-    turns it on from `task.attn_scale_from`)."""
+    `attention_edits`: {name: edit} of the interventions acting now (`layers.AttentionSite`, which
+    carries the task's correct keys `keys`; set by src/abrupt/interventions/, empty by default)."""
 
     causal = True  # a position attends to itself and earlier ones
     # GPT-2's init of the residual output projections, N(0, init_std / sqrt(2 layers)), so the
     # residual stream's variance does not grow with depth (the follow-up's code); off: init_std
     scaled_residual_init = False
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        vocab: int,
-        positions: int,
-        attn_scale: float = 1.0,
-        scale_layers: list[int] | tuple[int, ...] = (),
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, vocab: int, positions: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.attn_scale = attn_scale
-        self.scale_layers = set(scale_layers)
-        self.attn_scale_on = attn_scale != 1.0 and bool(self.scale_layers)
+        self.attention_edits: dict[str, AttentionEdit] = {}
         # registration order sets which draws of the seeded RNG each weight gets
         self.tok_embed = nn.Embedding(vocab, cfg.width)
         self.pos_embed = nn.Embedding(positions, cfg.width)
@@ -195,7 +187,7 @@ class Decoder(HookedModule):
         cache: list[KVCache] | None = None,
         last: bool = False,
     ) -> torch.Tensor:
-        """`keys`: the task's correct keys, read only while the attention-score multiplier is on.
+        """`keys`: the task's correct keys (B, layers, >= L, >= L) bool, read by attention edits.
         `cache` (one KVCache per layer, from `new_cache`): `tokens` continue the positions it has
         read, and are added to it; every hook then sees the new positions only. `last`: the logits
         of the last position alone, (B, 1, vocab) (greedy decoding needs no others). `pad`: refused
@@ -211,11 +203,11 @@ class Decoder(HookedModule):
         pos = self.hook_pos_embed(self.pos_embed.weight[start : start + length].unsqueeze(0))
         x = self.hook_embed(tok + pos)
         for layer, block in enumerate(self.blocks):
-            scale = None
-            if self.attn_scale_on and keys is not None and layer in self.scale_layers:
-                on = keys[:, layer, :length, :length].to(x.device)[:, None]  # (B, 1, L, L)
-                scale = torch.where(on, self.attn_scale, 1.0).to(x.dtype)
-            x = block(x, scale, cache=None if cache is None else cache[layer])
+            bias = scale = None
+            if self.attention_edits:
+                site = AttentionSite(layer, length, x.device, x.dtype, keys=keys)
+                bias, scale = edit_terms(self.attention_edits, site)
+            x = block(x, scale, cache=None if cache is None else cache[layer], bias=bias)
         if last:
             x = x[:, -1:]
         return self.hook_out(self.head(self.ln_final(x)))
@@ -254,15 +246,8 @@ class SequenceGPT(Decoder):
 
     scaled_residual_init = True
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        vocab: int,
-        seq_len: int,
-        attn_scale: float = 1.0,
-        scale_layers: list[int] | tuple[int, ...] = (),
-    ) -> None:
-        super().__init__(cfg, vocab, seq_len, attn_scale, scale_layers)
+    def __init__(self, cfg: ModelConfig, vocab: int, seq_len: int) -> None:
+        super().__init__(cfg, vocab, seq_len)
         self.vocab = vocab
         self.seq_len = seq_len
 
@@ -285,15 +270,9 @@ class MatrixGPT(Decoder):
         self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
 
     @staticmethod
-    def for_sequences(
-        cfg: ModelConfig,
-        vocab: int,
-        seq_len: int,
-        attn_scale: float = 1.0,
-        scale_layers: list[int] | tuple[int, ...] = (),
-    ) -> SequenceGPT:
+    def for_sequences(cfg: ModelConfig, vocab: int, seq_len: int) -> SequenceGPT:
         """This architecture's model for a sequence task (`supports` has "sequence_tasks")."""
-        return SequenceGPT(cfg, vocab, seq_len, attn_scale, scale_layers)
+        return SequenceGPT(cfg, vocab, seq_len)
 
     # --- what training and the analyses call --------------------------------------------------
 

@@ -1,11 +1,14 @@
 """What the models share: the attention (softmax or linear, bidirectional or causal, with a KV
-cache), the weight initialisation and the chunk size of batched prediction. Hook points inside
+cache), the channel through which interventions edit it (`AttentionSite`, `edit_terms`), the weight
+initialisation and the chunk size of batched prediction. Hook points inside
 the attention: hook_q / hook_k / hook_v (B, H, T, dh), hook_pattern (B, H, Tq, Tk), hook_z
 (B, T, H, dh) (see bert.py for the full list)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,53 @@ from ..hooks import HookPoint
 # may depend on it: a hook that needs a statistic of the batch gets it precomputed over the whole
 # batch, and a test runs every analysis at two chunk sizes.
 CHUNK = 512
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """Where a model asks its attention edits for their terms: one layer of one forward pass.
+
+    layer   the block's index
+    t       positions of the pass (queries and keys: no KV cache is in use when edits act)
+    device  where the terms must be
+    dtype   the activations' dtype (a multiplier is cast to it)
+    cols    the matrix's number of columns (matrix models; None elsewhere)
+    keys    the task's correct keys (B, layers, >= t, >= t) bool (sequence tasks; None elsewhere)
+    """
+
+    layer: int
+    t: int
+    device: torch.device
+    dtype: torch.dtype
+    cols: int | None = None
+    keys: torch.Tensor | None = None
+
+
+# An attention edit: called at every layer of every forward pass while it is in a model's
+# `attention_edits`, it returns ("bias", (Tq, Tk) float added to the logits) or ("scale", (B or 1,
+# 1, Tq, Tk) float > 0 multiplying the attention weights; see Attention.forward), or None where it
+# does not act. Interventions (src/abrupt/interventions/) put edits there and take them out.
+AttentionEdit = Callable[[AttentionSite], "tuple[str, torch.Tensor] | None"]
+
+
+def edit_terms(
+    edits: dict[str, AttentionEdit], site: AttentionSite
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(bias, scale) for one layer from every edit in `edits`: biases add, multipliers multiply,
+    None where no edit acts (so a model without edits runs exactly as one without the channel)."""
+    bias = scale = None
+    for edit in edits.values():
+        term = edit(site)
+        if term is None:
+            continue
+        kind, value = term
+        if kind == "bias":
+            bias = value if bias is None else bias + value
+        elif kind == "scale":
+            scale = value if scale is None else scale * value
+        else:
+            raise ValueError(f"an attention edit returned '{kind}'; expected bias or scale")
+    return bias, scale
 
 
 def init_weights(model: nn.Module) -> None:
@@ -104,7 +154,7 @@ class Attention(nn.Module):
         cache: "KVCache | None" = None,
     ) -> torch.Tensor:
         """`keep` (B, 1, 1, Tk) bool: keys that may be attended to (None: all; padding is not).
-        `bias` (Tq, Tk) float: added to the logits (the row/column intervention), None for none.
+        `bias` (Tq, Tk) float: added to the logits (an attention edit), None for none.
         `scale` (B or 1, 1, Tq, Tk) float > 0: the follow-up's attention-score multiplier (c on a
         task's correct keys, 1 elsewhere): linear attention multiplies its scores by it; softmax
         multiplies its weights and renormalises (log scale added to the logits).
@@ -136,10 +186,12 @@ class Attention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
-        elif bias is not None:  # BERT only (validated): no causal mask, no cache to combine
-            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(
+        elif bias is not None:
+            allowed = self._mask(keep, tq, tk, q.device)
+            # SDPA wants q's dtype (bf16 autocast)
+            mask = (bias if allowed is None else bias.masked_fill(~allowed, float("-inf"))).to(
                 q.dtype
-            )  # SDPA wants q's dtype (bf16 autocast)
+            )
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature)
             )

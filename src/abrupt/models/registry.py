@@ -32,16 +32,8 @@ def supports(arch: str, capability: str) -> bool:
     return capability in getattr(ARCHS.get(arch), "supports", ())
 
 
-def build_sequence_model(
-    cfg: ModelConfig,
-    vocab: int,
-    seq_len: int,
-    seed: int,
-    attn_scale: float = 1.0,
-    scale_layers: list[int] | tuple[int, ...] = (),
-) -> HookedModule:
+def build_sequence_model(cfg: ModelConfig, vocab: int, seq_len: int, seed: int) -> HookedModule:
     """The sequence-task model of `cfg.arch` (one with "sequence_tasks" in `supports`),
-    initialised from `seed`: `vocab` token ids, sequences of up to `seq_len` tokens, the
-    attention-score multiplier `attn_scale` on `scale_layers` (gpt.Decoder)."""
+    initialised from `seed`: `vocab` token ids, sequences of up to `seq_len` tokens."""
     torch.manual_seed(seed)
-    return ARCHS[cfg.arch].for_sequences(cfg, vocab, seq_len, attn_scale, scale_layers)
+    return ARCHS[cfg.arch].for_sequences(cfg, vocab, seq_len)

@@ -66,17 +66,7 @@ class SequenceTask:
 
     def build_model(self, cfg: Config) -> HookedModule:
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
-        k = cfg.task
-        return build_sequence_model(
-            cfg.model,
-            self.vocab(k),
-            tokens.shape[1] - 1,
-            cfg.seed,
-            k.attn_scale,
-            layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
-            if k.attn_scale != 1.0
-            else [],
-        )
+        return build_sequence_model(cfg.model, self.vocab(cfg.task), tokens.shape[1] - 1, cfg.seed)
 
     def batch(
         self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None
