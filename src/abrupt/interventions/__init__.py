@@ -46,7 +46,7 @@ def get(name: str) -> Intervention:
 
 
 def apply(model: torch.nn.Module, cfg: Config, step: int) -> None:
-    """Set every intervention's switch on `model` to its schedule's at training step `step`."""
+    """Set every intervention's attention edit on `model` to its schedule's at training step `step`."""
     for intervention in _registry().values():
         intervention.apply(model, cfg, step)
 
