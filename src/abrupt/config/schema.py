@@ -205,8 +205,8 @@ class TaskConfig:
     sequence tasks (Gopalani & Hu 2025): a decoder reads `length` inputs and a separator, then
     writes the outputs, with next-token cross-entropy on the outputs only."""
 
-    #: matrix | mws | prefix_sum | histogram | permutation | addition (a module of
-    #: src/abrupt/tasks/ each)
+    #: a module of src/abrupt/tasks/ (an unknown name's error lists them; `abrupt presets` has
+    #: a preset named after each sequence task)
     name: str = "matrix"
     #: inputs per sequence (mws, prefix_sum, histogram, permutation)
     length: int = 16
