@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import calibration as cal
-from .transition import ESCAPE_DEPARTURE, detect, loss_series, run_kind, running_median
+from .transition import ESCAPE_DEPARTURE, WINDOW, detect, loss_series, run_kind, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
 
@@ -123,7 +123,7 @@ def departure(
     rows: list[dict[str, Any]],
     signal: str = LOSS,
     after: int = 0,
-    window: int = 5,
+    window: int = WINDOW,
     kind: str | None = None,
 ) -> tuple[list[int], list[float], dict[str, Any]]:
     """(steps, d, plateau) from the plateau's start on: the signal's departure from its plateau
@@ -185,7 +185,7 @@ def fit_forecast(
     noise_k: float = 3.0,
     min_z: float = 3.0,
     z_interval: float = 1.64,
-    window: int = 5,
+    window: int = WINDOW,
     kind: str | None = None,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
@@ -299,7 +299,7 @@ def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | Non
     return intercept, slope, se
 
 
-def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = 5) -> float | None:
+def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = WINDOW) -> float | None:
     """The departure of `signal` at the escape, median over `runs` that escaped, each (rows,
     after) or (rows, after, kind) (kind: transition.RUN_KINDS; without it, guessed from the
     rows): the target for forecasting with that signal. None when no run escaped."""
