@@ -8,8 +8,8 @@ and optionally:
     check(options, cfg)                  raise ValueError for options that do not fit this run
     unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
-    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped
-    there)
+    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers
+                                         (escaped there)
 The registry finds such modules by themselves: a new analysis is one new file.
 """
 
