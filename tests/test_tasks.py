@@ -47,7 +47,7 @@ def small(name, *overrides):
     )
 
 
-# --- matrix completion: the same numbers as before tasks existed
+# --- matrix completion: the pinned numbers
 # ------------------------------------
 
 

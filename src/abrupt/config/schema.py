@@ -80,7 +80,7 @@ class DataConfig:
 class ModelConfig:
     """The transformer (paper Sec. 2: a 4-layer BERT, width 768, 8 heads)."""
 
-    #: width of the residual stream (d_model; `model.hidden` in run directories written before)
+    #: width of the residual stream (d_model; `model.hidden` in a config.json is read as this)
     width: int = 768
     #: transformer blocks
     layers: int = 4
@@ -194,7 +194,7 @@ class TrainConfig:
     #: re-initialise these groups (as at step 0) after init_from
     reinit: str = ""
     #: > 0: clip the gradient's global norm to this (the follow-up's histogram: 1.0); 0 = off
-    #: (`train.clip` in run directories written before)
+    #: (`train.clip` in a config.json is read as this)
     grad_clip: float = 0.0
 
 
