@@ -379,9 +379,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
         return 130
-    print(
-        dumps(summary, indent=2)
-    )  # strict JSON: an infinite drop factor prints as null, as on disk
+    # strict JSON: an infinite drop factor prints as null, as on disk
+    print(dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
 
@@ -626,9 +625,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .run.rundir import unique_dir
     from .sweep.runner import Sweep, check_backend, spec_from_args, spec_from_file
 
-    if args.spec is not None and "=" in str(
-        args.spec
-    ):  # no spec file: the first word is an override
+    # no spec file: the first word is an override
+    if args.spec is not None and "=" in str(args.spec):
         args.overrides.insert(0, str(args.spec))
         args.spec = None
     _check_workers(args.workers)

@@ -70,9 +70,8 @@ def plot_losses(
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
         return
-    if (
-        rows and "prog_row_mass" in rows[0]
-    ):  # train.progress: what the model organises, under the losses
+    # train.progress: what the model organises, under the losses
+    if rows and "prog_row_mass" in rows[0]:
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_losses(axes[0][0], rows, summary)
             _draw_progress(axes[1][0], rows, summary)

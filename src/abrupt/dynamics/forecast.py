@@ -111,11 +111,12 @@ def _signal(
 ) -> tuple[list[int], list[float]]:
     if signal == LOSS:
         return loss_series(rows, kind)
+    # a measure can be NaN (undefined)
     pts = [
         (int(r["step"]), float(r[signal]))
         for r in rows
         if isinstance(r.get(signal), (int, float)) and math.isfinite(r[signal])
-    ]  # a measure can be NaN (undefined)
+    ]
     return [s for s, _ in pts], [v for _, v in pts]
 
 
@@ -141,9 +142,8 @@ def departure(
         return [], [], found
     if signal == LOSS:
         level = found["plateau_loss_mask"]
-        if (
-            not 0 < level < math.inf
-        ):  # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+        # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+        if not 0 < level < math.inf:
             return [], [], found
         d = [1.0 - v / level for v in smooth]
     else:
@@ -218,12 +218,10 @@ def fit_forecast(
     if fit is None or fit[1] <= min_z * fit[2] * math.sqrt(max(window, 2) / 2):
         return Forecast(now, reason="no significant exponential growth")
     intercept, rate, se = fit
-    se *= math.sqrt(
-        max(window, 2) / 2
-    )  # the running median makes neighbouring logs correlated: fewer independent points
-    gap = math.log(target) - (
-        intercept + rate * xs[-1]
-    )  # log-distance still to go at the last fitted step
+    # the running median makes neighbouring logs correlated: fewer independent points
+    se *= math.sqrt(max(window, 2) / 2)
+    # log-distance still to go at the last fitted step
+    gap = math.log(target) - (intercept + rate * xs[-1])
 
     def reach(r: float) -> int | None:
         return None if r <= 0 else max(now + 1, round(xs[-1] + gap / r))

@@ -387,9 +387,8 @@ def write(result: dict[str, Any], out: Path) -> Path:
     from ..run.rundir import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out / "results.json", {k: v for k, v in result.items() if k != "points"}
-    )  # the points only draw the figure
+    # the points only draw the figure
+    atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "points"})
     (out / "summary.md").write_text(markdown(result))
     best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
     plot_study_intervals(result["points"], best, out / "intervals.png")

@@ -137,15 +137,13 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = pattern @ v
         elif bias is not None:  # BERT only (validated): no causal mask, no cache to combine
-            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(
-                q.dtype
-            )  # SDPA wants q's dtype (bf16 autocast)
+            # SDPA wants q's dtype (bf16 autocast)
+            mask = (bias if keep is None else bias.masked_fill(~keep, float("-inf"))).to(q.dtype)
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature)
             )
-        elif (
-            self.temperature == 1.0 and keep is None and tq == tk
-        ):  # the paper's attention, and SDPA's own default scale
+        # the paper's attention, and SDPA's own default scale
+        elif self.temperature == 1.0 and keep is None and tq == tk:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif keep is None and tq == tk:
             z = F.scaled_dot_product_attention(

@@ -212,9 +212,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
     fixed, grid, zipped = (
         {RENAMED.get(k, k) for k in keys} for keys in (spec.fixed, spec.grid, spec.zip)
     )
-    overlap = (grid & zipped) | (
-        fixed & (grid | zipped)
-    )  # a renamed key's old name is the same key
+    # a renamed key's old name is the same key
+    overlap = (grid & zipped) | (fixed & (grid | zipped))
     if spec.seeds:
         overlap |= {"seed"} & (fixed | grid | zipped)
     if overlap:
@@ -280,9 +279,8 @@ def run_trial(
     from ..train.summary import finish
     from ..train.trainer import resume_point, train
 
-    if (
-        Path(out_dir).parent / STOP_NAME
-    ).exists():  # the sweep was stopped while this trial waited (Ray)
+    # the sweep was stopped while this trial waited (Ray)
+    if (Path(out_dir).parent / STOP_NAME).exists():
         return _not_started()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -296,9 +294,8 @@ def run_trial(
             with RunLock(out, wait=LOCK_WAIT):
                 last = resume_point(out)
                 if last is not None and last.step >= cfg.train.steps:
-                    summary = finish(
-                        out
-                    )  # finished before the sweep was stopped (or by a worker of a killed sweep)
+                    # finished before the sweep was stopped (or by a worker of a killed sweep)
+                    summary = finish(out)
         if summary is None:
             # the trials of one sweep are one W&B group; TensorBoard: `--logdir SWEEP`
             summary = train(cfg, out, resume=started, verbose=False, group=out.parent.name)
@@ -341,13 +338,11 @@ def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
     try:
         os.setpgid(0, 0)
         _die_with_parent(parent)
-        signal.signal(
-            signal.SIGINT, signal.default_int_handler
-        )  # training installs its own handlers
+        # training installs its own handlers
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.pthread_sigmask(
-            signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}
-        )  # blocked since the start
+        # blocked since the start
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         # A trial shows no bar; tqdm's default lock is a named semaphore, which a killed trial
         # would leak (and the sweep's resource tracker then warn about).
         tqdm.set_lock(threading.RLock())
@@ -718,9 +713,8 @@ class Sweep:
                     )
         finally:
             bar.close()
-        if (
-            interrupted
-        ):  # by the user; a trial stopped on its own is recorded and the sweep finishes
+        # by the user; a trial stopped on its own is recorded and the sweep finishes
+        if interrupted:
             raise KeyboardInterrupt
 
     def _record(self, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:
