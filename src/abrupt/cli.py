@@ -287,9 +287,8 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-MAX_MATRICES = (
-    1_000_000  # baseline/compare/ood: beyond this the batched solver's memory is the limit
-)
+# baseline/compare/ood: beyond this the batched solver's memory is the limit
+MAX_MATRICES = 1_000_000
 
 
 def _check_count_and_seed(n: int, seed: int) -> None:

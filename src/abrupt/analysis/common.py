@@ -157,9 +157,8 @@ class Inputs:
     load_all: Callable[[], dict[int, MatrixBert]] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
     summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
-    config: Config | None = (
-        None  # the run's whole configuration (its task, for task-generic analyses)
-    )
+    # the run's whole configuration (its task, for task-generic analyses)
+    config: Config | None = None
     run_dir: Path | None = None  # where the inputs come from (None: built in memory)
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
     _forwards: ForwardCache = field(default_factory=lambda: ForwardCache(seeded_batch), repr=False)

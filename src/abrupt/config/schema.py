@@ -18,12 +18,10 @@ VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
 MAX_CHECKPOINTS = 10_000  # per run (train.steps / train.ckpt_every)
-MAX_LOG_POINTS = (
-    1_000  # log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
-)
-MAX_LOG_ROWS = (
-    1_000_000  # metrics rows per run (train.steps / train.log_every), each kept in memory
-)
+# log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
+MAX_LOG_POINTS = 1_000
+# metrics rows per run (train.steps / train.log_every), each kept in memory
+MAX_LOG_ROWS = 1_000_000
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 
 

@@ -160,9 +160,8 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     )
 
 
-MAX_TRIALS = (
-    10_000  # each trial is validated up front and gets a directory: a larger sweep is a mistake
-)
+# each trial is validated up front and gets a directory: a larger sweep is a mistake
+MAX_TRIALS = 10_000
 MAX_NAME = 120  # characters of a trial's directory name (a file system allows 255 bytes)
 
 
@@ -262,9 +261,8 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
 # --- one trial, in its own process
 # -------------------------------------------------------------------
 
-STOP_NAME = (
-    ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
-)
+# written into the sweep directory when it is stopped: queued trials do not start
+STOP_NAME = ".stop"
 # seconds a trial waits for its run directory's lock: a trial of a killed sweep may still be saving
 LOCK_WAIT = 120.0
 
@@ -491,9 +489,8 @@ class LocalBackend:
                 job.process.join()
 
 
-RAY_CONNECT_TIMEOUT = (
-    10.0  # seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
-)
+# seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
+RAY_CONNECT_TIMEOUT = 10.0
 
 
 class RayBackend:
