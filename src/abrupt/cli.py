@@ -700,6 +700,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from .dynamics import study as forecast_study
+    from .plots import plot_study_intervals
 
     if args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
@@ -712,7 +713,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
             f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"
         )
     result = forecast_study.study(runs, args.every)
-    print(f"wrote {forecast_study.write(result, args.out)}")
+    summary = forecast_study.write(result, args.out)
+    plot_study_intervals(result, args.out / "intervals.png")
+    print(f"wrote {summary} and intervals.png")
     if args.calibration:
         atomic_write_json(args.calibration, result["calibration"])
         print(f"wrote {args.calibration}")

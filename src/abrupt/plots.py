@@ -302,13 +302,13 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
         ax.grid(alpha=0.3)
 
 
-def plot_study_intervals(
-    points: list[dict[str, Any]], best: dict[str, str], path: Path, ymax: float = 3.0
-) -> None:
-    """The forecast study's figure (dynamics/study.py): per family, the calibrated forecasts of
-    its best signal on the evaluation runs, with their 90% intervals, in units of each run's
-    plateau length L from its start (x: when the forecast was made, y: the escape it forecast;
-    the escape as it came is y = 1). Values above `ymax` are drawn at it."""
+def plot_study_intervals(result: dict[str, Any], path: Path, ymax: float = 3.0) -> None:
+    """The forecast study's figure from its `result` (dynamics/study.py `study`): per family, the
+    calibrated forecasts of its best signal on the evaluation runs, with their 90% intervals, in
+    units of each run's plateau length L from its start (x: when the forecast was made, y: the
+    escape it forecast; the escape as it came is y = 1). Values above `ymax` are drawn at it."""
+    points = result["points"]
+    best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
     fams = sorted(best) or ["none"]
     with figure(path, 1, len(fams), figsize=(4.2 * len(fams), 3.8), dpi=110) as (fig, axes):
         for ax, fam in zip(axes[0], fams):
