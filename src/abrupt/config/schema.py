@@ -391,8 +391,7 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-# Keys renamed since runs were first written: the old name is still read (config.json, sweep
-# specs, overrides) as the new one.
+# Old key names, each read as its current name (in config.json, sweep specs and overrides).
 RENAMED = {"model.hidden": "model.width", "train.clip": "train.grad_clip"}
 
 
