@@ -85,8 +85,7 @@ def section(title: str, text: str = README) -> str:
 
 def quick_start() -> list[str]:
     block = re.search(r"```bash\n(.*?)```", section("Quick start"), re.S).group(1)
-    commands = [line.split("#")[0].strip() for line in block.splitlines()]
-    return [c for c in commands if c]  # each command's comment is the line above it
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
 
 def table_commands() -> list[str]:
