@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,3 +50,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# `abrupt` with extra folders on packages' __path__, where registries look for modules
+_PLUGIN_CLI = """import importlib, sys
+for package, folder in {plugins!r}.items():
+    importlib.import_module(package).__path__.append(folder)
+from abrupt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def plugin_cli(plugins: dict[str, Path], *args: str) -> subprocess.CompletedProcess:
+    """Run `abrupt ARGS` in a subprocess that first appends each folder to its package's `__path__`
+    ({"abrupt.tasks": folder, ...}): a test adds a task or an analysis module from a temporary
+    folder, never writing into the installed package (which may be shared or read-only)."""
+    code = _PLUGIN_CLI.format(plugins={k: str(v) for k, v in plugins.items()})
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)

@@ -1,10 +1,9 @@
 """Analyses on tiny models with hand-set weights or stand-ins where the right answer is known."""
 
+import functools
 import json
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from abrupt.data import MASK_ID, id_to_value
 from abrupt.data import seeded_batch as seeded
 from abrupt.losses import evaluate
 from abrupt.models.bert import MatrixBert
-from conftest import hand_set_row_head, randomize
+from conftest import hand_set_row_head, plugin_cli, randomize
 
 DATA = DataConfig()
 
@@ -411,46 +410,19 @@ def render(r):
 '''
 
 
-def test_a_new_analysis_module_is_one_file(tiny_run):
-    import abrupt.analysis
-
-    path = Path(abrupt.analysis.__path__[0]) / "zz_demo_plugin.py"
-    path.write_text(PLUGIN)
-    try:
-        listed = subprocess.run(
-            [sys.executable, "-m", "abrupt.cli", "analyze", "--options"],
-            capture_output=True,
-            text=True,
-        )
-        assert "zz_demo_plugin: seed=0, n=8" in listed.stdout
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "abrupt.cli",
-                "analyze",
-                str(tiny_run),
-                "--only",
-                "zz_demo_plugin",
-                "--set",
-                "zz_demo_plugin.n=4",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, r.stderr
-        res = json.loads((tiny_run / "analysis" / "zz_demo_plugin" / "results.json").read_text())
-        assert res["options"] == {"seed": 0, "n": 4} and len(res["rows"]) == 2
-        r = subprocess.run(
-            [sys.executable, "-m", "abrupt.cli", "report", str(tiny_run)],
-            capture_output=True,
-            text=True,
-        )
-        assert r.returncode == 0, r.stderr
-        page = (tiny_run / "report.html").read_text()
-        assert "Demo analysis added as one file" in page and "demo rows:" in page
-    finally:
-        path.unlink()
+def test_a_new_analysis_module_is_one_file(tiny_run, tmp_path):
+    (tmp_path / "zz_demo_plugin.py").write_text(PLUGIN)
+    cli = functools.partial(plugin_cli, {"abrupt.analysis": tmp_path})
+    listed = cli("analyze", "--options")
+    assert "zz_demo_plugin: seed=0, n=8" in listed.stdout
+    r = cli("analyze", str(tiny_run), "--only", "zz_demo_plugin", "--set", "zz_demo_plugin.n=4")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tiny_run / "analysis" / "zz_demo_plugin" / "results.json").read_text())
+    assert res["options"] == {"seed": 0, "n": 4} and len(res["rows"]) == 2
+    r = cli("report", str(tiny_run))
+    assert r.returncode == 0, r.stderr
+    page = (tiny_run / "report.html").read_text()
+    assert "Demo analysis added as one file" in page and "demo rows:" in page
 
 
 def test_hook_names_have_one_spelling(small_model):

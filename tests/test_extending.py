@@ -2,6 +2,7 @@
 intervention added as one file acts in training and on checkpoint loading; a run directory written
 before the package's layout changed still loads, resumes and analyses."""
 
+import functools
 import json
 import re
 import shutil
@@ -13,7 +14,6 @@ import pytest
 import torch
 
 import abrupt.interventions
-import abrupt.tasks
 from abrupt.checks import validate_run
 from abrupt.config import apply_overrides, preset
 from abrupt.config.schema import RENAMED
@@ -21,12 +21,12 @@ from abrupt.data import generator, sample_batch
 from abrupt.run import checkpoints
 from abrupt.run.rundir import read_config, read_metrics
 from abrupt.train.trainer import train
+from conftest import plugin_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "extending.md").read_text()
-OLD_RUN = (
-    ROOT / "docs" / "plateau" / "runs" / "s4_bias3_b256_s0"
-)  # committed before the layout change
+# committed before the layout change
+OLD_RUN = ROOT / "docs" / "plateau" / "runs" / "s4_bias3_b256_s0"
 
 
 def abrupt_cli(*args):
@@ -38,44 +38,42 @@ def abrupt_cli(*args):
 def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
     code = re.search(r"```python\n(import torch\n\nfrom \.sequence.*?)```", DOC, re.S).group(1)
     code = code.replace('name = "reverse"', 'name = "zz_reverse"')
-    path = Path(abrupt.tasks.__path__[0]) / "zz_reverse.py"
-    path.write_text(code + "\nTASK = Reverse()\n")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "zz_reverse.py").write_text(code + "\nTASK = Reverse()\n")
+    cli = functools.partial(plugin_cli, {"abrupt.tasks": plugins})
     run = tmp_path / "run"
-    try:
-        r = abrupt_cli(
-            "train",
-            "--preset",
-            "mws",
-            "--out",
-            str(run),
-            "--quiet",
-            "task.name=zz_reverse",
-            "train.steps=20",
-            "train.batch_size=16",
-            "train.eval_size=32",
-            "train.log_every=5",
-            "train.ckpt_every=10",
-            "model.width=16",
-            "model.mlp=32",
-            "train.progress=true",
-        )
-        assert r.returncode == 0, r.stderr
-        rows = read_metrics(run)
-        assert [x["step"] for x in rows] == [1, 5, 10, 15, 20] and 0 < rows[-1]["eval_acc"] <= 1
-        assert "prog_repetition" in rows[-1]
-        r = abrupt_cli("analyze", str(run), "--only", "progress")
-        assert r.returncode == 0, r.stderr
-        assert (run / "analysis" / "progress" / "results.json").exists()
-        r = abrupt_cli(
-            "analyze", str(run), "--only", "attention"
-        )  # a matrix analysis: named and skipped
-        assert (
-            r.returncode == 2
-            and "built for matrix completion; task zz_reverse supports: progress, llc" in r.stdout
-        )
-        assert abrupt_cli("report", str(run)).returncode == 0
-    finally:
-        path.unlink()
+    r = cli(
+        "train",
+        "--preset",
+        "mws",
+        "--out",
+        str(run),
+        "--quiet",
+        "task.name=zz_reverse",
+        "train.steps=20",
+        "train.batch_size=16",
+        "train.eval_size=32",
+        "train.log_every=5",
+        "train.ckpt_every=10",
+        "model.width=16",
+        "model.mlp=32",
+        "train.progress=true",
+    )
+    assert r.returncode == 0, r.stderr
+    rows = read_metrics(run)
+    assert [x["step"] for x in rows] == [1, 5, 10, 15, 20] and 0 < rows[-1]["eval_acc"] <= 1
+    assert "prog_repetition" in rows[-1]
+    r = cli("analyze", str(run), "--only", "progress")
+    assert r.returncode == 0, r.stderr
+    assert (run / "analysis" / "progress" / "results.json").exists()
+    # a matrix analysis: named and skipped
+    r = cli("analyze", str(run), "--only", "attention")
+    assert (
+        r.returncode == 2
+        and "built for matrix completion; task zz_reverse supports: progress, llc" in r.stdout
+    )
+    assert cli("report", str(run)).returncode == 0
 
 
 def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):

@@ -276,17 +276,13 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     plt.close(fig)
 
 
-DOC_PAGES = (
-    "results",
-    "interventions",
-    "experiments",
-    "run-directory",
-    "reliability",
-    "hooks",
-    "extending",
-    "configuration",
-    "tracking",
-    "export",
+# the pages of the README's documentation map (its "## Documentation" table)
+DOC_PAGES = tuple(
+    re.findall(
+        r"^\| \[[^]]+\]\(docs/([^)]+)\.md\)",
+        README.split("## Documentation")[1].split("\n## ")[0],
+        re.M,
+    )
 )
 
 
@@ -312,3 +308,7 @@ def test_every_link_of_the_docs_pages_resolves(page):
             if anchor not in slugs:
                 missing.append(target)
     assert not missing, f"docs/{page}.md links to what is not there: {missing}"
+
+
+def test_the_documentation_map_names_the_pages():
+    assert {"results", "extending", "tasks/README", "forecast/README"} <= set(DOC_PAGES)

@@ -1,7 +1,8 @@
 """The package's shape: the import graph flows one way (no cycle, imports inside functions
-included), and the configuration imports nothing of abrupt."""
+included), up docs/extending.md's layout table, and the configuration imports nothing of abrupt."""
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "abrupt"
@@ -98,3 +99,33 @@ def test_the_configuration_imports_nothing_of_abrupt():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def layout_rows() -> list[str]:
+    """The rows of docs/extending.md's layout table, top to bottom: `config/`, `data.py`, ..."""
+    doc = (SRC.parents[1] / "docs" / "extending.md").read_text()
+    table = doc.split("## Layout")[1].split("\n## ")[0]
+    return re.findall(r"^\| `([\w/.]+)` \|", table, re.M)
+
+
+def _row(mod: str, rows: list[str]) -> str:
+    """The layout row of module `mod` (a package's modules share the package's row)."""
+    top = mod.split(".")[1]
+    row = f"{top}/" if f"{top}/" in rows else f"{top}.py"
+    assert row in rows, f"{mod} has no row in docs/extending.md's layout table"
+    return row
+
+
+def test_imports_go_up_the_layout_table():
+    """docs/extending.md: a module imports only modules above it in the table (or in its own
+    row)."""
+    rows = layout_rows()
+    graph = import_graph()
+    mods = [m for m in graph if m != "abrupt"]
+    upward = [
+        (mod, imported)
+        for mod in mods
+        for imported in graph[mod]
+        if imported != "abrupt" and rows.index(_row(imported, rows)) > rows.index(_row(mod, rows))
+    ]
+    assert upward == [], upward

@@ -228,9 +228,8 @@ def cvxpy_solve(
         status.append(prob.status)
         out[i] = x.value
     result = torch.from_numpy(out)
-    if (
-        lam is None
-    ):  # the constraint holds to solver tolerance; make it exact as in the torch solver
+    # the constraint holds to solver tolerance; make it exact as in the torch solver
+    if lam is None:
         result = torch.where(obs, b, result)
     return Completion(result, status, 0, time.perf_counter() - t0)
 

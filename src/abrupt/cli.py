@@ -287,9 +287,8 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
-MAX_MATRICES = (
-    1_000_000  # baseline/compare/ood: beyond this the batched solver's memory is the limit
-)
+# baseline/compare/ood: beyond this the batched solver's memory is the limit
+MAX_MATRICES = 1_000_000
 
 
 def _check_count_and_seed(n: int, seed: int) -> None:
@@ -379,9 +378,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(_interrupted(Path(out), cfg.train.steps), file=sys.stderr)
         return 130
-    print(
-        dumps(summary, indent=2)
-    )  # strict JSON: an infinite drop factor prints as null, as on disk
+    # strict JSON: an infinite drop factor prints as null, as on disk
+    print(dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
 
@@ -626,9 +624,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .run.rundir import unique_dir
     from .sweep.runner import Sweep, check_backend, spec_from_args, spec_from_file
 
-    if args.spec is not None and "=" in str(
-        args.spec
-    ):  # no spec file: the first word is an override
+    # no spec file: the first word is an override
+    if args.spec is not None and "=" in str(args.spec):
         args.overrides.insert(0, str(args.spec))
         args.spec = None
     _check_workers(args.workers)
@@ -703,6 +700,7 @@ def _cmd_components(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     from .dynamics import study as forecast_study
+    from .plots import plot_study_intervals
 
     if args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
@@ -715,7 +713,9 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
             f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"
         )
     result = forecast_study.study(runs, args.every)
-    print(f"wrote {forecast_study.write(result, args.out)}")
+    summary = forecast_study.write(result, args.out)
+    plot_study_intervals(result, args.out / "intervals.png")
+    print(f"wrote {summary} and intervals.png")
     if args.calibration:
         atomic_write_json(args.calibration, result["calibration"])
         print(f"wrote {args.calibration}")

@@ -30,9 +30,8 @@ class Batch:
     target: torch.Tensor  # (B, m*n) float32, the rounded full matrix
     mask: torch.Tensor  # (B, m*n) bool, True where hidden
     matrix: torch.Tensor  # (B, m, n) float32, unrounded X
-    pad: torch.Tensor | None = (
-        None  # (B, m*n) bool, True outside an example's own size (a size mixture)
-    )
+    # (B, m*n) bool, True outside an example's own size (a size mixture)
+    pad: torch.Tensor | None = None
     size: torch.Tensor | None = None  # (B,) int64, index into DataConfig.size_list()
 
     def to(self, device: torch.device | str) -> "Batch":

@@ -70,9 +70,8 @@ def plot_losses(
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_gpt(axes[0][0], axes[1][0], rows, summary)
         return
-    if (
-        rows and "prog_row_mass" in rows[0]
-    ):  # train.progress: what the model organises, under the losses
+    # train.progress: what the model organises, under the losses
+    if rows and "prog_row_mass" in rows[0]:
         with figure(path, 2, 1, figsize=(6.4, 6.4), dpi=120, sharex=True) as (fig, axes):
             _draw_losses(axes[0][0], rows, summary)
             _draw_progress(axes[1][0], rows, summary)
@@ -303,13 +302,13 @@ def plot_forecast(rows: list[dict[str, Any]], summary: dict[str, Any], path: Pat
         ax.grid(alpha=0.3)
 
 
-def plot_study_intervals(
-    points: list[dict[str, Any]], best: dict[str, str], path: Path, clip: float = 3.0
-) -> None:
-    """The forecast study's figure (dynamics/study.py): per family, the calibrated forecasts of
-    its best signal on the evaluation runs, with their 90% intervals, in units of each run's
-    plateau length L from its start (x: when the forecast was made, y: the escape it forecast;
-    the escape as it came is y = 1). Values above `clip` are drawn at it."""
+def plot_study_intervals(result: dict[str, Any], path: Path, ymax: float = 3.0) -> None:
+    """The forecast study's figure from its `result` (dynamics/study.py `study`): per family, the
+    calibrated forecasts of its best signal on the evaluation runs, with their 90% intervals, in
+    units of each run's plateau length L from its start (x: when the forecast was made, y: the
+    escape it forecast; the escape as it came is y = 1). Values above `ymax` are drawn at it."""
+    points = result["points"]
+    best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
     fams = sorted(best) or ["none"]
     with figure(path, 1, len(fams), figsize=(4.2 * len(fams), 3.8), dpi=110) as (fig, axes):
         for ax, fam in zip(axes[0], fams):
@@ -317,16 +316,16 @@ def plot_study_intervals(
             for k, run in enumerate(sorted({p["run"] for p in sel})):
                 mine = [p for p in sel if p["run"] == run]
                 x = [(p["step"] - p["start"]) / p["L"] for p in mine]
-                y = [min(clip, (p["forecast"] - p["start"]) / p["L"]) for p in mine]
-                lo = [min(clip, (p["low"] - p["start"]) / p["L"]) for p in mine]
-                hi = [min(clip, (p["high"] - p["start"]) / p["L"]) for p in mine]
+                y = [min(ymax, (p["forecast"] - p["start"]) / p["L"]) for p in mine]
+                lo = [min(ymax, (p["low"] - p["start"]) / p["L"]) for p in mine]
+                hi = [min(ymax, (p["high"] - p["start"]) / p["L"]) for p in mine]
                 color = f"C{k % 10}"
                 ax.vlines(x, lo, hi, color=color, alpha=0.25, lw=2)
                 ax.plot(x, y, ".", color=color, ms=3)
             ax.axhline(1.0, color="tab:red", ls="--", lw=0.8, label="the escape")
             ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=0.8, label="now")
             ax.set_xlim(0, 1)
-            ax.set_ylim(0, clip)
+            ax.set_ylim(0, ymax)
             ax.set_xlabel("when made: (step - plateau start) / L")
             ax.set_ylabel("forecast escape: (step - plateau start) / L")
             ax.set_title(f"{fam}: {best.get(fam, '-')}, 90% intervals", fontsize=9)

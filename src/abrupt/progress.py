@@ -73,9 +73,10 @@ def knn_purity(x: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (labels[nn] == labels[:, None]).double().mean().item()
 
 
-def collapse(hidden: torch.Tensor) -> float:
-    """Mean pairwise cosine between positions' hidden states (B, T, d), the diagonal excluded."""
-    h = torch.nn.functional.normalize(hidden.double(), dim=-1)
+def collapse(states: torch.Tensor) -> float:
+    """Mean pairwise cosine between positions' hidden states `states` (B, T, d), the diagonal
+    excluded."""
+    h = torch.nn.functional.normalize(states.double(), dim=-1)
     cos = h @ h.transpose(1, 2)  # (B, T, T)
     t = cos.shape[1]
     return ((cos.sum(dim=(1, 2)) - t) / (t * (t - 1))).mean().item() if t > 1 else 1.0

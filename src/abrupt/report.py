@@ -30,10 +30,8 @@ TEMPLATE = (_TEMPLATES / "report.html.j2").read_text()
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-LONG_TABLE, SHOWN_ROWS = (
-    16,
-    10,
-)  # a table of more rows shows its first ten and folds the rest into a <details> element
+# a table of more rows shows its first ten and folds the rest into a <details> element
+LONG_TABLE, SHOWN_ROWS = 16, 10
 
 
 def _figure_html(path: Path | None) -> Any:

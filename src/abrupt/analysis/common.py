@@ -8,8 +8,8 @@ and optionally:
     check(options, cfg)                  raise ValueError for options that do not fit this run
     unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
-    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers (escaped
-    there)
+    render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers
+                                         (escaped there)
 The registry finds such modules by themselves: a new analysis is one new file.
 """
 
@@ -157,9 +157,8 @@ class Inputs:
     load_all: Callable[[], dict[int, MatrixBert]] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
     summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
-    config: Config | None = (
-        None  # the run's whole configuration (its task, for task-generic analyses)
-    )
+    # the run's whole configuration (its task, for task-generic analyses)
+    config: Config | None = None
     run_dir: Path | None = None  # where the inputs come from (None: built in memory)
     _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
     _forwards: ForwardCache = field(default_factory=lambda: ForwardCache(seeded_batch), repr=False)

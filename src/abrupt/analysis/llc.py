@@ -226,9 +226,8 @@ def run(
 
 
 def plot(result: Result, out: Path) -> list[Path]:
-    rows = [
-        r for r in result.figure_data["rows"] if r["llc"] is not None
-    ]  # failed estimates have no point
+    # failed estimates have no point
+    rows = [r for r in result.figure_data["rows"] if r["llc"] is not None]
     path = out / "llc.png"
     with figure(path, figsize=(6.4, 3.6)) as (fig, axes):
         ax = axes[0][0]

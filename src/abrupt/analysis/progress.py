@@ -52,9 +52,8 @@ def run(inputs: Inputs) -> Result:
     steps = [r["step"] for r in rows]
     start, drop = summary.get("plateau_start") or 0, summary.get("drop_step")
     keys = [k for k in PROGRESS_KEYS if any(k in r for r in rows)]
-    keys += sorted(
-        {k for r in rows for k in r if k.startswith("prog_") and k not in PROGRESS_KEYS}
-    )  # a sequence task's
+    # the measures a sequence task adds
+    keys += sorted({k for r in rows for k in r if k.startswith("prog_") and k not in PROGRESS_KEYS})
     keys += [f"grad_norm_{p}" for p in groups.PARTS if any(f"grad_norm_{p}" in r for r in rows)]
     table = []
     for key in keys:

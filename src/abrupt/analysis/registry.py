@@ -47,9 +47,10 @@ QUICK_MIN_N = 64
 
 
 def discover() -> dict[str, ModuleType]:
-    """{name: module} of every analysis in this package, in report order."""
+    """{name: module} of every analysis in this package (every folder on its `__path__`), in report
+    order."""
     found = []
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
         mod = importlib.import_module(f"{__package__}.{info.name}")
         if all(hasattr(mod, attr) for attr in _PROTOCOL):
             found.append((mod.ORDER, info.name, mod))

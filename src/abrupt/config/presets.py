@@ -169,7 +169,8 @@ _SEQ_TASKS = (
     ("prefix_sum", "prefix sum mod 17 of 16 integers 1..16; 1 layer", 1000, {}, 1000),
     (
         "histogram",
-        "histogram: for each of 16 letters of 12, its count in the sequence; 2 layers, clip 1.0",
+        "histogram: for each of 16 letters of 12, its count in the sequence; 2 layers, "
+        "grad clip 1.0",
         5000,
         {"model.layers": 2, "train.grad_clip": 1.0, "train.log_every": 25, "train.ckpt_every": 500},
         2500,

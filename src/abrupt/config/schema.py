@@ -18,12 +18,10 @@ VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
 MAX_SEED = 2**62  # leaves room for the per-stream offsets added to the seed
 MAX_CHECKPOINTS = 10_000  # per run (train.steps / train.ckpt_every)
-MAX_LOG_POINTS = (
-    1_000  # log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
-)
-MAX_LOG_ROWS = (
-    1_000_000  # metrics rows per run (train.steps / train.log_every), each kept in memory
-)
+# log-spaced early checkpoints (more cannot be distinct below any sane ckpt_every)
+MAX_LOG_POINTS = 1_000
+# metrics rows per run (train.steps / train.log_every), each kept in memory
+MAX_LOG_ROWS = 1_000_000
 DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 
 
@@ -80,7 +78,7 @@ class DataConfig:
 class ModelConfig:
     """The transformer (paper Sec. 2: a 4-layer BERT, width 768, 8 heads)."""
 
-    #: width of the residual stream (d_model; `model.hidden` in run directories written before)
+    #: width of the residual stream (d_model; `model.hidden` in a config.json is read as this)
     width: int = 768
     #: transformer blocks
     layers: int = 4
@@ -194,7 +192,7 @@ class TrainConfig:
     #: re-initialise these groups (as at step 0) after init_from
     reinit: str = ""
     #: > 0: clip the gradient's global norm to this (the follow-up's histogram: 1.0); 0 = off
-    #: (`train.clip` in run directories written before)
+    #: (`train.clip` in a config.json is read as this)
     grad_clip: float = 0.0
 
 
@@ -205,8 +203,8 @@ class TaskConfig:
     sequence tasks (Gopalani & Hu 2025): a decoder reads `length` inputs and a separator, then
     writes the outputs, with next-token cross-entropy on the outputs only."""
 
-    #: matrix | mws | prefix_sum | histogram | permutation | addition (a module of
-    #: src/abrupt/tasks/ each)
+    #: a module of src/abrupt/tasks/ (an unknown name's error lists them; `abrupt presets` has
+    #: a preset named after each sequence task)
     name: str = "matrix"
     #: inputs per sequence (mws, prefix_sum, histogram, permutation)
     length: int = 16
@@ -393,8 +391,7 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-# Keys renamed since runs were first written: the old name is still read (config.json, sweep
-# specs, overrides) as the new one.
+# Old key names, each read as its current name (in config.json, sweep specs and overrides).
 RENAMED = {"model.hidden": "model.width", "train.clip": "train.grad_clip"}
 
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import calibration as cal
-from .transition import ESCAPE_DEPARTURE, detect, loss_series, run_kind, running_median
+from .transition import ESCAPE_DEPARTURE, WINDOW, detect, loss_series, run_kind, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
 
@@ -111,11 +111,12 @@ def _signal(
 ) -> tuple[list[int], list[float]]:
     if signal == LOSS:
         return loss_series(rows, kind)
+    # a measure can be NaN (undefined)
     pts = [
         (int(r["step"]), float(r[signal]))
         for r in rows
         if isinstance(r.get(signal), (int, float)) and math.isfinite(r[signal])
-    ]  # a measure can be NaN (undefined)
+    ]
     return [s for s, _ in pts], [v for _, v in pts]
 
 
@@ -123,7 +124,7 @@ def departure(
     rows: list[dict[str, Any]],
     signal: str = LOSS,
     after: int = 0,
-    window: int = 5,
+    window: int = WINDOW,
     kind: str | None = None,
 ) -> tuple[list[int], list[float], dict[str, Any]]:
     """(steps, d, plateau) from the plateau's start on: the signal's departure from its plateau
@@ -141,9 +142,8 @@ def departure(
         return [], [], found
     if signal == LOSS:
         level = found["plateau_loss_mask"]
-        if (
-            not 0 < level < math.inf
-        ):  # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+        # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
+        if not 0 < level < math.inf:
             return [], [], found
         d = [1.0 - v / level for v in smooth]
     else:
@@ -185,7 +185,7 @@ def fit_forecast(
     noise_k: float = 3.0,
     min_z: float = 3.0,
     z_interval: float = 1.64,
-    window: int = 5,
+    window: int = WINDOW,
     kind: str | None = None,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
@@ -218,12 +218,10 @@ def fit_forecast(
     if fit is None or fit[1] <= min_z * fit[2] * math.sqrt(max(window, 2) / 2):
         return Forecast(now, reason="no significant exponential growth")
     intercept, rate, se = fit
-    se *= math.sqrt(
-        max(window, 2) / 2
-    )  # the running median makes neighbouring logs correlated: fewer independent points
-    gap = math.log(target) - (
-        intercept + rate * xs[-1]
-    )  # log-distance still to go at the last fitted step
+    # the running median makes neighbouring logs correlated: fewer independent points
+    se *= math.sqrt(max(window, 2) / 2)
+    # log-distance still to go at the last fitted step
+    gap = math.log(target) - (intercept + rate * xs[-1])
 
     def reach(r: float) -> int | None:
         return None if r <= 0 else max(now + 1, round(xs[-1] + gap / r))
@@ -299,7 +297,7 @@ def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | Non
     return intercept, slope, se
 
 
-def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = 5) -> float | None:
+def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = WINDOW) -> float | None:
     """The departure of `signal` at the escape, median over `runs` that escaped, each (rows,
     after) or (rows, after, kind) (kind: transition.RUN_KINDS; without it, guessed from the
     rows): the target for forecasting with that signal. None when no run escaped."""

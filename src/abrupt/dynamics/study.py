@@ -382,15 +382,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], out: Path) -> Path:
-    """results.json, summary.md and intervals.png in `out`; returns summary.md's path."""
-    from ..plots import plot_study_intervals
+    """results.json and summary.md in `out` (the figure: `plots.plot_study_intervals`); returns
+    summary.md's path."""
     from ..run.rundir import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out / "results.json", {k: v for k, v in result.items() if k != "points"}
-    )  # the points only draw the figure
+    # the points only draw the figure
+    atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "points"})
     (out / "summary.md").write_text(markdown(result))
-    best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
-    plot_study_intervals(result["points"], best, out / "intervals.png")
     return out / "summary.md"

@@ -28,9 +28,20 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-ESCAPE_DEPARTURE = (
-    0.2  # escape_step: the first step the smoothed loss is this fraction below the plateau
-)
+# escape_step: the first step the smoothed loss is this fraction below the plateau (the plateau's
+# level is also read only up to the step this fraction below plateau_start)
+ESCAPE_DEPARTURE = 0.2
+# drop_step: the first step the smoothed loss is below this fraction of the plateau
+DROP_FRACTION = 0.5
+# the running median's width and the plateau start's test, in logs (`detect`)
+WINDOW = 5
+FLAT_RATIO = 0.9
+# `dropped`: the final loss this factor below the plateau
+MIN_FACTOR = 10.0
+# the window rule (`window_rule`): the plateau band around its level, and the drop factor F that
+# makes a drop sudden
+BAND = 0.25
+SUDDEN_FACTOR = 5.0
 
 
 # What a run's metrics rows are: the paper's BERT on matrices, the matrix task's GPT variant
@@ -74,9 +85,9 @@ def running_median(values: list[float], window: int) -> list[float]:
 
 def detect(
     rows: list[dict[str, Any]],
-    window: int = 5,
-    flat_ratio: float = 0.9,
-    min_factor: float = 10.0,
+    window: int = WINDOW,
+    flat_ratio: float = FLAT_RATIO,
+    min_factor: float = MIN_FACTOR,
     after: int = 0,
     kind: str | None = None,
 ) -> dict[str, Any]:
@@ -106,9 +117,11 @@ def detect(
         return result
     # the plateau level is read before the fall has begun (until 20% below the start), so that a
     # run which falls only part of the way is not averaged into a lower "plateau"
-    end = next((j for j in range(start, len(s)) if s[j] < 0.8 * s[start]), len(s))
+    end = next(
+        (j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * s[start]), len(s)
+    )
     plateau = statistics.median(s[start:end])
-    drop = next((j for j in range(start, len(s)) if s[j] < 0.5 * plateau), None)
+    drop = next((j for j in range(start, len(s)) if s[j] < DROP_FRACTION * plateau), None)
     escape = next(
         (j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * plateau), None
     )
@@ -134,9 +147,9 @@ def drop_seen_at(rows: list[dict[str, Any]], after: int = 0, kind: str | None = 
 def window_rule(
     rows: list[dict[str, Any]],
     found: dict[str, Any],
-    window: int = 5,
-    band: float = 0.25,
-    factor: float = 5.0,
+    window: int = WINDOW,
+    band: float = BAND,
+    factor: float = SUDDEN_FACTOR,
     kind: str | None = None,
 ) -> dict[str, Any]:
     """The window rule on the smoothed series: `plateau_end` is the first step after plateau_start
@@ -174,7 +187,7 @@ def window_rule(
 
 
 def suddenness(
-    rows: list[dict[str, Any]], found: dict[str, Any], window: int = 5, kind: str | None = None
+    rows: list[dict[str, Any]], found: dict[str, Any], window: int = WINDOW, kind: str | None = None
 ) -> dict[str, Any]:
     """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
     (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
@@ -200,6 +213,14 @@ def suddenness(
     ratio = (steps[end_i] - steps[start_i]) / steps[start_i]
     out.update(fall_start=steps[start_i], fall_end=steps[end_i], fall_ratio=round(ratio, 4))
     return out
+
+
+# summary.json's description of the detector, from the thresholds above
+DETECTOR = (
+    f"transition.detect(window={WINDOW}, flat_ratio={FLAT_RATIO}): drop = smoothed eval L_mask < "
+    f"plateau/{1 / DROP_FRACTION:g}; sudden = window_rule(band={BAND}, factor={SUDDEN_FACTOR:g}): "
+    f"F >= {SUDDEN_FACTOR:g} within P/4 steps of leaving the plateau"
+)
 
 
 def summarize(
@@ -231,7 +252,5 @@ def summarize(
         "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
         "steps": last.get("step", 0),
         "seconds": seconds if seconds is not None else last.get("time"),
-        "detector": "transition.detect(window=5, flat_ratio=0.9): drop = smoothed eval L_mask < "
-        "plateau/2; "
-        "sudden = window_rule(band=0.25, factor=5): F >= 5 within P/4 steps of leaving the plateau",
+        "detector": DETECTOR,
     }

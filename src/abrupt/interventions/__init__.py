@@ -46,7 +46,8 @@ def get(name: str) -> Intervention:
 
 
 def apply(model: torch.nn.Module, cfg: Config, step: int) -> None:
-    """Set every intervention's attention edit on `model` to its schedule's at training step `step`."""
+    """Put in or take out every intervention's attention edit on `model` by its schedule at
+    training step `step`."""
     for intervention in _registry().values():
         intervention.apply(model, cfg, step)
 

@@ -1,21 +1,21 @@
 """A small, readable BERT encoder with named hook points, and a scalar read-out at every position.
 
 Numerically it is HuggingFace's `BertModel` (post-LayerNorm, erf GELU, learned absolute
-positions, dropout 0) without token-type embeddings, followed by `Linear(hidden, 1)`; a test holds
+positions, dropout 0) without token-type embeddings, followed by `Linear(width, 1)`; a test holds
 it to that. Every intermediate activation analyses need passes through a `HookPoint`, an identity
 module: read it with `run_with_cache`, overwrite it with `hooks(...)` (a forward hook that returns
 a tensor replaces the activation); the plumbing lives in `hooks.py`. Hook names (`hooks.act_name`):
 
     hook_tok_embed, hook_pos_embed         (B, T, d), (1, T, d)  before the sum
-    hook_embed                             (B, T, d)  after the embedding LayerNorm = resid_pre of
-    layer 0
+    hook_embed                             (B, T, d)  after the embedding LayerNorm = layer 0's
+                                                      resid_pre
     blocks.{l}.hook_resid_pre              (B, T, d)
     blocks.{l}.attn.hook_q / hook_k / hook_v   (B, H, T, dh)
     blocks.{l}.attn.hook_pattern           (B, H, Tq, Tk) softmax attention (only computed when
-    hooked);
-                                           with model.attention=linear (GPT only) the linear scores
+                                           hooked); with model.attention=linear (GPT only) the
+                                           linear scores
     blocks.{l}.attn.hook_z                 (B, T, H, dh) per-head output before the output
-    projection
+                                           projection
     blocks.{l}.hook_attn_out               (B, T, d)  after the output projection
     blocks.{l}.hook_resid_mid              (B, T, d)  LayerNorm(resid_pre + attn_out)
     blocks.{l}.hook_mlp_out                (B, T, d)
@@ -45,13 +45,12 @@ from .layers import Attention, init_weights
 
 def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
     """Put the value-token rows on a number line in place: row of value v += v * d, with d one
-    random
-    direction (drawn after every other weight, so the rest of the model is unchanged) whose norm is
-    `scale` times the expected norm of a random row, std * sqrt(hidden). tok_embed: (VOCAB_SIZE,
-    d)."""
-    hidden = tok_embed.shape[1]
-    d = torch.randn(hidden)
-    d = d * (scale * std * math.sqrt(hidden) / d.norm())
+    random direction (drawn after every other weight, so the rest of the model is unchanged) whose
+    norm is `scale` times the expected norm of a random row, std * sqrt(width).
+    tok_embed: (VOCAB_SIZE, width)."""
+    width = tok_embed.shape[1]
+    d = torch.randn(width)
+    d = d * (scale * std * math.sqrt(width) / d.norm())
     values = id_to_value(torch.arange(1, VOCAB_SIZE))
     with torch.no_grad():
         tok_embed[1:] += values[:, None] * d.to(tok_embed)

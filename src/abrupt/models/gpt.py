@@ -293,8 +293,8 @@ class MatrixGPT(Decoder):
 
         `cache=True` decodes with a key/value cache: the masked matrix and SEP in one pass, then one
         position per token, the output head on the last position only. `cache=False` reruns the
-        whole sequence and the head at every position for each token (the original path, kept to
-        test and benchmark against: the same tokens, to rounding). Hooks under a cache see only
+        whole sequence and the head at every position for each token (the reference that tests and
+        benchmarks hold the cache to: the same tokens, to rounding). Hooks under a cache see only
         the positions each pass adds, so they must act position by position (every analysis's
         hook does; `hook_pattern` then has the shape (B, H, new, read so far))."""
         prefix = masked_prefix(tokens.to(self.pos_embed.weight.device))

@@ -86,9 +86,8 @@ _NAMES: dict[str, tuple[str, ...]] = {}
 def _parameter_names(model_cfg: Any) -> tuple[str, ...]:
     # Width never changes which tensors exist: the smallest model is built, once per kind, and the
     # global RNG (which build_model seeds) is restored.
-    small = dataclasses.replace(
-        model_cfg, width=model_cfg.heads, mlp=1, value_init="random"
-    )  # no data-dependent init on meta
+    # no data-dependent init on meta
+    small = dataclasses.replace(model_cfg, width=model_cfg.heads, mlp=1, value_init="random")
     if repr(small) not in _NAMES:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             _NAMES[repr(small)] = tuple(build_model(small, 2, seed=0, cols=1).state_dict())

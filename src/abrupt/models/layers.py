@@ -195,9 +195,8 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=1.0 / (math.sqrt(self.head_dim) * self.temperature)
             )
-        elif (
-            self.temperature == 1.0 and keep is None and tq == tk
-        ):  # the paper's attention, and SDPA's own default scale
+        # the paper's attention, and SDPA's own default scale
+        elif self.temperature == 1.0 and keep is None and tq == tk:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         elif keep is None and tq == tk:
             z = F.scaled_dot_product_attention(

@@ -160,9 +160,8 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
     )
 
 
-MAX_TRIALS = (
-    10_000  # each trial is validated up front and gets a directory: a larger sweep is a mistake
-)
+# each trial is validated up front and gets a directory: a larger sweep is a mistake
+MAX_TRIALS = 10_000
 MAX_NAME = 120  # characters of a trial's directory name (a file system allows 255 bytes)
 
 
@@ -212,9 +211,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
     fixed, grid, zipped = (
         {RENAMED.get(k, k) for k in keys} for keys in (spec.fixed, spec.grid, spec.zip)
     )
-    overlap = (grid & zipped) | (
-        fixed & (grid | zipped)
-    )  # a renamed key's old name is the same key
+    # a renamed key's old name is the same key
+    overlap = (grid & zipped) | (fixed & (grid | zipped))
     if spec.seeds:
         overlap |= {"seed"} & (fixed | grid | zipped)
     if overlap:
@@ -263,9 +261,8 @@ def config_of(preset_name: str, overrides: dict[str, str], base_run: str = ""):
 # --- one trial, in its own process
 # -------------------------------------------------------------------
 
-STOP_NAME = (
-    ".stop"  # written into the sweep directory when it is stopped: queued trials do not start
-)
+# written into the sweep directory when it is stopped: queued trials do not start
+STOP_NAME = ".stop"
 # seconds a trial waits for its run directory's lock: a trial of a killed sweep may still be saving
 LOCK_WAIT = 120.0
 
@@ -280,9 +277,8 @@ def run_trial(
     from ..train.summary import finish
     from ..train.trainer import resume_point, train
 
-    if (
-        Path(out_dir).parent / STOP_NAME
-    ).exists():  # the sweep was stopped while this trial waited (Ray)
+    # the sweep was stopped while this trial waited (Ray)
+    if (Path(out_dir).parent / STOP_NAME).exists():
         return _not_started()
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
@@ -296,9 +292,8 @@ def run_trial(
             with RunLock(out, wait=LOCK_WAIT):
                 last = resume_point(out)
                 if last is not None and last.step >= cfg.train.steps:
-                    summary = finish(
-                        out
-                    )  # finished before the sweep was stopped (or by a worker of a killed sweep)
+                    # finished before the sweep was stopped (or by a worker of a killed sweep)
+                    summary = finish(out)
         if summary is None:
             # the trials of one sweep are one W&B group; TensorBoard: `--logdir SWEEP`
             summary = train(cfg, out, resume=started, verbose=False, group=out.parent.name)
@@ -341,13 +336,11 @@ def _child(conn: Any, parent: int, fn: Callable, args: tuple) -> None:
     try:
         os.setpgid(0, 0)
         _die_with_parent(parent)
-        signal.signal(
-            signal.SIGINT, signal.default_int_handler
-        )  # training installs its own handlers
+        # training installs its own handlers
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.pthread_sigmask(
-            signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}
-        )  # blocked since the start
+        # blocked since the start
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         # A trial shows no bar; tqdm's default lock is a named semaphore, which a killed trial
         # would leak (and the sweep's resource tracker then warn about).
         tqdm.set_lock(threading.RLock())
@@ -496,9 +489,8 @@ class LocalBackend:
                 job.process.join()
 
 
-RAY_CONNECT_TIMEOUT = (
-    10.0  # seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
-)
+# seconds to reach a given Ray address before giving up (Ray itself retries for minutes)
+RAY_CONNECT_TIMEOUT = 10.0
 
 
 class RayBackend:
@@ -718,9 +710,8 @@ class Sweep:
                     )
         finally:
             bar.close()
-        if (
-            interrupted
-        ):  # by the user; a trial stopped on its own is recorded and the sweep finishes
+        # by the user; a trial stopped on its own is recorded and the sweep finishes
+        if interrupted:
             raise KeyboardInterrupt
 
     def _record(self, trial: Trial, result: dict[str, Any]) -> dict[str, Any]:

@@ -72,9 +72,8 @@ def write_summary(sweep: Sweep) -> Path:
     try:
         lines += [f"![{p.stem}]({p.name})" for p in _figures(sweep, rows, keys)]
         failed_figures = None
-    except (
-        OSError
-    ) as e:  # a full disk: the table may still fit, and says why the figures are missing
+    # a full disk: the table may still fit, and says why the figures are missing
+    except OSError as e:
         failed_figures = e
         lines.append(f"Figures not written: {e.strerror or e}.")
     path = sweep.out / "summary.md"

@@ -25,9 +25,8 @@ def _registry() -> dict[str, Task]:
         task = getattr(module, "TASK", None)
         if task is not None:
             found[task.name] = task
-    return dict(
-        sorted(found.items(), key=lambda kv: (kv[0] != "matrix", kv[0]))
-    )  # matrix first: the default
+    # matrix first: the default
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != "matrix", kv[0])))
 
 
 def names() -> tuple[str, ...]:

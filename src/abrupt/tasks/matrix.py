@@ -1,7 +1,7 @@
-"""The paper's task: masked low-rank matrix completion (data.py, model.py, progress.py).
+"""The paper's task: masked low-rank matrix completion (data.py, models/, progress.py).
 
-A thin adapter: every call goes to the code paths matrix runs have always used, so a seed gives
-the same numbers as before tasks existed (tests/test_tasks.py pins them).
+A thin adapter: every call goes to those modules unchanged, so a seed gives the numbers that
+tests/test_tasks.py pins (tests/data/matrix_baseline.json).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluati
 
 class MatrixCompletion:
     name = "matrix"
-    analyses = None  # every analysis was written for it
+    analyses = None  # every analysis applies to it
 
     def check(self, cfg: Config) -> None:
         return None

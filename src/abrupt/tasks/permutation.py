@@ -24,9 +24,8 @@ class Permutation(SequenceTask):
     def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         n = k.length
         values = randint(k.low, k.high, (count, n), gen) + n
-        perm = torch.rand((count, n), generator=gen, device=gen.device).argsort(
-            dim=1
-        )  # uniform permutations, 0-based
+        # uniform permutations, 0-based
+        perm = torch.rand((count, n), generator=gen, device=gen.device).argsort(dim=1)
         sep = torch.zeros((count, 1), dtype=values.dtype, device=values.device)
         return torch.cat([values, sep, perm + 1, sep, values.gather(1, perm)], dim=1), 2 * n + 2
 

@@ -20,17 +20,14 @@ from ..models.seqgpt import SeqBatch
 from ..progress import collapse
 
 PROGRESS_BATCH = 256  # progress measures use the first sequences of the evaluation batch
-SEQ_KEYS = ("loss", "acc", "seq_acc")  # the objective's metrics (metrics.jsonl: these and eval_*)
 
 
 class SequenceTask:
     """Base of a sequence task: subclasses set `name` and define `vocab`, `sample` and `key_map`."""
 
     name = ""
-    analyses: tuple[str, ...] | None = (
-        "progress",
-        "llc",
-    )  # the others read matrices (rows, columns, values)
+    # the others read matrices (rows, columns, values)
+    analyses: tuple[str, ...] | None = ("progress", "llc")
 
     # --- what a task module defines ------------------------------------------------------------
 
