@@ -28,6 +28,11 @@ def _check_capabilities(cfg: Config) -> None:
             f"not {m.arch}",
         ),
         (
+            m.attn_bias != 1.0,
+            "row_column_bias",
+            f"model.attn_bias: built for model.arch=bert, not {m.arch}",
+        ),
+        (
             m.value_init == "line",
             "value_init_line",
             f"model.value_init=line: built for model.arch=bert, not {m.arch}",

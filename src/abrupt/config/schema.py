@@ -543,7 +543,6 @@ def _check_interventions(cfg: Config) -> None:
         m.attn_bias_until >= 0,
         f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}",
     )
-    need(m.attn_bias == 1.0 or m.arch == "bert", "model.attn_bias: built for model.arch=bert")
     layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
     need(

@@ -46,6 +46,10 @@ class AttnBias:
     def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
         edits = getattr(model, "attention_edits", None)
         if edits is None:
+            if self.on(cfg, step):
+                raise ValueError(
+                    f"model.attn_bias: model.arch={cfg.model.arch} takes no attention edits"
+                )
             return
         if not self.on(cfg, step):
             edits.pop(self.name, None)

@@ -35,6 +35,10 @@ class AttnScale:
     def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
         edits = getattr(model, "attention_edits", None)
         if edits is None:
+            if self.on(cfg, step):
+                raise ValueError(
+                    f"task.attn_scale: model.arch={cfg.model.arch} takes no attention edits"
+                )
             return
         if not self.on(cfg, step):
             edits.pop(self.name, None)

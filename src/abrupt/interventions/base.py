@@ -17,8 +17,9 @@ class Intervention(Protocol):
 
     def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
         """Put the intervention's attention edit into `model.attention_edits` while `on(cfg,
-        step)`, take it out otherwise (`models.layers.AttentionSite`); a model without
-        `attention_edits` is left alone."""
+        step)`, take it out otherwise (`models.layers.AttentionSite`). A model without
+        `attention_edits` is left alone while the intervention is off; while it is on, it raises
+        ValueError."""
 
     def unexported(self, model: torch.nn.Module) -> str | None:
         """Why `model`, with the intervention as `apply` set it, has no transformers counterpart

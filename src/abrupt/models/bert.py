@@ -99,7 +99,14 @@ class MatrixBert(HookedModule):
     causal = False  # every position attends to every other
     # what model.* options and tasks this architecture serves (checks.validate_run)
     supports = frozenset(
-        {"norm_pre", "value_init_line", "size_mixtures", "matrix_progress", "scalar_readout"}
+        {
+            "norm_pre",
+            "value_init_line",
+            "size_mixtures",
+            "matrix_progress",
+            "scalar_readout",
+            "row_column_bias",
+        }
     )
 
     def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The decoder: `Decoder` (GPT-2 blocks, the attention-score multiplier, teacher-forced
+"""The decoder: `Decoder` (GPT-2 blocks, the attention-edit channel, teacher-forced
 evaluation), and its two models, `MatrixGPT` (the paper's GPT variant) and `SequenceGPT` (the
 follow-up's sequence tasks, Gopalani & Hu 2025, their batch and objective in seqgpt.py).
 
@@ -207,6 +207,11 @@ class Decoder(HookedModule):
             if self.attention_edits:
                 site = AttentionSite(layer, length, x.device, x.dtype, keys=keys)
                 bias, scale = edit_terms(self.attention_edits, site)
+                if cache is not None and (bias is not None or scale is not None):
+                    # an edit's terms cover a whole sequence, not the new positions of a cached pass
+                    raise ValueError(
+                        "an attention edit acts on a pass with a KV cache; decode without one"
+                    )
             x = block(x, scale, cache=None if cache is None else cache[layer], bias=bias)
         if last:
             x = x[:, -1:]
@@ -263,9 +268,8 @@ class MatrixGPT(Decoder):
     # what model.* options and tasks this architecture serves (checks.validate_run)
     supports = frozenset({"attention_linear", "sequence_tasks"})
 
-    def __init__(
-        self, cfg: ModelConfig, seq_len: int, cols: int | None = None
-    ) -> None:  # cols: unused (no row/column bias)
+    def __init__(self, cfg: ModelConfig, seq_len: int, cols: int | None = None) -> None:
+        # cols: the registry's common signature; the decoder's edits read no columns
         super().__init__(cfg, GPT_VOCAB, 2 * seq_len)
         self.seq_len = seq_len  # T = m*n; the model reads up to 2T tokens
 

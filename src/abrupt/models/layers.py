@@ -28,7 +28,8 @@ class AttentionSite:
     """Where a model asks its attention edits for their terms: one layer of one forward pass.
 
     layer   the block's index
-    t       positions of the pass (queries and keys: no KV cache is in use when edits act)
+    t       positions of the pass, queries and keys alike (a decoder refuses terms on a pass
+            with a KV cache)
     device  where the terms must be
     dtype   the activations' dtype (a multiplier is cast to it)
     cols    the matrix's number of columns (matrix models; None elsewhere)

@@ -20,8 +20,9 @@ ARCHS: dict[str, type[HookedModule]] = {
 
 
 def build_model(cfg: ModelConfig, seq_len: int, seed: int, cols: int | None = None) -> HookedModule:
-    """The model of `cfg.arch`, initialised from `seed`, for matrices of `seq_len` entries
-    (`cols` columns: needed by model.attn_bias)."""
+    """The model of `cfg.arch`, initialised from `seed`, for matrices of `seq_len` entries in
+    `cols` columns (read by attention edits that follow rows and columns). It is built with no
+    intervention acting: `interventions.apply(model, cfg, step)` puts in what acts at `step`."""
     torch.manual_seed(seed)
     return ARCHS[cfg.arch](cfg, seq_len, cols)
 

@@ -1,7 +1,7 @@
 """The follow-up's sequence tasks (Gopalani & Hu 2025) as the decoder sees them: the batch
 (`SeqBatch`) and the objective (`sequence_losses`). The model is `gpt.SequenceGPT`, the shared
 `gpt.Decoder` with GPT-2's residual init, as in their minGPT-based code; the attention-score
-multiplier (their intervention) is `gpt.Decoder`'s.
+multiplier (their intervention) is `interventions/attn_scale.py`.
 """
 
 from __future__ import annotations

@@ -242,9 +242,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
     model = tasks.get(cfg.task.name).build_model(cfg)
-    interventions.apply(
-        model, cfg, ckpt.step
-    )  # the interventions as they were at this step of training
+    # the interventions as they were at this step of training
+    interventions.apply(model, cfg, ckpt.step)
     load_weights(model, ckpt.weights)
     return model.to(device).eval()
 

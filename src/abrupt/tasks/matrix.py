@@ -10,7 +10,7 @@ from .. import progress as measures
 from ..config import Config
 from ..data import Batch, sample_batch
 from ..hooks import HookedModule
-from ..models.registry import build_model
+from ..models.registry import build_model, supports
 
 PROGRESS_BATCH = 256  # progress measures use the first matrices of the evaluation batch
 
@@ -44,8 +44,9 @@ class MatrixCompletion:
         )
 
     def run_kind(self, cfg: Config) -> str:
-        # the GPT variant (Fig. 11) writes cross-entropy and accuracies, the BERT the MSE
-        return "gpt" if cfg.model.arch == "gpt" else "matrix"
+        # a model with one scalar read-out per position (the BERT) writes the MSE; a decoder of
+        # the value tokens (the GPT variant, Fig. 11) cross-entropy and accuracies
+        return "matrix" if supports(cfg.model.arch, "scalar_readout") else "gpt"
 
 
 TASK = MatrixCompletion()

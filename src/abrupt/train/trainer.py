@@ -282,9 +282,8 @@ class Trainer:
         }
         self.evalset = eval_batch(cfg).to(self.device)
         self.is_ckpt_step = checkpoint_at(cfg)
-        self.use_bf16 = (
-            cfg.train.bf16
-        )  # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
+        # CPU autocast too: slower there, but it lets CPU checks cover the bf16 path
+        self.use_bf16 = cfg.train.bf16
         # Compiled for the training step only: evaluation and checkpoints use the plain module.
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.rows: list[dict[str, Any]] = []
@@ -516,12 +515,13 @@ class Trainer:
                 file=sys.stderr,
                 flush=True,
             )
-        if any(c.should_stop(self, start) for c in self.callbacks):
-            # resumed after a stop rule (train.stop_after_drop) had ended it: nothing to train
+        stopped_by = [type(c).__name__ for c in self.callbacks if c.should_stop(self, start)]
+        if stopped_by:
+            # resumed after a stop rule had ended it: nothing to train
             if self.verbose:
                 print(
-                    f"resume: {self.out_dir} stopped at step {start}, {t.stop_after_drop} steps "
-                    "after its drop (train.stop_after_drop): nothing to train",
+                    f"resume: {self.out_dir} was ended at step {start} by its stop rule "
+                    f"({', '.join(stopped_by)}): nothing to train",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -562,8 +562,12 @@ class Trainer:
                         break
         except (KeyboardInterrupt, TrainingError, OSError):
             self._end_callbacks()
-            with contextlib.suppress(OSError):  # a full disk: the first error is the one to report
+            # a full disk: the first error is the one to report
+            with contextlib.suppress(OSError):
                 self.finish()
+            raise
+        except BaseException:
+            self._end_callbacks()  # the metrics file and the progress bar closed all the same
             raise
         self._end_callbacks()
         return self.finish()
@@ -592,24 +596,23 @@ def train(
     tracking.require(cfg.train.log_to)
     check_name(out_dir)
     trainer = Trainer(cfg, out_dir, verbose, group)  # builds the model; writes nothing
+    # refuse before writing
     source = (
         init_source(trainer.model, cfg.train.init_from)
         if cfg.train.init_from and not resume
         else None
-    )  # refuse before writing
+    )
     if str(Path(out_dir)) == "." and not resume:
         raise RunDirError("give the run directory a name (not the current directory)")
     if not resume and Path(out_dir).is_dir():
-        check_fresh(
-            out_dir
-        )  # before taking the lock, so that a refused directory gets no lock file
+        # before taking the lock, so that a refused directory gets no lock file
+        check_fresh(out_dir)
     with RunLock(out_dir):
         if resume and not (Path(out_dir) / "config.json").exists():
             raise RunDirError(f"{out_dir} is not a run directory (no config.json)")
         if not resume:
-            check_fresh(
-                out_dir
-            )  # again under the lock: another process may have started it meanwhile
+            # again under the lock: another process may have started it meanwhile
+            check_fresh(out_dir)
         # What a writer killed mid-write left (temporary files, a checkpoint without its side file).
         remove_temp_files(
             Path(out_dir), ("config.json", "metrics.jsonl", "summary.json", "loss.png")
