@@ -1,6 +1,8 @@
 """Training, run directory, determinism and resume."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,3 +291,18 @@ def test_tf32_on_a_torch_without_fp32_precision_sets_and_restores_the_legacy_fla
             assert matmul.allow_tf32 is cudnn.allow_tf32 is True
             1 / 0
     assert matmul.allow_tf32 is cudnn.allow_tf32 is False
+
+
+def test_a_folder_of_metrics_alone_is_summarised_as_its_run_is(tmp_path):
+    """`abrupt plot` on metrics.jsonl without config.json: no curriculum, the kind from the
+    metrics' keys; here the same summary as with the run's configuration."""
+    from abrupt.train.summary import finish
+
+    run = Path(__file__).resolve().parents[1] / "docs" / "plateau" / "runs" / "s4_bias3_b256_s0"
+    alone, whole = tmp_path / "alone", tmp_path / "whole"
+    for folder, names in ((alone, ["metrics.jsonl"]), (whole, ["metrics.jsonl", "config.json"])):
+        folder.mkdir()
+        for name in names:
+            shutil.copy(run / name, folder / name)
+    assert finish(alone) == finish(whole)
+    assert (alone / "loss.png").exists() and (alone / "summary.json").exists()

@@ -19,13 +19,16 @@ def finish(
     forecast.png and summary.json's `forecast_record` (how they fared, forecast.record; where
     that fails, {'error': its one-line message}, and the rest is written all the same). `cfg`:
     the run's configuration (None: read from its config.json), which gives the curriculum's end
-    and the run's kind (`Task.run_kind`)."""
+    and the run's kind (`Task.run_kind`); a folder of metrics alone (no config.json) is read with
+    no curriculum and its kind told from the metrics' keys (`transition.run_kind`)."""
 
     run_dir = Path(run_dir)
-    cfg = cfg if cfg is not None else read_config(run_dir)
-    kind = tasks.get(cfg.task.name).run_kind(cfg)
+    if cfg is None and (run_dir / "config.json").exists():
+        cfg = read_config(run_dir)
+    kind = None if cfg is None else tasks.get(cfg.task.name).run_kind(cfg)
+    after = 0 if cfg is None else cfg.curriculum.end()
     rows = read_metrics(run_dir)
-    summary = transition.summarize(rows, seconds, after=cfg.curriculum.end(), kind=kind)
+    summary = transition.summarize(rows, seconds, after=after, kind=kind)
     forecasts = any("forecast_escape" in r for r in rows)
     if forecasts:
         try:
