@@ -5,32 +5,26 @@ is an intervention, named by `INTERVENTION.name`.
 One schedule for training and checkpoint loading: training calls `apply(model, cfg, step)` before
 every step and `run/checkpoints.py` calls it with a checkpoint's step, so a checkpoint is loaded as
 it was trained (the checkpoint of step S holds the weights after step S, which was trained with the
-setting of step S). `unexported(model)` says which of them, acting at the loaded step, has no
-counterpart in transformers (`export.py` refuses it). A new intervention is one module here
-(docs/extending.md).
+setting of step S). `apply` puts each intervention's attention edit into `model.attention_edits`
+while its schedule is on and takes it out otherwise. `unexported(model)` says which of them,
+acting at the loaded step, has no counterpart in transformers (`export.py` refuses it). A new
+intervention is one module here (docs/extending.md).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 
 import torch
 
 from ..config import Config
+from ..plugins import find
 from .base import Intervention
 
 
 @functools.cache
 def _registry() -> dict[str, Intervention]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        intervention = getattr(module, "INTERVENTION", None)
-        if intervention is not None:
-            found[intervention.name] = intervention
-    return dict(sorted(found.items()))
+    return find(__name__, __path__, "INTERVENTION")
 
 
 def names() -> tuple[str, ...]:
@@ -47,15 +41,25 @@ def get(name: str) -> Intervention:
 
 def apply(model: torch.nn.Module, cfg: Config, step: int) -> None:
     """Put in or take out every intervention's attention edit on `model` by its schedule at
-    training step `step`."""
-    for intervention in _registry().values():
-        intervention.apply(model, cfg, step)
+    training step `step`. A model without `attention_edits` is left alone while every intervention
+    is off; one that is on raises ValueError naming its key."""
+    edits = getattr(model, "attention_edits", None)
+    for name, intervention in _registry().items():
+        if not intervention.on(cfg, step):
+            if edits is not None:
+                edits.pop(name, None)
+        elif edits is None:
+            raise ValueError(
+                f"{intervention.key}: model.arch={cfg.model.arch} takes no attention edits"
+            )
+        else:
+            edits[name] = intervention.edit(model, cfg)
 
 
 def unexported(model: torch.nn.Module) -> str | None:
     """Why an intervention acting on `model` (as set by `apply`) bars its export, or None."""
-    for intervention in _registry().values():
-        why = intervention.unexported(model)
-        if why:
-            return why
+    acting = getattr(model, "attention_edits", {})
+    for name, intervention in _registry().items():
+        if name in acting:
+            return intervention.unexported
     return None

@@ -38,35 +38,22 @@ class RowColumnBias:
 
 class AttnBias:
     name = "attn_bias"
+    key = "model.attn_bias"
+    unexported = (
+        "the row/column attention bias (model.attn_bias) acts at this step and BertModel has no "
+        "such bias; export a step after model.attn_bias_until"
+    )
 
     def on(self, cfg: Config, step: int) -> bool:
         until = cfg.model.attn_bias_until
         return cfg.model.attn_bias != 1.0 and (until == 0 or step <= until)
 
-    def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
-        edits = getattr(model, "attention_edits", None)
-        if edits is None:
-            if self.on(cfg, step):
-                raise ValueError(
-                    f"model.attn_bias: model.arch={cfg.model.arch} takes no attention edits"
-                )
-            return
-        if not self.on(cfg, step):
-            edits.pop(self.name, None)
-            return
+    def edit(self, model: torch.nn.Module, cfg: Config) -> RowColumnBias:
         if not getattr(model, "cols", None):
             raise ValueError("model.attn_bias needs a model of matrices (its number of columns)")
         m = cfg.model
         layers = layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
-        edits[self.name] = RowColumnBias(m.attn_bias, layers)
-
-    def unexported(self, model: torch.nn.Module) -> str | None:
-        if self.name in getattr(model, "attention_edits", {}):
-            return (
-                "the row/column attention bias (model.attn_bias) acts at this step and BertModel "
-                "has no such bias; export a step after model.attn_bias_until"
-            )
-        return None
+        return RowColumnBias(m.attn_bias, layers)
 
 
 INTERVENTION = AttnBias()

@@ -28,32 +28,19 @@ class ScaleOnKeys:
 
 class AttnScale:
     name = "attn_scale"
+    key = "task.attn_scale"
+    unexported = (
+        "the attention-score multiplier (task.attn_scale) acts at this step and GPT2LMHeadModel "
+        "has no such multiplier"
+    )
 
     def on(self, cfg: Config, step: int) -> bool:
         return cfg.task.attn_scale != 1.0 and step >= cfg.task.attn_scale_from
 
-    def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
-        edits = getattr(model, "attention_edits", None)
-        if edits is None:
-            if self.on(cfg, step):
-                raise ValueError(
-                    f"task.attn_scale: model.arch={cfg.model.arch} takes no attention edits"
-                )
-            return
-        if not self.on(cfg, step):
-            edits.pop(self.name, None)
-            return
+    def edit(self, model: torch.nn.Module, cfg: Config) -> ScaleOnKeys:
         k = cfg.task
         layers = layer_list(k.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
-        edits[self.name] = ScaleOnKeys(k.attn_scale, layers)
-
-    def unexported(self, model: torch.nn.Module) -> str | None:
-        if self.name in getattr(model, "attention_edits", {}):
-            return (
-                "the attention-score multiplier (task.attn_scale) acts at this step and "
-                "GPT2LMHeadModel has no such multiplier"
-            )
-        return None
+        return ScaleOnKeys(k.attn_scale, layers)
 
 
 INTERVENTION = AttnScale()

@@ -1,4 +1,5 @@
-"""What an intervention module's `INTERVENTION` answers (docs/extending.md)."""
+"""What an intervention module's `INTERVENTION` answers (docs/extending.md); the registry
+(`interventions.apply`) puts its edit into a model and takes it out by `on`."""
 
 from __future__ import annotations
 
@@ -7,20 +8,20 @@ from typing import Protocol
 import torch
 
 from ..config import Config
+from ..models.layers import AttentionEdit
 
 
 class Intervention(Protocol):
+    #: its name, the key of its edit in `model.attention_edits`
     name: str
+    #: the configuration key that turns it on, named when a model cannot take it
+    key: str
+    #: why a model it acts on has no transformers counterpart (one line for `abrupt export`)
+    unexported: str
 
     def on(self, cfg: Config, step: int) -> bool:
         """Whether the intervention acts at training step `step` of the run `cfg` describes."""
 
-    def apply(self, model: torch.nn.Module, cfg: Config, step: int) -> None:
-        """Put the intervention's attention edit into `model.attention_edits` while `on(cfg,
-        step)`, take it out otherwise (`models.layers.AttentionSite`). A model without
-        `attention_edits` is left alone while the intervention is off; while it is on, it raises
-        ValueError."""
-
-    def unexported(self, model: torch.nn.Module) -> str | None:
-        """Why `model`, with the intervention as `apply` set it, has no transformers counterpart
-        (one line for `abrupt export` to print), or None."""
+    def edit(self, model: torch.nn.Module, cfg: Config) -> AttentionEdit:
+        """The attention edit (`models.layers.AttentionSite`) it puts into `model` while on;
+        ValueError where `model` cannot take it."""

@@ -11,22 +11,15 @@ a new one is a module defining its tokens and correct keys (docs/extending.md).
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 
+from ..plugins import find
 from .base import Task
 
 
 @functools.cache
 def _registry() -> dict[str, Task]:
-    found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        task = getattr(module, "TASK", None)
-        if task is not None:
-            found[task.name] = task
-    # matrix first: the default
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] != "matrix", kv[0])))
+    found = find(__name__, __path__, "TASK")
+    return {"matrix": found.pop("matrix"), **found}  # matrix first: the default
 
 
 def names() -> tuple[str, ...]:
