@@ -52,7 +52,7 @@ def apply(model: torch.nn.Module, cfg: Config, step: int) -> None:
             raise ValueError(
                 f"{intervention.key}: model.arch={cfg.model.arch} takes no attention edits"
             )
-        else:
+        elif name not in edits:  # built once while it stays on
             edits[name] = intervention.edit(model, cfg)
 
 

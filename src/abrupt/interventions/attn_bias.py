@@ -24,16 +24,21 @@ def row_column_bias(
 
 
 class RowColumnBias:
-    """The attention edit: the bias in `layers`, none elsewhere."""
+    """The attention edit: the bias in `layers`, none elsewhere. The (T, T) bias of the latest
+    shape is kept: every layer of every pass of one matrix size reads the same tensor."""
 
     def __init__(self, c: float, layers: list[int]) -> None:
         self.c = c
         self.layers = set(layers)
+        self._kept: tuple[tuple, torch.Tensor] | None = None
 
     def __call__(self, site: AttentionSite) -> tuple[str, torch.Tensor] | None:
         if site.layer not in self.layers:
             return None
-        return "bias", row_column_bias(site.t, site.cols, self.c, site.device)
+        shape = (site.t, site.cols, site.device)
+        if self._kept is None or self._kept[0] != shape:
+            self._kept = (shape, row_column_bias(site.t, site.cols, self.c, site.device))
+        return "bias", self._kept[1]
 
 
 class AttnBias:

@@ -109,7 +109,8 @@ class Forecast(Callback):
     (`forecast_*`) added to each row. Advice only: a failing forecast is logged as its reason and
     never stops a run."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.latest = forecast.Forecast(0, reason="not started")
 
     def on_log(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class Forecast(Callback):
                 cfg.train.forecast_signal,
                 cfg.train.forecast_target or forecast.ESCAPE_DEPARTURE,
                 after=cfg.curriculum.end(),
-                kind=trainer.task.run_kind(cfg),
+                kind=self.kind,
             )
         except Exception as e:  # noqa: BLE001 - the forecast is advice: it never stops a run
             self.latest = forecast.Forecast(
@@ -202,7 +203,7 @@ def standard(cfg: Config) -> list[Callback]:
     measures' fields come before the forecast's in each row)."""
     t = cfg.train
     kind = tasks.get(cfg.task.name).run_kind(cfg)
-    escape = Forecast() if t.forecast else None
+    escape = Forecast(kind) if t.forecast else None
     return [
         *([ProgressMeasures()] if t.progress else []),
         *([escape] if escape else []),

@@ -560,21 +560,17 @@ class Trainer:
                         raise KeyboardInterrupt
                     if stop:
                         break
-        except (KeyboardInterrupt, TrainingError, OSError):
-            self._end_callbacks()
-            # a full disk: the first error is the one to report
-            with contextlib.suppress(OSError):
-                self.finish()
+        except BaseException as e:
+            for callback in self.callbacks:  # the metrics file and the progress bar closed
+                callback.on_end(self)
+            if isinstance(e, (KeyboardInterrupt, TrainingError, OSError)):
+                # a full disk: the first error is the one to report
+                with contextlib.suppress(OSError):
+                    self.finish()
             raise
-        except BaseException:
-            self._end_callbacks()  # the metrics file and the progress bar closed all the same
-            raise
-        self._end_callbacks()
-        return self.finish()
-
-    def _end_callbacks(self) -> None:
         for callback in self.callbacks:
             callback.on_end(self)
+        return self.finish()
 
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
