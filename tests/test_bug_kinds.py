@@ -192,18 +192,18 @@ def test_r_squared_divides_by_the_variance_over_n():
 
 def test_an_option_accepted_does_not_crash_mid_run():
     """attn_scale_from on matrices passed validation and died at the first step."""
-    with pytest.raises(ConfigError, match="task.attn_scale_from"):
-        tiny("task.attn_scale_from=5")
+    with pytest.raises(ConfigError, match="attn_scale.start"):
+        tiny("attn_scale.start=5")
 
 
 def test_one_schedule_for_training_and_loading(tmp_path):
-    cfg = tiny("model.attn_bias=3", "model.attn_bias_until=20", "train.steps=40")
+    cfg = tiny("attn_bias.factor=3", "attn_bias.until=20", "train.steps=40")
     train(cfg, tmp_path / "run", verbose=False)
     for step, on in ((0, True), (20, True), (40, False)):
         model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
         acting = "attn_bias" in model.attention_edits
         assert acting is on is interventions.get("attn_bias").on(cfg, step)
-    seq = apply_overrides(preset("mws"), ["task.attn_scale=2", "task.attn_scale_from=5"])
+    seq = apply_overrides(preset("mws"), ["attn_scale.factor=2", "attn_scale.start=5"])
     assert [interventions.get("attn_scale").on(seq, s) for s in (4, 5)] == [False, True]
 
 

@@ -1,6 +1,8 @@
+import dataclasses
+
 import pytest
 
-from abrupt.config import PRESETS, Config, ConfigError, apply_overrides, preset
+from abrupt.config import PRESETS, Config, ConfigError, apply_overrides, preset, schema
 
 
 def test_presets_resolve_and_validate():
@@ -70,3 +72,44 @@ def test_sudden_preset_is_the_measured_recipe():
         cfg["train"]["steps"] = cfg["seed"] = 0
         cfg["preset"] = ""  # the preset's name is recorded
     assert sudden == trial
+
+
+def test_renamed_keys_are_read_under_their_new_names_in_overrides_and_config_json():
+    """The interventions' settings moved to their own sections: the old keys still set them."""
+    old = [
+        "model.attn_bias=3",
+        "model.attn_bias_layers=0,1",
+        "model.attn_bias_until=50",
+        "task.name=mws",
+        "model.arch=gpt",
+        "task.attn_scale=2",
+        "task.attn_scale_from=7",
+        "task.attn_scale_layers=1",
+    ]
+    cfg = apply_overrides(preset("tiny"), old)
+    assert (cfg.attn_bias.factor, cfg.attn_bias.layers, cfg.attn_bias.until) == (3.0, "0,1", 50)
+    assert (cfg.attn_scale.factor, cfg.attn_scale.start, cfg.attn_scale.layers) == (2.0, 7, "1")
+    raw = cfg.to_dict()
+    del raw["attn_bias"], raw["attn_scale"]
+    raw["model"].update(attn_bias=3.0, attn_bias_layers="0,1", attn_bias_until=50)
+    raw["task"].update(attn_scale=2.0, attn_scale_from=7, attn_scale_layers="1")
+    assert Config.from_dict(raw) == cfg
+
+
+def test_a_config_json_section_nothing_declares_is_an_error():
+    raw = Config().to_dict()
+    raw["nudge"] = {"factor": 2.0}
+    with pytest.raises(ConfigError, match="unknown section 'nudge'; sections are: data, model"):
+        Config.from_dict(raw)
+
+
+def test_a_plugin_section_of_an_unsupported_type_is_refused(monkeypatch):
+    @dataclasses.dataclass
+    class Odd:
+        values: list = dataclasses.field(default_factory=list)
+
+    monkeypatch.setattr(schema, "PLUGIN_SECTIONS", dict(schema.PLUGIN_SECTIONS))
+    with pytest.raises(ValueError, match="odd.values: its type must be one of int, float"):
+        schema.register_section("odd", Odd)
+    with pytest.raises(ValueError, match="'model' is declared twice"):
+        schema.register_section("model", Odd)

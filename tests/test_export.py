@@ -100,8 +100,8 @@ def test_the_temperature_is_folded_and_the_bias_exports_once_switched_off(tmp_pa
         tmp_path / "run",
         "tiny",
         "model.attn_temperature=2.0",
-        "model.attn_bias=3.0",
-        "model.attn_bias_until=2",
+        "attn_bias.factor=3.0",
+        "attn_bias.until=2",
     )
     assert export(run, tmp_path / "on", "--step", "1") == 2  # the bias acts at step 1
     assert not (tmp_path / "on").exists()
@@ -174,7 +174,7 @@ def test_a_softmax_sequence_decoder_exports_and_linear_attention_is_refused(
         ("not empty", "exists and is not an empty directory"),
         ("target", "unknown target 'onnx'"),
         ("pre-LN", "model.norm=pre"),
-        ("scale", "task.attn_scale"),
+        ("scale", "attn_scale.factor"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, case, message):
@@ -184,7 +184,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, case, message):
             "task.name=mws",
             "model.arch=gpt",
             "model.attention=softmax",
-            "task.attn_scale=2",
+            "attn_scale.factor=2",
         ],
     }.get(case, [])
     run = train(tmp_path / "run", "tiny", *extra, steps=1)

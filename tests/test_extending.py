@@ -15,7 +15,7 @@ import torch
 
 import abrupt.interventions
 from abrupt.checks import validate_run
-from abrupt.config import apply_overrides, preset
+from abrupt.config import ConfigError, apply_overrides, preset, schema
 from abrupt.config.schema import RENAMED
 from abrupt.data import generator, sample_batch
 from abrupt.run import checkpoints
@@ -78,30 +78,46 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
 
 def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
     """The docs' example, dropped into a temporary folder of the package's path (not into src/:
-    parallel test workers share it), puts its attention edit in and takes it out by its schedule
+    parallel test workers share it): its settings are a configuration section (keys, docs,
+    checks, config.json), and it puts its attention edit in and takes it out by its schedule
     before every training step and on every loaded checkpoint, and the edit changes the forward
     pass."""
     code = re.search(r"```python\n(\"\"\"A nudge toward.*?)```", DOC, re.S).group(1)
-    (tmp_path / "zz_first_half.py").write_text(code)
+    (tmp_path / "zz_own_position.py").write_text(code)
     registry = abrupt.interventions
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(tmp_path)])
+    monkeypatch.setattr(schema, "PLUGIN_SECTIONS", dict(schema.PLUGIN_SECTIONS))
     registry._registry.cache_clear()
     try:
-        assert "first_half" in registry.names()
+        assert "own_position" in registry.names()
+        assert schema.field_docs()["own_position.until"] == (
+            "int",
+            100,
+            "the last training step it acts at",
+        )
+        with pytest.raises(ConfigError, match="own_position.factor: must be a positive number"):
+            apply_overrides(preset("tiny"), ["own_position.factor=0"])
         seen = []
         real_apply = registry.apply
 
         def apply(model, cfg, step):
             real_apply(model, cfg, step)
-            seen.append((step, "first_half" in model.attention_edits))
+            seen.append((step, "own_position" in model.attention_edits))
 
         monkeypatch.setattr(registry, "apply", apply)
-        cfg = apply_overrides(preset("tiny"), ["train.steps=6", "train.ckpt_every=2"])
+        cfg = apply_overrides(
+            preset("tiny"),
+            ["train.steps=6", "train.ckpt_every=2"]
+            + ["own_position.factor=2", "own_position.until=3"],
+        )
         train(cfg, tmp_path / "run", verbose=False)
         assert seen == [(s, s <= 3) for s in range(1, 7)]
+        written = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert written["own_position"] == {"factor": 2.0, "until": 3}
+        assert read_config(tmp_path / "run") == cfg
         for step in (2, 4, 6):
             model = checkpoints.load_model(cfg, checkpoints.find(tmp_path / "run", step))
-            assert ("first_half" in model.attention_edits) is (step <= 3)
+            assert ("own_position" in model.attention_edits) is (step <= 3)
         tokens = sample_batch(cfg.data, 4, generator(0)).tokens
         real_apply(model, cfg, 1)
         nudged = model.predict(tokens)
@@ -109,6 +125,7 @@ def test_a_new_intervention_is_one_file_as_the_docs_show(tmp_path, monkeypatch):
         assert not torch.equal(nudged, model.predict(tokens))
     finally:
         registry._registry.cache_clear()
+        schema.field_docs.cache_clear()
 
 
 def test_an_unknown_task_names_the_registered_ones():
@@ -123,8 +140,9 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
     cfg = read_config(OLD_RUN)
     now = cfg.to_dict()
     for old, new in RENAMED.items():  # keys renamed since: read under their new names
-        (section, old_key), new_key = old.split("."), new.split(".")[1]
-        raw[section][new_key] = raw[section].pop(old_key)
+        (section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        if old_key in raw[section]:
+            raw.setdefault(new_section, {})[new_key] = raw[section].pop(old_key)
     for (
         section,
         values,
@@ -137,7 +155,7 @@ def test_a_run_directory_written_before_the_layout_change_still_loads_resumes_an
             else all(now[section][k] == v for k, v in values.items())
         ), section
     assert (
-        cfg.model.attn_bias == 3 and cfg.train.batch_size == 256 and cfg.train.eps == 1e-8
+        cfg.attn_bias.factor == 3 and cfg.train.batch_size == 256 and cfg.train.eps == 1e-8
     )  # eps: then unrecorded
     # the same configuration, short and small, trained, killed and resumed, then analysed
     run = tmp_path / "run"

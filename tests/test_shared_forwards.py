@@ -30,7 +30,7 @@ def random_model(cfg, seed):
     return model
 
 
-@pytest.mark.parametrize("extra", [(), ("model.norm=pre",), ("model.attn_bias=3",)])
+@pytest.mark.parametrize("extra", [(), ("model.norm=pre",), ("attn_bias.factor=3",)])
 def test_run_from_equals_the_whole_pass(extra):
     cfg = config(*extra)
     model = random_model(cfg, 0)

@@ -294,13 +294,13 @@ def test_multiplier_one_is_a_no_op_and_acts_only_on_chosen_layers():
         (["task.name=mws"], "needs the decoder, model.arch=gpt"),
         (["model.attention=linear"], "model.attention=linear: built for the decoder"),
         (["model.attention=cosine"], "model.attention: must be softmax or linear"),
-        (["task.attn_scale=2"], "built for the sequence tasks"),
+        (["attn_scale.factor=2"], "built for the sequence tasks"),
         (
-            ["model.arch=gpt", "task.name=mws", "task.attn_scale=0"],
-            "task.attn_scale: must be a positive number",
+            ["model.arch=gpt", "task.name=mws", "attn_scale.factor=0"],
+            "attn_scale.factor: must be a positive number",
         ),
         (
-            ["model.arch=gpt", "task.name=mws", "task.attn_scale=2", "task.attn_scale_layers=3"],
+            ["model.arch=gpt", "task.name=mws", "attn_scale.factor=2", "attn_scale.layers=3"],
             "not a layer of 0..1",
         ),
         (
@@ -344,7 +344,7 @@ def test_task_presets_are_the_follow_ups_sizes():
 
 
 def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_path, one_thread):
-    cfg = small("mws", "train.progress=true", "task.attn_scale=2.5", "task.attn_scale_from=8")
+    cfg = small("mws", "train.progress=true", "attn_scale.factor=2.5", "attn_scale.start=8")
     summary = train(cfg, tmp_path / "full", verbose=False)
     rows = [
         json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
@@ -368,8 +368,8 @@ def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_
         small(
             "mws",
             "train.progress=true",
-            "task.attn_scale=2.5",
-            "task.attn_scale_from=8",
+            "attn_scale.factor=2.5",
+            "attn_scale.start=8",
             "train.steps=10",
         ),
         tmp_path / "part",
@@ -386,7 +386,7 @@ def test_sequence_task_trains_logs_measures_and_resumes_to_the_same_numbers(tmp_
 def test_multiplier_switched_on_late_changes_training_only_from_that_step(tmp_path, one_thread):
     base = train(small("mws", "train.steps=10"), tmp_path / "a", verbose=False)
     late = train(
-        small("mws", "train.steps=10", "task.attn_scale=2.5", "task.attn_scale_from=6"),
+        small("mws", "train.steps=10", "attn_scale.factor=2.5", "attn_scale.start=6"),
         tmp_path / "b",
         verbose=False,
     )

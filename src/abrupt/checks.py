@@ -1,11 +1,11 @@
 """`validate_run(cfg)`: every rule a run's configuration must meet, in one place. The schema's own
 rules (config.validate) and those that need the registries: the task exists and accepts the
 configuration, the architecture exists, the named parameter groups exist in that model, the
-trackers of train.log_to exist."""
+trackers of train.log_to exist, the model takes the interventions the run turns on."""
 
 from __future__ import annotations
 
-from . import tasks, tracking
+from . import interventions, tasks, tracking
 from .config import Config, ConfigError, group_lr, validate
 from .models import groups
 from .models.registry import ARCHS, supports
@@ -26,11 +26,6 @@ def _check_capabilities(cfg: Config) -> None:
             "norm_pre",
             f"model.norm=pre: built for model.arch=bert (the GPT variant is pre-LN already), "
             f"not {m.arch}",
-        ),
-        (
-            m.attn_bias != 1.0,
-            "row_column_bias",
-            f"model.attn_bias: built for model.arch=bert, not {m.arch}",
         ),
         (
             m.value_init == "line",
@@ -55,6 +50,14 @@ def _check_capabilities(cfg: Config) -> None:
         ),
     ):
         _need(not on or supports(m.arch, capability), msg)
+    for name in interventions.names():
+        intervention = interventions.get(name)
+        needs = getattr(intervention, "needs", None)
+        _need(
+            needs is None or not intervention.used(cfg) or supports(m.arch, needs),
+            f"{intervention.key}: model.arch={m.arch} cannot take this intervention (its class "
+            f"lacks the capability '{needs}')",
+        )
 
 
 def validate_run(cfg: Config) -> Config:

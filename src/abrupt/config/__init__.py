@@ -2,7 +2,8 @@
 validation), named presets and `section.key=value` overrides. Every value a run depends on lives
 here, so that `config.json` in a run directory is enough to rebuild the run exactly; a bad value
 is a `ConfigError` naming the key and what is allowed. Imports nothing else of abrupt: the rules
-that need tasks or models are `checks.validate_run`."""
+that need tasks or models are `checks.validate_run`; an intervention's own section is declared in
+its module and added by `register_section`."""
 
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, PRESETS, preset
@@ -25,6 +26,8 @@ from .schema import (
     group_lr,
     layer_list,
     max_abs_entry,
+    register_section,
+    section_names,
     set_key,
     validate,
     validate_data,
@@ -53,6 +56,8 @@ __all__ = [
     "layer_list",
     "max_abs_entry",
     "preset",
+    "register_section",
+    "section_names",
     "set_key",
     "validate",
     "validate_data",

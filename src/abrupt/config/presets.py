@@ -61,7 +61,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "attention: docs/plateau)",
         {
             **_SMALL,
-            "model.attn_bias": 3.0,
+            "attn_bias.factor": 3.0,
             "train.batch_size": 256,
             "train.eps": 1e-4,
             "train.warmup": 0,

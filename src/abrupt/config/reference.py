@@ -7,14 +7,14 @@ from __future__ import annotations
 import textwrap
 
 from .presets import DEFAULT_PRESET, PRESETS
-from .schema import SECTIONS, field_docs
+from .schema import field_docs, section_names
 
 
 def keys_text(width: int = 100) -> str:
     """Plain text, one block per section: `key=default  meaning`, wrapped to `width`."""
     lines = []
     docs = field_docs()
-    for section in ("", *SECTIONS):
+    for section in ("", *section_names()):
         keys = [k for k in docs if (k.partition(".")[0] == section if section else "." not in k)]
         lines.append(f"{section or 'run'}:")
         for key in keys:
@@ -39,7 +39,7 @@ def markdown() -> str:
         "",
     ]
     docs = field_docs()
-    for section in ("", *SECTIONS):
+    for section in ("", *section_names()):
         keys = [k for k in docs if (k.partition(".")[0] == section if section else "." not in k)]
         out += [
             f"## {section or 'run'}",

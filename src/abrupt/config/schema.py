@@ -104,13 +104,6 @@ class ModelConfig:
     value_init: str = "random"
     #: line: |d| = this times the expected norm of a random row
     value_init_scale: float = 1.0
-    #: intervention c: attention weights on keys in the query's row or column multiplied by c
-    #: (log c added to their logits); 1 = off
-    attn_bias: float = 1.0
-    #: layers that get the bias, e.g. 0,1 (empty: every layer)
-    attn_bias_layers: str = ""
-    #: > 0: the bias is switched off after this training step (0: on for the whole run)
-    attn_bias_until: int = 0
     #: softmax | linear (the follow-up's: scores QK^T / sqrt(d_head), future keys 0, no softmax;
     #: gpt only)
     attention: str = "softmax"
@@ -218,12 +211,6 @@ class TaskConfig:
     alphabet: int = 12
     #: addition: digits of each operand (the sum is written reversed, digits + 1 long)
     digits: int = 4
-    #: intervention c: attention on the task's correct keys multiplied by c (1 = off)
-    attn_scale: float = 1.0
-    #: ... from this training step on (0: the whole run; the follow-up's "late" switch)
-    attn_scale_from: int = 0
-    #: ... in these layers, e.g. 1 (empty: every layer with correct keys)
-    attn_scale_layers: str = ""
 
 
 @dataclass
@@ -267,9 +254,39 @@ class CurriculumConfig:
         return self.mean * (1.0 - (step - self.hold) / self.decay)
 
 
-@dataclass
+SECTIONS = ("data", "model", "train", "curriculum", "task")
+
+# The sections declared outside this package, {name: dataclass}: an intervention's own settings,
+# in its module (interventions/), added by `register_section` when abrupt is imported.
+PLUGIN_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Add the section `name`, a dataclass `cls` (keys `name.field` of type int, float, str or
+    bool, a `#:` doc above each field as in this module's sections; an optional
+    `check(self, cfg)` raising ConfigError is run by `validate`). Raises ValueError for a name the
+    schema already uses or a field of another type."""
+    if name in (*SECTIONS, "seed", "preset") or PLUGIN_SECTIONS.get(name, cls) is not cls:
+        raise ValueError(f"configuration section '{name}' is declared twice")
+    for f in dataclasses.fields(cls):
+        if _type_name(f) not in _TYPES:
+            raise ValueError(
+                f"configuration key {name}.{f.name}: its type must be one of "
+                f"{', '.join(_TYPES)}, not {_type_name(f)}"
+            )
+    PLUGIN_SECTIONS[name] = cls
+    field_docs.cache_clear()
+
+
+def section_names() -> tuple[str, ...]:
+    """Every section, the schema's first, then the plugins' sorted by name."""
+    return (*SECTIONS, *sorted(PLUGIN_SECTIONS))
+
+
+@dataclass(eq=False)
 class Config:
-    """A run's whole configuration: the preset it started from, the seed and five sections."""
+    """A run's whole configuration: the preset it started from, the seed, five sections and those
+    of the interventions (`PLUGIN_SECTIONS`, read as attributes: `cfg.attn_bias.factor`)."""
 
     #: the preset the run's values started from (set by --preset, never by an override)
     preset: str = "paper"
@@ -281,27 +298,46 @@ class Config:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
 
+    def __getattr__(self, name: str) -> Any:
+        # Called only when `name` is not set yet: a plugin section starts at its defaults.
+        cls = PLUGIN_SECTIONS.get(name)
+        if cls is None:
+            raise AttributeError(f"'Config' object has no attribute '{name}'")
+        setattr(self, name, cls())
+        return self.__dict__[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """{preset, seed, section: {field: value}} for every section (config.json)."""
+        out = {"preset": self.preset, "seed": self.seed}
+        for name in section_names():
+            out[name] = dataclasses.asdict(getattr(self, name))
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], check: bool = True) -> "Config":
         """The configuration a dict (config.json) holds, typed key by key; validated against the
         schema unless `check` is False (the caller validates: run.rundir.read_config runs
-        checks.validate_run, which names an unknown task or architecture first)."""
+        checks.validate_run, which names an unknown task or architecture first). ConfigError for
+        a section no part of abrupt declares."""
         cfg = cls()
         for key in ("preset", "seed"):
             if key in d:
                 setattr(cfg, key, d[key])
-        for section in ("data", "model", "train", "curriculum", "task"):
-            for k, v in d.get(section, {}).items():
+        for section in d:
+            if section in ("preset", "seed"):
+                continue
+            if section not in section_names():
+                raise ConfigError(
+                    f"unknown section '{section}'; sections are: {', '.join(section_names())}"
+                )
+            for k, v in d[section].items():
                 set_key(cfg, f"{section}.{k}", v)
         if check:
             validate(cfg)
         return cfg
-
-
-SECTIONS = ("data", "model", "train", "curriculum", "task")
 
 
 @functools.cache  # read from the source: every command builds its --help text from it
@@ -314,7 +350,8 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
     out: dict[str, tuple[str, Any, str]] = {}
     defaults = Config()
     for prefix, cls, obj in [("", Config, defaults)] + [
-        (f"{name}.", type(getattr(defaults, name)), getattr(defaults, name)) for name in SECTIONS
+        (f"{name}.", type(getattr(defaults, name)), getattr(defaults, name))
+        for name in section_names()
     ]:
         docs: dict[str, str] = {}
         pending: list[str] = []
@@ -328,18 +365,12 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
         for f in dataclasses.fields(cls):
             if prefix == "" and f.name in SECTIONS:
                 continue
-            out[prefix + f.name] = (str(f.type), getattr(obj, f.name), docs.get(f.name, ""))
+            out[prefix + f.name] = (_type_name(f), getattr(obj, f.name), docs.get(f.name, ""))
     return {k: out[k] for k in ["seed", *(k for k in out if k not in ("seed", "preset"))]}
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
-    return {
-        "data": cfg.data,
-        "model": cfg.model,
-        "train": cfg.train,
-        "curriculum": cfg.curriculum,
-        "task": cfg.task,
-    }
+    return {name: getattr(cfg, name) for name in section_names()}
 
 
 def all_keys() -> list[str]:
@@ -391,8 +422,23 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
+def _type_name(f: dataclasses.Field) -> str:
+    """A field's type as one of _TYPES' names: a string under `from __future__ import
+    annotations`, the class itself in a module without it (a plugin's section may be either)."""
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 # Old key names, each read as its current name (in config.json, sweep specs and overrides).
-RENAMED = {"model.hidden": "model.width", "train.clip": "train.grad_clip"}
+RENAMED = {
+    "model.hidden": "model.width",
+    "train.clip": "train.grad_clip",
+    "model.attn_bias": "attn_bias.factor",
+    "model.attn_bias_layers": "attn_bias.layers",
+    "model.attn_bias_until": "attn_bias.until",
+    "task.attn_scale": "attn_scale.factor",
+    "task.attn_scale_from": "attn_scale.start",
+    "task.attn_scale_layers": "attn_scale.layers",
+}
 
 
 def set_key(cfg: Config, key: str, raw: Any) -> None:
@@ -414,7 +460,7 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if name not in fields:
         raise ConfigError(f"unknown key '{key}'; {section_name} keys are: {', '.join(fields)}")
-    typ = _TYPES[str(fields[name].type)]
+    typ = _TYPES[_type_name(fields[name])]
     setattr(section, name, _coerce(key, raw, typ))
 
 
@@ -523,7 +569,7 @@ def layer_list(spec: str, layers: int, key: str) -> list[int]:
     return sorted(set(out))
 
 
-def _check_interventions(cfg: Config) -> None:
+def _check_variants(cfg: Config) -> None:
     m, t = cfg.model, cfg.train
     need = _need
     need(m.norm in ("post", "pre"), f"model.norm: must be post or pre, got '{m.norm}'")
@@ -535,15 +581,6 @@ def _check_interventions(cfg: Config) -> None:
         0 < m.value_init_scale < math.inf,
         f"model.value_init_scale: must be a positive number, got {m.value_init_scale}",
     )
-    need(
-        0 < m.attn_bias < math.inf,
-        f"model.attn_bias: must be a positive number (1 = off), got {m.attn_bias}",
-    )
-    need(
-        m.attn_bias_until >= 0,
-        f"model.attn_bias_until: must be >= 0 (0 = the whole run), got {m.attn_bias_until}",
-    )
-    layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
     need(t.lr_width_ref >= 0, f"train.lr_width_ref: must be >= 0 (0 = off), got {t.lr_width_ref}")
     need(
         t.forecast_signal == "loss" or t.forecast_signal.startswith("prog_"),
@@ -570,28 +607,10 @@ def _check_task(cfg: Config) -> None:
         f"model.attention: must be softmax or linear, got '{m.attention}'",
     )
     need(
-        0 < k.attn_scale < math.inf,
-        f"task.attn_scale: must be a positive number (1 = off), got {k.attn_scale}",
-    )
-    need(
-        k.attn_scale_from >= 0,
-        f"task.attn_scale_from: must be >= 0 (0 = the whole run), got {k.attn_scale_from}",
-    )
-    need(
         cfg.train.grad_clip >= 0 and math.isfinite(cfg.train.grad_clip),
         f"train.grad_clip: must be a number >= 0 (0 = off), got {cfg.train.grad_clip}",
     )
     if k.name == "matrix":  # the default task, the one the data section describes
-        need(
-            k.attn_scale == 1.0,
-            "task.attn_scale: built for the sequence tasks; for matrices use model.attn_bias",
-        )
-        need(
-            k.attn_scale_from == 0 and not k.attn_scale_layers.strip(),
-            "task.attn_scale_from/attn_scale_layers: built for the sequence tasks' "
-            "task.attn_scale; "
-            "for matrices use model.attn_bias_until/attn_bias_layers",
-        )
         return
     need(2 <= k.length <= 256, f"task.length: must be in [2, 256], got {k.length}")
     need(
@@ -692,8 +711,12 @@ def validate(cfg: Config) -> None:
         0 <= t.grokfast_lambda < math.inf,
         f"train.grokfast_lambda: must be a number >= 0, got {t.grokfast_lambda}",
     )
-    _check_interventions(cfg)
+    _check_variants(cfg)
     _check_task(cfg)
+    for name in sorted(PLUGIN_SECTIONS):  # an intervention's own rules, in its module
+        check = getattr(getattr(cfg, name), "check", None)
+        if check is not None:
+            check(cfg)
     c = cfg.curriculum
     need(
         0 <= c.rank <= min(cfg.data.m, cfg.data.n),

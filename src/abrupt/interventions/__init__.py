@@ -1,6 +1,7 @@
 """Step-dependent interventions on attention: one module per intervention, found by `names()`: a
 module of this package that defines `INTERVENTION` (an object with the calls of `base.Intervention`)
-is an intervention, named by `INTERVENTION.name`.
+is an intervention, named by `INTERVENTION.name`; its settings are the configuration section of
+that name, registered when abrupt is imported (abrupt/__init__.py).
 
 One schedule for training and checkpoint loading: training calls `apply(model, cfg, step)` before
 every step and `run/checkpoints.py` calls it with a checkpoint's step, so a checkpoint is loaded as
@@ -17,14 +18,19 @@ import functools
 
 import torch
 
-from ..config import Config
+from ..config import Config, register_section
 from ..plugins import find
 from .base import Intervention
 
 
 @functools.cache
 def _registry() -> dict[str, Intervention]:
-    return find(__name__, __path__, "INTERVENTION")
+    found = find(__name__, __path__, "INTERVENTION")
+    for name, intervention in found.items():
+        settings = getattr(intervention, "settings", None)  # optional, as `needs` and `used`
+        if settings is not None:
+            register_section(name, settings)
+    return found
 
 
 def names() -> tuple[str, ...]:
@@ -63,3 +69,6 @@ def unexported(model: torch.nn.Module) -> str | None:
         if name in acting:
             return intervention.unexported
     return None
+
+
+_registry()  # the interventions' configuration sections exist once the package is imported

@@ -1,16 +1,41 @@
-"""The row/column attention bias (docs/plateau): with `model.attn_bias` = c != 1 the BERT's
+"""The row/column attention bias (docs/plateau): with `attn_bias.factor` = c != 1 the BERT's
 attention weights on keys in the query's row or column are multiplied by c (log c added to their
-logits), in the layers `model.attn_bias_layers`; it acts up to and including training step
-`model.attn_bias_until` (0: the whole run)."""
+logits), in the layers `attn_bias.layers`; it acts up to and including training step
+`attn_bias.until` (0: the whole run)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, layer_list
+from ..config import Config, ConfigError, layer_list
 from ..models.layers import AttentionSite
+
+
+@dataclass
+class AttnBiasSettings:
+    """The row/column attention bias (an intervention on attention, docs/plateau)."""
+
+    #: c: attention weights on keys in the query's row or column multiplied by c (log c added to
+    #: their logits); 1 = off (`model.attn_bias` in an older config.json)
+    factor: float = 1.0
+    #: layers that get the bias, e.g. 0,1 (empty: every layer)
+    layers: str = ""
+    #: > 0: the bias is switched off after this training step (0: on for the whole run)
+    until: int = 0
+
+    def check(self, cfg: Config) -> None:
+        if not 0 < self.factor < math.inf:
+            raise ConfigError(
+                f"attn_bias.factor: must be a positive number (1 = off), got {self.factor}"
+            )
+        if self.until < 0:
+            raise ConfigError(
+                f"attn_bias.until: must be >= 0 (0 = the whole run), got {self.until}"
+            )
+        layer_list(self.layers, cfg.model.layers, "attn_bias.layers")
 
 
 def row_column_bias(
@@ -43,22 +68,26 @@ class RowColumnBias:
 
 class AttnBias:
     name = "attn_bias"
-    key = "model.attn_bias"
+    key = "attn_bias.factor"
+    settings = AttnBiasSettings
+    needs = "row_column_bias"
     unexported = (
-        "the row/column attention bias (model.attn_bias) acts at this step and BertModel has no "
-        "such bias; export a step after model.attn_bias_until"
+        "the row/column attention bias (attn_bias.factor) acts at this step and BertModel has no "
+        "such bias; export a step after attn_bias.until"
     )
 
+    def used(self, cfg: Config) -> bool:
+        return cfg.attn_bias.factor != 1.0
+
     def on(self, cfg: Config, step: int) -> bool:
-        until = cfg.model.attn_bias_until
-        return cfg.model.attn_bias != 1.0 and (until == 0 or step <= until)
+        until = cfg.attn_bias.until
+        return self.used(cfg) and (until == 0 or step <= until)
 
     def edit(self, model: torch.nn.Module, cfg: Config) -> RowColumnBias:
         if not getattr(model, "cols", None):
-            raise ValueError("model.attn_bias needs a model of matrices (its number of columns)")
-        m = cfg.model
-        layers = layer_list(m.attn_bias_layers, m.layers, "model.attn_bias_layers")
-        return RowColumnBias(m.attn_bias, layers)
+            raise ValueError("attn_bias.factor needs a model of matrices (its number of columns)")
+        s = cfg.attn_bias
+        return RowColumnBias(s.factor, layer_list(s.layers, cfg.model.layers, "attn_bias.layers"))
 
 
 INTERVENTION = AttnBias()

@@ -18,6 +18,15 @@ class Intervention(Protocol):
     key: str
     #: why a model it acts on has no transformers counterpart (one line for `abrupt export`)
     unexported: str
+    #: optional: its settings, a dataclass with `#:` docs above each field (and optionally
+    #: `check(self, cfg)`): the configuration section `name` (keys `name.field`); None: no keys
+    settings: type | None
+    #: optional: the capability (`supports`, models/registry.py) a model must declare to take it
+    #: while `used`; None: any model with attention edits
+    needs: str | None
+
+    def used(self, cfg: Config) -> bool:
+        """Whether the run `cfg` describes turns it on at any step (needed with `needs`)."""
 
     def on(self, cfg: Config, step: int) -> bool:
         """Whether the intervention acts at training step `step` of the run `cfg` describes."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, TaskConfig, layer_list
+from ..config import Config, TaskConfig
 from ..hooks import HookedModule, act_name, mode
 from ..models.registry import build_sequence_model, supports
 from ..models.seqgpt import SeqBatch
@@ -59,7 +59,6 @@ class SequenceTask:
             raise ValueError(f"curriculum: built for task.name=matrix, not {name}")
         if cfg.data.sizes.strip():
             raise ValueError(f"data.sizes: built for task.name=matrix, not {name}")
-        layer_list(cfg.task.attn_scale_layers, cfg.model.layers, "task.attn_scale_layers")
 
     def build_model(self, cfg: Config) -> HookedModule:
         tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
