@@ -55,7 +55,11 @@ def one_thread():
 # `abrupt` with extra folders on packages' __path__, where registries look for modules
 _PLUGIN_CLI = """import importlib, sys
 for package, folder in {plugins!r}.items():
-    importlib.import_module(package).__path__.append(folder)
+    module = importlib.import_module(package)
+    module.__path__.append(folder)
+    if hasattr(module, "_registry"):  # tasks/, interventions/: found at import, so look again
+        module._registry.cache_clear()
+        module._registry()
 from abrupt.cli import main
 sys.exit(main(sys.argv[1:]))
 """

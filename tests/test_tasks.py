@@ -11,7 +11,7 @@ import torch
 from abrupt import tasks
 from abrupt.analysis import registry
 from abrupt.checks import validate_run
-from abrupt.config import ConfigError, ModelConfig, TaskConfig, apply_overrides, preset
+from abrupt.config import Config, ConfigError, ModelConfig, apply_overrides, preset
 from abrupt.data import generator
 from abrupt.interventions.attn_scale import ScaleOnKeys
 from abrupt.models.gpt import SequenceGPT
@@ -95,10 +95,11 @@ def test_the_pinned_rows_agree_across_cpu_capabilities():
 
 
 def test_each_task_writes_the_right_outputs():
-    k = TaskConfig(length=4, digits=3)
+    cfg = Config()
+    cfg.task.length, cfg.addition.digits = 4, 3
     for name in SEQ_TASKS:
-        seq, start = tasks.get(name).sample(k, 200, generator(1))
-        x = seq[:, : k.length]
+        seq, start = tasks.get(name).sample(cfg, 200, generator(1))
+        x = seq[:, : cfg.task.length]
         if name == "mws":
             assert start == 5 and (seq[:, 4] == 17).all()
             assert torch.equal(seq[:, 5], x[:, 0]) and torch.equal(
@@ -129,7 +130,9 @@ def test_each_task_writes_the_right_outputs():
 
 
 def test_hand_made_addition_and_mws_sequences():
-    seq, _ = tasks.get("addition").sample(TaskConfig(digits=2), 50_000, generator(0))
+    cfg = Config()
+    cfg.addition.digits = 2
+    seq, _ = tasks.get("addition").sample(cfg, 50_000, generator(0))
     row = next(
         r for r in seq.tolist() if r[:2] == [9, 5] and r[3:5] == [0, 7]
     )  # 95 + 07 = 102, written 2, 0, 1
@@ -137,7 +140,8 @@ def test_hand_made_addition_and_mws_sequences():
 
 
 def test_correct_keys_on_hand_made_sequences():
-    k = TaskConfig(length=4)
+    k = Config()
+    k.task.length = 4
     mws = tasks.get("mws").key_map(torch.zeros(1, 9, dtype=torch.long), 5, k, 0, 1)[0]
     assert [row.nonzero().flatten().tolist() for row in mws] == [[0], [0, 1], [1, 2], [2, 3]]
     prefix = tasks.get("prefix_sum").key_map(torch.zeros(1, 9, dtype=torch.long), 5, k, 0, 1)[0]
@@ -177,9 +181,8 @@ def test_correct_keys_on_hand_made_sequences():
     ]
     # addition, 2 digits: a at 0 (tens), 1 (units); b at 3, 4; the sum's units read places 0, tens 0
     # and 1, hundreds 1
-    add = tasks.get("addition").key_map(
-        torch.zeros(1, 9, dtype=torch.long), 6, TaskConfig(digits=2), 0, 1
-    )[0]
+    k.addition.digits = 2
+    add = tasks.get("addition").key_map(torch.zeros(1, 9, dtype=torch.long), 6, k, 0, 1)[0]
     assert [r.nonzero().flatten().tolist() for r in add] == [[1, 4], [0, 1, 3, 4], [0, 3]]
 
 
@@ -187,7 +190,7 @@ def test_true_answer_logits_give_zero_loss_and_full_accuracy():
     for name in SEQ_TASKS:
         cfg = small(name)
         batch = tasks.get(name).batch(cfg, 16, generator(0))
-        vocab = tasks.get(name).vocab(cfg.task)
+        vocab = tasks.get(name).vocab(cfg)
         logits = (
             100.0 * torch.nn.functional.one_hot(batch.tokens[:, 1:], vocab).float()
         )  # the next token, everywhere

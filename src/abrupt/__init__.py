@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-# The interventions declare their configuration sections in their own modules: importing them
-# here registers those sections before any configuration is read.
-from . import interventions  # noqa: E402,F401
+# Tasks and interventions declare their configuration sections in their own modules: importing
+# them here registers those sections before any configuration is read.
+from . import interventions, tasks  # noqa: E402,F401

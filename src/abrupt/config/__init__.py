@@ -2,8 +2,8 @@
 validation), named presets and `section.key=value` overrides. Every value a run depends on lives
 here, so that `config.json` in a run directory is enough to rebuild the run exactly; a bad value
 is a `ConfigError` naming the key and what is allowed. Imports nothing else of abrupt: the rules
-that need tasks or models are `checks.validate_run`; an intervention's own section is declared in
-its module and added by `register_section`."""
+that need tasks or models are `checks.validate_run`; a task's or an intervention's own section is
+declared in its module and added by `register_section`."""
 
 from .overrides import apply_overrides
 from .presets import DEFAULT_PRESET, PRESETS, preset

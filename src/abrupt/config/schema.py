@@ -207,10 +207,6 @@ class TaskConfig:
     high: int = 16
     #: mws, prefix_sum: outputs are sums mod this
     modulus: int = 17
-    #: histogram: letters 1..alphabet
-    alphabet: int = 12
-    #: addition: digits of each operand (the sum is written reversed, digits + 1 long)
-    digits: int = 4
 
 
 @dataclass
@@ -256,8 +252,9 @@ class CurriculumConfig:
 
 SECTIONS = ("data", "model", "train", "curriculum", "task")
 
-# The sections declared outside this package, {name: dataclass}: an intervention's own settings,
-# in its module (interventions/), added by `register_section` when abrupt is imported.
+# The sections declared outside this package, {name: dataclass}: a task's or an intervention's own
+# settings, in its module (tasks/, interventions/), added by `register_section` when abrupt is
+# imported.
 PLUGIN_SECTIONS: dict[str, type] = {}
 
 
@@ -286,7 +283,8 @@ def section_names() -> tuple[str, ...]:
 @dataclass(eq=False)
 class Config:
     """A run's whole configuration: the preset it started from, the seed, five sections and those
-    of the interventions (`PLUGIN_SECTIONS`, read as attributes: `cfg.attn_bias.factor`)."""
+    of the tasks and interventions (`PLUGIN_SECTIONS`, read as attributes:
+    `cfg.attn_bias.factor`)."""
 
     #: the preset the run's values started from (set by --preset, never by an override)
     preset: str = "paper"
@@ -438,6 +436,8 @@ RENAMED = {
     "task.attn_scale": "attn_scale.factor",
     "task.attn_scale_from": "attn_scale.start",
     "task.attn_scale_layers": "attn_scale.layers",
+    "task.alphabet": "histogram.alphabet",
+    "task.digits": "addition.digits",
 }
 
 
@@ -623,8 +623,6 @@ def _check_task(cfg: Config) -> None:
         f"got {k.modulus}",
     )
     need(k.modulus <= 1000, f"task.modulus: at most 1000, got {k.modulus}")
-    need(2 <= k.alphabet <= 1000, f"task.alphabet: must be in [2, 1000], got {k.alphabet}")
-    need(1 <= k.digits <= 9, f"task.digits: must be in [1, 9], got {k.digits}")
 
 
 def validate(cfg: Config) -> None:

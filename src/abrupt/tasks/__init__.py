@@ -1,5 +1,7 @@
 """Tasks: what a model learns. One module per task, found by `names()`: a module of this package
-that defines `TASK` (an object with the calls of `base.Task`) is a task, named by `TASK.name`.
+that defines `TASK` (an object with the calls of `base.Task`) is a task, named by `TASK.name`; its
+optional settings (`TASK.settings`, a dataclass) are the configuration section of that name,
+registered when abrupt is imported (abrupt/__init__.py).
 
 A task answers what training, evaluation and the analyses ask of it: the model it trains, seeded
 batches drawn on the training device, the objective and its metrics (the model's `objective` /
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 
+from ..config import register_section
 from ..plugins import find
 from .base import Task
 
@@ -19,6 +22,10 @@ from .base import Task
 @functools.cache
 def _registry() -> dict[str, Task]:
     found = find(__name__, __path__, "TASK")
+    for name, task in found.items():
+        settings = getattr(task, "settings", None)  # optional
+        if settings is not None:
+            register_section(name, settings)
     return {"matrix": found.pop("matrix"), **found}  # matrix first: the default
 
 
@@ -32,3 +39,6 @@ def get(name: str) -> Task:
     if name not in _registry():
         raise ValueError(f"unknown task '{name}'; choose one of: {', '.join(names())}")
     return _registry()[name]
+
+
+_registry()  # the tasks' configuration sections exist once the package is imported

@@ -1,17 +1,20 @@
 """Multi-digit addition with the sum written reversed (Gopalani & Hu 2025, Sec. 4).
 
-Sequence (L = 3d + 3): the d digits of a (most significant first, zero-padded), '+', those of
-b, '=', then the d + 1 digits of a + b least significant first. a and b uniform in 1..10^d - 1
-(as in their code). Tokens: digits 0..9, '+' = 10, '=' = 11; vocabulary 12.
+Sequence (L = 3d + 3, d = `addition.digits`): the d digits of a (most significant first,
+zero-padded), '+', those of b, '=', then the d + 1 digits of a + b least significant first. a
+and b uniform in 1..10^d - 1 (as in their code). Tokens: digits 0..9, '+' = 10, '=' = 11;
+vocabulary 12.
 Correct keys (last layer): sum digit j reads the digits of a and b of place j and of place j - 1
 (the carry's nearest source), where they exist.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ..config import TaskConfig
+from ..config import Config, ConfigError
 from .sequence import SequenceTask, output_rows
 
 PLUS, EQUALS = 10, 11
@@ -23,24 +26,37 @@ def digits(x: torch.Tensor, count: int) -> torch.Tensor:
     return (x[:, None] // powers) % 10
 
 
+@dataclass
+class AdditionSettings:
+    """The addition task's own setting (`task.digits` in an older config.json)."""
+
+    #: digits of each operand (the sum is written reversed, digits + 1 long)
+    digits: int = 4
+
+    def check(self, cfg: Config) -> None:
+        if not 1 <= self.digits <= 9:
+            raise ConfigError(f"addition.digits: must be in [1, 9], got {self.digits}")
+
+
 class Addition(SequenceTask):
     name = "addition"
+    settings = AdditionSettings
 
-    def vocab(self, k: TaskConfig) -> int:
+    def vocab(self, cfg: Config) -> int:
         return 12
 
-    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
-        d = k.digits
+    def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        d = cfg.addition.digits
         a, b = torch.randint(1, 10**d, (2, count), generator=gen, device=gen.device)
         plus = torch.full((count, 1), PLUS, dtype=a.dtype, device=a.device)
         equals = torch.full((count, 1), EQUALS, dtype=a.dtype, device=a.device)
         total = digits(a + b, d + 1).flip(1)
         return torch.cat([digits(a, d), plus, digits(b, d), equals, total], dim=1), 2 * d + 2
 
-    def key_map(self, tokens, out_start, k, layer, layers):
+    def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None
-        d, t = k.digits, tokens.shape[1] - 1
+        d, t = cfg.addition.digits, tokens.shape[1] - 1
         j, key = output_rows(d + 1, t, tokens.device)
         # place p of a sits at position d - 1 - p, of b at 2d - p
         place = torch.where(key < d, d - 1 - key, 2 * d - key)

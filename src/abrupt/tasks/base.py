@@ -14,6 +14,9 @@ class Task(Protocol):
     name: str
     # analyses (analysis/<name>.py) that apply to runs of this task; None: every analysis
     analyses: tuple[str, ...] | None
+    # optional: its own settings, a dataclass with `#:` docs above each field (and optionally
+    # `check(self, cfg)`): the configuration section `name`, read as `cfg.<name>.<field>`
+    settings: type | None
 
     def check(self, cfg: Config) -> None:
         """Raise ValueError for a configuration this task cannot train (one line)."""

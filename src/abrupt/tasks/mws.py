@@ -11,27 +11,28 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TaskConfig
+from ..config import Config
 from .sequence import SequenceTask, output_rows, randint
 
 
 class MovingWindowSum(SequenceTask):
     name = "mws"
 
-    def vocab(self, k: TaskConfig) -> int:
-        return k.modulus + 1
+    def vocab(self, cfg: Config) -> int:
+        return cfg.task.modulus + 1
 
-    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        k = cfg.task
         x = randint(k.low, k.high, (count, k.length), gen)
         y = x.clone()
         y[:, 1:] = (x[:, :-1] + x[:, 1:]) % k.modulus
         sep = torch.full((count, 1), k.modulus, dtype=x.dtype, device=x.device)
         return torch.cat([x, sep, y], dim=1), k.length + 1
 
-    def key_map(self, tokens, out_start, k, layer, layers):
+    def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None
-        j, key = output_rows(k.length, tokens.shape[1] - 1, tokens.device)
+        j, key = output_rows(cfg.task.length, tokens.shape[1] - 1, tokens.device)
         m = (key == j) | (key == j - 1)
         return m.expand(len(tokens), -1, -1)
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TaskConfig
+from ..config import Config
 from .sequence import SequenceTask, output_rows, randint
 
 
 class Permutation(SequenceTask):
     name = "permutation"
 
-    def vocab(self, k: TaskConfig) -> int:
-        return k.length + k.high + 1
+    def vocab(self, cfg: Config) -> int:
+        return cfg.task.length + cfg.task.high + 1
 
-    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        k = cfg.task
         n = k.length
         values = randint(k.low, k.high, (count, n), gen) + n
         # uniform permutations, 0-based
@@ -29,8 +30,8 @@ class Permutation(SequenceTask):
         sep = torch.zeros((count, 1), dtype=values.dtype, device=values.device)
         return torch.cat([values, sep, perm + 1, sep, values.gather(1, perm)], dim=1), 2 * n + 2
 
-    def key_map(self, tokens, out_start, k, layer, layers):
-        n, t = k.length, tokens.shape[1] - 1
+    def key_map(self, tokens, out_start, cfg, layer, layers):
+        n, t = cfg.task.length, tokens.shape[1] - 1
         j, key = output_rows(n, t, tokens.device)
         if layer == 0 and layers > 1:
             return (key == n + 1 + j).expand(len(tokens), -1, -1)

@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TaskConfig
+from ..config import Config
 from .sequence import SequenceTask, output_rows, randint
 
 
 class PrefixSum(SequenceTask):
     name = "prefix_sum"
 
-    def vocab(self, k: TaskConfig) -> int:
-        return k.modulus + 1
+    def vocab(self, cfg: Config) -> int:
+        return cfg.task.modulus + 1
 
-    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        k = cfg.task
         x = randint(k.low, k.high, (count, k.length), gen)
         sep = torch.full((count, 1), k.modulus, dtype=x.dtype, device=x.device)
         return torch.cat([x, sep, x.cumsum(1) % k.modulus], dim=1), k.length + 1
 
-    def key_map(self, tokens, out_start, k, layer, layers):
+    def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None
-        j, key = output_rows(k.length, tokens.shape[1] - 1, tokens.device)
+        j, key = output_rows(cfg.task.length, tokens.shape[1] - 1, tokens.device)
         return (key <= j).expand(len(tokens), -1, -1)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import Config, TaskConfig
+from ..config import Config
 from ..hooks import HookedModule, act_name, mode
 from ..models.registry import build_sequence_model, supports
 from ..models.seqgpt import SeqBatch
@@ -31,16 +31,16 @@ class SequenceTask:
 
     # --- what a task module defines ------------------------------------------------------------
 
-    def vocab(self, k: TaskConfig) -> int:
+    def vocab(self, cfg: Config) -> int:
         """Number of token ids."""
         raise NotImplementedError
 
-    def sample(self, k: TaskConfig, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         """(tokens (B, L) on gen's device, out_start)."""
         raise NotImplementedError
 
     def key_map(
-        self, tokens: torch.Tensor, out_start: int, k: TaskConfig, layer: int, layers: int
+        self, tokens: torch.Tensor, out_start: int, cfg: Config, layer: int, layers: int
     ) -> torch.Tensor | None:
         """(B, n_out, L-1) bool: the keys output query j (at position out_start - 1 + j) should
         attend to in `layer` of a `layers`-layer model; None where the task defines none there."""
@@ -61,18 +61,18 @@ class SequenceTask:
             raise ValueError(f"data.sizes: built for task.name=matrix, not {name}")
 
     def build_model(self, cfg: Config) -> HookedModule:
-        tokens, _ = self.sample(cfg.task, 1, torch.Generator().manual_seed(0))
-        return build_sequence_model(cfg.model, self.vocab(cfg.task), tokens.shape[1] - 1, cfg.seed)
+        tokens, _ = self.sample(cfg, 1, torch.Generator().manual_seed(0))
+        return build_sequence_model(cfg.model, self.vocab(cfg), tokens.shape[1] - 1, cfg.seed)
 
     def batch(
         self, cfg: Config, count: int, gen: torch.Generator, step: int | None = None
     ) -> SeqBatch:
-        tokens, out_start = self.sample(cfg.task, count, gen)
+        tokens, out_start = self.sample(cfg, count, gen)
         layers = cfg.model.layers
         t = tokens.shape[1] - 1
         keys = torch.zeros((count, layers, t, t), dtype=torch.bool, device=tokens.device)
         for layer in range(layers):
-            m = self.key_map(tokens, out_start, cfg.task, layer, layers)
+            m = self.key_map(tokens, out_start, cfg, layer, layers)
             if m is not None:
                 keys[:, layer, out_start - 1 :] = m
         return SeqBatch(tokens, out_start, keys)
