@@ -35,7 +35,7 @@ from abrupt.analysis import ablation, patching
 from abrupt.analysis.common import open_run, parse_heads
 from abrupt.analysis.registry import default_analyses, discover
 from abrupt.cli import main as cli
-from abrupt.models import bert
+from abrupt.models import layers
 
 
 def _timed(argv: list[str]) -> float:
@@ -92,19 +92,19 @@ def _references(run: Path) -> list[tuple[str, float, float, bool]]:
 
 @contextlib.contextmanager
 def _counting(work: dict[str, int]):
-    """Adds to `work` the tokens (matrices x positions) that pass through each BERT layer while
+    """Adds to `work` the tokens (matrices x positions) that pass through each layer while
     the block runs: under "grad" those of passes that build a graph (training), else "no_grad"."""
-    forward = bert.Block.forward
+    forward = layers.Block.forward
 
     def counted(self, x, *args, **kwargs):
         work["grad" if torch.is_grad_enabled() else "no_grad"] += x.shape[0] * x.shape[1]
         return forward(self, x, *args, **kwargs)
 
-    bert.Block.forward = counted
+    layers.Block.forward = counted
     try:
         yield
     finally:
-        bert.Block.forward = forward
+        layers.Block.forward = forward
 
 
 @contextlib.contextmanager
@@ -126,7 +126,7 @@ def _accounting(totals: dict[str, float]):
 
         return wrapper
 
-    targets = [(bert.Block, "forward", "layers"), (baselines, "torch_admm", "solver")]
+    targets = [(layers.Block, "forward", "layers"), (baselines, "torch_admm", "solver")]
     targets += [(mod, "plot", "figures") for mod in discover().values()]
     saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
     try:

@@ -130,7 +130,7 @@ def _gpt(model: HookedModule):
         n_layer=c.layers,
         n_head=c.heads,
         n_inner=c.mlp,
-        activation_function="gelu_new",  # tanh GELU, as GPTBlock
+        activation_function="gelu_new",  # tanh GELU, as the decoder's blocks
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -40,7 +39,7 @@ from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
 from ..hooks import HookedModule, HookPoint, mode
 from ..losses import as_floats, losses
 from . import layers
-from .layers import Attention, init_weights
+from .layers import Block, init_weights
 
 
 def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
@@ -54,41 +53,6 @@ def value_line_(tok_embed: torch.Tensor, std: float, scale: float) -> None:
     values = id_to_value(torch.arange(1, VOCAB_SIZE))
     with torch.no_grad():
         tok_embed[1:] += values[:, None] * d.to(tok_embed)
-
-
-class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.pre_norm = cfg.norm == "pre"
-        self.attn = Attention(cfg)
-        self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.mlp_in = nn.Linear(cfg.width, cfg.mlp)
-        self.mlp_out = nn.Linear(cfg.mlp, cfg.width)
-        self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.hook_resid_pre = HookPoint()
-        self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        keep: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-        scale: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`keep`, `bias`, `scale`: as Attention.forward takes them (None: none)."""
-        x = self.hook_resid_pre(x)
-        if self.pre_norm:
-            attn = self.attn(self.ln_attn(x), keep, bias, scale)
-            x = self.hook_resid_mid(x + self.hook_attn_out(attn))
-            mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)))))
-            return self.hook_resid_post(x + mlp)
-        attn = self.attn(x, keep, bias, scale)
-        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(attn)))
-        mlp = self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x))))
-        return self.hook_resid_post(self.ln_mlp(x + mlp))
 
 
 class MatrixBert(HookedModule):
@@ -120,7 +84,9 @@ class MatrixBert(HookedModule):
         self.tok_embed = nn.Embedding(VOCAB_SIZE, cfg.width, padding_idx=MASK_ID)
         self.pos_embed = nn.Embedding(seq_len, cfg.width)
         self.ln_embed = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg, causal=False, pre_norm=cfg.norm == "pre") for _ in range(cfg.layers)
+        )
         if cfg.norm == "pre":
             self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.readout = nn.Linear(cfg.width, 1)

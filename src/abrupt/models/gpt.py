@@ -18,7 +18,7 @@ outside the training range (x = 2.03 gives the SEP id, x = -2.01 the MASK id); h
 vocabulary admits can produce a special id, and a value outside it is refused (or clipped with
 data.clip), never misread.
 
-`model.attention=linear` gives it the follow-up's linear attention (model.Attention); it is
+`model.attention=linear` gives it the follow-up's linear attention (layers.Attention); it is
 pre-LN already, so `model.norm` stays a BERT option.
 """
 
@@ -35,7 +35,7 @@ from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from ..hooks import HookedModule, HookPoint, mode
 from ..losses import as_floats
 from . import layers
-from .layers import Attention, AttentionEdit, AttentionSite, KVCache, edit_terms, init_weights
+from .layers import AttentionEdit, AttentionSite, Block, KVCache, edit_terms, init_weights
 from .seqgpt import SeqBatch, sequence_losses
 
 GPT_MASK, GPT_SEP = 0, 1
@@ -105,45 +105,11 @@ def gpt_losses(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     }
 
 
-class GPTBlock(nn.Module):
-    """GPT-2's pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.attn = Attention(cfg, causal=True)
-        self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
-        self.mlp_in = nn.Linear(cfg.width, cfg.mlp)
-        self.mlp_out = nn.Linear(cfg.mlp, cfg.width)
-        self.hook_resid_pre = HookPoint()
-        self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`scale`, `bias`: an attention edit's terms (Attention.forward), None for none; `cache`:
-        the layer's keys and values already read (greedy decoding)."""
-        x = self.hook_resid_pre(x)
-        attn = self.attn(self.ln_attn(x), bias=bias, scale=scale, cache=cache)
-        x = self.hook_resid_mid(x + self.hook_attn_out(attn))
-        mlp = self.hook_mlp_out(
-            self.mlp_out(F.gelu(self.mlp_in(self.ln_mlp(x)), approximate="tanh"))
-        )
-        return self.hook_resid_post(x + mlp)
-
-
 class Decoder(HookedModule):
     """GPT-2's decoder: tokens (B, L <= positions) ids in [0, vocab) -> next-token logits
-    (B, L, vocab). Token and position embeddings, `cfg.layers` GPTBlocks, a final LayerNorm, an
-    untied head without bias. The matrix and sequence models subclass it with their tokens and
-    objective (MatrixGPT, SequenceGPT).
+    (B, L, vocab). Token and position embeddings, `cfg.layers` pre-norm Blocks (tanh GELU), a
+    final LayerNorm, an untied head without bias. The matrix and sequence models subclass it with
+    their tokens and objective (MatrixGPT, SequenceGPT).
 
     `attention_edits`: {name: edit} of the interventions acting now (`layers.AttentionSite`, which
     carries the task's correct keys `keys`; set by src/abrupt/interventions/, empty by default)."""
@@ -160,7 +126,9 @@ class Decoder(HookedModule):
         # registration order sets which draws of the seeded RNG each weight gets
         self.tok_embed = nn.Embedding(vocab, cfg.width)
         self.pos_embed = nn.Embedding(positions, cfg.width)
-        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg, causal=True, pre_norm=True, gelu="tanh") for _ in range(cfg.layers)
+        )
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.head = nn.Linear(cfg.width, vocab, bias=False)
         self.hook_tok_embed = HookPoint()
@@ -212,7 +180,7 @@ class Decoder(HookedModule):
                     raise ValueError(
                         "an attention edit acts on a pass with a KV cache; decode without one"
                     )
-            x = block(x, scale, cache=None if cache is None else cache[layer], bias=bias)
+            x = block(x, bias=bias, scale=scale, cache=None if cache is None else cache[layer])
         if last:
             x = x[:, -1:]
         return self.hook_out(self.head(self.ln_final(x)))

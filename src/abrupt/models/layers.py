@@ -217,3 +217,59 @@ class Attention(nn.Module):
             )
         z = self.hook_z(z.transpose(1, 2))  # (B, T, H, dh)
         return self.o(z.reshape(z.shape[0], z.shape[1], -1))
+
+
+class Block(nn.Module):
+    """One transformer layer: attention, then a GELU MLP of width `cfg.mlp`, each with a residual
+    connection and a LayerNorm. Post-norm (BERT): LayerNorm(x + sublayer(x)); pre-norm (GPT-2, or
+    the BERT with model.norm=pre): x + sublayer(LayerNorm(x)). `gelu`: "none" (erf, BERT) or
+    "tanh" (GPT-2). Hook points: hook_resid_pre, hook_attn_out, hook_resid_mid, hook_mlp_out,
+    hook_resid_post, all (B, T, width).
+
+    The sublayers register in the order they run (a pre-norm block's LayerNorms first): the
+    order of `parameters()`, which a seed's weights and the gradient norm's sum follow."""
+
+    def __init__(
+        self, cfg: ModelConfig, *, causal: bool, pre_norm: bool, gelu: str = "none"
+    ) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.gelu = gelu
+        if pre_norm:
+            self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn = Attention(cfg, causal=causal)
+        if not pre_norm:
+            self.ln_attn = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        else:
+            self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp_in = nn.Linear(cfg.width, cfg.mlp)
+        self.mlp_out = nn.Linear(cfg.mlp, cfg.width)
+        if not pre_norm:
+            self.ln_mlp = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_mlp_out(self.mlp_out(F.gelu(self.mlp_in(x), approximate=self.gelu)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, width) -> (B, T, width). `keep`, `bias`, `scale`, `cache`: as
+        Attention.forward takes them (None: none)."""
+        x = self.hook_resid_pre(x)
+        if self.pre_norm:
+            attn = self.attn(self.ln_attn(x), keep, bias, scale, cache)
+            x = self.hook_resid_mid(x + self.hook_attn_out(attn))
+            return self.hook_resid_post(x + self._mlp(self.ln_mlp(x)))
+        attn = self.attn(x, keep, bias, scale, cache)
+        x = self.hook_resid_mid(self.ln_attn(x + self.hook_attn_out(attn)))
+        return self.hook_resid_post(self.ln_mlp(x + self._mlp(x)))

@@ -207,7 +207,7 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
         ax.set_xlabel("step")
         ax.set_ylabel("L_mask (evaluation batch; cross-entropy for a sequence task)")
         ax.grid(alpha=0.3, which="both")
-        if color_keys:
+        if ax.get_legend_handles_labels()[0]:  # none where no trial wrote metrics
             ax.legend(fontsize=7)
     return figures + [curves]
 
