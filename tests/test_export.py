@@ -130,7 +130,7 @@ def test_gpt_variant_exports_to_gpt2lmheadmodel(tmp_path, one_thread):
     gpt2 = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")
     assert gpt2.lm_head.weight.data_ptr() != gpt2.transformer.wte.weight.data_ptr()  # untied
     batch = get_task("matrix").batch(cfg, 8, generator(2))
-    ids = model.train_inputs(batch)[0]
+    ids = get_task("matrix").inputs(model, batch)[0][0]
     with torch.no_grad():
         torch.testing.assert_close(gpt2(input_ids=ids).logits, model(ids), rtol=0, atol=1e-5)
         t = batch.tokens.shape[1]

@@ -71,7 +71,7 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
     r = cli("analyze", str(run), "--only", "attention")
     assert (
         r.returncode == 2
-        and "built for matrix completion; task zz_reverse supports: progress, llc" in r.stdout
+        and "task zz_reverse does not provide" in r.stdout
     )
     assert cli("report", str(run)).returncode == 0
 

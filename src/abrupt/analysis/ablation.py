@@ -52,6 +52,7 @@ PAPER = (
     "loss after the drop: the model needs input-dependent attention."
 )
 ORDER = 60
+NEEDS = frozenset({"regions", "matrices"})  # task capabilities (tasks/base.py)
 
 MODES = ("mean", "uniform", "zero")
 

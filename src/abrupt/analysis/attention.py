@@ -30,6 +30,7 @@ PAPER = (
     "(layer 2 head 2) and to observed entries; before it the patterns are trivial (Fig. 4, 5)."
 )
 ORDER = 20
+NEEDS = frozenset({"key_groups", "matrices"})  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg: Config) -> str | None:

@@ -2,7 +2,8 @@
 
 TransformerLens's `run_with_cache`, memoised for a whole `abrupt analyze`: the analyses ask
 `Inputs.batch` for their evaluation batch (one object per data, size and seed) and
-`Inputs.activations` for that batch's activations at a checkpoint; the first ask runs the forward
+`Inputs.activations` for that batch's activations at a checkpoint (the task's teacher-forced
+pass, `Task.inputs`); the first ask runs the forward
 pass, later asks (the same analysis at another option, or another analysis on the same batch:
 ablation and patching share theirs) read it. Two kinds of pass, because reading an
 attention pattern switches a layer to the exact attention path (`models/layers.py`), whose last
@@ -19,13 +20,13 @@ are kept on the model's device.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from ..data import Batch
+from ..config import Config, DataConfig
+from ..data import seeded_batch
 from ..hooks import act_name, mode
 from ..models import layers
+from ..tasks.base import Task, TaskBatch
 
 KINDS = ("stream", "patterns")
 
@@ -41,16 +42,15 @@ def names(kind: str, n_layers: int) -> list[str]:
 
 
 @torch.no_grad()
-def run_chunked(model, batch: Batch, kind: str) -> dict[str, torch.Tensor]:
-    """{hook name: activation over the whole batch (B, ...)} of one pass of `kind`."""
+def run_chunked(task: Task, model, batch: TaskBatch, kind: str) -> dict[str, torch.Tensor]:
+    """{hook name: activation over the whole batch (B, ...)} of one teacher-forced pass
+    (`task.inputs`) of `kind`."""
     want = names(kind, len(model.blocks))
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in want}
     with mode(model):
-        for i in range(0, len(batch.tokens), layers.CHUNK):
-            pad = {} if batch.pad is None else {"pad": batch.pad[i : i + layers.CHUNK]}
-            _, cache = model.run_with_cache(
-                model.encode(batch.tokens[i : i + layers.CHUNK]), names=want, **pad
-            )
+        for i in range(0, len(batch), layers.CHUNK):
+            (tokens,), kwargs = task.inputs(model, batch[i : i + layers.CHUNK])
+            _, cache = model.run_with_cache(tokens, names=want, **kwargs)
             for n in want:
                 parts[n].append(cache[n])
     return {n: torch.cat(p) for n, p in parts.items()}
@@ -78,22 +78,29 @@ def predict_from(
 
 
 class ForwardCache:
-    """The batches and activations of one command; `Inputs` holds one."""
+    """The batches and activations of one command on the run configured by `cfg`; `Inputs`
+    holds one."""
 
-    def __init__(self, make_batch: Callable[..., Batch]) -> None:
-        self._make_batch = make_batch
-        self._batches: dict[tuple[str, int, int], Batch] = {}
+    def __init__(self, task: Task, cfg: Config) -> None:
+        self.task, self.cfg = task, cfg
+        self._batches: dict[tuple[str, int, int], TaskBatch] = {}
         # keyed by the batch object's id; the batch is kept in the value so the id stays its own
-        self._runs: dict[tuple[int, int, str], tuple[Batch, dict[str, torch.Tensor]]] = {}
+        self._runs: dict[tuple[int, int, str], tuple[TaskBatch, dict[str, torch.Tensor]]] = {}
 
-    def batch(self, data, n: int, seed: int) -> Batch:
+    def batch(self, n: int, seed: int, data: DataConfig | None = None) -> TaskBatch:
         key = (repr(data), n, seed)  # mutable, so unhashable: its repr names every field
         if key not in self._batches:
-            self._batches[key] = self._make_batch(data, n, seed)
+            self._batches[key] = (
+                self.task.seeded_batch(self.cfg, n, seed)
+                if data is None
+                else seeded_batch(data, n, seed)
+            )
         return self._batches[key]
 
-    def activations(self, step: int, model, batch: Batch, kind: str) -> dict[str, torch.Tensor]:
+    def activations(
+        self, step: int, model, batch: TaskBatch, kind: str
+    ) -> dict[str, torch.Tensor]:
         key = (step, id(batch), kind)
         if key not in self._runs:
-            self._runs[key] = (batch, run_chunked(model, batch, kind))
+            self._runs[key] = (batch, run_chunked(self.task, model, batch, kind))
         return self._runs[key][1]

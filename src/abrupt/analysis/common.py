@@ -5,6 +5,8 @@ An analysis is one module in this package with:
     run(inputs, **options) -> Result     options typed by their annotations (`--set name.option=v`),
                                          with `Annotated[type, Check]` rules on their meaning
 and optionally:
+    NEEDS                                the task capabilities it asks for (tasks/base.py): it
+                                         runs on every task that provides them all
     check(options, cfg)                  raise ValueError for options that do not fit this run
     unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
@@ -15,7 +17,6 @@ The registry finds such modules by themselves: a new analysis is one new file.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,16 @@ from typing import Annotated, Any, Callable
 import numpy as np
 import torch
 
+from .. import tasks
 from ..baselines import SolutionCache
-from ..config import Config, DataConfig
-from ..data import Batch, seeded_batch
-from ..models.bert import MatrixBert
+from ..config import Config, DataConfig, ModelConfig
+from ..hooks import HookedModule
 from ..models.registry import supports
 from ..plots import figure
 from ..run import checkpoints
 from ..run.rundir import RunDirError, read_config, read_json, read_metrics
+from ..tasks.base import Task, TaskBatch
+from ..tasks.matrix import analysis_data
 from .cache import ForwardCache
 
 
@@ -149,41 +152,60 @@ class Result:
 @dataclass
 class Inputs:
     """What an analysis runs on: the chosen checkpoints' models (step -> model, ascending), the
-    run's data configuration and, for analyses that follow a quantity across training, a loader
-    of every checkpoint (by default the chosen ones)."""
+    run's data configuration (matrix runs: the model's whole grid) and, for analyses that follow
+    a quantity across training, a loader of every checkpoint (by default the chosen ones).
+    `config`: the run's whole configuration, whose task answers what the analyses ask (None:
+    matrix completion on `data` with the models' own configuration)."""
 
-    models: dict[int, MatrixBert]
+    models: dict[int, HookedModule]
     data: DataConfig
-    load_all: Callable[[], dict[int, MatrixBert]] | None = None
+    load_all: Callable[[], dict[int, HookedModule]] | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)  # the run's metrics.jsonl rows
     summary: dict[str, Any] = field(default_factory=dict)  # its summary.json
-    # the run's whole configuration (its task, for task-generic analyses)
     config: Config | None = None
     run_dir: Path | None = None  # where the inputs come from (None: built in memory)
-    _all: dict[int, MatrixBert] | None = field(default=None, repr=False)
-    _forwards: ForwardCache = field(default_factory=lambda: ForwardCache(seeded_batch), repr=False)
+    _all: dict[int, HookedModule] | None = field(default=None, repr=False)
+    _forwards: ForwardCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("an analysis needs at least one model")
         self.models = dict(sorted(self.models.items()))
+        if self.config is None:
+            # a stand-in model of a test may carry no configuration: the default's
+            model_cfg = getattr(next(iter(self.models.values())), "cfg", None)
+            self.config = Config(data=self.data, model=model_cfg or ModelConfig())
+        self._forwards = ForwardCache(self.task, self.config)
 
     @property
-    def pre(self) -> tuple[int, MatrixBert]:
+    def cfg(self) -> Config:
+        assert self.config is not None  # set by __post_init__
+        return self.config
+
+    @property
+    def task(self) -> Task:
+        """The run's task: what the analyses ask for batches, regions, key groups, ..."""
+        return tasks.get(self.cfg.task.name)
+
+    @property
+    def pre(self) -> tuple[int, HookedModule]:
         step = min(self.models)
         return step, self.models[step]
 
     @property
-    def post(self) -> tuple[int, MatrixBert]:
+    def post(self) -> tuple[int, HookedModule]:
         step = max(self.models)
         return step, self.models[step]
 
-    def batch(self, n: int, seed: int, data: DataConfig | None = None) -> Batch:
-        """`seeded_batch(data or self.data, n, seed)`, one object per (data, n, seed) for the whole
+    def batch(self, n: int, seed: int, data: DataConfig | None = None) -> TaskBatch:
+        """The task's seeded batch (`Task.seeded_batch`; with `data`, matrix runs only: the
+        matrices of that data configuration), one object per (data, n, seed) for the whole
         command, so that analyses on the same batch share its forward passes."""
-        return self._forwards.batch(data or self.data, n, seed)
+        return self._forwards.batch(n, seed, data)
 
-    def activations(self, step: int, batch: Batch, kind: str = "stream") -> dict[str, torch.Tensor]:
+    def activations(
+        self, step: int, batch: TaskBatch, kind: str = "stream"
+    ) -> dict[str, torch.Tensor]:
         """{hook name: (B, ...)} of checkpoint `step` on `batch`, from a pass of `kind` run once
         per command (analysis/cache.py: which hooks each kind holds, and why two kinds)."""
         return self._forwards.activations(step, self.models[step], batch, kind)
@@ -193,7 +215,7 @@ class Inputs:
         baselines.SolutionCache); None for inputs built without a run directory."""
         return None if self.run_dir is None else SolutionCache(self.run_dir / "analysis" / "cache")
 
-    def all_checkpoints(self) -> dict[int, MatrixBert]:
+    def all_checkpoints(self) -> dict[int, HookedModule]:
         if self._all is None:
             self._all = dict(sorted((self.load_all() if self.load_all else self.models).items()))
         return self._all
@@ -213,15 +235,14 @@ class RunView:
 
     device: str = "cpu"
 
-    def model(self, step: int) -> MatrixBert:
+    def model(self, step: int) -> HookedModule:
         return checkpoints.load_model(self.cfg, checkpoints.find(self.path, step), self.device)
 
     summary: dict[str, Any] = field(default_factory=dict)
 
     def inputs(self, steps: list[int]) -> Inputs:
         models = {s: self.model(s) for s in steps}
-        # analyses see the model's whole grid: a size mixture's largest size, no padding
-        data = dataclasses.replace(self.cfg.data, sizes="")
+        data = analysis_data(self.cfg)
         return Inputs(
             models,
             data,

@@ -35,6 +35,7 @@ PAPER = (
     "nuclear norm: it is not doing nuclear-norm minimization (Fig. 3)."
 )
 ORDER = 80
+NEEDS = frozenset({"matrices"})  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg) -> str | None:

@@ -28,6 +28,7 @@ PAPER = (
     "alike, while L_obs stays near 0 (Table 1)."
 )
 ORDER = 10
+NEEDS = frozenset({"substitute"})  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg: Config) -> str | None:

@@ -36,6 +36,7 @@ PAPER = (
     "permuting them destroys the model's accuracy (Fig. 7, 9, 10)."
 )
 ORDER = 40
+NEEDS = frozenset({"embeddings", "matrices"})  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg: Config) -> str | None:

@@ -32,6 +32,7 @@ PAPER = (
     "comes first, is the question."
 )
 ORDER = 6
+NEEDS = frozenset()  # task capabilities (tasks/base.py)
 ON_REQUEST = True  # minutes per checkpoint: `abrupt analyze RUN --only llc`
 # --quick leaves n alone: the cost is chains x draws of `batch`, and n sets n_beta (the estimate)
 QUICK = False

@@ -26,6 +26,7 @@ PAPER = (
     "columns changes, since position embeddings encode the column (Fig. 18, 19)."
 )
 ORDER = 90
+NEEDS = frozenset({"matrices"})  # task capabilities (tasks/base.py)
 
 MIN_LINES = 3  # the fewest rows (columns) a row (column) variant has, as in the paper's Fig. 18/19
 

@@ -44,6 +44,7 @@ PAPER = (
     "attention heads carry the information that completes the matrix."
 )
 ORDER = 50
+NEEDS = frozenset({"regions", "corrupt", "matrices"})  # task capabilities (tasks/base.py)
 
 
 def negated(batch: Batch) -> Batch:

@@ -29,6 +29,7 @@ PAPER = (
     "decodable from their hidden states after the drop, not before (Fig. 6)."
 )
 ORDER = 30
+NEEDS = frozenset({"probe_targets", "matrices"})  # task capabilities (tasks/base.py)
 
 
 def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:

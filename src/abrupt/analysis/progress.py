@@ -25,6 +25,7 @@ PAPER = (
     "right keys, and the end of representation collapse, begin before the loss falls."
 )
 ORDER = 5
+NEEDS = frozenset()  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg: Config) -> str | None:

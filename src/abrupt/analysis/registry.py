@@ -134,14 +134,7 @@ def plan(
                     f"unknown option '{name}.{key}'; {name} takes: {', '.join(options()[name])}"
                 )
             _check_rules(name, key, value)
-        applies = tasks.get(cfg.task.name).analyses
-        why = (
-            f"it is built for matrix completion; task {cfg.task.name} supports: "
-            f"{', '.join(applies)}"
-            if applies is not None and name not in applies
-            else None
-        )
-        why = why or (mod.unsupported(cfg) if hasattr(mod, "unsupported") else None)
+        why = missing(mod, cfg) or (mod.unsupported(cfg) if hasattr(mod, "unsupported") else None)
         if why:
             skipped[name] = why
         elif hasattr(mod, "check"):
@@ -150,6 +143,15 @@ def plan(
             except ValueError as e:
                 raise ValueError(f"{name} options: {e}") from None
     return [n for n in names if n not in skipped], skipped
+
+
+def missing(mod: ModuleType, cfg: Config) -> str | None:
+    """Why the run's task cannot serve analysis `mod`: the capabilities (`NEEDS`) it does not
+    provide; None when it provides them all."""
+    lacking = sorted(set(getattr(mod, "NEEDS", ())) - tasks.get(cfg.task.name).provides(cfg))
+    if not lacking:
+        return None
+    return f"task {cfg.task.name} does not provide {', '.join(lacking)} (tasks/base.py)"
 
 
 def quick_options(

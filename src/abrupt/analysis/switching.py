@@ -25,6 +25,7 @@ PAPER = (
     "a plateau and a final model carries most of the difference in loss."
 )
 ORDER = 70
+NEEDS = frozenset({"matrices"})  # task capabilities (tasks/base.py)
 
 
 def group_names(model: MatrixBert, group: str) -> list[str]:

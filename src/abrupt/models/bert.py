@@ -35,9 +35,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value
+from ..data import MASK_ID, VOCAB_SIZE, id_to_value
 from ..hooks import HookedModule, HookPoint, mode
-from ..losses import as_floats, losses
 from . import layers
 from .layers import Block, init_weights
 
@@ -140,19 +139,11 @@ class MatrixBert(HookedModule):
             x = self.ln_final(x)
         return self.hook_out(self.readout(x).squeeze(-1))
 
-    # --- what training and the analyses call (the GPT variant answers the same calls) ----------
-
-    def train_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return batch.tokens, batch.pad
-
-    objective = staticmethod(losses)
+    # --- what the matrix task calls (the GPT variant answers the same calls) -------------------
 
     @staticmethod
     def encode(tokens: torch.Tensor) -> torch.Tensor:
         return tokens
-
-    def evaluate_batch(self, batch: Batch) -> dict[str, float]:
-        return as_floats(losses(self.predict(batch.tokens, pad=batch.pad), batch))
 
     def prediction_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The sequences (B, T) whose one forward pass `predict` makes: the tokens themselves."""

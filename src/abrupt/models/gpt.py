@@ -1,6 +1,6 @@
-"""The decoder: `Decoder` (GPT-2 blocks, the attention-edit channel, teacher-forced
-evaluation), and its two models, `MatrixGPT` (the paper's GPT variant) and `SequenceGPT` (the
-follow-up's sequence tasks, Gopalani & Hu 2025, their batch and objective in seqgpt.py).
+"""The decoder: `Decoder` (GPT-2 blocks, the attention-edit channel, `run_from`), and its two
+models, `MatrixGPT` (the paper's GPT variant) and `SequenceGPT` (the follow-up's sequence tasks,
+Gopalani & Hu 2025; their batch and objective are the task's, tasks/sequence.py).
 
 The GPT variant (Fig. 11, 12): a decoder-only transformer that reads a masked matrix and then
 writes the whole matrix, trained with next-token cross-entropy on the written half.
@@ -33,10 +33,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..data import MASK_ID, VOCAB_SIZE, Batch, id_to_value, value_to_id
 from ..hooks import HookedModule, HookPoint, mode
-from ..losses import as_floats
 from . import layers
 from .layers import AttentionEdit, AttentionSite, Block, KVCache, edit_terms, init_weights
-from .seqgpt import SeqBatch, sequence_losses
 
 GPT_MASK, GPT_SEP = 0, 1
 _SHIFT = 1  # a GPT value id is the BERT value id + 1 (room for SEP after MASK)
@@ -169,8 +167,30 @@ class Decoder(HookedModule):
             raise ValueError(f"expected sequences of length 1..{positions}, got {start + length}")
         tok = self.hook_tok_embed(self.tok_embed(tokens.to(self.pos_embed.weight.device)))
         pos = self.hook_pos_embed(self.pos_embed.weight[start : start + length].unsqueeze(0))
-        x = self.hook_embed(tok + pos)
-        for layer, block in enumerate(self.blocks):
+        return self._layers(0, self.hook_embed(tok + pos), keys, cache, last)
+
+    def run_from(
+        self, layer: int, resid_pre: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Finish a forward pass from `blocks.{layer}.hook_resid_pre` (TransformerLens's
+        `start_at_layer`): resid_pre (B, L, d), as `run_with_cache` stored it there -> logits
+        (B, L, vocab); `keys` as in `forward`. Equal, bit for bit, to the whole forward pass when
+        no hook acts on the layers before `layer` (the BERT's `run_from`, the same contract)."""
+        if not 0 <= layer < len(self.blocks):
+            raise ValueError(f"layer {layer} out of range: the model has {len(self.blocks)}")
+        return self._layers(layer, resid_pre, keys, None, False)
+
+    def _layers(
+        self,
+        first: int,
+        x: torch.Tensor,
+        keys: torch.Tensor | None,
+        cache: list[KVCache] | None,
+        last: bool,
+    ) -> torch.Tensor:
+        """Blocks `first`.. on the residual stream x (B, L, d), the final LayerNorm, the head."""
+        length = x.shape[1]
+        for layer in range(first, len(self.blocks)):
             bias = scale = None
             if self.attention_edits:
                 site = AttentionSite(layer, length, x.device, x.dtype, keys=keys)
@@ -180,6 +200,7 @@ class Decoder(HookedModule):
                     raise ValueError(
                         "an attention edit acts on a pass with a KV cache; decode without one"
                     )
+            block = self.blocks[layer]
             x = block(x, bias=bias, scale=scale, cache=None if cache is None else cache[layer])
         if last:
             x = x[:, -1:]
@@ -188,33 +209,11 @@ class Decoder(HookedModule):
     def new_cache(self) -> list[KVCache]:
         return [KVCache(self.pos_embed.num_embeddings) for _ in self.blocks]
 
-    def train_inputs(self, batch) -> tuple[torch.Tensor, ...]:
-        """The forward's arguments for a training batch (teacher forcing)."""
-        raise NotImplementedError
-
-    def objective(self, logits: torch.Tensor, batch) -> dict[str, torch.Tensor]:
-        """The loss ("loss") and metrics of the logits of `train_inputs(batch)`."""
-        raise NotImplementedError
-
-    @torch.no_grad()
-    def evaluate_batch(self, batch, chunk: int | None = None) -> dict[str, float]:
-        """Teacher-forced metrics on a batch (evaluation mode, `chunk` sequences a forward pass,
-        default layers.CHUNK), as floats."""
-        chunk = chunk or layers.CHUNK
-        with mode(self):
-            logits = torch.cat(
-                [
-                    self(*self.train_inputs(batch[i : i + chunk])).float()
-                    for i in range(0, len(batch), chunk)
-                ]
-            )
-        return as_floats(self.objective(logits, batch))
-
 
 class SequenceGPT(Decoder):
     """The decoder of the follow-up's sequence tasks (Gopalani & Hu 2025), as in their
-    minGPT-based code: tokens (B, T <= seq_len) -> logits (B, T, vocab), trained on
-    `seqgpt.sequence_losses`. Initialisation (GPT-2's, theirs): every weight N(0, init_std),
+    minGPT-based code: tokens (B, T <= seq_len) -> logits (B, T, vocab), trained on the task's
+    objective (tasks/sequence.py). Initialisation (GPT-2's, theirs): every weight N(0, init_std),
     biases 0, LayerNorms 1, residual output projections N(0, init_std / sqrt(2 layers))."""
 
     scaled_residual_init = True
@@ -223,11 +222,6 @@ class SequenceGPT(Decoder):
         super().__init__(cfg, vocab, seq_len)
         self.vocab = vocab
         self.seq_len = seq_len
-
-    def train_inputs(self, batch: SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch.tokens[:, :-1], batch.keys
-
-    objective = staticmethod(sequence_losses)
 
 
 class MatrixGPT(Decoder):
@@ -248,15 +242,10 @@ class MatrixGPT(Decoder):
 
     # --- what training and the analyses call --------------------------------------------------
 
-    def train_inputs(self, batch: Batch) -> tuple[torch.Tensor]:
-        return (sequence(batch)[:, :-1],)
-
     @staticmethod
     def encode(tokens: torch.Tensor) -> torch.Tensor:
         """The model's input ids for BERT-tokenized masked matrices: the masked prefix."""
         return masked_prefix(tokens)
-
-    objective = staticmethod(gpt_losses)
 
     @torch.no_grad()
     def complete(self, tokens: torch.Tensor, cache: bool = True) -> torch.Tensor:

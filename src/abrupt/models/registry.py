@@ -1,8 +1,9 @@
 """The models by `model.arch`: one line per architecture. A new one is a module of this package
 defining a HookedModule class that takes (ModelConfig, seq_len, cols) for matrix completion, has
-the calls training makes (`train_inputs`, `objective`, `evaluate_batch`, `predict`), declares the
-options and tasks it serves in `supports` (checks.validate_run) and, with "sequence_tasks" there,
-builds its sequence-task model with `for_sequences`; plus its line here (docs/extending.md)."""
+`run_from` (a pass from a layer's residual stream) and `predict` (masked matrix tokens ->
+values), declares the options and tasks it serves in `supports` (checks.validate_run) and, with
+"sequence_tasks" there, builds its sequence-task model with `for_sequences`; plus its line here
+(docs/extending.md)."""
 
 from __future__ import annotations
 

@@ -3,11 +3,12 @@ that defines `TASK` (an object with the calls of `base.Task`) is a task, named b
 optional settings (`TASK.settings`, a dataclass) are the configuration section of that name,
 registered when abrupt is imported (abrupt/__init__.py).
 
-A task answers what training, evaluation and the analyses ask of it: the model it trains, seeded
-batches drawn on the training device, the objective and its metrics (the model's `objective` /
-`evaluate_batch`), progress measures, and which analyses apply. `matrix` is the paper's matrix
-completion; `sequence.SequenceTask` is the shared part of the follow-up's sequence tasks, so that
-a new one is a module defining its tokens and correct keys (docs/extending.md).
+A task answers what training, evaluation and the analyses ask of it (base.Task): the model it
+trains, seeded batches, the objective and its metrics, progress measures, and the capabilities
+the analyses ask for (regions, a corrupted batch, key groups, probe targets, ...). `matrix` is
+the paper's matrix completion; `sequence.SequenceTask` is the shared part of the follow-up's
+sequence tasks, so that a new one is a module defining its tokens, answer and correct keys
+(docs/extending.md).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ class AdditionSettings:
 
 class Addition(SequenceTask):
     name = "addition"
+    about = "addition of two integers, the sum written least significant digit first"
     settings = AdditionSettings
 
     def vocab(self, cfg: Config) -> int:
@@ -52,6 +53,21 @@ class Addition(SequenceTask):
         equals = torch.full((count, 1), EQUALS, dtype=a.dtype, device=a.device)
         total = digits(a + b, d + 1).flip(1)
         return torch.cat([digits(a, d), plus, digits(b, d), equals, total], dim=1), 2 * d + 2
+
+    def answer(self, cfg, tokens):
+        d = cfg.addition.digits
+        powers = 10 ** torch.arange(d - 1, -1, -1, device=tokens.device)
+        a = (tokens[:, :d] * powers).sum(1)
+        b = (tokens[:, d + 1 : 2 * d + 1] * powers).sum(1)
+        return torch.cat([tokens[:, : 2 * d + 2], digits(a + b, d + 1).flip(1)], dim=1)
+
+    def value_tokens(self, cfg):
+        ids = torch.arange(10)
+        return ids, ids.numpy().astype(float)
+
+    def free_positions(self, cfg):
+        d = cfg.addition.digits
+        return [*range(d), *range(d + 1, 2 * d + 1)]  # the digits of a and of b
 
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:

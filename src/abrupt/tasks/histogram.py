@@ -30,6 +30,7 @@ class HistogramSettings:
 
 class Histogram(SequenceTask):
     name = "histogram"
+    about = "histogram, for each input letter its count in the sequence"
     settings = HistogramSettings
 
     def vocab(self, cfg: Config) -> int:
@@ -38,9 +39,17 @@ class Histogram(SequenceTask):
     def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         k = cfg.task
         x = randint(1, cfg.histogram.alphabet, (count, k.length), gen)
-        counts = (x[:, :, None] == x[:, None, :]).sum(-1)
         sep = torch.zeros((count, 1), dtype=x.dtype, device=x.device)
-        return torch.cat([x, sep, counts], dim=1), k.length + 1
+        return self.answer(cfg, torch.cat([x, sep, x], dim=1)), k.length + 1
+
+    def answer(self, cfg, tokens):
+        n = cfg.task.length
+        x = tokens[:, :n]
+        return torch.cat([tokens[:, : n + 1], (x[:, :, None] == x[:, None, :]).sum(-1)], dim=1)
+
+    def value_tokens(self, cfg):
+        ids = torch.arange(1, cfg.histogram.alphabet + 1)
+        return ids, ids.numpy().astype(float)
 
     def key_map(self, tokens, out_start, cfg, layer, layers):
         n, t = cfg.task.length, tokens.shape[1] - 1

@@ -17,6 +17,7 @@ from .sequence import SequenceTask, output_rows, randint
 
 class MovingWindowSum(SequenceTask):
     name = "mws"
+    about = "moving-window sum, y_i = x_(i-1) + x_i mod 17 (y_1 = x_1)"
 
     def vocab(self, cfg: Config) -> int:
         return cfg.task.modulus + 1
@@ -24,10 +25,15 @@ class MovingWindowSum(SequenceTask):
     def sample(self, cfg: Config, count: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         k = cfg.task
         x = randint(k.low, k.high, (count, k.length), gen)
-        y = x.clone()
-        y[:, 1:] = (x[:, :-1] + x[:, 1:]) % k.modulus
         sep = torch.full((count, 1), k.modulus, dtype=x.dtype, device=x.device)
-        return torch.cat([x, sep, y], dim=1), k.length + 1
+        return self.answer(cfg, torch.cat([x, sep, x], dim=1)), k.length + 1
+
+    def answer(self, cfg, tokens):
+        n, mod = cfg.task.length, cfg.task.modulus
+        x = tokens[:, :n]
+        y = x.clone()
+        y[:, 1:] = (x[:, :-1] + x[:, 1:]) % mod
+        return torch.cat([tokens[:, : n + 1], y], dim=1)
 
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:

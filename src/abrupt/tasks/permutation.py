@@ -17,6 +17,7 @@ from .sequence import SequenceTask, output_rows, randint
 
 class Permutation(SequenceTask):
     name = "permutation"
+    about = "permutation, the values reordered by a permutation given in context"
 
     def vocab(self, cfg: Config) -> int:
         return cfg.task.length + cfg.task.high + 1
@@ -28,7 +29,16 @@ class Permutation(SequenceTask):
         # uniform permutations, 0-based
         perm = torch.rand((count, n), generator=gen, device=gen.device).argsort(dim=1)
         sep = torch.zeros((count, 1), dtype=values.dtype, device=values.device)
-        return torch.cat([values, sep, perm + 1, sep, values.gather(1, perm)], dim=1), 2 * n + 2
+        return self.answer(cfg, torch.cat([values, sep, perm + 1, sep, values], dim=1)), 2 * n + 2
+
+    def answer(self, cfg, tokens):
+        n = cfg.task.length
+        perm = tokens[:, n + 1 : 2 * n + 1] - 1
+        return torch.cat([tokens[:, : 2 * n + 2], tokens[:, :n].gather(1, perm)], dim=1)
+
+    def value_tokens(self, cfg):
+        numbers = torch.arange(cfg.task.low, cfg.task.high + 1)
+        return numbers + cfg.task.length, numbers.numpy().astype(float)
 
     def key_map(self, tokens, out_start, cfg, layer, layers):
         n, t = cfg.task.length, tokens.shape[1] - 1

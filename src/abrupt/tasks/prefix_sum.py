@@ -14,6 +14,7 @@ from .sequence import SequenceTask, output_rows, randint
 
 class PrefixSum(SequenceTask):
     name = "prefix_sum"
+    about = "prefix sum mod 17, y_i = x_1 + ... + x_i mod 17"
 
     def vocab(self, cfg: Config) -> int:
         return cfg.task.modulus + 1
@@ -22,7 +23,11 @@ class PrefixSum(SequenceTask):
         k = cfg.task
         x = randint(k.low, k.high, (count, k.length), gen)
         sep = torch.full((count, 1), k.modulus, dtype=x.dtype, device=x.device)
-        return torch.cat([x, sep, x.cumsum(1) % k.modulus], dim=1), k.length + 1
+        return self.answer(cfg, torch.cat([x, sep, x], dim=1)), k.length + 1
+
+    def answer(self, cfg, tokens):
+        n = cfg.task.length
+        return torch.cat([tokens[:, : n + 1], tokens[:, :n].cumsum(1) % cfg.task.modulus], dim=1)
 
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:

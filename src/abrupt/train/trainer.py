@@ -42,6 +42,7 @@ from ..run.rundir import (
     remove_temp_files,
     write_metrics,
 )
+from ..tasks.base import objective_metrics
 from . import callbacks as callbacks_
 from .summary import figures, finish
 
@@ -403,8 +404,9 @@ class Trainer:
         batch = self.task.batch(self.cfg, self.cfg.train.batch_size, self.data_rng, step)
         with self.tf32():
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                pred = self.forward(*self.model.train_inputs(batch))
-            parts = self.model.objective(pred, batch)
+                args, kwargs = self.task.inputs(self.model, batch)
+                pred = self.forward(*args, **kwargs)
+            parts = self.task.objective(self.model, pred, batch)
             self.optim.zero_grad(set_to_none=True)
             parts["loss"].backward()
             norms = self._grad_norms() if want_norms else {}
@@ -471,7 +473,7 @@ class Trainer:
         (`loss_mask_RxC`)."""
         with self.tf32():
             if self.evalset.size is None:
-                return self.model.evaluate_batch(self.evalset)
+                return objective_metrics(self.task, self.model, self.evalset)
             sizes = [f"{r}x{c}" for r, c in self.cfg.data.size_list()]
             pred = self.model.predict(self.evalset.tokens, pad=self.evalset.pad)
             return {**as_floats(losses(pred, self.evalset)), **per_size(pred, self.evalset, sizes)}
