@@ -27,9 +27,13 @@ STEPS = [
     "model.hidden=32",
     "model.mlp=64",
     "train.ckpt_every=100",
+    "train.progress=false",  # the pinned rows were logged without the progress measures
 ]
 # keys added since, by other changes: each must be at its default in every preset
 ADDED = {"train.log_to"}
+# values changed since, on purpose: the sequence presets log the follow-up's progress measures
+# (issue: the main job explained by `abrupt analyze` without an extra flag)
+CHANGED = {"train.progress": True}
 
 
 def flat(cfg: config.Config) -> dict[str, object]:
@@ -57,6 +61,8 @@ def test_every_preset_resolves_to_its_values_of_before_the_layout_change():
     for name, before in PINNED["presets"].items():
         now = flat(config.preset(name))
         renamed = {RENAMED.get(key, key): value for key, value in before.items()}
+        if renamed["task.name"] != "matrix":
+            renamed.update(CHANGED)
         assert set(now) - set(renamed) == ADDED, name
         assert {key: now[key] for key in renamed} == renamed, name
         assert {key: now[key] for key in ADDED} == {key: default[key] for key in ADDED}, name

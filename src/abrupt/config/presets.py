@@ -154,6 +154,9 @@ _SEQ_RECIPE: dict[str, Any] = {
     "train.eval_size": 512,
     "train.ckpt_every": 100,
     "train.ckpt_log_points": 4,
+    # the follow-up's measures (repetition, collapse, attention progress) at every log step: one
+    # pass over 256 evaluation sequences, what `abrupt analyze` reads to explain the drop
+    "train.progress": True,
 }
 _SEQ_CPU = {"model.width": 64, "model.mlp": 256, "train.batch_size": 128, "train.lr": 1e-3}
 
