@@ -254,7 +254,7 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     described = {
         k
         for k in summary
-        if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")
+        if k not in ("final_loss", "final_level", "steps", "seconds", "detector")
     }
     assert described <= terms, (
         "summary.json fields missing from docs/run-directory.md's glossary: "
