@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from abrupt import progress
+from abrupt import progress, tasks
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
 from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
 from abrupt.config import DataConfig
@@ -45,7 +45,7 @@ def test_copying_model_copies_substitutes():
 
 def test_substitution_replaces_only_hidden_tokens():
     batch = seeded(DATA, 8, 0)
-    sub = copying.substituted(batch, 0.44)
+    sub = tasks.get("matrix").substitute(batch, 0.44)
     assert (sub.tokens[batch.mask] == 1045).all()
     assert torch.equal(sub.tokens[~batch.mask], batch.tokens[~batch.mask])
 
