@@ -495,10 +495,11 @@ def small_runs(tmp_path_factory):
 @pytest.mark.parametrize(
     "name,ran",
     [
-        ("1x2", {"copying", "probe", "patching", "ablation", "switching"}),
+        ("1x2", {"progress", "copying", "probe", "patching", "ablation", "switching"}),
         (
             "2x2",
             {
+                "progress",
                 "copying",
                 "attention",
                 "probe",
@@ -513,6 +514,7 @@ def small_runs(tmp_path_factory):
         (
             "2x3",
             {
+                "progress",
                 "copying",
                 "attention",
                 "probe",
