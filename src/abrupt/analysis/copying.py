@@ -229,9 +229,11 @@ def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
         "token at their index."
         for x in rows
     ]
-    repeats = first["repeat"] / max(first["data_repeat"], 1e-12)
+    # the checkpoint whose outputs repeat most, beside the data's: a repetition bias or not
+    most = max(rows, key=lambda x: x["repeat"] / max(x["data_repeat"], 1e-12))
+    repeats = most["repeat"] / max(most["data_repeat"], 1e-12)
     verdict = (
-        "as the follow-up's repetition bias has it"
+        "the follow-up's repetition bias"
         if repeats > 1.5
         else "unlike the follow-up's repetition bias (many more repeats than the data's)"
     )
@@ -241,8 +243,8 @@ def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
             f"{first['data_repeat']:.0%} of outputs repeat the one before and "
             f"{first['data_copy']:.0%} equal the input at their index. "
             + " ".join(words)
-            + f" At step {first['step']} the outputs repeat {repeats:.1f}x as often as the "
-            f"data's, {verdict}."
+            + f" At most (step {most['step']}) the outputs repeat {repeats:.1f}x as often as "
+            f"the data's: {verdict}."
         ),
         Table(
             ["step", label, "repeat (model)", "repeat (data)", "copy (model)", "copy (data)"],

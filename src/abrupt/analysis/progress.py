@@ -257,8 +257,9 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
     )
     out: list[Table | Text] = [
         Text(
-            f"Measures {source}. Plateau from step {r['plateau_start']}; drop at step "
-            f"{r['drop_step']}. A measure's half-way step is where it first got half-way from its "
+            f"Measures {source}. Plateau from step {r['plateau_start']}; "
+            + (f"drop at step {r['drop_step']}" if r["drop_step"] is not None else "no drop")
+            + ". A measure's half-way step is where it first got half-way from its "
             "plateau-start value to its final value; the half-way step after its extreme, where "
             "it got half-way from its value farthest from the final one (a rise and fall: "
             "collapse) to the final one."
