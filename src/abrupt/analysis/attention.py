@@ -15,7 +15,7 @@ On a sequence task: the group is each output query's correct keys (the keys its 
 and a head's number is the follow-up's attention progress for that head (`key_share`): the share
 of its |attention| from the queries that have correct keys that falls on them (|pattern|, since
 linear attention's are signed); "correct-key heads" reach the threshold. Chance: the share that
-uniform attention over the keys a query reads would give.
+uniform attention over the keys a query reads (itself and earlier ones) would give.
 """
 
 from __future__ import annotations
@@ -144,20 +144,21 @@ def group_shares(
     return out
 
 
-def chance_shares(pats: torch.Tensor, groups: list[dict[str, torch.Tensor]]) -> dict[str, list]:
+def chance_shares(groups: list[dict[str, torch.Tensor]], causal: bool) -> dict[str, list]:
     """{group: per layer (None where undefined)} the share of uniform attention over the keys a
-    query reads (those with any non-zero attention in `pats`, (L, B, H, T, T)) that falls on the
-    group."""
+    query reads (itself and earlier ones in a `causal` model, every one otherwise) that falls on
+    the group."""
     out: dict[str, list] = {}
     for name in group_names(groups):
         out[name] = []
-        for l, by_name in enumerate(groups):
+        for by_name in groups:
             if name not in by_name:
                 out[name].append(None)
                 continue
             keys = by_name[name]
-            read = (pats[l].abs().sum(dim=(0, 1)) > 0).float()  # (T, T): the keys each query reads
-            uniform = read[None, None] * keys.any(-1)[:, None, :, None]
+            t = keys.shape[-1]
+            read = torch.ones(t, t).tril() if causal else torch.ones(t, t)
+            uniform = read[None, None] * keys.any(-1)[:, None, :, None]  # (B, 1, T, T)
             out[name].append(key_share(uniform, keys).mean().item())
     return out
 
@@ -205,6 +206,7 @@ def run(
         "n": n,
         "head_threshold": head_threshold,
         "groups": names,
+        "chance": chance_shares(groups, next(iter(inputs.models.values())).causal),
         "steps": {},
         "across": {},
     }
@@ -212,8 +214,6 @@ def run(
     for step, model in inputs.all_checkpoints().items():
         pats = patterns(inputs, step, model, batch, t)
         shares[step] = group_shares(pats, groups)
-        if "chance" not in numbers:
-            numbers["chance"] = chance_shares(pats, groups)
         numbers["across"][step] = {g: _table(v) for g, v in shares[step].items()}
         if step in inputs.models:
             maps[("random", step)] = pats.abs().mean(dim=1)
