@@ -31,7 +31,7 @@ from ..plots import figure
 from ..tasks.base import Outputs
 from .common import Count, Inputs, Result, Seed, Table, Text, between, each, needs_hidden
 
-TITLE = "Copying and repetition before the drop (Table 1)"
+TITLE = "Copying before the drop (Table 1); repetition on sequence tasks"
 PAPER = (
     "Before the drop the model copies its input: with a value token put at hidden positions "
     "its predictions there equal that value (MSE to the substitute near 0), on low-rank and "
