@@ -14,6 +14,7 @@ report. Which group carries the drop is the one whose transplant moves the headl
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -143,15 +144,43 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
     rows += [[f"final + plateau {g}", *cells(v)] for g, v in r["post_with_pre"].items()]
     out: list[Table | Text] = []
     if r["pre_with_post"]:
-        # the group that moves the plateau model's headline furthest toward the final model's
-        best = min(r["pre_with_post"], key=lambda g: r["pre_with_post"][g][key])
-        out.append(
-            Text(
-                f"{label}: plateau model {r['pre'][key]:.3g}, final model {r['post'][key]:.3g}; "
-                f"the plateau model with the final model's {best} reaches "
-                f"{r['pre_with_post'][best][key]:.3g}, the lowest of any group."
-            )
-        )
+        out.append(Text(_story(r, key, label)))
     if r.get("absent"):
         out.append(Text(f"Not in this model, skipped: {', '.join(r['absent'])}."))
     return [*out, Table(["model", *header], rows)]
+
+
+def _story(r: dict[str, Any], key: str, label: str) -> str:
+    """How far each move takes the plateau model toward the final one, on a log scale of the
+    headline (0: no change, 1: all the way), and whether attention carries most of it."""
+    pre, post = r["pre"][key], r["post"][key]
+    moved = r["pre_with_post"]
+
+    def way(group: str) -> float:
+        span = math.log(pre / post) if pre > 0 and post > 0 and pre != post else math.nan
+        return math.log(pre / moved[group][key]) / span if moved[group][key] > 0 else math.nan
+
+    words = f"{label}: plateau model {pre:.3g}, final model {post:.3g}."
+    singles = [g for g in moved if g not in ("attention", "rest", "all")]
+    if singles:
+        best = min(singles, key=lambda g: moved[g][key])
+        words += (
+            f" The single group that moves the plateau model furthest: {best} "
+            f"({moved[best][key]:.3g}, {_pct(way(best))} of the way on a log scale)."
+        )
+    if "attention" in moved and "rest" in moved:
+        attn, rest = way("attention"), way("rest")
+        verdict = (
+            "attention carries most of the drop, as the paper finds"
+            if attn > rest
+            else "attention does not carry most of the drop, unlike the paper"
+        )
+        words += (
+            f" With the final model's attention it goes {_pct(attn)} of the way, with everything "
+            f"else {_pct(rest)}: {verdict}."
+        )
+    return words
+
+
+def _pct(x: float) -> str:
+    return f"{round(x, 2) + 0.0:.0%}"  # + 0.0: no "-0%"
