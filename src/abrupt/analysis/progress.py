@@ -220,6 +220,17 @@ def story(r: dict[str, Any]) -> str:
         agree = all(x["after_extreme_before_drop"] > 0 for x in timed)
         verdict = "before the drop, as the follow-up finds" if agree else "not before the drop"
         parts.append(f"{claim}: {said}, {verdict}")
+    claimed = tuple(p for prefixes in FOLLOW_UP.values() for p in prefixes)
+    others = [
+        f"{x['measure']} half-way at step {x['halfway_after_extreme']} "
+        f"({_relative(x['after_extreme_before_drop'])})"
+        for x in r["rows"]
+        if x["measure"].startswith("prog_")
+        and not x["measure"].startswith(claimed)
+        and x["after_extreme_before_drop"] is not None
+    ]
+    if others:
+        parts.append("the other measures: " + ", ".join(others))
     if not parts:
         return ""
     return (
