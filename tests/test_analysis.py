@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from abrupt import progress
+from abrupt import progress, tasks
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
 from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
 from abrupt.config import DataConfig
@@ -45,7 +45,7 @@ def test_copying_model_copies_substitutes():
 
 def test_substitution_replaces_only_hidden_tokens():
     batch = seeded(DATA, 8, 0)
-    sub = copying.substituted(batch, 0.44)
+    sub = tasks.get("matrix").substitute(batch, 0.44)
     assert (sub.tokens[batch.mask] == 1045).all()
     assert torch.equal(sub.tokens[~batch.mask], batch.tokens[~batch.mask])
 
@@ -495,10 +495,11 @@ def small_runs(tmp_path_factory):
 @pytest.mark.parametrize(
     "name,ran",
     [
-        ("1x2", {"copying", "probe", "patching", "ablation", "switching"}),
+        ("1x2", {"progress", "copying", "probe", "patching", "ablation", "switching"}),
         (
             "2x2",
             {
+                "progress",
                 "copying",
                 "attention",
                 "probe",
@@ -513,6 +514,7 @@ def small_runs(tmp_path_factory):
         (
             "2x3",
             {
+                "progress",
                 "copying",
                 "attention",
                 "probe",

@@ -7,6 +7,8 @@ An analysis is one module in this package with:
 and optionally:
     NEEDS                                the task capabilities it asks for (tasks/base.py): it
                                          runs on every task that provides them all
+    NEEDS_ANY                            capabilities of which it needs one at least (each
+                                         gives a part of its answer): it runs where one is
     check(options, cfg)                  raise ValueError for options that do not fit this run
     unsupported(cfg) -> str | None       why this analysis cannot run on such a run (it is skipped)
     plot(result, out) -> list[Path]      figures written into `out`
@@ -381,3 +383,18 @@ def solver_outcomes(rows: list[dict[str, Any]]) -> str:
 def loss_cells(d: dict[str, float]) -> list[float]:
     """L, L_obs, L_mask of a losses dict in that order (report tables never rely on dict order)."""
     return [d["loss"], d["loss_obs"], d["loss_mask"]]
+
+
+def headline_numbers(inputs: Inputs) -> dict[str, str]:
+    """{"headline": metric key, "headline_label": what it is} of the run's task, for an analysis's
+    numbers; {} on matrices, whose results keep the layout the paper's numbers were pinned in
+    (`headline` reads L_mask for them)."""
+    task = inputs.task
+    if "matrices" in task.provides(inputs.cfg):
+        return {}
+    return {"headline": task.headline, "headline_label": task.headline_label}
+
+
+def headline(r: dict[str, Any]) -> tuple[str, str]:
+    """(metric key, label) of the headline metric of results `r` (`headline_numbers`)."""
+    return r.get("headline", "loss_mask"), r.get("headline_label", "L_mask")

@@ -1,9 +1,18 @@
-"""Copying before the drop (Table 1): substitute a value token for MASK at hidden positions.
+"""Copying and repetition on the plateau: does the model copy or repeat its input?
 
-A model that copies its input predicts the substituted value at hidden entries (MSE to the
-substitute near 0) while still fitting observed entries; a model that completes the matrix
-ignores the substitute. Run on low-rank inputs and on random full-rank inputs with the same
-entry variance.
+On matrices (capability `substitute`; the paper's Table 1): a value token is put for MASK at
+hidden positions. A model that copies its input predicts the substituted value at hidden entries
+(MSE to the substitute near 0) while still fitting observed entries; a model that completes the
+matrix ignores the substitute. Run on low-rank inputs and on random full-rank inputs with the
+same entry variance.
+
+On a task with `outputs` (the sequence tasks; the follow-up's repetition bias, Gopalani & Hu
+2025): at each chosen checkpoint, the model's argmax outputs (teacher-forced) on the analyses'
+seeded batch, as shares of output tokens: the repeat fraction (an output equal to the one
+before it) and the copy fraction (an output equal to the input token at the same index), each
+beside the same share in the data's correct outputs, and the task's headline metric.
+
+It runs where the task provides either capability (NEEDS_ANY), each part where its own is.
 """
 
 from __future__ import annotations
@@ -14,24 +23,30 @@ from typing import Annotated, Any
 
 import torch
 
+from .. import tasks
 from ..config import VOCAB_MAX, Config, DataConfig
-from ..data import MASK_ID, Batch, generator, make_batch, sample_matrices, seeded_batch, value_to_id
+from ..data import MASK_ID, generator, make_batch, sample_matrices
 from ..losses import as_floats, losses
 from ..plots import figure
+from ..tasks.base import Outputs
 from .common import Count, Inputs, Result, Seed, Table, Text, between, each, needs_hidden
 
-TITLE = "Copying before the drop (Table 1)"
+TITLE = "Copying before the drop (Table 1); repetition on sequence tasks"
 PAPER = (
     "Before the drop the model copies its input: with a value token put at hidden positions "
     "its predictions there equal that value (MSE to the substitute near 0), on low-rank and "
-    "random inputs "
-    "alike, while L_obs stays near 0 (Table 1)."
+    "random inputs alike, while L_obs stays near 0 (Table 1). On sequence tasks the follow-up "
+    "(Gopalani & Hu, 2025) finds a repetition bias on the plateau: the outputs repeat one token "
+    "far more often than the data's outputs do."
 )
 ORDER = 10
-NEEDS = frozenset({"substitute"})  # task capabilities (tasks/base.py)
+NEEDS_ANY = frozenset({"substitute", "outputs"})  # task capabilities (tasks/base.py)
 
 
 def unsupported(cfg: Config) -> str | None:
+    # only the substitution part scores hidden entries; outputs are there whatever data.p_mask
+    if "outputs" in tasks.get(cfg.task.name).provides(cfg):
+        return None
     return needs_hidden(cfg)
 
 
@@ -43,29 +58,51 @@ def full_rank_like(data: DataConfig, count: int, gen: torch.Generator) -> torch.
     return (torch.rand((count, data.m, data.n), generator=gen) * 2 - 1) * half_width
 
 
-def substituted(batch: Batch, value: float | None) -> Batch:
-    """The batch with hidden tokens replaced by the token of `value` (None keeps MASK)."""
-    if value is None:
-        return batch
-    token = value_to_id(torch.tensor([value])).item()
-    tokens = torch.where(batch.mask, torch.full_like(batch.tokens, token), batch.tokens)
-    return dataclasses.replace(batch, tokens=tokens)
+def shares(tokens: torch.Tensor, inputs: torch.Tensor) -> dict[str, float]:
+    """Of output tokens (B, n): the share equal to the output before them (`repeat`, over the
+    n - 1 pairs) and to the input token (B, m) at the same index (`copy`, over the first
+    min(n, m))."""
+    k = min(tokens.shape[1], inputs.shape[1])
+    return {
+        "repeat": (tokens[:, 1:] == tokens[:, :-1]).float().mean().item(),
+        "copy": (tokens[:, :k] == inputs[:, :k]).float().mean().item(),
+    }
 
 
-def run(
-    inputs: Inputs,
-    seed: Seed = 0,
-    n: Count = 512,
-    substitutes: Annotated[tuple[float, ...], each(between(-VOCAB_MAX, VOCAB_MAX))] = (0.44, -0.24),
-) -> Result:
+def output_rows(inputs: Inputs, n: int, seed: int) -> list[dict[str, Any]]:
+    """One row per chosen checkpoint: the model's and the data's repeat and copy fractions, and
+    the task's metrics, on the seeded batch."""
+    task, batch = inputs.task, inputs.batch(n, seed)
+    rows = []
+    for step, model in inputs.models.items():
+        out: Outputs = task.outputs(model, inputs.cfg, batch)
+        model_s, data_s = shares(out.pred, out.inputs), shares(out.target, out.inputs)
+        rows.append(
+            {
+                "step": step,
+                "repeat": model_s["repeat"],
+                "data_repeat": data_s["repeat"],
+                "copy": model_s["copy"],
+                "data_copy": data_s["copy"],
+                "metrics": task.evaluate(model, batch),
+            }
+        )
+    return rows
+
+
+def substitute_rows(
+    inputs: Inputs, n: int, seed: int, substitutes: tuple[float, ...]
+) -> list[dict[str, Any]]:
+    """Table 1: at each chosen checkpoint, on low-rank and full-rank inputs, MASK or each
+    substitute at the hidden entries."""
     data = dataclasses.replace(inputs.data, clip=True)
-    low_rank = seeded_batch(data, n, seed)
+    low_rank = inputs.batch(n, seed, data)
     full_rank = make_batch(full_rank_like(data, n, generator(seed + 1)), low_rank.mask, clip=True)
     rows = []
     for step, model in inputs.models.items():
         for kind, base in (("low-rank", low_rank), ("full-rank", full_rank)):
             for value in (None, *substitutes):
-                batch = substituted(base, value)
+                batch = inputs.task.substitute(base, value)
                 pred = model.predict(batch.tokens)
                 sub = 0.0 if value is None else round(value, 2)
                 rows.append(
@@ -81,11 +118,37 @@ def run(
                         "mse_to_substitute": ((pred[batch.mask] - sub) ** 2).mean().item(),
                     }
                 )
-    return Result({"rows": rows, "n": n, "seed": seed, "mask_token": MASK_ID})
+    return rows
+
+
+def run(
+    inputs: Inputs,
+    seed: Seed = 0,
+    n: Count = 512,
+    substitutes: Annotated[tuple[float, ...], each(between(-VOCAB_MAX, VOCAB_MAX))] = (0.44, -0.24),
+) -> Result:
+    provided = inputs.task.provides(inputs.cfg)
+    numbers: dict[str, Any] = {"n": n, "seed": seed}
+    if "substitute" in provided and needs_hidden(inputs.cfg) is None:
+        numbers["rows"] = substitute_rows(inputs, n, seed, substitutes)
+        numbers["mask_token"] = MASK_ID
+    if "outputs" in provided:
+        task = inputs.task
+        numbers["headline"], numbers["headline_label"] = task.headline, task.headline_label
+        numbers["outputs"] = output_rows(inputs, n, seed)
+    return Result(numbers)
 
 
 def plot(result: Result, out: Path) -> list[Path]:
-    rows = result.numbers["rows"]
+    paths = []
+    if "rows" in result.numbers:
+        paths.append(_plot_substitutes(result.numbers["rows"], out))
+    if "outputs" in result.numbers:
+        paths.append(_plot_outputs(result.numbers["outputs"], out))
+    return paths
+
+
+def _plot_substitutes(rows: list[dict[str, Any]], out: Path) -> Path:
     steps = sorted({r["step"] for r in rows})
     kinds = list(dict.fromkeys(r["input"] for r in rows))
     subs = list(dict.fromkeys(str(r["substitute"]) for r in rows))
@@ -108,23 +171,93 @@ def plot(result: Result, out: Path) -> list[Path]:
             ax.set_yscale("log")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
-    return [path]
+    return path
+
+
+def _plot_outputs(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Repeat and copy fractions of the outputs per checkpoint, the data's as a dashed line."""
+    path = out / "repetition.png"
+    labels = [str(r["step"]) for r in rows]
+    with figure(path, 1, 2, figsize=(8, 3.4)) as (fig, axes):
+        for ax, key, what in zip(
+            axes[0],
+            ("repeat", "copy"),
+            ("output equal to the one before", "output equal to the input at its index"),
+        ):
+            ax.bar(labels, [r[key] for r in rows], color="tab:blue", label="model (argmax)")
+            ax.axhline(rows[0][f"data_{key}"], color="gray", ls="--", lw=1, label="data")
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("checkpoint step")
+            ax.set_title(f"share of outputs: {what}", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+        axes[0][0].legend(fontsize=8)
+    return path
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    rows = [
-        [
-            x["step"],
-            x["input"],
-            x["substitute"],
-            x["loss_obs"],
-            x["mse_to_substitute"],
-            x["loss_mask"],
+    out: list[Table | Text] = []
+    if "rows" in r:
+        rows = [
+            [
+                x["step"],
+                x["input"],
+                x["substitute"],
+                x["loss_obs"],
+                x["mse_to_substitute"],
+                x["loss_mask"],
+            ]
+            for x in r["rows"]
         ]
-        for x in r["rows"]
-    ]
-    return [
-        Table(
-            ["step", "input", "at hidden", "L_obs", "MSE to substitute", "L_mask (vs truth)"], rows
+        out.append(
+            Table(
+                ["step", "input", "at hidden", "L_obs", "MSE to substitute", "L_mask (vs truth)"],
+                rows,
+            )
         )
+    if "outputs" in r:
+        out += _render_outputs(r)
+    return out
+
+
+def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
+    key, label = r["headline"], r["headline_label"]
+    rows = r["outputs"]
+    first = rows[0]
+    words = [
+        f"At step {x['step']} ({label} {x['metrics'][key]:.3g}) {x['repeat']:.0%} of the "
+        f"model's outputs repeat the output before them and {x['copy']:.0%} copy the input "
+        "token at their index."
+        for x in rows
+    ]
+    # the checkpoint whose outputs repeat most, beside the data's: a repetition bias or not
+    most = max(rows, key=lambda x: x["repeat"] / max(x["data_repeat"], 1e-12))
+    repeats = most["repeat"] / max(most["data_repeat"], 1e-12)
+    verdict = (
+        "the follow-up's repetition bias"
+        if repeats > 1.5
+        else "unlike the follow-up's repetition bias (many more repeats than the data's)"
+    )
+    return [
+        Text(
+            f"The model's argmax outputs (teacher-forced) on {r['n']} sequences. In the data "
+            f"{first['data_repeat']:.0%} of outputs repeat the one before and "
+            f"{first['data_copy']:.0%} equal the input at their index. "
+            + " ".join(words)
+            + f" At most (step {most['step']}) the outputs repeat {repeats:.1f}x as often as "
+            f"the data's: {verdict}."
+        ),
+        Table(
+            ["step", label, "repeat (model)", "repeat (data)", "copy (model)", "copy (data)"],
+            [
+                [
+                    x["step"],
+                    x["metrics"][key],
+                    x["repeat"],
+                    x["data_repeat"],
+                    x["copy"],
+                    x["data_copy"],
+                ]
+                for x in rows
+            ],
+        ),
     ]

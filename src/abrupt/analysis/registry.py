@@ -146,12 +146,20 @@ def plan(
 
 
 def missing(mod: ModuleType, cfg: Config) -> str | None:
-    """Why the run's task cannot serve analysis `mod`: the capabilities (`NEEDS`) it does not
-    provide; None when it provides them all."""
-    lacking = sorted(set(getattr(mod, "NEEDS", ())) - tasks.get(cfg.task.name).provides(cfg))
-    if not lacking:
-        return None
-    return f"task {cfg.task.name} does not provide {', '.join(lacking)} (tasks/base.py)"
+    """Why the run's task cannot serve analysis `mod`: the capabilities it needs (`NEEDS`, every
+    one) that the task does not provide, or none of those it can use (`NEEDS_ANY`, at least one);
+    None when it provides enough."""
+    provided = tasks.get(cfg.task.name).provides(cfg)
+    lacking = sorted(set(getattr(mod, "NEEDS", ())) - provided)
+    if lacking:
+        return f"task {cfg.task.name} does not provide {', '.join(lacking)} (tasks/base.py)"
+    any_of = sorted(getattr(mod, "NEEDS_ANY", ()))
+    if any_of and not provided & set(any_of):
+        return (
+            f"task {cfg.task.name} provides none of {', '.join(any_of)} (one is needed; "
+            "tasks/base.py)"
+        )
+    return None
 
 
 def quick_options(

@@ -21,8 +21,9 @@ optional call named in `provides(cfg)`:
                    (the paper's copying test, Table 1)
     matrices       low-rank matrices themselves (the nuclear-norm comparison, OOD inputs)
 
-An analysis declares the capabilities it needs (`NEEDS` in its module) and runs wherever a task
-provides them; a task lists no analysis. docs/extending.md shows a task written against this.
+An analysis declares the capabilities it needs (`NEEDS` in its module; `NEEDS_ANY`: one of these at
+least) and runs wherever a task provides them; a task lists no analysis. docs/extending.md shows
+a task written against this.
 """
 
 from __future__ import annotations
