@@ -1,4 +1,4 @@
-"""Issue 27: one test per public bug kind, each failing on the code before its fix."""
+"""Issues 27 and 44: one test per public bug kind, each failing on the code before its fix."""
 
 import json
 import math
@@ -228,3 +228,25 @@ def test_a_size_mixture_refuses_batches_that_starve_sizes():
         tiny("data.sizes=2x2,3x3,4x4,5x5,6x6,7x7", "data.rank=1", "train.batch_size=2")
     with pytest.raises(ConfigError, match="train.eval_size=3"):
         tiny("data.sizes=5x5,6x6,7x7,7x6", "data.rank=1", "train.eval_size=3")
+
+
+# --- Issue 44 ----------------------------------------------------------------------------------
+
+
+def test_an_integer_never_passes_through_a_float():
+    """cyclopts #582 kind: `seed=9007199254740993` trained seed ...992, a sweep's
+    `seed=9007199254740995` trained ...996, and 2^62 - 1 (inside the range) was refused as 2^62."""
+    from abrupt.config import MAX_SEED, Config
+    from abrupt.sweep.runner import config_of, expand, spec_from_args
+
+    for seed in (2**53 + 1, MAX_SEED - 1):
+        assert tiny(f"seed={seed}").seed == seed
+    assert tiny("train.steps=1e3", "model.width=32.0").train.steps == 1000
+    trial = expand(spec_from_args("tiny", ["seed=9007199254740995"]))[0]
+    assert config_of("tiny", trial.overrides).seed == 9007199254740995
+    # config.json: a float stands for an integer only below 2^53, where it cannot be a neighbour
+    assert Config.from_dict({"seed": 3.0}).seed == 3
+    with pytest.raises(ConfigError, match="seed: expected an integer"):
+        Config.from_dict({"seed": float(2**60)})
+    with pytest.raises(ConfigError, match="at most 100 digits"):
+        tiny("train.steps=1e400")

@@ -8,6 +8,7 @@ rebuild the run exactly. Validation happens before anything is written: a bad va
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import functools
 import math
 import re
@@ -321,9 +322,10 @@ class Config:
         checks.validate_run, which names an unknown task or architecture first). ConfigError for
         a section no part of abrupt declares."""
         cfg = cls()
-        for key in ("preset", "seed"):
-            if key in d:
-                setattr(cfg, key, d[key])
+        if "preset" in d:
+            cfg.preset = d["preset"]
+        if "seed" in d:  # typed as every other key is: an int, not a float or a string
+            set_key(cfg, "seed", d["seed"])
         for section in d:
             if section in ("preset", "seed"):
                 continue
@@ -389,13 +391,7 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
                 return False
             raise ConfigError(f"{key}: expected true/false, got '{raw}'")
         if typ is int:
-            try:
-                f = float(text)
-            except ValueError:
-                raise ConfigError(f"{key}: expected an integer, got '{raw}'") from None
-            if not f.is_integer():
-                raise ConfigError(f"{key}: expected an integer, got '{raw}'")
-            return int(f)
+            return _integer(key, text, raw)
         if typ is float:
             try:
                 return float(text)
@@ -405,7 +401,9 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
     if typ is bool and not isinstance(raw, bool):
         raise ConfigError(f"{key}: expected true/false, got {raw!r}")
     if typ is int and (isinstance(raw, bool) or not isinstance(raw, int)):
-        if isinstance(raw, float) and raw.is_integer():
+        # a float (from JSON) stands for an integer only where every integer is a float: above
+        # 2^53 it may already be its neighbour
+        if isinstance(raw, float) and raw.is_integer() and abs(raw) <= 2**53:
             return int(raw)
         raise ConfigError(f"{key}: expected an integer, got {raw!r}")
     if typ is float and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
@@ -415,6 +413,30 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
     if typ is str and not isinstance(raw, str):
         raise ConfigError(f"{key}: expected a string, got {raw!r}")
     return raw
+
+
+# digits an integer key may be written with (1e400 would otherwise be built digit by digit)
+MAX_INT_DIGITS = 100
+
+
+def _integer(key: str, text: str, raw: str) -> int:
+    """`text` as an exact integer: 12, 1_000, or an integral decimal such as 1e4 or 32.0, read
+    through Decimal, never through a float (which rounds above 2^53). ConfigError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        d = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        d = None
+    if d is None or not d.is_finite() or d != d.to_integral_value():
+        raise ConfigError(f"{key}: expected an integer, got '{raw}'")
+    if d.adjusted() >= MAX_INT_DIGITS:
+        raise ConfigError(
+            f"{key}: expected an integer of at most {MAX_INT_DIGITS} digits, got '{raw}'"
+        )
+    return int(d)
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
