@@ -250,3 +250,35 @@ def test_an_integer_never_passes_through_a_float():
         Config.from_dict({"seed": float(2**60)})
     with pytest.raises(ConfigError, match="at most 100 digits"):
         tiny("train.steps=1e400")
+
+
+def test_a_spec_file_means_what_it_shows(tmp_path):
+    """pyyaml #173/#165 kind: a key given twice kept the last, `010` was eight, and null became
+    the text 'None', which passed as train.init_from."""
+    from abrupt.run.rundir import RunDirError, read_config
+    from abrupt.sweep.runner import spec_from_file
+
+    def spec(text):
+        path = tmp_path / "spec.yaml"
+        path.write_text(text if text.startswith("preset") else f"preset: tiny\n{text}\n")
+        return spec_from_file(path)
+
+    assert spec("seeds: [010, 011]").seeds == [10, 11]
+    assert spec("grid: {train.log_to: [no, off]}").grid == {"train.log_to": ["no", "off"]}
+    for text, message in (
+        ("grid:\n  model.width: [32, 48]\n  model.width: [64]", 'line 4: .*"model.width"'),
+        ("fixed: {train.init_from: null}", "train.init_from: null is not a value"),
+        ("grid: {model.width: [32, ~]}", "model.width: null is not a value"),
+        ("fixed: {model.width: [32, 48]}", "fixed: model.width takes one value"),
+        ("preset: [tiny]", "preset must be a preset's name"),
+    ):
+        with pytest.raises(ConfigError, match=message) as e:
+            spec(text)
+        assert "\n" not in str(e.value)
+    # the same kind in JSON: a config.json giving a key twice is refused, not read as its last
+    run = tmp_path / "run"
+    run.mkdir()
+    text = json.dumps(tiny().to_dict())
+    (run / "config.json").write_text(text.replace('"seed": 0', '"seed": 0, "seed": 5'))
+    with pytest.raises(RunDirError, match="key 'seed' given twice"):
+        read_config(run)

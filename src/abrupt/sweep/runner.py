@@ -83,7 +83,16 @@ class Trial:
 
 
 def _values(key: str, raw: Any) -> list[str]:
+    """A key's value or list of values (from a spec file or the command line) as override texts.
+    ConfigError for an empty list or value, YAML's null (no key takes None: an empty string is
+    '') and a mapping or nested list."""
     values = raw if isinstance(raw, list) else [raw]
+    if any(v is None for v in values):
+        raise ConfigError(
+            f"sweep: {key}: null is not a value (no key can be None); write '' for an empty text"
+        )
+    if any(not isinstance(v, (str, int, float)) for v in values):
+        raise ConfigError(f"sweep: {key}: a value must be a number, text or true/false")
     out = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
     if not out or any(not v.strip() for v in out):
         raise ConfigError(f"sweep: {key} needs a non-empty list of values")
@@ -116,14 +125,31 @@ def _seed(raw: str) -> int:
         raise ConfigError(f"sweep: seed '{raw}' is not an integer") from None
 
 
-def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
-    """A YAML spec file (see the README): preset, fixed, grid, zip, seeds (a list, or a count)."""
-    import yaml
+def read_yaml(path: Path) -> Any:
+    """A YAML file as YAML 1.2 reads it (ruamel.yaml, not PyYAML's 1.1): `010` is ten, not eight;
+    `no`, `on` and `1:20` are text; null is None. ConfigError in one line for a file that cannot be
+    read, is not YAML, or gives a key twice in one mapping (which YAML 1.1 readers resolve silently
+    to the last)."""
+    from ruamel.yaml import YAML, YAMLError
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"sweep spec {path}: cannot read it ({e})") from None
+        return YAML(typ="safe", pure=True).load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        # a duplicate's problem goes on with its values' types ("[]"), which say nothing
+        problem = str(getattr(e, "problem", None) or e).split(" with value ")[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
+    """A YAML spec file (see the README): preset, fixed, grid, zip, seeds (a list, or a count)."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise ConfigError(f"sweep spec {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(
             f"sweep spec {path}: expected a mapping with preset, fixed, grid, zip, seeds"
@@ -151,9 +177,17 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
         if not isinstance(section, dict):
             raise ConfigError(f"sweep spec {path}: {name} must map keys to values")
         sections[name] = section
+    fixed = {}
+    for k, v in sections["fixed"].items():
+        if isinstance(v, list):  # one value for every trial: a list is a grid's
+            raise ConfigError(f"sweep spec {path}: fixed: {k} takes one value; sweep it in grid")
+        fixed[k] = _values(k, v)[0]
+    preset_raw = raw.get("preset", "small")
+    if not isinstance(preset_raw, str):
+        raise ConfigError(f"sweep spec {path}: preset must be a preset's name, got {preset_raw!r}")
     return SweepSpec(
-        preset=preset_name or str(raw.get("preset", "small")),
-        fixed={k: _values(k, v)[0] for k, v in sections["fixed"].items()},
+        preset=preset_name or preset_raw,
+        fixed=fixed,
         grid={k: _values(k, v) for k, v in sections["grid"].items()},
         zip={k: _values(k, v) for k, v in sections["zip"].items()},
         seeds=[_seed(str(s)) for s in seeds],
