@@ -282,3 +282,32 @@ def test_a_spec_file_means_what_it_shows(tmp_path):
     (run / "config.json").write_text(text.replace('"seed": 0', '"seed": 0, "seed": 5'))
     with pytest.raises(RunDirError, match="key 'seed' given twice"):
         read_config(run)
+
+
+def test_a_comma_inside_a_list_value_is_not_a_grid(capsys):
+    """hydra #573 kind: `train.log_to=tensorboard,wandb` ran a trial per tracker, and no value of
+    attn_bias.layers, train.trainable or train.group_lr could hold a comma on the command line."""
+    from abrupt.cli import main
+    from abrupt.sweep.runner import spec_from_args
+
+    spec = spec_from_args(
+        "tiny",
+        [
+            "seed=0,1",
+            "model.width=32,64",
+            "train.log_to=tensorboard,wandb",
+            "attn_bias.layers=0,1",
+            "train.group_lr=pos_embed=10,mlp=0.5",
+        ],
+    )
+    assert spec.seeds == [0, 1] and spec.grid == {"model.width": ["32", "64"]}
+    assert spec.fixed == {
+        "train.log_to": "tensorboard,wandb",
+        "attn_bias.layers": "0,1",
+        "train.group_lr": "pos_embed=10,mlp=0.5",
+    }
+    # `;` separates swept values, of a list key too
+    spec = spec_from_args("tiny", ["train.trainable=attention;mlp", "attn_bias.layers=0,1;2"])
+    assert spec.grid == {"train.trainable": ["attention", "mlp"], "attn_bias.layers": ["0,1", "2"]}
+    assert main(["sweep", "--help"]) == 0
+    assert "train.log_to=tensorboard,wandb" in capsys.readouterr().out

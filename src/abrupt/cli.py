@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import tracking
 from .checks import validate_run
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
+from .config.schema import field_docs
 from .run import checkpoints
 from .run.rundir import atomic_write_json, dumps, read_run
 
@@ -172,7 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     _threads_arg(a)
 
     w = sub.add_parser(
-        "sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray"
+        "sweep",
+        help="many trainings at once: a grid of overrides, on a local pool or Ray",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_sweep_values_text(),
     )
     w.add_argument(
         "spec",
@@ -208,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="key=a,b,c",
-        help="swept (several values) or fixed (one value) keys; seed=0,1,2",
+        help="swept (several values) or fixed (one value) keys; seed=0,1,2 (values: see below)",
     )
 
     k = sub.add_parser(
@@ -263,6 +268,22 @@ def _parser() -> argparse.ArgumentParser:
         help="hf DIR: a new or empty directory that transformers' from_pretrained loads",
     )
     return p
+
+
+def _sweep_values_text() -> str:
+    """`abrupt sweep --help`'s rule for a comma (sweep.runner.split_values applies it)."""
+    lists = [k for k, (typ, _, _) in field_docs().items() if typ == "list"]
+    rule = (
+        "A comma separates a key's swept values: model.width=32,64 seed=0,1 is four trials. A key "
+        "whose one value is itself a comma list (type list in `abrupt train --help`: "
+        f"{', '.join(lists)}) takes the whole text as that value: train.log_to=tensorboard,wandb "
+        "is one trial with both trackers. A ';' separates swept values for any key, and is the "
+        "way to sweep a list key (quote it for the shell): 'train.trainable=attention;mlp' is two "
+        "trials, 'attn_bias.layers=0,1;2' two."
+    )
+    return "values:\n" + "\n".join(
+        textwrap.wrap(rule, 96, initial_indent="  ", subsequent_indent="  ")
+    )
 
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:

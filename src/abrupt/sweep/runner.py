@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..checks import validate_run
-from ..config import ConfigError, apply_overrides, preset
+from ..config import ConfigError, apply_overrides, key_type, preset
 from ..config.schema import RENAMED
 from ..run.rundir import (
     RunDirError,
@@ -101,14 +101,14 @@ def _values(key: str, raw: Any) -> list[str]:
 
 def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
     """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with
-    seeds."""
+    seeds. Where a comma separates values: `split_values`."""
     spec = SweepSpec(preset=preset_name)
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"sweep: '{item}' is not of the form key=value or key=a,b,c")
-        values = _values(key, [v.strip() for v in raw.split(",")])
+        values = _values(key, split_values(key, raw))
         if key == "seed":
             spec.seeds = [_seed(v) for v in values]
         elif len(values) > 1:
@@ -116,6 +116,18 @@ def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
         else:
             spec.fixed[key] = values[0]
     return spec
+
+
+def split_values(key: str, raw: str) -> list[str]:
+    """The values of a command line's `key=raw`: split at each `;` if it has one (any key: the
+    explicit form), else at each `,` unless the key's one value is itself a comma list (type
+    `list`: train.log_to, attn_bias.layers, ...), which takes `raw` whole. ConfigError for an
+    unknown key."""
+    if ";" in raw:
+        return [v.strip() for v in raw.split(";")]
+    if key_type(key) == "list":
+        return [raw.strip()]
+    return [v.strip() for v in raw.split(",")]
 
 
 def _seed(raw: str) -> int:
