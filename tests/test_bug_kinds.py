@@ -9,6 +9,7 @@ import torch
 
 from abrupt import interventions
 from abrupt.analysis.probe import r_squared
+from abrupt.checks import validate_run
 from abrupt.config import ConfigError, apply_overrides, preset
 from abrupt.data import generator, id_to_value, make_batch, sample_batch
 from abrupt.dynamics import forecast, transition
@@ -282,6 +283,8 @@ def test_a_spec_file_means_what_it_shows(tmp_path):
     (run / "config.json").write_text(text.replace('"seed": 0', '"seed": 0, "seed": 5'))
     with pytest.raises(RunDirError, match="key 'seed' given twice"):
         read_config(run)
+    with pytest.raises(ConfigError, match="group 'mlp' given twice"):
+        validate_run(tiny("train.group_lr=mlp=2,mlp=0.5"))
 
 
 def test_a_comma_inside_a_list_value_is_not_a_grid(capsys):
@@ -311,3 +314,44 @@ def test_a_comma_inside_a_list_value_is_not_a_grid(capsys):
     assert spec.grid == {"train.trainable": ["attention", "mlp"], "attn_bias.layers": ["0,1", "2"]}
     assert main(["sweep", "--help"]) == 0
     assert "train.log_to=tensorboard,wandb" in capsys.readouterr().out
+
+
+def escaping_run(path, escape):
+    """A run directory (tiny's config) whose L_mask sits at 0.2 and escapes at `escape`."""
+    from abrupt.run.rundir import atomic_write_json
+
+    path.mkdir(parents=True)
+    atomic_write_json(path / "config.json", tiny().to_dict())
+    rows = [
+        {"step": s, "eval_loss_mask": 0.2 if s < escape else 0.2 * 0.5 ** ((s - escape) / 50)}
+        for s in range(0, escape + 600, 25)
+    ]
+    write_metrics(path, rows)
+
+
+def test_a_run_given_twice_is_one_run(tmp_path, capsys):
+    """datasets #4261 kind: `abrupt forecast RUN RUNS` with RUN inside RUNS used one directory as
+    a calibration and an evaluation run; `t1 t1` was two runs."""
+    from abrupt.cli import main
+    from abrupt.dynamics.study import CAL, EVAL, load_runs
+
+    for name, escape in (("a", 2000), ("b", 2500)):
+        escaping_run(tmp_path / "runs" / name, escape)
+    a = tmp_path / "runs" / "a"
+    runs, repeats = load_runs([a, tmp_path / "runs", tmp_path / "runs" / ".." / "runs" / "a"])
+    assert [r.role for r in runs] == [CAL, EVAL] and len(repeats) == 2
+    out = tmp_path / "out"
+    assert main(["forecast", str(a), str(tmp_path / "runs"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"dropped as repeats: {a}" in printed
+    roles = [r["role"] for r in json.loads((out / "results.json").read_text())["runs"]]
+    assert sorted(roles) == [CAL, EVAL]
+    assert main(["forecast", str(a), str(a), "--out", str(out)]) == 2
+    assert "found 1" in capsys.readouterr().err
+    # the same kind in a list option: a setting given twice was computed and counted twice
+    from abrupt.analysis.registry import parse_option
+
+    with pytest.raises(ValueError, match="'0.1' given twice"):
+        parse_option("compare", "p_masks", "0.1,0.2,0.1")
+    assert main(["baseline", "--lambdas", "1e-3,0.001", "--n", "4"]) == 2
+    assert "give each number once" in capsys.readouterr().err

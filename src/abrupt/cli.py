@@ -305,6 +305,8 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
+    if len(set(values)) < len(values):  # a setting given twice would be computed and shown twice
+        raise argparse.ArgumentTypeError(f"give each number once, got '{text}'")
     return values
 
 
@@ -726,9 +728,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
     try:
-        runs = forecast_study.load_runs(args.paths)
+        runs, repeats = forecast_study.load_runs(args.paths)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
+    if repeats:
+        print(f"forecast: each run counted once; dropped as repeats: {', '.join(repeats)}")
     if len(runs) < 2:
         raise UsageError(
             f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"

@@ -590,7 +590,8 @@ def validate_data(d: DataConfig) -> None:
 
 
 def group_lr(spec: str) -> dict[str, float]:
-    """'pos_embed=10,mlp=0.5' -> {'pos_embed': 10.0, 'mlp': 0.5}."""
+    """'pos_embed=10,mlp=0.5' -> {'pos_embed': 10.0, 'mlp': 0.5}. ConfigError for an item that is
+    not GROUP=POSITIVE_NUMBER or a group given twice (which would keep its last number)."""
     out = {}
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         name, sep, value = item.partition("=")
@@ -600,6 +601,8 @@ def group_lr(spec: str) -> dict[str, float]:
             scale = math.nan
         if not sep or not 0 < scale < math.inf:
             raise ConfigError(f"train.group_lr: '{item}' is not GROUP=POSITIVE_NUMBER")
+        if name.strip() in out:
+            raise ConfigError(f"train.group_lr: group '{name.strip()}' given twice")
         out[name.strip()] = scale
     return out
 
