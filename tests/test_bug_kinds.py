@@ -355,3 +355,35 @@ def test_a_run_given_twice_is_one_run(tmp_path, capsys):
         parse_option("compare", "p_masks", "0.1,0.2,0.1")
     assert main(["baseline", "--lambdas", "1e-3,0.001", "--n", "4"]) == 2
     assert "give each number once" in capsys.readouterr().err
+
+
+def test_the_nnsight_example_compares_like_with_like(tmp_path, monkeypatch, capsys):
+    """After `abrupt analyze RUN --only patching --quick` (n 64) the example printed its own
+    recovery at n 256 beside the analysis's, with no sign that the sample sizes differ."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("nnsight")
+    from abrupt.cli import main
+
+    run = tmp_path / "run"
+    short = ["train.steps=10", "train.batch_size=16", "train.eval_size=32", "train.ckpt_every=10"]
+    assert main(["train", "--preset", "tiny", "--out", str(run), "--quiet", *short]) == 0
+    assert main(["analyze", str(run), "--only", "patching", "--steps", "10", "--quick"]) == 0
+    example = Path(__file__).resolve().parents[1] / "examples" / "nnsight_patching.py"
+
+    def compare(*flags):
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["nnsight_patching.py", str(run), "--head", "1", *flags])
+        runpy.run_path(str(example), run_name="__main__")
+        out, err = capsys.readouterr()
+        return json.loads(out.splitlines()[-1]), err
+
+    got, err = compare()
+    ours, theirs = got["nnsight"], got["abrupt analyze"]
+    assert got["comparable"] and ours["n"] == theirs["n"] == 64 and err == ""
+    assert ours["recovery_hidden"] == pytest.approx(theirs["recovery_hidden"], rel=1e-6, abs=0)
+    got, err = compare("--n", "256")
+    assert not got["comparable"] and got["nnsight"]["n"] == 256
+    assert "not comparable: nnsight at n 256 seed 0, abrupt analyze at n 64 seed 0" in err
