@@ -16,6 +16,7 @@ from abrupt.dynamics import forecast, transition
 from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics, write_metrics
 from abrupt.train.trainer import train
+from conftest import needs_extra
 
 
 def tiny(*overrides):
@@ -79,7 +80,6 @@ def test_drop_seen_at_reads_rows_prefix_by_prefix():
 
 @pytest.fixture
 def llc_model():
-    pytest.importorskip("devinterp")
     from abrupt.analysis import llc
     from abrupt.data import seeded_batch
 
@@ -96,6 +96,7 @@ def tiny_model(cfg):
     return tasks.get("matrix").build_model(cfg)
 
 
+@needs_extra("devinterp", "devinterp", "datasets")
 def test_llc_diverged_chains_are_failures_not_values(llc_model, tmp_path, monkeypatch):
     """devinterp #55 kind (diverged chains reported as 1.65e15), #39 kind (one chain's spread
     reported as 0.0) and echopype #825 kind (each estimate left its samples.zarr behind)."""
