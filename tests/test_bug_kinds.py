@@ -254,7 +254,7 @@ def test_an_integer_never_passes_through_a_float():
         tiny("train.steps=1e400")
 
 
-def test_a_spec_file_means_what_it_shows(tmp_path):
+def test_a_spec_file_means_what_it_shows(tmp_path, capsys):
     """pyyaml #173/#165 kind: a key given twice kept the last, `010` was eight, and null became
     the text 'None', which passed as train.init_from."""
     from abrupt.run.rundir import RunDirError, read_config
@@ -286,6 +286,14 @@ def test_a_spec_file_means_what_it_shows(tmp_path):
         read_config(run)
     with pytest.raises(ConfigError, match="group 'mlp' given twice"):
         validate_run(tiny("train.group_lr=mlp=2,mlp=0.5"))
+    # and on a command line that is a spec: a key given twice is refused, not read as its last
+    from abrupt.cli import main
+    from abrupt.sweep.runner import spec_from_args
+
+    with pytest.raises(ConfigError, match="model.hidden given more than once"):
+        spec_from_args("tiny", ["model.width=32", "model.hidden=64"])
+    assert main(["analyze", str(run), "--set", "patching.n=8", "--set", "patching.n=16"]) == 2
+    assert "--set patching.n given more than once" in capsys.readouterr().err
 
 
 def test_a_comma_inside_a_list_value_is_not_a_grid(capsys):

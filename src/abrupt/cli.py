@@ -588,6 +588,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         name, dot, option = key.partition(".")
         if not sep or not dot:
             raise UsageError(f"--set '{item}': expected analysis.option=value")
+        if option in opts.get(name, {}):  # the second would silently win
+            raise UsageError(f"--set {key} given more than once")
         try:
             opts.setdefault(name, {})[option] = parse_option(name, option, value)
         except ValueError as e:

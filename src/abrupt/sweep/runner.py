@@ -103,11 +103,15 @@ def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
     """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with
     seeds. Where a comma separates values: `split_values`."""
     spec = SweepSpec(preset=preset_name)
+    seen = set()
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"sweep: '{item}' is not of the form key=value or key=a,b,c")
+        if RENAMED.get(key, key) in seen:  # as in a spec file: the second must not just win
+            raise ConfigError(f"sweep: {key} given more than once; give all its values in one")
+        seen.add(RENAMED.get(key, key))
         values = _values(key, split_values(key, raw))
         if key == "seed":
             spec.seeds = [_seed(v) for v in values]
