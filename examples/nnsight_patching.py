@@ -5,6 +5,11 @@ with nnsight instead of abrupt's hooks.
     abrupt analyze RUN --only patching --steps STEP   # RUN/analysis/patching/results.json
     python examples/nnsight_patching.py RUN --step STEP --layer 1 --head 0
 
+It patches the analysis's own matrices: the sample size n and seed its results.json records
+(`--quick` makes n smaller), unless --n/--seed say otherwise; then, or when the analysis patched
+only some positions, the output says the two numbers are not comparable ("comparable": false,
+and a line on standard error naming both settings).
+
 Needs `pip install 'abrupt[nnsight]'`. docs/hooks.md explains it; tests/test_examples.py runs it
 and holds it to the analysis.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -56,16 +62,37 @@ def patch_head(run: Path, step: int | None, layer: int, head: int, n: int = 256,
     }
 
 
-def reported(run: Path, step: int, layer: int, head: int) -> dict[str, float] | None:
-    """The same head's numbers as `abrupt analyze --only patching` wrote them, if it has."""
+def analysis_results(run: Path) -> dict | None:
+    """RUN/analysis/patching/results.json, if `abrupt analyze --only patching` has written it."""
     path = Path(run) / "analysis" / "patching" / "results.json"
-    entry = json.loads(path.read_text())["steps"].get(str(step)) if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def reported(results: dict | None, step: int, layer: int, head: int) -> dict | None:
+    """The same head's numbers as the analysis wrote them, with the settings they were measured
+    at (n, seed, positions); None where it has no such step."""
+    entry = results["steps"].get(str(step)) if results else None
     if entry is None:
         return None
     return {
-        f"recovery_{where}": entry[f"per_head_recovery_{where}"][layer][head]
-        for where in ("hidden", "observed")
+        **{k: results[k] for k in ("n", "seed", "positions")},
+        **{
+            f"recovery_{where}": entry[f"per_head_recovery_{where}"][layer][head]
+            for where in ("hidden", "observed")
+        },
     }
+
+
+def unlike(ours: dict, theirs: dict) -> str | None:
+    """Why the two recoveries are not the same measurement, or None when they are."""
+    if theirs["positions"] != "all":  # this example patches every position
+        return f"abrupt analyze patched positions={theirs['positions']}, this example all"
+    if (ours["n"], ours["seed"]) != (theirs["n"], theirs["seed"]):
+        return (
+            f"nnsight at n {ours['n']} seed {ours['seed']}, abrupt analyze at n {theirs['n']} "
+            f"seed {theirs['seed']}; leave out --n and --seed to use the analysis's"
+        )
+    return None
 
 
 def main() -> None:
@@ -74,12 +101,20 @@ def main() -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: the last)")
     p.add_argument("--layer", type=int, default=0)
     p.add_argument("--head", type=int, default=0)
-    p.add_argument("--n", type=int, default=256, help="matrices (the analysis's patching.n)")
-    p.add_argument("--seed", type=int, default=0, help="their seed (patching.seed)")
+    p.add_argument("--n", type=int, help="matrices (default: the analysis's n, else 256)")
+    p.add_argument("--seed", type=int, help="their seed (default: the analysis's, else 0)")
     a = p.parse_args()
-    ours = patch_head(a.run, a.step, a.layer, a.head, a.n, a.seed)
-    theirs = reported(a.run, ours["step"], a.layer, a.head)
-    print(json.dumps({"nnsight": ours, "abrupt analyze": theirs}))
+    results = analysis_results(a.run)
+    measured = results or {"n": 256, "seed": 0}  # the analysis's defaults, where it has not run
+    n = measured["n"] if a.n is None else a.n
+    seed = measured["seed"] if a.seed is None else a.seed
+    ours = {**patch_head(a.run, a.step, a.layer, a.head, n, seed), "n": n, "seed": seed}
+    theirs = reported(results, ours["step"], a.layer, a.head)
+    why = unlike(ours, theirs) if theirs else None
+    if why:
+        print(f"not comparable: {why}", file=sys.stderr)
+    comparable = theirs is not None and why is None
+    print(json.dumps({"nnsight": ours, "abrupt analyze": theirs, "comparable": comparable}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -71,3 +73,17 @@ def plugin_cli(plugins: dict[str, Path], *args: str) -> subprocess.CompletedProc
     folder, never writing into the installed package (which may be shared or read-only)."""
     code = _PLUGIN_CLI.format(plugins={k: str(v) for k, v in plugins.items()})
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+
+
+def needs_extra(extra: str, *modules: str) -> Callable[[Callable], Callable]:
+    """A decorator for a test that needs the optional extra `extra` (its `modules`), which the
+    README's set-up (`.[test]`) does not install: the test is skipped, saying what to install,
+    where one of them is missing, and marked `extra`: .ci/run runs these again once it has
+    installed the extras."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    reason = f"needs pip install 'abrupt[{extra}]' ({', '.join(missing)} not installed)"
+
+    def mark(test: Callable) -> Callable:
+        return pytest.mark.extra(pytest.mark.skipif(bool(missing), reason=reason)(test))
+
+    return mark

@@ -344,6 +344,7 @@ CHROMIUM = (
 )
 
 
+@pytest.mark.extra  # not installed by the README's set-up: .ci/run installs it, then runs these
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (installed by .ci/run)")
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     from abrupt.cli import main

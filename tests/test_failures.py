@@ -22,6 +22,7 @@ from abrupt.run import checkpoints
 from abrupt.run.rundir import read_metrics
 from abrupt.sweep.components import component_groups
 from abrupt.train.trainer import divergence_advice
+from conftest import needs_extra
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
@@ -310,9 +311,7 @@ def test_names_too_long_for_the_file_system_are_one_line(tmp_path, capfd):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("ray") is None, reason="Ray not installed"
-)
+@needs_extra("ray", "ray")
 def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path, capfd):
     t0 = time.perf_counter()
     one_line(

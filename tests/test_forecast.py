@@ -19,6 +19,7 @@ from abrupt.dynamics.forecast import (
     record,
 )
 from abrupt.dynamics.transition import detect
+from conftest import needs_extra
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -371,8 +372,8 @@ def test_the_summary_records_how_each_forecast_fared_and_the_line_shows_it(
     )["made"] == [{"step": 5, "escape": 9, "low": 8, "high": 10, "covered": None, "error": None}]
 
 
+@needs_extra("devinterp", "devinterp", "datasets")
 def test_llc_analysis_estimates_finite_reproducible_values(tmp_path):
-    pytest.importorskip("devinterp")
     from abrupt.cli import main
 
     assert (

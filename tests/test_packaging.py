@@ -93,14 +93,29 @@ def test_every_import_is_declared_and_every_dependency_imported():
     assert required <= used, f"declared but never imported: {sorted(required - used)}"
 
 
-def test_ci_runs_the_readmes_test_command_with_the_extras_it_needs():
+def test_ci_first_runs_the_readmes_set_up_and_test_commands_as_written():
+    """A fresh machine's CI starts with the README's set-up, then its test command, each exactly a
+    line of .ci/run, before anything else is installed; what they leave out (extras, Chromium)
+    comes after, with the tests that need it (marked `extra`)."""
     readme = (ROOT / "README.md").read_text()
-    found = re.search(r"^(python3 -m pytest[^#\n]*?)\s+# run the tests", readme, re.M)
-    assert found, "the README's quick start has no line `python3 -m pytest ...  # run the tests`"
-    command = found.group(1)
-    ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    assert command in ci, f"README's test command {command!r} is not a line of .ci/run"
-    if " -n " in f"{command} ":
+    lines = {}
+    quick_start = (("set up", "python3 -m pip install"), ("run the tests", "python3 -m pytest"))
+    for what, start in quick_start:
+        found = re.search(rf"^({re.escape(start)}[^#\n]*?)\s+# {what}\b", readme, re.M)
+        assert found, f"the README's quick start has no line `{start} ...  # {what}`"
+        lines[what] = found.group(1)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    commands = [line for line in ci if line and not line.startswith("#")]
+    installs = [i for i, line in enumerate(commands) if " pip install " in f" {line} "]
+    for what, command in lines.items():
+        assert command in commands, f"README's {what} command {command!r} is not a line of .ci/run"
+    setup, tests = commands.index(lines["set up"]), commands.index(lines["run the tests"])
+    assert installs[0] == setup < tests < installs[1], (
+        ".ci/run must run the README's set-up, then its test command, before installing more"
+    )
+    again = f"{lines['run the tests']} -m 'extra and not slow'"  # the default suite's, marked
+    assert again in commands[installs[1] :], f"after the extras, .ci/run runs `{again}`"
+    if " -n " in f"{lines['run the tests']} ":
         test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
             "optional-dependencies"
         ]["test"]

@@ -1,6 +1,5 @@
 """The README holds: its quick start and every command of its commands table run, on the README's
-own
-`small` run made short; every path it links or names exists in the repository; its count of
+own `small` run made short; every path it links or names exists in the repository; its count of
 analyses is the registry's.
 
 Substitutions, so that the whole table runs in about a minute (each is what a reader would type to
@@ -10,7 +9,8 @@ try the command quickly; none changes what the command does):
   data, 4 layers and 4 heads, so every row, column and head the examples name exists) and logs the
   progress measures (the table's `--only progress` needs them);
 - metavariables: NAME -> small, N -> 1 (a seed), 10 more steps (train.steps) or RUN's last
-  checkpoint (--step), PRE,POST and LAST -> checkpoints of RUN, OUT -> a scratch folder;
+  checkpoint (--step), PRE,POST and LAST -> checkpoints of RUN, OUT -> a scratch folder, DIR ->
+  RUN (forecast's: the folder holding RUN and the quick start's other runs);
 - `[optional parts]` are included (they are the examples), except those holding `...`, which are
   syntax; `a\\|b` alternatives take the first; a bare `...` (and a flag left without its value) is
   dropped;
@@ -18,7 +18,9 @@ try the command quickly; none changes what the command does):
   compare and ood, `--n 64` for baseline); `--steps 5000` of components becomes 2.
 Not run here: `pip install` and `pytest` (set-up and this suite), the GPU script (needs CUDA; its
 CPU `--smoke` form is tests/test_gpu_script.py) and the `abrupt sweep ...` placeholder (the sweep
-commands are tests/test_sweep.py's).
+commands are tests/test_sweep.py's). A row that says it needs an extra (`needs pip install
+'abrupt[EXTRA]'`, which the quick start's set-up leaves out) runs in a test of its own, skipped
+where that extra is not installed.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ ANALYSIS_N = {
     "compare": 8,
     "ood": 4,
 }
+SMALL_RUN = "abrupt train --preset small --out runs/small"  # the quick start's, the table's RUN
 NOT_RUN = (
     "python3 -m pip",
     "python3 -m pytest",
@@ -88,20 +91,35 @@ def quick_start() -> list[str]:
     return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
 
 
-def table_commands() -> list[str]:
-    """Each code span of the commands table's second column that is a command."""
+# how a row of the commands table says it needs an extra the quick start's set-up does not install
+NEEDS = re.compile(r"needs `pip install 'abrupt\[(\w+)\]'`")
+
+
+def table_commands(extra: str | None = None) -> list[str]:
+    """Each code span of the commands table's second column that is a command, in the rows that
+    need `extra` (None: in the rows that need none)."""
     rows = [
         line
         for line in section("Commands").splitlines()
         if line.startswith("| ") and not line.startswith("| what")
     ]
-    cells = [re.split(r"(?<!\\)\|", row)[2] for row in rows]
+    needs = [NEEDS.search(row) for row in rows]
+    cells = [
+        re.split(r"(?<!\\)\|", row)[2]
+        for row, need in zip(rows, needs)
+        if extra == (need.group(1) if need else None)
+    ]
     return [
         span
         for cell in cells
         for span in re.findall(r"`([^`]+)`", cell)
         if span.startswith(("abrupt ", "PYTHONPATH="))
     ]
+
+
+def extras_needed() -> list[str]:
+    """The extras rows of the commands table need."""
+    return sorted(set(NEEDS.findall(section("Commands"))))
 
 
 def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
@@ -122,8 +140,10 @@ def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
         if steps:  # checkpoints of RUN (none before the quick start has made it)
             names.update({"PRE,POST": f"{steps[1]},{steps[-1]}", "LAST": str(steps[-1])})
         word = names.get(word, word)
-        if word == "DIR":
-            word = fresh if prev == "--out" else run
+        if word == "DIR" and prev == "--out":
+            word = fresh
+        elif word == "DIR":  # forecast's: a folder of runs (RUN, also found in it, counts once)
+            word = str(Path(run).parent) if words[0] == "forecast" else run
         if word == "N" and prev == "--seed":
             word = "1"
         if word == "N" and prev == "--step":
@@ -150,19 +170,14 @@ def expand(command: str, run: str, fresh: str, steps: list[int]) -> list[str]:
     return out
 
 
-def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(
-    tmp_path, monkeypatch
-):
-    monkeypatch.chdir(tmp_path)  # the README's relative paths (runs/small) land here
-    commands = quick_start() + table_commands()
-    assert len(commands) >= 25 and any("--only attention" in c for c in commands)
+def run_commands(commands: list[str], tmp_path: Path) -> int:
+    """Run each README command (see the module docstring) in the current folder; returns how many
+    ran (those in NOT_RUN do not)."""
     ran = 0
     for i, command in enumerate(commands):
         if command.startswith(NOT_RUN):
             continue
-        if (
-            command == "abrupt train --preset small --out runs/small"
-        ):  # the quick start's run: RUN below
+        if command == SMALL_RUN:  # the quick start's run: RUN below
             args = shlex.split(command)[1:] + SMALL_NARROW
         else:
             steps = sorted(
@@ -174,7 +189,36 @@ def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(
             f"README command failed: {command}\n  ran as: abrupt {shlex.join(args)}"
         )
         ran += 1
+    return ran
+
+
+def test_quick_start_and_every_command_of_the_table_run_on_the_readmes_own_run(
+    tmp_path, monkeypatch
+):
+    """Every command but those of the rows that need an extra the quick start's set-up does not
+    install (the next test's)."""
+    monkeypatch.chdir(tmp_path)  # the README's relative paths (runs/small) land here
+    commands = quick_start() + table_commands()
+    assert len(commands) >= 25 and any("--only attention" in c for c in commands)
+    assert SMALL_RUN in commands
+    ran = run_commands(commands, tmp_path)
     assert ran == len(commands) - len([c for c in commands if c.startswith(NOT_RUN)])
+
+
+@pytest.mark.extra
+@pytest.mark.parametrize("extra", extras_needed())
+def test_the_tables_commands_that_need_an_extra_run_with_it(extra, tmp_path, monkeypatch):
+    """The rows that say `needs pip install 'abrupt[EXTRA]'`, on the quick start's run: skipped,
+    with that command, where the extra is not installed (the quick start's set-up leaves it
+    out)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["optional-dependencies"][extra]:
+        module = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].replace("-", "_")
+        pytest.importorskip(module, reason=f"needs pip install 'abrupt[{extra}]'")
+    monkeypatch.chdir(tmp_path)
+    commands = table_commands(extra)
+    assert commands and run_commands([SMALL_RUN, *commands], tmp_path) == len(commands) + 1
 
 
 def _tracked() -> set[str]:

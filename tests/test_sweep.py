@@ -13,6 +13,7 @@ import pytest
 from abrupt.cli import main
 from abrupt.config import ConfigError
 from abrupt.sweep.runner import Sweep, expand, read_results, spec_from_args, spec_from_file
+from conftest import needs_extra
 
 QUIET = ["--preset", "tiny", "--quiet", "--workers", "2"]
 
@@ -155,10 +156,7 @@ def test_two_sweeps_into_one_directory_are_refused(tmp_path, capsys):
     assert busy.rows()[0]["status"] == "done"
 
 
-@pytest.mark.skipif(
-    __import__("importlib").util.find_spec("ray") is None,
-    reason="Ray not installed (pip install 'abrupt[ray]')",
-)
+@needs_extra("ray", "ray")
 # over 20 s: `python3 -m pytest -m slow` (keeps the default suite under 10 minutes)
 @pytest.mark.slow
 def test_local_and_ray_give_the_same_numbers(tmp_path):

@@ -2,7 +2,6 @@
 the workers die with a killed sweep, and every valid grid gets distinct, short trial names.
 Kills and sweeps run real processes."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -26,12 +25,11 @@ from abrupt.sweep.runner import (
     spec_from_args,
     spec_from_file,
 )
+from conftest import needs_extra
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
-needs_ray = pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None, reason="Ray not installed (pip install 'abrupt[ray]')"
-)
+needs_ray = needs_extra("ray", "ray")
 
 
 def start_sweep(out, *items, workers=2):

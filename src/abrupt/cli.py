@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import tracking
 from .checks import validate_run
 from .config import DEFAULT_PRESET, MAX_SEED, PRESETS, ConfigError, apply_overrides, preset, set_key
 from .config.reference import keys_text
+from .config.schema import field_docs
 from .run import checkpoints
 from .run.rundir import atomic_write_json, dumps, read_run
 
@@ -172,7 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     _threads_arg(a)
 
     w = sub.add_parser(
-        "sweep", help="many trainings at once: a grid of overrides, on a local pool or Ray"
+        "sweep",
+        help="many trainings at once: a grid of overrides, on a local pool or Ray",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_sweep_values_text(),
     )
     w.add_argument(
         "spec",
@@ -208,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         "overrides",
         nargs="*",
         metavar="key=a,b,c",
-        help="swept (several values) or fixed (one value) keys; seed=0,1,2",
+        help="swept (several values) or fixed (one value) keys; seed=0,1,2 (values: see below)",
     )
 
     k = sub.add_parser(
@@ -265,6 +270,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sweep_values_text() -> str:
+    """`abrupt sweep --help`'s rule for a comma (sweep.runner.split_values applies it)."""
+    lists = [k for k, (typ, _, _) in field_docs().items() if typ == "list"]
+    rule = (
+        "A comma separates a key's swept values: model.width=32,64 seed=0,1 is four trials. A key "
+        "whose one value is itself a comma list (type list in `abrupt train --help`: "
+        f"{', '.join(lists)}) takes the whole text as that value: train.log_to=tensorboard,wandb "
+        "is one trial with both trackers. A ';' separates swept values for any key, and is the "
+        "way to sweep a list key (quote it for the shell): 'train.trainable=attention;mlp' is two "
+        "trials, 'attn_bias.layers=0,1;2' two."
+    )
+    return "values:\n" + "\n".join(
+        textwrap.wrap(rule, 96, initial_indent="  ", subsequent_indent="  ")
+    )
+
+
 def _threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help=f"CPU threads for torch (default {DEFAULT_THREADS})")
 
@@ -284,6 +305,8 @@ def _floats(text: str) -> tuple[float, ...]:
         ) from None
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got '{text}'")
+    if len(set(values)) < len(values):  # a setting given twice would be computed and shown twice
+        raise argparse.ArgumentTypeError(f"give each number once, got '{text}'")
     return values
 
 
@@ -567,6 +590,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         name, dot, option = key.partition(".")
         if not sep or not dot:
             raise UsageError(f"--set '{item}': expected analysis.option=value")
+        if option in opts.get(name, {}):  # the second would silently win
+            raise UsageError(f"--set {key} given more than once")
         try:
             opts.setdefault(name, {})[option] = parse_option(name, option, value)
         except ValueError as e:
@@ -707,9 +732,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
     if args.every < 1:
         raise UsageError(f"--every: must be >= 1, got {args.every}")
     try:
-        runs = forecast_study.load_runs(args.paths)
+        runs, repeats = forecast_study.load_runs(args.paths)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from None
+    if repeats:
+        print(f"forecast: each run counted once; dropped as repeats: {', '.join(repeats)}")
     if len(runs) < 2:
         raise UsageError(
             f"forecast: need at least 2 runs (one to calibrate, one held out), found {len(runs)}"

@@ -107,6 +107,11 @@ def _type_name(typ: Any) -> str:
 
 
 def _check_rules(analysis: str, key: str, value: Any) -> None:
+    """ValueError for a value an option's rules refuse, or a list option that repeats a value (it
+    would be computed, and counted, twice)."""
+    if isinstance(value, tuple) and len(set(value)) < len(value):
+        twice = next(v for i, v in enumerate(value) if v in value[:i])
+        raise ValueError(f"option '{analysis}.{key}': '{twice}' given twice; give each value once")
     hint = typing.get_type_hints(discover()[analysis].run, include_extras=True)[key]
     for rule in getattr(hint, "__metadata__", ()):
         if isinstance(rule, Check) and not rule.ok(value):

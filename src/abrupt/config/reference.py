@@ -19,7 +19,7 @@ def keys_text(width: int = 100) -> str:
         lines.append(f"{section or 'run'}:")
         for key in keys:
             typ, default, meaning = docs[key]
-            head = f"  {key}={default!r}" if typ == "str" else f"  {key}={default}"
+            head = f"  {key}={default!r}" if typ in ("str", "list") else f"  {key}={default}"
             lines += textwrap.wrap(f"{head} ({typ})  {meaning}", width, subsequent_indent="      ")
     return "\n".join(lines)
 

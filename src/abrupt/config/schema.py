@@ -8,11 +8,12 @@ rebuild the run exactly. Validation happens before anything is written: a bad va
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import functools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NewType
 
 VOCAB_MAX = 10.0  # value tokens cover -10.00 .. 10.00 in steps of 0.01
 MAX_POSITIONS = 1024  # m * n: attention is quadratic in it; the paper's 7x7 is 49
@@ -27,6 +28,12 @@ DISTRIBUTIONS = ("uniform", "gaussian", "laplace", "signed")
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
+
+
+# The type of a key whose one value is itself a comma-separated list, held as its text
+# (train.log_to=tensorboard,wandb, attn_bias.layers=0,1): `list` in the keys' docs. `abrupt sweep`
+# reads `key=a,b` of such a key as that one value, where for any other key it is a grid of a and b.
+CommaList = NewType("CommaList", str)
 
 
 @dataclass
@@ -59,7 +66,7 @@ class DataConfig:
     #: clip values to [-10, 10] instead of refusing entries outside the vocabulary
     clip: bool = False
     #: a mixture of matrix sizes, e.g. 4x4,5x5,6x6 (equal shares); the largest must be m x n
-    sizes: str = ""
+    sizes: CommaList = ""
 
     def size_list(self) -> list[tuple[int, int]]:
         """[(rows, columns), ...] of the mixture ([(m, n)] without one)."""
@@ -140,7 +147,7 @@ class TrainConfig:
     #: also stream each log row, the configuration, and at the end the figures and summary to
     #: experiment trackers: tensorboard, wandb or both, comma-separated; "" = none
     #: (docs/tracking.md)
-    log_to: str = ""
+    log_to: CommaList = ""
     #: examples of the fixed, seeded evaluation batch
     eval_size: int = 1024
     #: steps between checkpoints ...
@@ -162,7 +169,7 @@ class TrainConfig:
     lr_width_ref: int = 0
     #: intervention: lr multipliers per parameter group, e.g. pos_embed=10,mlp=0.5
     #: (models/groups.py)
-    group_lr: str = ""
+    group_lr: CommaList = ""
     #: intervention: gradient low-pass filter (Grokfast EMA) coefficient; 0 = off
     grokfast_alpha: float = 0.0
     #: ... the filtered gradient is amplified by this and added
@@ -181,9 +188,9 @@ class TrainConfig:
     #: start from another run's weights: RUN or RUN@STEP (default its last checkpoint)
     init_from: str = ""
     #: train only these parameter groups (comma-separated); the rest stay frozen
-    trainable: str = "all"
+    trainable: CommaList = "all"
     #: re-initialise these groups (as at step 0) after init_from
-    reinit: str = ""
+    reinit: CommaList = ""
     #: > 0: clip the gradient's global norm to this (the follow-up's histogram: 1.0); 0 = off
     #: (`train.clip` in a config.json is read as this)
     grad_clip: float = 0.0
@@ -259,8 +266,8 @@ PLUGIN_SECTIONS: dict[str, type] = {}
 
 
 def register_section(name: str, cls: type) -> None:
-    """Add the section `name`, a dataclass `cls` (keys `name.field` of type int, float, str or
-    bool, a `#:` doc above each field as in this module's sections; an optional
+    """Add the section `name`, a dataclass `cls` (keys `name.field` of type int, float, str, bool
+    or CommaList, a `#:` doc above each field as in this module's sections; an optional
     `check(self, cfg)` raising ConfigError is run by `validate`). Raises ValueError for a name the
     schema already uses or a field of another type."""
     if name in (*SECTIONS, "seed", "preset") or PLUGIN_SECTIONS.get(name, cls) is not cls:
@@ -321,9 +328,10 @@ class Config:
         checks.validate_run, which names an unknown task or architecture first). ConfigError for
         a section no part of abrupt declares."""
         cfg = cls()
-        for key in ("preset", "seed"):
-            if key in d:
-                setattr(cfg, key, d[key])
+        if "preset" in d:
+            cfg.preset = d["preset"]
+        if "seed" in d:  # typed as every other key is: an int, not a float or a string
+            set_key(cfg, "seed", d["seed"])
         for section in d:
             if section in ("preset", "seed"):
                 continue
@@ -363,7 +371,7 @@ def field_docs() -> dict[str, tuple[str, Any, str]]:
         for f in dataclasses.fields(cls):
             if prefix == "" and f.name in SECTIONS:
                 continue
-            out[prefix + f.name] = (_type_name(f), getattr(obj, f.name), docs.get(f.name, ""))
+            out[prefix + f.name] = (_shown(f), getattr(obj, f.name), docs.get(f.name, ""))
     return {k: out[k] for k in ["seed", *(k for k in out if k not in ("seed", "preset"))]}
 
 
@@ -389,13 +397,7 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
                 return False
             raise ConfigError(f"{key}: expected true/false, got '{raw}'")
         if typ is int:
-            try:
-                f = float(text)
-            except ValueError:
-                raise ConfigError(f"{key}: expected an integer, got '{raw}'") from None
-            if not f.is_integer():
-                raise ConfigError(f"{key}: expected an integer, got '{raw}'")
-            return int(f)
+            return _integer(key, text, raw)
         if typ is float:
             try:
                 return float(text)
@@ -405,7 +407,9 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
     if typ is bool and not isinstance(raw, bool):
         raise ConfigError(f"{key}: expected true/false, got {raw!r}")
     if typ is int and (isinstance(raw, bool) or not isinstance(raw, int)):
-        if isinstance(raw, float) and raw.is_integer():
+        # a float (from JSON) stands for an integer only where every integer is a float: above
+        # 2^53 it may already be its neighbour
+        if isinstance(raw, float) and raw.is_integer() and abs(raw) <= 2**53:
             return int(raw)
         raise ConfigError(f"{key}: expected an integer, got {raw!r}")
     if typ is float and (isinstance(raw, bool) or not isinstance(raw, (int, float))):
@@ -417,13 +421,45 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
     return raw
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+# digits an integer key may be written with (1e400 would otherwise be built digit by digit)
+MAX_INT_DIGITS = 100
+
+
+def _integer(key: str, text: str, raw: str) -> int:
+    """`text` as an exact integer: 12, 1_000, or an integral decimal such as 1e4 or 32.0, read
+    through Decimal, never through a float (which rounds above 2^53). ConfigError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        d = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        d = None
+    if d is None or not d.is_finite() or d != d.to_integral_value():
+        raise ConfigError(f"{key}: expected an integer, got '{raw}'")
+    if d.adjusted() >= MAX_INT_DIGITS:
+        raise ConfigError(
+            f"{key}: expected an integer of at most {MAX_INT_DIGITS} digits, got '{raw}'"
+        )
+    return int(d)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "CommaList": str}
 
 
 def _type_name(f: dataclasses.Field) -> str:
-    """A field's type as one of _TYPES' names: a string under `from __future__ import
-    annotations`, the class itself in a module without it (a plugin's section may be either)."""
-    return f.type if isinstance(f.type, str) else f.type.__name__
+    """A field's type as one of _TYPES' names: the annotation is a string under `from __future__
+    import annotations`, the type itself in a module without it (a plugin's section may be
+    either)."""
+    name = f.type if isinstance(f.type, str) else f.type.__name__
+    return name.rpartition(".")[2]
+
+
+def _shown(f: dataclasses.Field) -> str:
+    """A field's type as the keys' docs name it: `list` for a CommaList."""
+    name = _type_name(f)
+    return "list" if name == "CommaList" else name
 
 
 # Old key names, each read as its current name (in config.json, sweep specs and overrides).
@@ -441,13 +477,15 @@ RENAMED = {
 }
 
 
-def set_key(cfg: Config, key: str, raw: Any) -> None:
-    """Set `section.key` (or `seed`) from a string or a typed value, with type checking; a renamed
-    key's old name (RENAMED) sets the new one."""
+def key_type(key: str) -> str:
+    """The type of `section.key` (or `seed`): int, float, str, bool, or list (a CommaList). A
+    renamed key's old name is its new one; ConfigError for a key the schema lacks."""
     key = RENAMED.get(key, key)
-    if key == "seed":
-        cfg.seed = _coerce(key, raw, int)
-        return
+    return "int" if key == "seed" else _shown(_field(Config(), key)[1])
+
+
+def _field(cfg: Config, key: str) -> tuple[Any, dataclasses.Field]:
+    """The section of `cfg` that holds `section.key` (a current name) and the key's field."""
     if key == "preset":  # the label of the values a run started from: an override would relabel it
         raise ConfigError(
             "preset: not a key; choose the preset with --preset NAME (or a sweep spec's preset:)"
@@ -460,8 +498,18 @@ def set_key(cfg: Config, key: str, raw: Any) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     if name not in fields:
         raise ConfigError(f"unknown key '{key}'; {section_name} keys are: {', '.join(fields)}")
-    typ = _TYPES[_type_name(fields[name])]
-    setattr(section, name, _coerce(key, raw, typ))
+    return section, fields[name]
+
+
+def set_key(cfg: Config, key: str, raw: Any) -> None:
+    """Set `section.key` (or `seed`) from a string or a typed value, with type checking; a renamed
+    key's old name (RENAMED) sets the new one."""
+    key = RENAMED.get(key, key)
+    if key == "seed":
+        cfg.seed = _coerce(key, raw, int)
+        return
+    section, f = _field(cfg, key)
+    setattr(section, f.name, _coerce(key, raw, _TYPES[_type_name(f)]))
 
 
 def max_abs_entry(d: DataConfig) -> float:
@@ -542,7 +590,8 @@ def validate_data(d: DataConfig) -> None:
 
 
 def group_lr(spec: str) -> dict[str, float]:
-    """'pos_embed=10,mlp=0.5' -> {'pos_embed': 10.0, 'mlp': 0.5}."""
+    """'pos_embed=10,mlp=0.5' -> {'pos_embed': 10.0, 'mlp': 0.5}. ConfigError for an item that is
+    not GROUP=POSITIVE_NUMBER or a group given twice (which would keep its last number)."""
     out = {}
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         name, sep, value = item.partition("=")
@@ -552,6 +601,8 @@ def group_lr(spec: str) -> dict[str, float]:
             scale = math.nan
         if not sep or not 0 < scale < math.inf:
             raise ConfigError(f"train.group_lr: '{item}' is not GROUP=POSITIVE_NUMBER")
+        if name.strip() in out:
+            raise ConfigError(f"train.group_lr: group '{name.strip()}' given twice")
         out[name.strip()] = scale
     return out
 

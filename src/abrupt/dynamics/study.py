@@ -60,23 +60,33 @@ class Run:
         return max(1, (self.escape or 0) - (self.start or 0))
 
 
-def load_runs(paths: list[Path]) -> list[Run]:
+def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     """Runs from run directories and folders holding them (searched recursively), sorted by
-    name, with their roles set (`assign_roles`)."""
-    dirs: list[Path] = []
+    name, with their roles set (`assign_roles`), and the paths dropped as repeats: each run is
+    counted once, by its resolved directory (a run given twice, or given and also found in a
+    folder given, would otherwise be a calibration and an evaluation run at once).
+    FileNotFoundError for a path that is neither."""
+    found: list[Path] = []
     for p in map(Path, paths):
         if (p / "metrics.jsonl").exists():
-            dirs.append(p)
+            found.append(p)
         elif p.is_dir():
-            dirs += sorted(m.parent for m in p.rglob("metrics.jsonl"))
+            found += sorted(m.parent for m in p.rglob("metrics.jsonl"))
         else:
             raise FileNotFoundError(f"{p}: neither a run directory nor a folder of runs")
+    dirs: dict[Path, Path] = {}
+    repeats = []
+    for d in found:
+        if d.resolve() in dirs:
+            repeats.append(str(d))
+        else:
+            dirs[d.resolve()] = d
     runs = []
-    for d in dirs:
+    for d in dirs.values():
         cfg = read_config(d)
         kind = tasks.get(cfg.task.name).run_kind(cfg)
         runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind))
-    return assign_roles(sorted(runs, key=lambda r: r.name))
+    return assign_roles(sorted(runs, key=lambda r: r.name)), repeats
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:

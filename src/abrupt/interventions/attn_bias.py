@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ConfigError, layer_list
+from ..config import CommaList, Config, ConfigError, layer_list
 from ..models.layers import AttentionSite
 
 
@@ -22,7 +22,7 @@ class AttnBiasSettings:
     #: their logits); 1 = off (`model.attn_bias` in an older config.json)
     factor: float = 1.0
     #: layers that get the bias, e.g. 0,1 (empty: every layer)
-    layers: str = ""
+    layers: CommaList = ""
     #: > 0: the bias is switched off after this training step (0: on for the whole run)
     until: int = 0
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import Config, ConfigError, layer_list
+from ..config import CommaList, Config, ConfigError, layer_list
 from ..models.layers import AttentionSite
 
 
@@ -25,7 +25,7 @@ class AttnScaleSettings:
     #: ... from this training step on (0: the whole run; the follow-up's "late" switch)
     start: int = 0
     #: ... in these layers, e.g. 1 (empty: every layer with correct keys)
-    layers: str = ""
+    layers: CommaList = ""
 
     def check(self, cfg: Config) -> None:
         if not 0 < self.factor < math.inf:

@@ -105,13 +105,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file of the run, or a RunDirError naming it when it is unreadable."""
+    """A JSON file of the run, or a RunDirError naming it when it is unreadable or an object in it
+    gives a key twice (json alone keeps the last silently: a hand-edited config.json would run
+    other values than it shows)."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(), object_pairs_hook=_once_each)
     except FileNotFoundError:
         raise RunDirError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise RunDirError(f"{path} is not valid JSON ({e}); rewrite it or remove it") from None
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key '{key}' given twice")
+        out[key] = value
+    return out
 
 
 def read_jsonl(path: Path, key: str) -> tuple[list[dict[str, Any]], list[int]]:

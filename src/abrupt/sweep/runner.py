@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from .. import tracking
 from ..checks import validate_run
-from ..config import ConfigError, apply_overrides, preset
+from ..config import ConfigError, apply_overrides, key_type, preset
 from ..config.schema import RENAMED
 from ..run.rundir import (
     RunDirError,
@@ -84,7 +84,16 @@ class Trial:
 
 
 def _values(key: str, raw: Any) -> list[str]:
+    """A key's value or list of values (from a spec file or the command line) as override texts.
+    ConfigError for an empty list or value, YAML's null (no key takes None: an empty string is
+    '') and a mapping or nested list."""
     values = raw if isinstance(raw, list) else [raw]
+    if any(v is None for v in values):
+        raise ConfigError(
+            f"sweep: {key}: null is not a value (no key can be None); write '' for an empty text"
+        )
+    if any(not isinstance(v, (str, int, float)) for v in values):
+        raise ConfigError(f"sweep: {key}: a value must be a number, text or true/false")
     out = [str(v).lower() if isinstance(v, bool) else str(v) for v in values]
     if not out or any(not v.strip() for v in out):
         raise ConfigError(f"sweep: {key} needs a non-empty list of values")
@@ -93,14 +102,18 @@ def _values(key: str, raw: Any) -> list[str]:
 
 def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
     """`key=a,b,c` sweeps a key over its values, `key=v` fixes it; `seed=0,1,2` repeats with
-    seeds."""
+    seeds. Where a comma separates values: `split_values`."""
     spec = SweepSpec(preset=preset_name)
+    seen = set()
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"sweep: '{item}' is not of the form key=value or key=a,b,c")
-        values = _values(key, [v.strip() for v in raw.split(",")])
+        if RENAMED.get(key, key) in seen:  # as in a spec file: the second must not just win
+            raise ConfigError(f"sweep: {key} given more than once; give all its values in one")
+        seen.add(RENAMED.get(key, key))
+        values = _values(key, split_values(key, raw))
         if key == "seed":
             spec.seeds = [_seed(v) for v in values]
         elif len(values) > 1:
@@ -110,6 +123,18 @@ def spec_from_args(preset_name: str, items: Iterable[str]) -> SweepSpec:
     return spec
 
 
+def split_values(key: str, raw: str) -> list[str]:
+    """The values of a command line's `key=raw`: split at each `;` if it has one (any key: the
+    explicit form), else at each `,` unless the key's one value is itself a comma list (type
+    `list`: train.log_to, attn_bias.layers, ...), which takes `raw` whole. ConfigError for an
+    unknown key."""
+    if ";" in raw:
+        return [v.strip() for v in raw.split(";")]
+    if key_type(key) == "list":
+        return [raw.strip()]
+    return [v.strip() for v in raw.split(",")]
+
+
 def _seed(raw: str) -> int:
     try:
         return int(raw)
@@ -117,14 +142,31 @@ def _seed(raw: str) -> int:
         raise ConfigError(f"sweep: seed '{raw}' is not an integer") from None
 
 
-def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
-    """A YAML spec file (see the README): preset, fixed, grid, zip, seeds (a list, or a count)."""
-    import yaml
+def read_yaml(path: Path) -> Any:
+    """A YAML file as YAML 1.2 reads it (ruamel.yaml, not PyYAML's 1.1): `010` is ten, not eight;
+    `no`, `on` and `1:20` are text; null is None. ConfigError in one line for a file that cannot be
+    read, is not YAML, or gives a key twice in one mapping (which YAML 1.1 readers resolve silently
+    to the last)."""
+    from ruamel.yaml import YAML, YAMLError
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"sweep spec {path}: cannot read it ({e})") from None
+        return YAML(typ="safe", pure=True).load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        # a duplicate's problem goes on with its values' types ("[]"), which say nothing
+        problem = str(getattr(e, "problem", None) or e).split(" with value ")[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
+    """A YAML spec file (see the README): preset, fixed, grid, zip, seeds (a list, or a count)."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as e:
+        raise ConfigError(f"sweep spec {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(
             f"sweep spec {path}: expected a mapping with preset, fixed, grid, zip, seeds"
@@ -152,9 +194,17 @@ def spec_from_file(path: Path, preset_name: str | None = None) -> SweepSpec:
         if not isinstance(section, dict):
             raise ConfigError(f"sweep spec {path}: {name} must map keys to values")
         sections[name] = section
+    fixed = {}
+    for k, v in sections["fixed"].items():
+        if isinstance(v, list):  # one value for every trial: a list is a grid's
+            raise ConfigError(f"sweep spec {path}: fixed: {k} takes one value; sweep it in grid")
+        fixed[k] = _values(k, v)[0]
+    preset_raw = raw.get("preset", "small")
+    if not isinstance(preset_raw, str):
+        raise ConfigError(f"sweep spec {path}: preset must be a preset's name, got {preset_raw!r}")
     return SweepSpec(
-        preset=preset_name or str(raw.get("preset", "small")),
-        fixed={k: _values(k, v)[0] for k, v in sections["fixed"].items()},
+        preset=preset_name or preset_raw,
+        fixed=fixed,
         grid={k: _values(k, v) for k, v in sections["grid"].items()},
         zip={k: _values(k, v) for k, v in sections["zip"].items()},
         seeds=[_seed(str(s)) for s in seeds],
