@@ -99,7 +99,7 @@ def test_a_last_layer_heads_position_recoveries_add_up_to_its_recovery():
     assert entry["per_position"]["positions"] == list(range(6, 12))
 
 
-def test_patching_a_two_layer_task_equals_rerunning_every_pass():
+def test_patching_a_two_layer_task_equals_rerunning_every_pass(tmp_path):
     cfg = sequence_config("histogram", "model.heads=2")
     inputs = inputs_of(cfg, {5: random_model(cfg, 5)})
     numbers = patching.run(inputs, n=24, heads="1:*").numbers
@@ -116,7 +116,9 @@ def test_patching_a_two_layer_task_equals_rerunning_every_pass():
     # a first-layer head at an input position reaches the outputs through the second layer
     assert any(abs(v) > 1e-3 for v in table[0][0][:6])
     text = report_text(patching.render(numbers))
-    assert "recovery (outputs)" in text and "MSE" not in text
+    assert "recovery (outputs)" in text and "at outputs" in text and "MSE" not in text
+    drawn = patching.plot(patching.Result(numbers), tmp_path)
+    assert [p.name for p in drawn] == ["patching_per_head.png", "patching_per_position.png"]
 
 
 def test_patching_the_gpt_variant_on_matrices_teacher_forced():
@@ -143,7 +145,7 @@ def test_patching_the_gpt_variant_on_matrices_teacher_forced():
     assert entry["chosen"] == patch([(l, h) for l in range(2) for h in range(2)])
 
 
-def test_ablation_scores_the_headline_and_equals_rerunning_the_evaluation(mws):
+def test_ablation_scores_the_headline_and_equals_rerunning_the_evaluation(mws, tmp_path):
     cfg, inputs = mws
     numbers = ablation.run(inputs, n=32).numbers
     batch = inputs.batch(32, 0)
@@ -159,3 +161,4 @@ def test_ablation_scores_the_headline_and_equals_rerunning_the_evaluation(mws):
     assert abs(entry["chosen"]["zero"]["loss"] - entry["none"]["loss"]) > 0.1
     text = report_text(ablation.render(numbers))
     assert "cross-entropy on the outputs" in text and "L_mask" not in text
+    assert ablation.plot(ablation.Result(numbers), tmp_path)[0].exists()

@@ -301,10 +301,14 @@ def plot(result: Result, out: Path) -> list[Path]:
 def _plot_positions(steps: dict[Any, dict[str, Any]], path: Path) -> Path:
     """One (layer:head) x position heatmap per checkpoint and region."""
     panels = [
-        (f"step {s}: {name}", np.array(e[f"recovery_{name}"], dtype=float), e["positions"])
+        (
+            f"step {s}: {key.removeprefix('recovery_')}",
+            np.array(e[key], dtype=float),
+            e["positions"],
+        )
         for s, e in steps.items()
-        for name in e
-        if name.startswith("recovery_")
+        for key in e
+        if key.startswith("recovery_")
     ]
     rows = max(a.shape[0] * a.shape[1] for _, a, _ in panels)
     size = (1.5 + 0.22 * max(len(p) for *_, p in panels), 1.2 + (0.35 * rows + 0.8) * len(panels))
@@ -323,7 +327,7 @@ def _plot_positions(steps: dict[Any, dict[str, Any]], path: Path) -> Path:
             ax.set_xticklabels(positions, fontsize=6)
             ax.set_xlabel("position patched")
             ax.set_ylabel("layer:head")
-            ax.set_title(name.removeprefix("recovery_"), fontsize=8)
+            ax.set_title(name, fontsize=8)
     return path
 
 
@@ -351,28 +355,33 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
     return out + _render_positions(steps, first)
 
 
-def _render_positions(steps: dict[str, Any], region: str, top: int = 5) -> list[Table | Text]:
-    """The positions where one head's clean output recovers most of `region`, per checkpoint."""
+def _render_positions(steps: dict[str, Any], region: str) -> list[Table | Text]:
+    """Per checkpoint and head: its per-position recoveries of `region` summed over the positions
+    of each role, and the position where it recovers most."""
     rows = []
+    roles: list[str] = []
     for step, e in steps.items():
         if "per_position" not in e:
             continue
         pp = e["per_position"]
-        found = [
-            (v, l, h, p, role)
-            for l, row in enumerate(pp[f"recovery_{region}"])
-            for h, values in enumerate(row)
-            for v, p, role in zip(values, pp["positions"], pp["roles"])
-        ]
-        for v, l, h, p, role in sorted(found, reverse=True)[:top]:
-            rows.append([step, f"{l}:{h}", p, ", ".join(role) or "—", v])
+        named = [", ".join(r) or "other" for r in pp["roles"]]
+        roles = roles or list(dict.fromkeys(named))
+        for l, row in enumerate(pp[f"recovery_{region}"]):
+            for h, values in enumerate(row):
+                sums = [sum(v for v, n in zip(values, named) if n == role) for role in roles]
+                best = max(zip(values, pp["positions"]))
+                rows.append([step, f"{l}:{h}", *sums, f"{best[1]} ({best[0]:.3f})"])
     if not rows:
         return []
     return [
         Text(
-            f"Each head alone, patched at one position at a time: the {top} (head, position) "
-            f"pairs that recover most of the {region} per checkpoint (a last-layer head's "
-            "recoveries over its positions add up to its recovery at all of them)."
+            f"Each head alone, patched at one position at a time: its recoveries of the {region} "
+            "summed over the positions of each role ('other': positions in no region, e.g. the "
+            "inputs), and the position where it recovers most. A last-layer head's sum over all "
+            "positions is its recovery at all of them."
         ),
-        Table(["step", "head", "position", "role", f"recovery ({region})"], rows),
+        Table(
+            ["step", "head", *(f"at {r}" for r in roles), "best position"],
+            rows,
+        ),
     ]
