@@ -529,7 +529,10 @@ def small_runs(tmp_path_factory):
                 "ood",
             },
         ),
-        ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
+        (
+            "gpt 2x2",
+            {"copying", "attention", "patching", "ablation", "switching", "compare", "ood"},
+        ),
     ],
 )
 def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(
