@@ -10,6 +10,9 @@ toward the clean one,
     f = <o_patched - o_corrupt, o_clean - o_corrupt> / ||o_clean - o_corrupt||^2,
 the inner products summed over the region's positions and over the output at each (one value
 per entry for the BERT, a vector of logits for a decoder): 1 is the clean output, 0 unchanged.
+A decoder's runs are teacher-forced, each on its own outputs (the corrupted run reads its own
+answers, and the GPT variant -X in its written half): what a position reads directly, not through
+attention, stays corrupted, so recovery falls short of 1 where the model uses it.
 A layer x head table patches each head alone at the chosen positions. Where every position plays
 one role in every example (a sequence task: inputs, separator, outputs), a layer x head x
 position table patches each head alone at one position; a last-layer head's recoveries at its
