@@ -288,4 +288,4 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
         rows.append([step, "none", *(e["none"][k] for k in (metric, *others))])
         for mode, v in e["chosen"].items():
             rows.append([step, f"{mode} ({r['heads']})", *(v[k] for k in (metric, *others))])
-    return [Table(["step", "ablation", f"{metric}: {words}", *others], rows)]
+    return [Table(["step", "ablation", words, *others], rows)]
