@@ -12,7 +12,7 @@ import torch
 from abrupt import progress, tasks
 from abrupt.analysis import ablation, attention, copying, embeddings, patching, probe, switching
 from abrupt.analysis.common import Inputs, choose_pre_post, parse_heads
-from abrupt.config import DataConfig
+from abrupt.config import Config, DataConfig
 from abrupt.data import MASK_ID, id_to_value
 from abrupt.data import seeded_batch as seeded
 from abrupt.losses import evaluate
@@ -20,6 +20,7 @@ from abrupt.models.bert import MatrixBert
 from conftest import hand_set_row_head, plugin_cli, randomize
 
 DATA = DataConfig()
+MATRIX = tasks.get("matrix")
 
 
 class CopyModel:
@@ -122,13 +123,16 @@ def test_knn_purity():
 def test_patching_plumbing(small_model):
     model = randomize(small_model, 3)
     batch = seeded(DATA, 16, 1)
-    none = patching.patch(model, batch, [])
+    cfg = Config(data=DATA, model=model.cfg)
+    patch = functools.partial(patching.patch, MATRIX, cfg, model, batch)
+    none = patch([])
     assert none["recovery_hidden"] == 0.0 and none["recovery_observed"] == 0.0
     every = parse_heads("all", 2, 4)
     # Hidden positions hold MASK in both runs, so they differ only through attention: patching every
     # head of every layer recovers the clean output there exactly.
-    assert patching.patch(model, batch, every)["recovery_hidden"] == pytest.approx(1.0, abs=1e-5)
-    corrupt = patching.negated(batch)
+    assert patch(every)["recovery_hidden"] == pytest.approx(1.0, abs=1e-5)
+    corrupt = patching.corrupted(MATRIX, cfg, batch, 0)
+    assert torch.equal(corrupt.target, -batch.target)  # -X under the same mask
     names = [f"blocks.{l}.attn.hook_z" for l in range(2)]
     _, clean_cache = model.run_with_cache(batch.tokens, names=names)
     clean_z = {l: clean_cache[names[l]] for l in range(2)}
@@ -138,7 +142,7 @@ def test_patching_plumbing(small_model):
     for n in names:  # every head of every layer now carries exactly the clean output
         torch.testing.assert_close(patched[n], clean_cache[n])
     # only the chosen head and positions change
-    only = patching.position_selector("0,5", batch)
+    only = patching.position_selector("0,5", MATRIX.regions(cfg, batch))
     with model.hooks(patching.patch_hooks(clean_z, [(1, 2)], only)):
         _, part = model.run_with_cache(corrupt.tokens, names=names)
     _, corrupt_cache = model.run_with_cache(corrupt.tokens, names=names)
@@ -162,9 +166,10 @@ def test_ablating_nothing_changes_nothing_and_modes_act(small_model):
     model = randomize(small_model, 4)
     batch = seeded(DATA, 32, 2)
     base = evaluate(model, batch)
+    ablate = functools.partial(ablation.ablate, MATRIX, Config(data=DATA, model=model.cfg), model)
     for mode in ablation.MODES:
-        assert ablation.ablate(model, batch, [], mode) == base
-        assert ablation.ablate(model, batch, [(0, 1)], mode) != base
+        assert ablate(batch, [], mode) == base
+        assert ablate(batch, [(0, 1)], mode) != base
     names = ["blocks.1.attn.hook_pattern"]
     with model.hooks(ablation.ablation_hooks([(1, 3)], "uniform")):
         _, cache = model.run_with_cache(batch.tokens, names=names)
@@ -527,7 +532,10 @@ def small_runs(tmp_path_factory):
                 "ood",
             },
         ),
-        ("gpt 2x2", {"copying", "attention", "ablation", "switching", "compare", "ood"}),
+        (
+            "gpt 2x2",
+            {"copying", "attention", "patching", "ablation", "switching", "compare", "ood"},
+        ),
     ],
 )
 def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(

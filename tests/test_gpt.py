@@ -114,16 +114,17 @@ def test_train_analyze_and_report_the_gpt_through_the_cli(tmp_path, capsys):
                 "copying.n=16",
                 "--set",
                 "attention.n=8",
+                "--set",
+                "patching.n=16",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
-    for name in ("probe", "patching", "embeddings"):
+    for name in ("probe", "embeddings"):
         assert f"{name:11s} skipped: it reads one scalar prediction per position" in out
-    assert (run / "analysis" / "attention" / "results.json").exists() and (
-        run / "analysis" / "copying" / "results.json"
-    ).exists()
+    for name in ("attention", "copying", "patching"):
+        assert (run / "analysis" / name / "results.json").exists()
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
     assert "Not run on this run" in page and "probe" in page

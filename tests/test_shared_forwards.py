@@ -3,6 +3,8 @@ whole pass, ablation and patching from the shared passes equal their reference i
 (which rerun every pass whole) bit for bit, each (checkpoint, batch) pass runs once per command,
 and a nuclear-norm solution read back from the run's cache is the one solved."""
 
+import functools
+
 import pytest
 import torch
 
@@ -61,10 +63,11 @@ def test_ablation_from_the_shared_passes_equals_rerunning_everything():
         entry = numbers["steps"][step]
         means = ablation.mean_patterns(model, batch.tokens)
         heads = [(l, h) for l in range(3) for h in range(2)]
+        ablate = functools.partial(ablation.ablate, inputs.task, cfg, model, batch)
         for mode in ablation.MODES:
-            assert entry["chosen"][mode] == ablation.ablate(model, batch, heads, mode, means)
+            assert entry["chosen"][mode] == ablate(heads, mode, means)
             for l, h in heads:
-                ref = ablation.ablate(model, batch, [(l, h)], mode, means)["loss_mask"]
+                ref = ablate([(l, h)], mode, means)["loss_mask"]
                 assert entry["per_head_loss_mask"][mode][l][h] == ref
     # the ablations change the losses, so the equality above is not that of unused numbers
     assert len({v for row in entry["per_head_loss_mask"]["zero"] for v in row}) == 6
@@ -77,10 +80,11 @@ def test_patching_from_the_shared_passes_equals_rerunning_everything():
     batch = inputs.batch(48, 0)
     for step, model in inputs.models.items():
         entry = numbers["steps"][step]
-        assert entry["chosen"] == patching.patch(model, batch, [(1, 0), (1, 1)])
+        patch = functools.partial(patching.patch, inputs.task, cfg, model, batch)
+        assert entry["chosen"] == patch([(1, 0), (1, 1)])
         for l in range(3):
             for h in range(2):
-                ref = patching.patch(model, batch, [(l, h)])
+                ref = patch([(l, h)])
                 assert entry["per_head_recovery_hidden"][l][h] == ref["recovery_hidden"]
                 assert entry["per_head_recovery_observed"][l][h] == ref["recovery_observed"]
                 assert 0 != ref["recovery_hidden"]

@@ -1,18 +1,23 @@
-"""Attention ablation (Sec. 3 item 8): replace chosen heads' patterns and re-measure the losses.
+"""Attention ablation (Sec. 3 item 8): replace chosen heads' patterns and re-measure the task.
 
 Modes: `mean` replaces a head's pattern by its mean over the whole batch in the intact model (an
 input-independent pattern, what the authors' "uniform" ablation actually did), `uniform` spreads
-it evenly over the keys the query may see (all of them in the BERT, itself and earlier ones in the
-GPT variant), `zero` zeroes the head's output (its hook_z). A layer x head table ablates each head
+it evenly over the keys the query may see (all of them in the BERT, itself and earlier ones in a
+decoder), `zero` zeroes the head's output (its hook_z). The intact and ablated models are scored
+by the task's evaluation (`Task.evaluate`), led by its headline metric (`Task.headline`): L_mask
+of the completed matrices (the GPT variant's greedy completions), the output cross-entropy of a
+sequence task (with its token and sequence accuracy). A layer x head table ablates each head
 alone.
 
-Every hook acts on each matrix and position alone, the batch mean being computed beforehand over
-the whole batch: the numbers do not depend on how prediction splits the batch into chunks
+Every hook acts on each example and position alone, the batch mean being computed beforehand over
+the whole batch: the numbers do not depend on how evaluation splits the batch into chunks
 (models.layers.CHUNK), and the GPT variant's cached greedy decoding gives the same as the full
-reruns. On the BERT the intact pass and the patterns are read from the command's shared forward
-passes (analysis/cache.py), and an ablated pass starts at the first ablated layer from the cached
-residual stream (`MatrixBert.run_from`): the layers below it would compute the intact values
-again. The numbers equal `ablate`'s, which reruns everything (a test holds them bit for bit).
+reruns. Where the task's evaluation is the objective of its teacher-forced pass
+(`Task.evaluates_teacher_forced`: the BERT, a sequence task), the intact pass and the patterns
+are read from the command's shared forward passes (analysis/cache.py), and an ablated pass starts
+at the first ablated layer from the cached residual stream (`run_from`): the layers below it
+would compute the intact values again. The numbers equal `ablate`'s, which reruns everything (a
+test holds them bit for bit).
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ from typing import Annotated, Any, Iterable, Sequence
 
 import torch
 
-from .. import hooks
+from .. import hooks, tasks
 from ..config import Config
-from ..data import Batch
-from ..hooks import act_name
-from ..losses import as_floats, evaluate, losses
+from ..hooks import HookedModule, act_name
+from ..losses import as_floats
 from ..models import layers
-from ..models.bert import MatrixBert
-from .cache import predict_from
+from ..tasks.base import Task, TaskBatch
+from .cache import predict_from, run_chunked
 from .common import (
     Count,
     Inputs,
@@ -39,7 +43,6 @@ from .common import (
     Text,
     each,
     group_by_layer,
-    loss_cells,
     needs_hidden,
     one_of,
     parse_heads,
@@ -52,7 +55,7 @@ PAPER = (
     "loss after the drop: the model needs input-dependent attention."
 )
 ORDER = 60
-NEEDS = frozenset({"regions", "matrices"})  # task capabilities (tasks/base.py)
+NEEDS: frozenset[str] = frozenset()  # task capabilities (tasks/base.py): evaluation alone
 
 MODES = ("mean", "uniform", "zero")
 
@@ -64,12 +67,11 @@ def check_modes(modes: Sequence[str]) -> None:
 
 
 @torch.no_grad()
-def mean_patterns(model: MatrixBert, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+def mean_patterns(model: HookedModule, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """{layer: (H, L, L)} each head's attention pattern averaged over the whole batch, on the
-    sequences the intact model reads when it predicts (`prediction_inputs`: L = T for the BERT,
-    2T for the GPT variant); summed in float64 over chunks of models.layers.CHUNK matrices, so the
-    mean
-    is the same whatever the chunk size."""
+    sequences a matrix model reads when it predicts (`prediction_inputs`: L = T for the BERT,
+    2T for the GPT variant's greedy completions); summed in float64 over chunks of
+    models.layers.CHUNK matrices, so the mean is the same whatever the chunk size."""
     names = [act_name("pattern", l) for l in range(len(model.blocks))]
     with hooks.mode(model):
         chunks = (
@@ -131,17 +133,30 @@ def ablation_hooks(
     return hooks
 
 
+def evaluation_means(
+    task: Task, cfg: Config, model: HookedModule, batch: TaskBatch
+) -> dict[int, torch.Tensor]:
+    """`mean_patterns` over the passes `task.evaluate` makes: the teacher-forced pass where it is
+    the evaluation, else the sequences the model's prediction reads."""
+    if task.evaluates_teacher_forced(cfg):
+        return _batch_means(run_chunked(task, model, batch, "patterns"))
+    return mean_patterns(model, batch.tokens)
+
+
 def ablate(
-    model: MatrixBert,
-    batch: Batch,
+    task: Task,
+    cfg: Config,
+    model: HookedModule,
+    batch: TaskBatch,
     heads: Sequence[tuple[int, int]],
     mode: str,
     means: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Losses with `heads` ablated; mode `mean` computes the batch-mean patterns unless given."""
+    """`task.evaluate` with `heads` ablated; mode `mean` computes the batch-mean patterns
+    (`evaluation_means`) unless given."""
     if mode == "mean" and means is None:
-        means = mean_patterns(model, batch.tokens)
-    return evaluate(model, batch, ablation_hooks(heads, mode, model.causal, means))
+        means = evaluation_means(task, cfg, model, batch)
+    return task.evaluate(model, batch, ablation_hooks(heads, mode, model.causal, means))
 
 
 def check(options: dict[str, Any], cfg: Config) -> None:
@@ -149,7 +164,8 @@ def check(options: dict[str, Any], cfg: Config) -> None:
 
 
 def unsupported(cfg: Config) -> str | None:
-    return needs_hidden(cfg)
+    # L_mask, the matrices' headline, is measured on hidden entries
+    return needs_hidden(cfg) if "matrices" in tasks.get(cfg.task.name).provides(cfg) else None
 
 
 def run(
@@ -159,7 +175,9 @@ def run(
     heads: str = "all",
     modes: Annotated[tuple[str, ...], each(one_of(*MODES))] = MODES,
 ) -> Result:
-    """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone."""
+    """`heads` ('all' or 'L:H,...') are ablated together; the tables ablate each head alone and
+    hold the task's headline metric (`per_head_<headline>`)."""
+    task, cfg = inputs.task, inputs.cfg
     batch = inputs.batch(n, seed)
     numbers: dict[str, Any] = {
         "seed": seed,
@@ -171,30 +189,32 @@ def run(
     for step, model in inputs.models.items():
         layers, nheads = len(model.blocks), model.cfg.heads
         chosen = parse_heads(heads, layers, nheads)
-        if isinstance(model, MatrixBert):
+        if task.evaluates_teacher_forced(cfg):
             stream = inputs.activations(step, batch)
-            intact = as_floats(losses(stream[act_name("out")].float().cpu(), batch))
+            intact = as_floats(task.objective(model, stream[act_name("out")].float().cpu(), batch))
             means = (
                 _batch_means(inputs.activations(step, batch, "patterns"))
                 if "mean" in modes
                 else None
             )
+            forward = task.inputs(model, batch)[1]
 
-            def measure(hs, mode, model=model, stream=stream, means=means):
-                return _ablate_from_stream(model, batch, stream, hs, mode, means)
+            def measure(hs, mode, model=model, stream=stream, means=means, forward=forward):
+                return _ablate_from_stream(task, model, batch, stream, forward, hs, mode, means)
 
         else:
-            intact = evaluate(model, batch)
-            means = mean_patterns(model, batch.tokens) if "mean" in modes else None
+            intact = task.evaluate(model, batch)
+            means = evaluation_means(task, cfg, model, batch) if "mean" in modes else None
 
             def measure(hs, mode, model=model, means=means):
-                return ablate(model, batch, hs, mode, means)
+                return ablate(task, cfg, model, batch, hs, mode, means)
 
-        entry: dict[str, Any] = {"none": intact, "chosen": {}, "per_head_loss_mask": {}}
+        table = f"per_head_{task.headline}"
+        entry: dict[str, Any] = {"none": intact, "chosen": {}, table: {}}
         for mode in modes:
             entry["chosen"][mode] = measure(chosen, mode)
-            entry["per_head_loss_mask"][mode] = [
-                [measure([(l, h)], mode)["loss_mask"] for h in range(nheads)]
+            entry[table][mode] = [
+                [measure([(l, h)], mode)[task.headline] for h in range(nheads)]
                 for l in range(layers)
             ]
         numbers["steps"][step] = entry
@@ -212,42 +232,60 @@ def _batch_means(patterns: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
 
 
 def _ablate_from_stream(
-    model: MatrixBert,
-    batch: Batch,
+    task: Task,
+    model: HookedModule,
+    batch: TaskBatch,
     stream: dict[str, torch.Tensor],
+    forward: dict[str, Any],
     heads: Sequence[tuple[int, int]],
     mode: str,
     means: dict[int, torch.Tensor] | None,
 ) -> dict[str, float]:
-    """`ablate`, resumed at the first ablated layer from the cached "stream" pass."""
+    """`ablate`, resumed at the first ablated layer from the cached "stream" pass and scored by
+    the task's objective (`forward`: the pass's other inputs, `Task.inputs`)."""
     first = min(l for l, _ in heads)
     with model.hooks(ablation_hooks(heads, mode, model.causal, means)):
-        pred = predict_from(model, first, stream[act_name("resid_pre", first)], batch.pad)
-    return as_floats(losses(pred, batch))
+        out = predict_from(model, first, stream[act_name("resid_pre", first)], **forward)
+    return as_floats(task.objective(model, out, batch))
+
+
+def _headline(r: dict[str, Any]) -> tuple[str, str]:
+    """(key, words) of the headline metric of ablation numbers `r`: the metric its per-head
+    tables hold, named as the task that leads with it names it."""
+    key = next(k for k in next(iter(r["steps"].values())) if k.startswith("per_head_"))
+    metric = key.removeprefix("per_head_")
+    words = next(
+        (t.headline_label for t in map(tasks.get, tasks.names()) if t.headline == metric), metric
+    )
+    return metric, words
 
 
 def plot(result: Result, out: Path) -> list[Path]:
+    metric, words = _headline(result.numbers)
     tables = {}
     for step, entry in result.numbers["steps"].items():
-        for mode, table in entry["per_head_loss_mask"].items():
-            base = entry["none"]["loss_mask"]
-            tables[f"step {step}, {mode}: L_mask / unablated"] = [
+        base = entry["none"][metric]
+        for mode, table in entry[f"per_head_{metric}"].items():
+            tables[f"step {step}, {mode}: {metric} / unablated"] = [
                 [v / base for v in row] for row in table
             ]
     return [
         plot_head_tables(
             tables,
             out / "ablation_per_head.png",
-            "L_mask with one head ablated, relative to the intact model",
+            f"{words} with one head ablated, relative to the intact model",
             center=1.0,
         )
     ]
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
+    metric, words = _headline(r)
     rows = []
+    others: list[str] = []
     for step, e in r["steps"].items():
-        rows.append([step, "none", *loss_cells(e["none"])])
+        others = others or [k for k in e["none"] if k != metric]
+        rows.append([step, "none", *(e["none"][k] for k in (metric, *others))])
         for mode, v in e["chosen"].items():
-            rows.append([step, f"{mode} ({r['heads']})", *loss_cells(v)])
-    return [Table(["step", "ablation", "L", "L_obs", "L_mask"], rows)]
+            rows.append([step, f"{mode} ({r['heads']})", *(v[k] for k in (metric, *others))])
+    return [Table(["step", "ablation", words, *others], rows)]

@@ -58,20 +58,20 @@ def run_chunked(task: Task, model, batch: TaskBatch, kind: str) -> dict[str, tor
 
 @torch.no_grad()
 def predict_from(
-    model, layer: int, resid_pre: torch.Tensor, pad: torch.Tensor | None = None
+    model, layer: int, resid_pre: torch.Tensor, **forward: torch.Tensor | None
 ) -> torch.Tensor:
-    """`model.predict`, resumed at `blocks.{layer}.hook_resid_pre` (`MatrixBert.run_from`) with
-    the cached resid_pre (B, T, d): predictions (B, T) float on the CPU, CHUNK matrices a pass."""
+    """The teacher-forced pass resumed at `blocks.{layer}.hook_resid_pre` (`run_from`) with the
+    cached resid_pre (B, L, d), CHUNK examples a pass: its output (`hook_out`: (B, L) for the
+    BERT, (B, L, vocab) for a decoder) float on the CPU. `forward`: the pass's other inputs
+    (`Task.inputs`: the BERT's pad, a decoder's keys), each (B, ...) or None."""
+
+    def rows(i: int) -> dict[str, torch.Tensor | None]:
+        return {k: None if v is None else v[i : i + layers.CHUNK] for k, v in forward.items()}
+
     with mode(model):
         return torch.cat(
             [
-                model.run_from(
-                    layer,
-                    resid_pre[i : i + layers.CHUNK],
-                    None if pad is None else pad[i : i + layers.CHUNK],
-                )
-                .float()
-                .cpu()
+                model.run_from(layer, resid_pre[i : i + layers.CHUNK], **rows(i)).float().cpu()
                 for i in range(0, len(resid_pre), layers.CHUNK)
             ]
         )
@@ -97,9 +97,7 @@ class ForwardCache:
             )
         return self._batches[key]
 
-    def activations(
-        self, step: int, model, batch: TaskBatch, kind: str
-    ) -> dict[str, torch.Tensor]:
+    def activations(self, step: int, model, batch: TaskBatch, kind: str) -> dict[str, torch.Tensor]:
         key = (step, id(batch), kind)
         if key not in self._runs:
             self._runs[key] = (batch, run_chunked(self.task, model, batch, kind))

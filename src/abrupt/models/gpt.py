@@ -61,6 +61,11 @@ def sequence(batch: Batch) -> torch.Tensor:
     return torch.cat([masked, sep, full], dim=1)
 
 
+def value_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """The most likely value token (never a special id) of logits (..., GPT_VOCAB): ids (...)."""
+    return logits[..., 2:].argmax(-1) + 2
+
+
 def masked_prefix(tokens: torch.Tensor) -> torch.Tensor:
     """BERT tokens of a masked matrix as GPT ids."""
     return torch.where(tokens == MASK_ID, torch.full_like(tokens, GPT_MASK), tokens + _SHIFT)
@@ -77,7 +82,7 @@ def gpt_losses(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
     ce = F.cross_entropy(
         out.reshape(-1, out.shape[-1]), target_ids.reshape(-1), reduction="none"
     ).view_as(target_ids)
-    guess = out[..., 2:].argmax(-1) + 2
+    guess = value_argmax(out)
     guess_values = id_values(guess, check=False)
     sq = (guess_values - batch.target.to(out.device)) ** 2
     hidden = batch.mask.to(out.device)

@@ -19,7 +19,8 @@ optional call named in `provides(cfg)`:
                    copying / repetition
     substitute     `substitute`: the batch with a value token written at the hidden entries
                    (the paper's copying test, Table 1)
-    matrices       low-rank matrices themselves (the nuclear-norm comparison, OOD inputs)
+    matrices       low-rank matrices themselves (the nuclear-norm comparison, OOD inputs), and
+                   `entry_values`: the matrix entries an output of the teacher-forced pass writes
 
 An analysis declares the capabilities it needs (`NEEDS` in its module; `NEEDS_ANY`: one of these at
 least) and runs wherever a task provides them; a task lists no analysis. docs/extending.md shows
@@ -144,6 +145,12 @@ class Task(Protocol):
     def progress(self, model: HookedModule, batch: TaskBatch, cfg: Config) -> dict[str, float]:
         """The progress measures (`prog_*` keys) of `model` on an evaluation batch."""
 
+    def evaluates_teacher_forced(self, cfg: Config) -> bool:
+        """Whether `evaluate` is `objective_metrics`, the objective of the teacher-forced pass
+        (`inputs`), as floats: then an analysis may score a cached or resumed teacher-forced pass
+        with `objective` instead of calling `evaluate` (the BERT, a sequence task; not the GPT
+        variant, whose evaluation scores greedy completions)."""
+
     def run_kind(self, cfg: Config) -> str:
         """What the metrics rows of a run configured by `cfg` are, one of
         `dynamics.transition.RUN_KINDS`: it names the headline loss the transition is read from
@@ -180,6 +187,10 @@ class Task(Protocol):
 
     def substitute(self, batch: TaskBatch, value: float | None) -> TaskBatch:
         """"substitute": hidden entries' tokens replaced by `value`'s (None keeps them)."""
+
+    def entry_values(self, cfg: Config, out: torch.Tensor) -> torch.Tensor:
+        """"matrices": (B, m*n) float, the entries that `out`, an output of the teacher-forced
+        pass (`hook_out`), writes."""
 
 
 @torch.no_grad()

@@ -106,6 +106,10 @@ class MatrixCompletion:
             None if batch.pad is None else batch.pad[:k],
         )
 
+    def evaluates_teacher_forced(self, cfg: Config) -> bool:
+        # the BERT's one pass is its prediction; the GPT variant is scored on greedy completions
+        return not _decoder(cfg)
+
     def run_kind(self, cfg: Config) -> str:
         # a model with one scalar read-out per position (the BERT) writes the MSE; a decoder of
         # the value tokens (the GPT variant, Fig. 11) cross-entropy and accuracies
@@ -183,6 +187,15 @@ class MatrixCompletion:
         token = value_to_id(torch.tensor([value])).item()
         tokens = torch.where(batch.mask, torch.full_like(batch.tokens, token), batch.tokens)
         return dataclasses.replace(batch, tokens=tokens)
+
+
+    def entry_values(self, cfg: Config, out: torch.Tensor) -> torch.Tensor:
+        """The BERT's output itself; the GPT variant's most likely value at the positions that
+        write the matrix (the second half of its pass), teacher-forced."""
+        if _decoder(cfg):
+            t = cfg.data.m * cfg.data.n
+            return gpt.id_values(gpt.value_argmax(out[:, t:]), check=False)
+        return out
 
 
 def value_range(data: DataConfig) -> float:

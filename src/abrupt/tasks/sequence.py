@@ -196,6 +196,9 @@ class SequenceTask:
                 out[f"prog_attn_l{layer}"] = key_share(att, keys).mean().item()
         return out
 
+    def evaluates_teacher_forced(self, cfg: Config) -> bool:
+        return True
+
     def run_kind(self, cfg: Config) -> str:
         return "sequence"
 
