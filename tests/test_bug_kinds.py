@@ -228,3 +228,142 @@ def test_a_size_mixture_refuses_batches_that_starve_sizes():
         tiny("data.sizes=2x2,3x3,4x4,5x5,6x6,7x7", "data.rank=1", "train.batch_size=2")
     with pytest.raises(ConfigError, match="train.eval_size=3"):
         tiny("data.sizes=5x5,6x6,7x7,7x6", "data.rank=1", "train.eval_size=3")
+
+
+# Issue 44 (items 1, 2, 6, 9, 10)
+
+
+@pytest.fixture
+def trackers(monkeypatch, tmp_path, one_thread):
+    """TensorBoard and W&B (offline, its user-level files in the test's folder): the override."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    return "train.log_to=tensorboard,wandb"
+
+
+def tensorboard_loss_steps(run):
+    """The steps of TensorBoard's `loss` points, as TensorBoard shows them (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    return [e.step for e in ea.Scalars("loss")]
+
+
+def tensorboard_status(run):
+    """The HPARAMS session's end status (api.proto's name); None when none was written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    ea.Reload()
+    content = ea.PluginTagToContent("hparams").get("_hparams_/session_end_info")
+    if content is None:
+        return None
+    status = plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
+    return api_pb2.Status.Name(status)
+
+
+def wandb_segments(run, wait=30.0):
+    """Each offline W&B segment of the run, oldest first: (its exit code, None without one; the
+    steps of its rows). W&B's service may still write the last file after finish() returns: read
+    again, for up to `wait` seconds, until that one has its exit record."""
+    import time
+
+    from abrupt.tracking import wandb_records
+
+    deadline = time.monotonic() + wait
+    while True:
+        segments = []
+        for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+            code, steps = None, []
+            for r in wandb_records(path):
+                kind = r.WhichOneof("record_type")
+                if kind == "exit":
+                    code = r.exit.exit_code
+                elif kind == "history" and any(
+                    (i.key or "/".join(i.nested_key)) == "loss" for i in r.history.item
+                ):
+                    steps.append(r.history.step.num)
+            segments.append((code, steps))
+        if segments[-1][0] is not None or time.monotonic() > deadline:
+            return segments
+        time.sleep(0.5)
+
+
+def cut_events(path, step):
+    """Cut a TensorBoard event file (TFRecords: length (8), its crc (4), an Event, crc (4)) before
+    its first event at `step`, as a writer killed before flushing them leaves it."""
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+        length = struct.unpack("<Q", data[pos : pos + 8])[0]
+        if Event.FromString(data[pos + 12 : pos + 12 + length]).step >= step:
+            break
+        pos += 16 + length
+    path.write_bytes(data[:pos])
+
+
+def test_a_resume_leaves_each_tracker_every_row_of_the_record_once(tmp_path, trackers):
+    """wandb #4624 / tango #152 kind: a killed segment's W&B file held none of its rows (W&B had
+    flushed no block) and TensorBoard lost its unflushed events, yet the resume logged only the
+    rows after its checkpoint; rows W&B held past the checkpoint were logged a second time."""
+    for name, flushed in (("lost", False), ("held", True)):
+        run = tmp_path / name
+        train(tiny(trackers, "train.steps=40"), run, verbose=False)
+        # killed after logging step 40, before its checkpoint: the last is step 20's
+        for path in (run / "checkpoints").glob("step_40.*"):
+            path.unlink()
+        if not flushed:  # W&B wrote its header alone; TensorBoard its hparams and rows 1 and 10
+            (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+            wandb_file.write_bytes(wandb_file.read_bytes()[:7])
+            (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+            cut_events(events, 20)
+        train(tiny(trackers, "train.steps=40"), run, resume=True, verbose=False)
+        steps = [r["step"] for r in read_metrics(run)]
+        assert steps == [1, 10, 20, 30, 40]
+        assert tensorboard_loss_steps(run) == steps, name
+        assert [s for _, held in wandb_segments(run) for s in held] == steps, name
+
+
+def test_trackers_record_the_outcome_as_the_run_ends(tmp_path, trackers, monkeypatch):
+    """tensorboard #5596 kind: the HPARAMS session's end status was written at step 0 as a
+    success, before any outcome (a divergence and an interruption carried it too); W&B marked an
+    interruption failed."""
+    import signal
+
+    from abrupt.train.trainer import Trainer, TrainingError
+
+    diverged = tmp_path / "diverged"
+    cfg = tiny(trackers, "train.lr=1e4", "model.attn_temperature=1e-4")
+    with pytest.raises(TrainingError, match="diverged"):
+        train(cfg, diverged, verbose=False)
+    assert tensorboard_status(diverged) == "STATUS_FAILURE"
+    assert [code for code, _ in wandb_segments(diverged)] == [1]
+
+    # Ctrl-C during step 15: no status (Unknown, as a killed run), since TensorBoard keeps the
+    # first a run writes and the resume's is the outcome; W&B's own code for Ctrl-C
+    real_step = Trainer.step
+
+    def step(self, n, want_norms):
+        if n == 15:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(self, n, want_norms)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(trackers, "train.steps=30"), interrupted, verbose=False)
+    assert tensorboard_status(interrupted) is None
+    assert [code for code, _ in wandb_segments(interrupted)] == [255]
+    monkeypatch.setattr(Trainer, "step", real_step)
+    train(tiny(trackers, "train.steps=30"), interrupted, resume=True, verbose=False)
+    assert tensorboard_status(interrupted) == "STATUS_SUCCESS"
+    assert [code for code, _ in wandb_segments(interrupted)] == [255, 0]

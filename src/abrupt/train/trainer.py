@@ -516,16 +516,13 @@ class Trainer:
                 flush=True,
             )
         stopped_by = [type(c).__name__ for c in self.callbacks if c.should_stop(self, start)]
-        if stopped_by:
-            # resumed after a stop rule had ended it: nothing to train
-            if self.verbose:
-                print(
-                    f"resume: {self.out_dir} was ended at step {start} by its stop rule "
-                    f"({', '.join(stopped_by)}): nothing to train",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            return self.finish()
+        if stopped_by and self.verbose:
+            print(
+                f"resume: {self.out_dir} was ended at step {start} by its stop rule "
+                f"({', '.join(stopped_by)}): nothing to train",
+                file=sys.stderr,
+                flush=True,
+            )
         run = tracking.RunInfo(
             self.out_dir,
             self.cfg.to_dict(),
@@ -533,9 +530,11 @@ class Trainer:
             self.resumed,
             self.group,
             quiet=not self.verbose,
+            rows=tuple(self.rows),
         )
+        # opened with nothing to train too: a resume's trackers replay the rows they lack
         with tracking.Trackers(t.log_to, run) as self.trackers:
-            summary = self._loop(start)
+            summary = self.finish() if stopped_by else self._loop(start)
             self.trackers.finish(summary, figures(self.out_dir))
         return summary
 
