@@ -61,7 +61,7 @@ def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
     assert run("old", 100, resume=True) == 45
     # resuming a run its early stop already ended trains nothing more
     assert run("straight", 100, resume=True) == 45
-    assert read_metrics(tmp_path / "straight")[-1]["step"] == 40
+    assert read_metrics(tmp_path / "straight")[-1]["step"] == 45  # the stop step has its row
 
 
 def test_drop_seen_at_reads_rows_prefix_by_prefix():
@@ -367,3 +367,17 @@ def test_trackers_record_the_outcome_as_the_run_ends(tmp_path, trackers, monkeyp
     train(tiny(trackers, "train.steps=30"), interrupted, resume=True, verbose=False)
     assert tensorboard_status(interrupted) == "STATUS_SUCCESS"
     assert [code for code, _ in wandb_segments(interrupted)] == [255, 0]
+
+
+def test_the_step_a_run_ends_at_is_its_last_row(tmp_path, drop_at_step_20):
+    """luz #64 kind: a stop rule ending the run between log steps (at 45) wrote its last
+    checkpoint there, but its last metrics row and summary.json said 40: the model the analyses
+    call post-drop was one the metrics never described. A run whose train.steps is no multiple of
+    train.log_every ends with its row too."""
+    for name, overrides in (
+        ("stopped", ["train.steps=100", "train.stop_after_drop=25"]),
+        ("steps", ["train.steps=45"]),
+    ):
+        run = tmp_path / name
+        summary = train(tiny(*overrides), run, verbose=False)
+        assert read_metrics(run)[-1]["step"] == summary["steps"] == last_step(run) == 45, name

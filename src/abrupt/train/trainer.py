@@ -539,19 +539,28 @@ class Trainer:
         return summary
 
     def _loop(self, start: int) -> dict[str, Any]:
-        """Steps start+1 ... train.steps, a row at every log step; ends early when a callback's
-        stop rule says so, or at a stop signal (KeyboardInterrupt, after a checkpoint)."""
+        """Steps start+1 ... train.steps, a row at every log step and at the step a stop rule
+        ends the run at; ends early when a callback's stop rule says so, or at a stop signal
+        (KeyboardInterrupt, after a checkpoint)."""
         t = self.cfg.train
         try:
             with _stop_requests() as stop_requested:
                 for callback in self.callbacks:
                     callback.on_start(self, start)
                 for step in range(start + 1, t.steps + 1):
-                    log_now = step == 1 or step % t.log_every == 0 or step == t.steps
+                    # the step a stop rule ends the run at is logged too (asked before the step,
+                    # whose gradient norms a row needs): the last row, summary.json and the last
+                    # checkpoint are of one step
+                    log_now = (
+                        step == 1
+                        or step % t.log_every == 0
+                        or step == t.steps
+                        or self._stops_after(step)
+                    )
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         self.log(step, parts, norms)
-                    stop = any(c.should_stop(self, step) for c in self.callbacks)
+                    stop = self._stops_after(step)
                     requested = stop_requested.is_set()
                     for callback in self.callbacks:
                         callback.on_step_end(self, step, last=stop or requested)
@@ -570,6 +579,10 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_end(self)
         return self.finish()
+
+    def _stops_after(self, step: int) -> bool:
+        """Whether a callback's stop rule ends training after step `step`."""
+        return any(c.should_stop(self, step) for c in self.callbacks)
 
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
