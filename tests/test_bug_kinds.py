@@ -381,3 +381,34 @@ def test_the_step_a_run_ends_at_is_its_last_row(tmp_path, drop_at_step_20):
         run = tmp_path / name
         summary = train(tiny(*overrides), run, verbose=False)
         assert read_metrics(run)[-1]["step"] == summary["steps"] == last_step(run) == 45, name
+
+
+def test_a_command_that_writes_into_a_run_refuses_while_training_holds_it(tmp_path, capsys):
+    """One writer per run directory: `abrupt plot RUN` rewrote summary.json and loss.png while
+    `abrupt train` held the run's lock (a second --resume was refused); analyze, compare, ood,
+    report and components wrote into it too."""
+    from abrupt.cli import main
+    from abrupt.run.rundir import RunLock
+
+    run = tmp_path / "run"
+    train(tiny("train.steps=10"), run, verbose=False)
+    files = lambda: {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != ".lock"}  # noqa: E731
+    before = files()
+    commands = {
+        "plot": [],
+        "analyze": ["--only", "progress"],
+        "compare": ["--n", "4"],
+        "ood": ["--n", "4"],
+        "report": [],
+        "components": ["--steps", "2"],
+    }
+    refused = (
+        f"abrupt: error: {run} is in use by another process (it holds {run / '.lock'}); wait for "
+        "it to finish or stop it first\n"
+    )
+    with RunLock(run):  # as `abrupt train` holds it while it trains
+        for command, flags in commands.items():
+            capsys.readouterr()
+            assert main([command, str(run), *flags]) == 2, command
+            assert capsys.readouterr().err == refused, command
+    assert files() == before  # nothing written

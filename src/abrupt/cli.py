@@ -7,6 +7,7 @@ stop (non-finite loss, corrupt checkpoint), 130 when interrupted (the run stays 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ContextManager
 
 from . import tracking
 from .checks import validate_run
@@ -787,13 +789,30 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# The commands that write into the run directory they are given (summary.json and the figures,
+# analysis/, report.html, components/): each holds the run's lock for its whole life, as training
+# does, so that neither writes while the other holds it (one writer per run directory).
+WRITES_INTO_RUN = ("plot", "analyze", "compare", "ood", "report", "components")
+
+
+def _run_lock(args: argparse.Namespace) -> ContextManager[object]:
+    """The lock of the run a command writes into (RunLock: a RunDirError when another process
+    holds it); nothing to hold for any other command, or for a path that is not a directory (the
+    command itself then says what is wrong with it, and no lock file is made)."""
+    from .run.rundir import RunLock
+
+    run = getattr(args, "run", None) if args.command in WRITES_INTO_RUN else None
+    return RunLock(run) if run is not None and Path(run).is_dir() else contextlib.nullcontext()
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, with every way it can fail turned into one line and an exit status."""
     from .run.rundir import RunDirError
     from .train.trainer import TrainingError
 
     try:
-        return COMMANDS[args.command](args)
+        with _run_lock(args):
+            return COMMANDS[args.command](args)
     except (ConfigError, UsageError, RunDirError) as e:
         print(f"abrupt: error: {e}", file=sys.stderr)
         return 2
