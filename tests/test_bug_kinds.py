@@ -412,3 +412,57 @@ def test_a_command_that_writes_into_a_run_refuses_while_training_holds_it(tmp_pa
             assert main([command, str(run), *flags]) == 2, command
             assert capsys.readouterr().err == refused, command
     assert files() == before  # nothing written
+
+
+# `abrupt` commands one after the other in one process, each command's words ended by a '+'
+_COMMANDS = """import sys
+from abrupt.cli import main
+commands, words = [], []
+for word in sys.argv[1:]:
+    commands, words = (commands + [words], []) if word == "+" else (commands, words + [word])
+codes = [main(command) for command in commands]
+print(codes)
+sys.exit(max(codes))
+"""
+
+
+def test_text_the_terminal_or_locale_cannot_encode_stops_no_command(tmp_path, monkeypatch):
+    """Output encoding: `PYTHONIOENCODING=ascii abrupt train --out ü` trained and then died at
+    its last print (UnicodeEncodeError, exit 1); under an ASCII locale (LC_ALL=C without UTF-8
+    mode) the report's template ('×') could not be read, nor the forecast study's summary.md
+    ('–') written."""
+    import io
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from abrupt.cli import main
+
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="ascii") for _ in range(2))
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    run = tmp_path / "ü"
+    train_ = ["train", "--preset", "tiny", "--quiet", "--out", str(run), "train.steps=10"]
+    assert main(train_) == 0
+    assert main(train_) == 2  # refused: it holds a run (the message names the path)
+    out.flush(), err.flush()
+    assert f"run directory: {tmp_path}/\\xfc\n" in out.buffer.getvalue().decode()
+    assert f"abrupt: error: {tmp_path}/\\xfc already holds a run" in err.buffer.getvalue().decode()
+
+    runs = Path(__file__).resolve().parents[1] / "docs" / "forecast" / "runs" / "mws_log2"
+    words = ["report", str(run), "+", "forecast", str(runs), "--out", str(run / "forecast"), "+"]
+    ascii_locale = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMMANDS, *words],
+        env={**os.environ, **ascii_locale, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    # the path's bytes, which the locale could not decode, printed back as they were
+    assert done.stdout.decode().splitlines() == [
+        f"wrote {run / 'report.html'}",
+        f"wrote {run / 'forecast' / 'summary.md'} and intervals.png",
+        "[0, 0]",
+    ]
+    assert "×" in (run / "report.html").read_text(encoding="utf-8")

@@ -7,6 +7,7 @@ stop (non-finite loss, corrupt checkpoint), 130 when interrupted (the run stays 
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import math
 import os
@@ -775,7 +776,29 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's stop ends every command as Ctrl-C does, with its hint
 
 
+def _escape(error: UnicodeEncodeError) -> tuple[str | bytes, int]:
+    """The error handler of `_escape_unencodable`, one character at a time: a byte the locale
+    could not decode (a surrogate escape: the path 'ü' under LC_ALL=C) back as it was, as Python's
+    own surrogateescape does; any other character backslash-escaped ('×' as '\\xd7')."""
+    start = error.start
+    one = UnicodeEncodeError(error.encoding, error.object, start, start + 1, error.reason)
+    if "\udc80" <= error.object[start] <= "\udcff":
+        return codecs.lookup_error("surrogateescape")(one)
+    return codecs.backslashreplace_errors(one)
+
+
+def _escape_unencodable() -> None:
+    """Standard output and error write what their encoding cannot (a path, or the '×', '–', 'λ'
+    of a message or table, under PYTHONIOENCODING=ascii or an ASCII or Latin-1 locale) through
+    `_escape`, where printing it would raise UnicodeEncodeError; for the rest of the process."""
+    codecs.register_error("abrupt.escape", _escape)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a text stream; one a caller swapped in may not be
+            stream.reconfigure(errors="abrupt.escape")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _escape_unencodable()  # before argparse, whose --help and errors print too
     try:
         args = _parse(argv)
     except SystemExit as e:  # --help, or a bad argument already reported in one line
