@@ -314,18 +314,23 @@ def cut_events(path, step):
 def test_a_resume_leaves_each_tracker_every_row_of_the_record_once(tmp_path, trackers):
     """wandb #4624 / tango #152 kind: a killed segment's W&B file held none of its rows (W&B had
     flushed no block) and TensorBoard lost its unflushed events, yet the resume logged only the
-    rows after its checkpoint; rows W&B held past the checkpoint were logged a second time."""
-    for name, flushed in (("lost", False), ("held", True)):
+    rows after its checkpoint (rows W&B held past it were logged a second time); a run killed
+    after its last checkpoint could not be resumed to repair its trackers."""
+    # (tests/test_tracking.py: rows W&B holds past the checkpoint are not logged again)
+    for name, checkpointed in (
+        ("lost", False),  # killed after logging step 40, before its checkpoint (the last: 20)
+        ("ended", True),  # killed after the last checkpoint, before the trackers closed
+    ):
         run = tmp_path / name
         train(tiny(trackers, "train.steps=40"), run, verbose=False)
-        # killed after logging step 40, before its checkpoint: the last is step 20's
-        for path in (run / "checkpoints").glob("step_40.*"):
-            path.unlink()
-        if not flushed:  # W&B wrote its header alone; TensorBoard its hparams and rows 1 and 10
-            (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
-            wandb_file.write_bytes(wandb_file.read_bytes()[:7])
-            (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
-            cut_events(events, 20)
+        if not checkpointed:
+            for path in (run / "checkpoints").glob("step_40.*"):
+                path.unlink()
+        # W&B had written its header alone; TensorBoard its hparams and rows 1 and 10
+        (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+        wandb_file.write_bytes(wandb_file.read_bytes()[:7])
+        (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+        cut_events(events, 20)
         train(tiny(trackers, "train.steps=40"), run, resume=True, verbose=False)
         steps = [r["step"] for r in read_metrics(run)]
         assert steps == [1, 10, 20, 30, 40]

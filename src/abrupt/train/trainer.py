@@ -341,9 +341,10 @@ class Trainer:
                 )
             # killed before its first checkpoint: nothing was learned yet, so start over
             return self.start_fresh()
-        if ckpt.step >= self.cfg.train.steps:
+        if ckpt.step > self.cfg.train.steps:
             raise TrainingError(
-                f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that"
+                f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps of at least "
+                "that"
             )
         extra = checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
         self.grok_ema = {
@@ -598,8 +599,10 @@ class Trainer:
 def train(
     cfg: Config, out_dir: Path, resume: bool = False, verbose: bool = True, group: str = ""
 ) -> dict[str, Any]:
-    """Train (or resume) a run in `out_dir` as its only writer; returns the summary. `group`: the
-    sweep it is a trial of."""
+    """Train (or resume) a run in `out_dir` as its only writer; returns the summary. A resume of a
+    run already at its last step (or ended by its stop rule) trains nothing: its summary is
+    rewritten and its trackers replay what they lack (a kill between its last checkpoint and their
+    closing). `group`: the sweep it is a trial of."""
     validate_run(cfg)
     tracking.require(cfg.train.log_to)
     check_name(out_dir)
