@@ -148,11 +148,11 @@ class TensorBoard:
 
     def close(self, outcome: str) -> None:
         if outcome in self.STATUS:
-            self.writer.file_writer.add_summary(session_end(self.STATUS[outcome]), self.last)
+            self.writer.file_writer.add_summary(_session_end(self.STATUS[outcome]), self.last)
         self.writer.close()
 
 
-def session_end(status: str) -> Any:
+def _session_end(status: str) -> Any:
     """TensorBoard's HPARAMS session end (a Summary) with `status` (api.proto's Status name) and
     the time now; as torch.utils.tensorboard.summary.hparams builds it, whose is always a
     success."""
