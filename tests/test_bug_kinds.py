@@ -63,7 +63,7 @@ def test_early_stop_countdown_survives_resume(tmp_path, drop_at_step_20):
     assert run("old", 100, resume=True) == 45
     # resuming a run its early stop already ended trains nothing more
     assert run("straight", 100, resume=True) == 45
-    assert read_metrics(tmp_path / "straight")[-1]["step"] == 40
+    assert read_metrics(tmp_path / "straight")[-1]["step"] == 45  # the stop step has its row
 
 
 def test_drop_seen_at_reads_rows_prefix_by_prefix():
@@ -418,6 +418,215 @@ def test_the_readmes_set_up_then_its_tests_pass_without_the_other_extras(tmp_pat
     devinterp (`.ci/run` installed it first, which hid that): every test that needs an extra the
     set-up leaves out skips, saying what to install, and the README's own commands test runs no
     row that needs one."""
+
+
+# Issue 44 (items 1, 2, 6, 9, 10)
+
+
+@pytest.fixture
+def trackers(monkeypatch, tmp_path, one_thread):
+    """TensorBoard and W&B (offline, its user-level files in the test's folder): the override."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    return "train.log_to=tensorboard,wandb"
+
+
+def tensorboard_loss_steps(run):
+    """The steps of TensorBoard's `loss` points, as TensorBoard shows them (purges applied)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    return [e.step for e in ea.Scalars("loss")]
+
+
+def tensorboard_status(run):
+    """The HPARAMS session's end status (api.proto's name); None when none was written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    ea.Reload()
+    content = ea.PluginTagToContent("hparams").get("_hparams_/session_end_info")
+    if content is None:
+        return None
+    status = plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
+    return api_pb2.Status.Name(status)
+
+
+def wandb_segments(run, wait=30.0):
+    """Each offline W&B segment of the run, oldest first: (its exit code, None without one; the
+    steps of its rows). W&B's service may still write the last file after finish() returns: read
+    again, for up to `wait` seconds, until that one has its exit record."""
+    import time
+
+    from abrupt.tracking import wandb_records
+
+    deadline = time.monotonic() + wait
+    while True:
+        segments = []
+        for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")):
+            code, steps = None, []
+            for r in wandb_records(path):
+                kind = r.WhichOneof("record_type")
+                if kind == "exit":
+                    code = r.exit.exit_code
+                elif kind == "history" and any(
+                    (i.key or "/".join(i.nested_key)) == "loss" for i in r.history.item
+                ):
+                    steps.append(r.history.step.num)
+            segments.append((code, steps))
+        if segments[-1][0] is not None or time.monotonic() > deadline:
+            return segments
+        time.sleep(0.5)
+
+
+def cut_events(path, step):
+    """Cut a TensorBoard event file (TFRecords: length (8), its crc (4), an Event, crc (4)) before
+    its first event at `step`, as a writer killed before flushing them leaves it."""
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+        length = struct.unpack("<Q", data[pos : pos + 8])[0]
+        if Event.FromString(data[pos + 12 : pos + 12 + length]).step >= step:
+            break
+        pos += 16 + length
+    path.write_bytes(data[:pos])
+
+
+def test_a_resume_leaves_each_tracker_every_row_of_the_record_once(tmp_path, trackers):
+    """wandb #4624 / tango #152 kind: a killed segment's W&B file held none of its rows (W&B had
+    flushed no block) and TensorBoard lost its unflushed events, yet the resume logged only the
+    rows after its checkpoint (rows W&B held past it were logged a second time); a run killed
+    after its last checkpoint could not be resumed to repair its trackers."""
+    # (tests/test_tracking.py: rows W&B holds past the checkpoint are not logged again)
+    for name, checkpointed in (
+        ("lost", False),  # killed after logging step 40, before its checkpoint (the last: 20)
+        ("ended", True),  # killed after the last checkpoint, before the trackers closed
+    ):
+        run = tmp_path / name
+        train(tiny(trackers, "train.steps=40"), run, verbose=False)
+        if not checkpointed:
+            for path in (run / "checkpoints").glob("step_40.*"):
+                path.unlink()
+        # W&B had written its header alone; TensorBoard its hparams and rows 1 and 10
+        (wandb_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
+        wandb_file.write_bytes(wandb_file.read_bytes()[:7])
+        (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+        cut_events(events, 20)
+        train(tiny(trackers, "train.steps=40"), run, resume=True, verbose=False)
+        steps = [r["step"] for r in read_metrics(run)]
+        assert steps == [1, 10, 20, 30, 40]
+        assert tensorboard_loss_steps(run) == steps, name
+        assert [s for _, held in wandb_segments(run) for s in held] == steps, name
+
+
+def test_trackers_record_the_outcome_as_the_run_ends(tmp_path, trackers, monkeypatch):
+    """tensorboard #5596 kind: the HPARAMS session's end status was written at step 0 as a
+    success, before any outcome (a divergence and an interruption carried it too); W&B marked an
+    interruption failed."""
+    import signal
+
+    from abrupt.train.trainer import Trainer, TrainingError
+
+    diverged = tmp_path / "diverged"
+    cfg = tiny(trackers, "train.lr=1e4", "model.attn_temperature=1e-4")
+    with pytest.raises(TrainingError, match="diverged"):
+        train(cfg, diverged, verbose=False)
+    assert tensorboard_status(diverged) == "STATUS_FAILURE"
+    assert [code for code, _ in wandb_segments(diverged)] == [1]
+
+    # Ctrl-C during step 15: no status (Unknown, as a killed run), since TensorBoard keeps the
+    # first a run writes and the resume's is the outcome; W&B's own code for Ctrl-C
+    real_step = Trainer.step
+
+    def step(self, n, want_norms):
+        if n == 15:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(self, n, want_norms)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(Trainer, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(trackers, "train.steps=30"), interrupted, verbose=False)
+    assert tensorboard_status(interrupted) is None
+    assert [code for code, _ in wandb_segments(interrupted)] == [255]
+    monkeypatch.setattr(Trainer, "step", real_step)
+    train(tiny(trackers, "train.steps=30"), interrupted, resume=True, verbose=False)
+    assert tensorboard_status(interrupted) == "STATUS_SUCCESS"
+    assert [code for code, _ in wandb_segments(interrupted)] == [255, 0]
+
+
+def test_the_step_a_run_ends_at_is_its_last_row(tmp_path, drop_at_step_20):
+    """luz #64 kind: a stop rule ending the run between log steps (at 45) wrote its last
+    checkpoint there, but its last metrics row and summary.json said 40: the model the analyses
+    call post-drop was one the metrics never described. A run whose train.steps is no multiple of
+    train.log_every ends with its row too."""
+    for name, overrides in (
+        ("stopped", ["train.steps=100", "train.stop_after_drop=25"]),
+        ("steps", ["train.steps=45"]),
+    ):
+        run = tmp_path / name
+        summary = train(tiny(*overrides), run, verbose=False)
+        assert read_metrics(run)[-1]["step"] == summary["steps"] == last_step(run) == 45, name
+
+
+def test_a_command_that_writes_into_a_run_refuses_while_training_holds_it(tmp_path, capsys):
+    """One writer per run directory: `abrupt plot RUN` rewrote summary.json and loss.png while
+    `abrupt train` held the run's lock (a second --resume was refused); analyze, compare, ood,
+    report and components wrote into it too."""
+    from abrupt.cli import main
+    from abrupt.run.rundir import RunLock
+
+    run = tmp_path / "run"
+    train(tiny("train.steps=10"), run, verbose=False)
+    files = lambda: {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != ".lock"}  # noqa: E731
+    before = files()
+    commands = {
+        "plot": [],
+        "analyze": ["--only", "progress"],
+        "compare": ["--n", "4"],
+        "ood": ["--n", "4"],
+        "report": [],
+        "components": ["--steps", "2"],
+    }
+    refused = (
+        f"abrupt: error: {run} is in use by another process (it holds {run / '.lock'}); wait for "
+        "it to finish or stop it first\n"
+    )
+    with RunLock(run):  # as `abrupt train` holds it while it trains
+        for command, flags in commands.items():
+            capsys.readouterr()
+            assert main([command, str(run), *flags]) == 2, command
+            assert capsys.readouterr().err == refused, command
+    assert files() == before  # nothing written
+
+
+# `abrupt` commands one after the other in one process, each command's words ended by a '+'
+_COMMANDS = """import sys
+from abrupt.cli import main
+commands, words = [], []
+for word in sys.argv[1:]:
+    commands, words = (commands + [words], []) if word == "+" else (commands, words + [word])
+codes = [main(command) for command in commands]
+print(codes)
+sys.exit(max(codes))
+"""
+
+
+def test_text_the_terminal_or_locale_cannot_encode_stops_no_command(tmp_path, monkeypatch):
+    """Output encoding: `PYTHONIOENCODING=ascii abrupt train --out ü` trained and then died at
+    its last print (UnicodeEncodeError, exit 1); under an ASCII locale (LC_ALL=C without UTF-8
+    mode) the report's template ('×') could not be read, nor the forecast study's summary.md
+    ('–') written."""
+    import io
     import os
     import subprocess
     import sys
@@ -441,3 +650,34 @@ def test_the_readmes_set_up_then_its_tests_pass_without_the_other_extras(tmp_pat
     assert r.returncode == 0, r.stdout[-2000:]
     skipped = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 4 and all("needs pip install 'abrupt[" in s for s in skipped), skipped
+
+
+    from abrupt.cli import main
+
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="ascii") for _ in range(2))
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    run = tmp_path / "ü"
+    train_ = ["train", "--preset", "tiny", "--quiet", "--out", str(run), "train.steps=10"]
+    assert main(train_) == 0
+    assert main(train_) == 2  # refused: it holds a run (the message names the path)
+    out.flush(), err.flush()
+    assert f"run directory: {tmp_path}/\\xfc\n" in out.buffer.getvalue().decode()
+    assert f"abrupt: error: {tmp_path}/\\xfc already holds a run" in err.buffer.getvalue().decode()
+
+    runs = Path(__file__).resolve().parents[1] / "docs" / "forecast" / "runs" / "mws_log2"
+    words = ["report", str(run), "+", "forecast", str(runs), "--out", str(run / "forecast"), "+"]
+    ascii_locale = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", _COMMANDS, *words],
+        env={**os.environ, **ascii_locale, "PYTHONIOENCODING": "ascii", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    # the path's bytes, which the locale could not decode, printed back as they were
+    assert done.stdout.decode().splitlines() == [
+        f"wrote {run / 'report.html'}",
+        f"wrote {run / 'forecast' / 'summary.md'} and intervals.png",
+        "[0, 0]",
+    ]
+    assert "×" in (run / "report.html").read_text(encoding="utf-8")

@@ -7,6 +7,8 @@ stop (non-finite loss, corrupt checkpoint), 130 when interrupted (the run stays 
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import math
 import os
 import re
@@ -17,6 +19,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import ContextManager
 
 from . import tracking
 from .checks import validate_run
@@ -802,7 +805,29 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a scheduler's stop ends every command as Ctrl-C does, with its hint
 
 
+def _escape(error: UnicodeEncodeError) -> tuple[str | bytes, int]:
+    """The error handler of `_escape_unencodable`, one character at a time: a byte the locale
+    could not decode (a surrogate escape: the path 'ü' under LC_ALL=C) back as it was, as Python's
+    own surrogateescape does; any other character backslash-escaped ('×' as '\\xd7')."""
+    start = error.start
+    one = UnicodeEncodeError(error.encoding, error.object, start, start + 1, error.reason)
+    if "\udc80" <= error.object[start] <= "\udcff":
+        return codecs.lookup_error("surrogateescape")(one)
+    return codecs.backslashreplace_errors(one)
+
+
+def _escape_unencodable() -> None:
+    """Standard output and error write what their encoding cannot (a path, or the '×', '–', 'λ'
+    of a message or table, under PYTHONIOENCODING=ascii or an ASCII or Latin-1 locale) through
+    `_escape`, where printing it would raise UnicodeEncodeError; for the rest of the process."""
+    codecs.register_error("abrupt.escape", _escape)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # a text stream; one a caller swapped in may not be
+            stream.reconfigure(errors="abrupt.escape")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _escape_unencodable()  # before argparse, whose --help and errors print too
     try:
         args = _parse(argv)
     except SystemExit as e:  # --help, or a bad argument already reported in one line
@@ -816,13 +841,30 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+# The commands that write into the run directory they are given (summary.json and the figures,
+# analysis/, report.html, components/): each holds the run's lock for its whole life, as training
+# does, so that neither writes while the other holds it (one writer per run directory).
+WRITES_INTO_RUN = ("plot", "analyze", "compare", "ood", "report", "components")
+
+
+def _run_lock(args: argparse.Namespace) -> ContextManager[object]:
+    """The lock of the run a command writes into (RunLock: a RunDirError when another process
+    holds it); nothing to hold for any other command, or for a path that is not a directory (the
+    command itself then says what is wrong with it, and no lock file is made)."""
+    from .run.rundir import RunLock
+
+    run = getattr(args, "run", None) if args.command in WRITES_INTO_RUN else None
+    return RunLock(run) if run is not None and Path(run).is_dir() else contextlib.nullcontext()
+
+
 def _run(args: argparse.Namespace) -> int:
     """The command, with every way it can fail turned into one line and an exit status."""
     from .run.rundir import RunDirError
     from .train.trainer import TrainingError
 
     try:
-        return COMMANDS[args.command](args)
+        with _run_lock(args):
+            return COMMANDS[args.command](args)
     except (ConfigError, UsageError, RunDirError) as e:
         print(f"abrupt: error: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from .hooks import HookedModule
 from .models.bert import MatrixBert
 from .models.gpt import MatrixGPT
 from .run import checkpoints
-from .run.rundir import read_config
+from .run.rundir import atomic_write_text, read_config
 
 TARGETS = ("hf",)
 
@@ -274,7 +274,8 @@ def export(run: Path, out: Path, step: int | None = None, to: str = "hf") -> Pat
                 transformers.utils.logging.enable_progress_bar()
         if readout is not None:
             save_file(readout, tmp / "readout.safetensors", metadata={"format": "pt"})
-        (tmp / "README.md").write_text(_readme(model, Path(run), ckpt.step, readout is not None))
+        readme = _readme(model, Path(run), ckpt.step, readout is not None)
+        atomic_write_text(tmp / "README.md", readme)  # it names the run's path
         os.chmod(tmp, 0o755)
         if out.exists():
             out.rmdir()  # empty, checked above

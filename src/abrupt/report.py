@@ -22,12 +22,13 @@ from . import tasks
 from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
 from .dynamics.transition import HEADLINE_LABEL
-from .run.rundir import RunDirError, atomic_write_bytes, read_config, read_json, read_summary
+from .run.rundir import RunDirError, atomic_write_text, read_config, read_json, read_summary
 
-# The page's template and style: package files beside this module (HTML and CSS, not Python).
+# The page's template and style: package files beside this module (HTML and CSS, not Python), in
+# UTF-8 whatever the locale's encoding.
 _TEMPLATES = resources.files("abrupt") / "templates"
-STYLE = (_TEMPLATES / "report.css").read_text().strip()
-TEMPLATE = (_TEMPLATES / "report.html.j2").read_text()
+STYLE = (_TEMPLATES / "report.css").read_text(encoding="utf-8").strip()
+TEMPLATE = (_TEMPLATES / "report.html.j2").read_text(encoding="utf-8")
 
 _ENV = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 
@@ -181,5 +182,5 @@ def build(run_dir: Path) -> Path:
             f"{run_dir / 'config.json'} lacks a field the report needs ({e})"
         ) from None
     path = run_dir / "report.html"
-    atomic_write_bytes(path, page.encode())
+    atomic_write_text(path, page)
     return path

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..run.rundir import read_config, read_metrics
+from ..run.rundir import atomic_write_json, atomic_write_text, read_config, read_metrics
 from . import calibration as cal
 from . import forecast as fc
 from .transition import detect, run_kind
@@ -394,10 +394,8 @@ def markdown(result: dict[str, Any]) -> str:
 def write(result: dict[str, Any], out: Path) -> Path:
     """results.json and summary.md in `out` (the figure: `plots.plot_study_intervals`); returns
     summary.md's path."""
-    from ..run.rundir import atomic_write_json
-
     out.mkdir(parents=True, exist_ok=True)
     # the points only draw the figure
     atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "points"})
-    (out / "summary.md").write_text(markdown(result))
+    atomic_write_text(out / "summary.md", markdown(result))  # its tables hold '–' and '∞'
     return out / "summary.md"

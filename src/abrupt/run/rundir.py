@@ -104,6 +104,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode())
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """`text` in UTF-8, whatever the locale's encoding; the bytes of a path that encoding could
+    not decode (held as surrogate escapes: a directory 'ü' under LC_ALL=C) go back as they were,
+    where strict UTF-8 would raise."""
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of the run, or a RunDirError naming it when it is unreadable or an object in it
     gives a key twice (json alone keeps the last silently: a hand-edited config.json would run

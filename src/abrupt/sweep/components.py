@@ -15,7 +15,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..models import groups
 from ..plots import figure, plt
-from ..run.rundir import atomic_write_bytes, read_config, read_metrics
+from ..run.rundir import atomic_write_text, read_config, read_metrics
 from .runner import Sweep, SweepSpec
 
 
@@ -110,5 +110,5 @@ def report(sweep: Sweep) -> Path:
             "",
         ]
     )
-    atomic_write_bytes(sweep.out / "components.md", text.encode())
+    atomic_write_text(sweep.out / "components.md", text)
     return path

@@ -325,8 +325,7 @@ def run_trial(
     import torch
 
     from ..run import checkpoints
-    from ..train.summary import finish
-    from ..train.trainer import resume_point, train
+    from ..train.trainer import train
 
     # the sweep was stopped while this trial waited (Ray)
     if (Path(out_dir).parent / STOP_NAME).exists():
@@ -338,17 +337,13 @@ def run_trial(
         cfg = config_of(preset_name, overrides, base_run)
         out = Path(out_dir)
         started = (out / "config.json").exists()
-        summary = None
         if started:
             with RunLock(out, wait=LOCK_WAIT):
-                last = resume_point(out)
-                if last is not None and last.step >= cfg.train.steps:
-                    # finished before the sweep was stopped (or by a worker of a killed sweep)
-                    summary = finish(out)
-        if summary is None:
-            # the trials of one sweep are one W&B group; TensorBoard: `--logdir SWEEP`
-            summary = train(cfg, out, resume=started, verbose=False, group=out.parent.name)
-        row["summary"] = summary
+                pass  # a worker of a killed sweep has let go of it
+        # one that finished before the sweep was stopped (or by a worker of a killed sweep) trains
+        # nothing, and its trackers replay what they lack; the trials of one sweep are one W&B
+        # group; TensorBoard: `--logdir SWEEP`
+        row["summary"] = train(cfg, out, resume=started, verbose=False, group=out.parent.name)
     except KeyboardInterrupt:
         row.update(status="interrupted", summary=None)
     except (Exception, checkpoints.CheckpointError) as e:  # a failed trial must not stop the sweep

@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..run.rundir import atomic_write_bytes, read_metrics
+from ..run.rundir import atomic_write_text, read_metrics
 
 if TYPE_CHECKING:  # the runner calls this module; only its type is named here
     from .runner import Sweep
@@ -77,7 +77,7 @@ def write_summary(sweep: Sweep) -> Path:
         failed_figures = e
         lines.append(f"Figures not written: {e.strerror or e}.")
     path = sweep.out / "summary.md"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_text(path, "\n".join(lines) + "\n")
     if failed_figures is not None:
         raise failed_figures
     return path

@@ -7,7 +7,10 @@ The loop (`Trainer._loop`) calls every callback's hooks in list order (`standard
     on_log(trainer, row) -> dict        at a log step: fields to add to the row (after the losses,
                                         gradient norms, lr and time; in list order)
     on_logged(trainer, row)             the row is complete and in trainer.rows
-    should_stop(trainer, step) -> bool  after each step: whether training ends here
+    should_stop(trainer, step) -> bool  after each step: whether training ends here; asked
+                                        before the step too, so that the step it ends at gets a
+                                        row (a rule that changes its answer only at log steps,
+                                        from the rows, says the same both times)
     on_step_end(trainer, step, last)    after each step; `last`: the loop ends after it (a stop
                                         rule or a stop signal)
     on_end(trainer)                     the loop has ended, also by an error

@@ -342,9 +342,10 @@ class Trainer:
                 )
             # killed before its first checkpoint: nothing was learned yet, so start over
             return self.start_fresh()
-        if ckpt.step >= self.cfg.train.steps:
+        if ckpt.step > self.cfg.train.steps:
             raise TrainingError(
-                f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps above that"
+                f"{self.out_dir} is already at step {ckpt.step}; ask for train.steps of at least "
+                "that"
             )
         extra = checkpoints.load_training_state(ckpt, self.model, self.optim, self.data_rng)
         self.grok_ema = {
@@ -518,16 +519,13 @@ class Trainer:
                 flush=True,
             )
         stopped_by = [type(c).__name__ for c in self.callbacks if c.should_stop(self, start)]
-        if stopped_by:
-            # resumed after a stop rule had ended it: nothing to train
-            if self.verbose:
-                print(
-                    f"resume: {self.out_dir} was ended at step {start} by its stop rule "
-                    f"({', '.join(stopped_by)}): nothing to train",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            return self.finish()
+        if stopped_by and self.verbose:
+            print(
+                f"resume: {self.out_dir} was ended at step {start} by its stop rule "
+                f"({', '.join(stopped_by)}): nothing to train",
+                file=sys.stderr,
+                flush=True,
+            )
         run = tracking.RunInfo(
             self.out_dir,
             self.cfg.to_dict(),
@@ -535,26 +533,37 @@ class Trainer:
             self.resumed,
             self.group,
             quiet=not self.verbose,
+            rows=tuple(self.rows),
         )
+        # opened with nothing to train too: a resume's trackers replay the rows they lack
         with tracking.Trackers(t.log_to, run) as self.trackers:
-            summary = self._loop(start)
+            summary = self.finish() if stopped_by else self._loop(start)
             self.trackers.finish(summary, figures(self.out_dir))
         return summary
 
     def _loop(self, start: int) -> dict[str, Any]:
-        """Steps start+1 ... train.steps, a row at every log step; ends early when a callback's
-        stop rule says so, or at a stop signal (KeyboardInterrupt, after a checkpoint)."""
+        """Steps start+1 ... train.steps, a row at every log step and at the step a stop rule
+        ends the run at; ends early when a callback's stop rule says so, or at a stop signal
+        (KeyboardInterrupt, after a checkpoint)."""
         t = self.cfg.train
         try:
             with _stop_requests() as stop_requested:
                 for callback in self.callbacks:
                     callback.on_start(self, start)
                 for step in range(start + 1, t.steps + 1):
-                    log_now = step == 1 or step % t.log_every == 0 or step == t.steps
+                    # the step a stop rule ends the run at is logged too (asked before the step,
+                    # whose gradient norms a row needs): the last row, summary.json and the last
+                    # checkpoint are of one step
+                    log_now = (
+                        step == 1
+                        or step % t.log_every == 0
+                        or step == t.steps
+                        or self._stops_after(step)
+                    )
                     parts, norms = self.step(step, log_now)
                     if log_now:
                         self.log(step, parts, norms)
-                    stop = any(c.should_stop(self, step) for c in self.callbacks)
+                    stop = self._stops_after(step)
                     requested = stop_requested.is_set()
                     for callback in self.callbacks:
                         callback.on_step_end(self, step, last=stop or requested)
@@ -574,6 +583,10 @@ class Trainer:
             callback.on_end(self)
         return self.finish()
 
+    def _stops_after(self, step: int) -> bool:
+        """Whether a callback's stop rule ends training after step `step`."""
+        return any(c.should_stop(self, step) for c in self.callbacks)
+
     def finish(self) -> dict[str, Any]:
         """summary.json and loss.png for the metrics so far; where they cannot be written (a full
         disk), none at all: a stale summary would mislead (`abrupt plot` redraws them)."""
@@ -588,8 +601,10 @@ class Trainer:
 def train(
     cfg: Config, out_dir: Path, resume: bool = False, verbose: bool = True, group: str = ""
 ) -> dict[str, Any]:
-    """Train (or resume) a run in `out_dir` as its only writer; returns the summary. `group`: the
-    sweep it is a trial of."""
+    """Train (or resume) a run in `out_dir` as its only writer; returns the summary. A resume of a
+    run already at its last step (or ended by its stop rule) trains nothing: its summary is
+    rewritten and its trackers replay what they lack (a kill between its last checkpoint and their
+    closing). `group`: the sweep it is a trial of."""
     validate_run(cfg)
     tracking.require(cfg.train.log_to)
     check_name(out_dir)
