@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..config import Config
 from ..hooks import HookedModule, act_name
@@ -190,6 +191,7 @@ def plot(result: Result, out: Path) -> list[Path]:
                 ax.axhline(rows[0][chance], color="grey", ls="--", lw=1, label="chance")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
     return [path]
