@@ -418,7 +418,7 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
     columns = [c for c in columns if c[0] in last]
     rows = []
     for s, e in steps.items():
-        row = [s, *[e[key] for key, _ in columns], e["token_pc_corr_with_value"][0]]
+        row = [int(s), *[e[key] for key, _ in columns], e["token_pc_corr_with_value"][0]]
         if "token_pc_corr_with_abs_value" in e:
             row.append(e["token_pc_corr_with_abs_value"][1])
         if "token_circle" in e:
@@ -444,7 +444,8 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
                 f"principal components): R is the agreement of their angles with f · residue "
                 f"(best frequency f = {c['frequency']} at the last step; 1 exact, "
                 f"{c['r_chance']:.2f} the {CIRCLE_QUANTILE:.0%} level of shuffled numbers); "
-                "order, the share of tokens whose angular neighbour is their residue neighbour; "
+                "order, the share of tokens whose angular neighbour is their neighbour in "
+                "f · residue; "
                 f"it holds where order >= {CIRCLE_ORDER:g} and R beats the shuffled level: "
                 f"{'it holds' if c['holds'] else 'it does not hold'} at the last step."
             )
