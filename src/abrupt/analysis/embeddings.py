@@ -112,7 +112,8 @@ def circle(
 ) -> dict[str, float | int | bool]:
     """Whether tokens whose PCA coordinates are `xy` (N, 2) lie on a circle in the order of their
     numbers' residues mod `modulus` (the grokking literature's modular "clock", at some frequency
-    f: token r at angle 2 pi f r / p, up to a rotation; f and p - f are its two orientations).
+    f coprime with p: token r at angle 2 pi f r / p, up to a rotation; f and p - f are its two
+    orientations).
 
     r          mean resultant length |mean exp(i (angle - 2 pi f r / p))| at the best f: 1 when
                the angles are those of the residues exactly, about 1/sqrt(N) when unrelated
@@ -125,10 +126,12 @@ def circle(
     """
     angle = np.arctan2(xy[:, 1], xy[:, 0])  # PCA coordinates are centred
     residue = np.mod(np.rint(numbers).astype(int), modulus)
-    freqs = np.arange(1, modulus)
+    # frequencies coprime with p, so that f * residue orders the residues (f = 5 of p = 10 would
+    # put them at two angles)
+    freqs = np.array([f for f in range(1, modulus) if np.gcd(f, modulus) == 1])
 
     def best(r: np.ndarray) -> tuple[float, int]:
-        phase = 2 * np.pi * np.outer(freqs, r) / modulus  # (p - 1, N)
+        phase = 2 * np.pi * np.outer(freqs, r) / modulus  # (frequencies, N)
         length = np.abs(np.exp(1j * (angle[None] - phase)).mean(1))
         return float(length.max()), int(freqs[length.argmax()])
 
