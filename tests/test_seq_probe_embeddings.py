@@ -119,8 +119,8 @@ def test_circle_is_not_found_in_shuffled_tokens():
     scrambled = xy[np.random.default_rng(1).permutation(16)]
     c = embeddings.circle(scrambled, numbers, 17, 0)
     assert not c["holds"] and c["order"] < 0.5
-    # addition's digits mod 10 at frequency 3: found there (f = 5, coprime with nothing, is no
-    # candidate: it puts the digits at two angles)
+    # addition's digits mod 10 at frequency 3: found there (f = 5 is no candidate: sharing a
+    # factor with 10, it puts the digits at two angles)
     digits = np.arange(10, dtype=float)
     xy = np.stack([np.cos(2 * np.pi * 3 * digits / 10), np.sin(2 * np.pi * 3 * digits / 10)], 1)
     c = embeddings.circle(xy, digits, 10, 0)
