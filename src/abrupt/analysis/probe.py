@@ -38,8 +38,9 @@ PAPER = (
 )
 ORDER = 30
 NEEDS = frozenset({"probe_targets"})  # task capabilities (tasks/base.py)
-# how each score is shown (results.json keys end in these): MSE stays in results.json only
-SCORES = {"_r2": "R²", "_abs_cos": "|cos|", "_acc": "accuracy", "_chance": "chance"}
+# how each score is shown (results.json keys end in these); the MSEs stay in results.json, and a
+# class's chance (`<name>_chance`) is shown beside its accuracy
+SCORES = {"_r2": "R²", "_abs_cos": "|cos|", "_acc": "accuracy"}
 
 
 def hidden_states(task: Task, model: HookedModule, batch: TaskBatch) -> torch.Tensor:
@@ -119,7 +120,7 @@ def run(
                     row.update(_class_scores(name, pred, y[fit], y[~fit]))
                     continue
                 err = ((pred - y[~fit].double()) ** 2).mean(dim=1)
-                parts = {f"{name}_{p}": s[at][~fit] for p, s in target.parts.items()}
+                parts = {f"{name}_{p}": sel[at][~fit] for p, sel in target.parts.items()}
                 for key, sel in (parts or {name: torch.ones_like(err, dtype=torch.bool)}).items():
                     row.update(_value_scores(key, err[sel], pred[sel], y[~fit][sel]))
             rows.append(row)
@@ -161,12 +162,11 @@ def _class_scores(
 
 
 def scores(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(key, heading) of every score the rows hold but MSE and chance (results.json keeps them;
-    chance is drawn and shown beside its accuracy), in the rows' order."""
+    """(key, heading) of every score of SCORES the rows hold, in the rows' order."""
     out = []
     for key in rows[0] if rows else {}:
         for end, label in SCORES.items():
-            if key.endswith(end) and end != "_chance":
+            if key.endswith(end):
                 out.append((key, f"{key[: -len(end)].replace('_', ' ')} {label}"))
     return out
 
