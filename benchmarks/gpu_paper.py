@@ -267,8 +267,8 @@ def summary_line(d: dict[str, Any]) -> str:
     return (
         f"{d.get('device')}: {run.get('steps')} steps in {run.get('wall_seconds')} s "
         f"({run.get('ended', 'not trained')}, {run.get('steps_per_s')} steps/s); plateau L_mask "
-        f"{run.get('plateau_loss_mask')}, drop at step {run.get('drop_step')}, sudden "
-        f"{run.get('sudden')}, final L_mask {run.get('final_loss_mask')}{ratios}; "
+        f"{run.get('plateau_level')}, drop at step {run.get('drop_step')}, sudden "
+        f"{run.get('sudden')}, final L_mask {run.get('final_level')}{ratios}; "
         f"{stages}; {len(d.get('errors', []))} error(s)"
     )
 

@@ -38,7 +38,7 @@ def table() -> None:
         print(
             f"| {r['name']} | {' '.join(r['overrides'])} | {r['sec_per_step']:.3f} | "
             f"{r['steps_run']} | "
-            f"{r['plateau_loss_mask']:.4f} | {drop} | {r['final_loss_mask']:.4f} |"
+            f"{r['plateau_level']:.4f} | {drop} | {r['final_level']:.4f} |"
         )
 
 
@@ -68,10 +68,10 @@ def main() -> None:
         "overrides": overrides,
         "steps_run": rows[-1]["step"],
         "sec_per_step": round(rows[-1]["time"] / rows[-1]["step"], 4),
-        "plateau_loss_mask": summary["plateau_loss_mask"],
+        "plateau_level": summary["plateau_level"],
         "drop_step": drop,
         "drop_seconds": drop_time,
-        "final_loss_mask": summary["final_loss_mask"],
+        "final_level": summary["final_level"],
         "wall": round(time.time() - t0),
     }
     with open("runs/search/results.jsonl", "a") as f:

@@ -48,10 +48,10 @@ def main() -> None:
             {
                 "preset": args.preset,
                 "seed": args.seed,
-                "plateau_loss_mask": summary["plateau_loss_mask"],
+                "plateau_level": summary["plateau_level"],
                 "drop_step": drop,
                 "drop_seconds": drop_time,
-                "final_loss_mask": summary["final_loss_mask"],
+                "final_level": summary["final_level"],
                 "dropped_10x": summary["dropped"],
                 "steps": summary["steps"],
                 "seconds": round(summary["seconds"], 1),

@@ -214,7 +214,7 @@ def test_choose_pre_post():
         {"step": s, "eval_loss_mask": v}
         for s, v in ((100, 0.11), (500, 0.109), (1000, 0.08), (1500, 0.07))
     ]
-    summary = {"drop_step": 1200, "plateau_start": 50, "plateau_loss_mask": 0.11}
+    summary = {"drop_step": 1200, "plateau_start": 50, "plateau_level": 0.11}
     assert choose_pre_post(steps, summary, rows)[:2] == (500, 2000)
 
 

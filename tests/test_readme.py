@@ -254,7 +254,7 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     described = {
         k
         for k in summary
-        if k not in ("final_loss", "final_loss_mask", "steps", "seconds", "detector")
+        if k not in ("final_loss", "final_level", "steps", "seconds", "detector")
     }
     assert described <= terms, (
         "summary.json fields missing from docs/run-directory.md's glossary: "
@@ -312,3 +312,18 @@ def test_every_link_of_the_docs_pages_resolves(page):
 
 def test_the_documentation_map_names_the_pages():
     assert {"results", "extending", "tasks/README", "forecast/README"} <= set(DOC_PAGES)
+
+
+def test_the_readmes_hook_example_runs_on_the_main_jobs_run_and_means_something(
+    tmp_path, monkeypatch, capsys
+):
+    """The example, as written, on a short run of the main job's preset: it prints the cached
+    pattern's shape, and ablating the only head costs loss."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "mws_full", "--out", "runs/mws", *TRAIN_SHORT]) == 0
+    code = re.search(r"```python\n(.*?)```", section("Hooking into the model"), re.S).group(1)
+    capsys.readouterr()
+    exec(code, {})
+    shapes, intact, ablated = capsys.readouterr().out.strip().splitlines()
+    assert "'blocks.0.attn.hook_pattern': (256, 1, 32, 32)" in shapes
+    assert eval(ablated)["loss"] != eval(intact)["loss"]

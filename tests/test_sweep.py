@@ -234,8 +234,8 @@ def test_across_seeds_table_gives_median_and_range_per_setting():
             plateau_steps=p,
             drop_factor=f,
             sudden=f >= 5,
-            plateau_loss_mask=0.2,
-            final_loss_mask=fin,
+            plateau_level=0.2,
+            final_level=fin,
         )
         for p, f, fin in [
             (1000, 6.0, 0.01),
@@ -261,7 +261,7 @@ def test_across_seeds_table_gives_median_and_range_per_setting():
         == "| 0.003 | 2 of 3 | 0 of 2 | 850 [800–900] | 2.5 [2–3] | 3 [2–4] | 0.075 [0.05–0.1] | "
         "45 [40–50] |"
     )
-    assert end_fold({"plateau_loss_mask": 0.2, "final_loss_mask": 0.0}) is None
+    assert end_fold({"plateau_level": 0.2, "final_level": 0.0}) is None
 
 
 def test_the_drop_and_escape_medians_of_an_even_count_are_the_mean_of_the_middle_two():

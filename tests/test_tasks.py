@@ -416,7 +416,7 @@ def test_detector_reads_the_cross_entropy_on_outputs():
     ]
     rows[0]["eval_loss"] = 2.9
     s = summarize(rows)
-    assert s["plateau_loss_mask"] == pytest.approx(2.6) and s["drop_step"] == 300 and s["sudden"]
+    assert s["plateau_level"] == pytest.approx(2.6) and s["drop_step"] == 300 and s["sudden"]
 
 
 def test_only_the_applicable_analyses_run_on_a_sequence_task(tmp_path, one_thread):

@@ -123,7 +123,7 @@ def test_both_trackers_hold_the_rows_config_and_summary(tmp_path, offline):
         expected = [(r["step"], r[key]) for r in rows if key in r]
         assert [s for s, _ in scalars[key]] == [s for s, _ in expected]
         assert [v for _, v in scalars[key]] == pytest.approx([v for _, v in expected], rel=1e-6)
-    assert scalars["summary/final_loss_mask"] == [(60, pytest.approx(summary["final_loss_mask"]))]
+    assert scalars["summary/final_level"] == [(60, pytest.approx(summary["final_level"]))]
     ea = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
     ea.Reload()
     assert "figures/loss" in ea.Tags()["images"] and "summary/text_summary" in ea.Tags()["tensors"]
@@ -149,7 +149,7 @@ def test_both_trackers_hold_the_rows_config_and_summary(tmp_path, offline):
     last = found["history"][-1]  # the figures at the last step, with its row
     assert last["_step"] == 60 and last["figures/loss/_type"] == "image-file"
     assert (next(run.glob("wandb/offline-run-*")) / "files" / last["figures/loss/path"]).exists()
-    assert found["summary"]["final_loss_mask"] == pytest.approx(summary["final_loss_mask"])
+    assert found["summary"]["final_level"] == pytest.approx(summary["final_level"])
     assert found["summary"]["sudden"] is summary["sudden"]
 
 

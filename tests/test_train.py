@@ -42,11 +42,11 @@ def test_run_directory_contract(tmp_path):
     assert METRIC_KEYS <= set(rows[0])
     assert [r["step"] for r in rows] == [1, 10, 20, 30, 40, 50, 60]
     assert set(json.loads((run / "summary.json").read_text())) >= {
-        "plateau_loss_mask",
+        "plateau_level",
         "plateau_start",
         "drop_step",
         "final_loss",
-        "final_loss_mask",
+        "final_level",
         "steps",
         "seconds",
     }

@@ -227,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "forecast",
-        help="how early and how well the escape is forecast, replayed on runs (issues 19, 30)",
+        help="how early and how well the escape is forecast, replayed on runs",
     )
     f.add_argument(
         "paths", type=Path, nargs="+", help="run directories or folders of them (recursive)"
@@ -395,12 +395,14 @@ def _interrupted(out: Path, steps: int) -> str:
     rows, last = read_metrics(out), resume_point(out)
     row = rows[-1] if rows else {}
     num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-    losses = (
-        f"; at step {row['step']} train_loss {num(row.get('loss'))}, eval_L_mask "
-        f"{num(row.get('eval_loss_mask'))}"
-        if row
-        else ""
+    # the headline loss: L_mask on matrices, the evaluation cross-entropy elsewhere
+    evaluation = (
+        f"eval_L_mask {num(row.get('eval_loss_mask'))}"
+        if "eval_loss_mask" in row
+        else f"eval_loss {num(row.get('eval_loss'))}"
     )
+    losses = f"; at step {row.get('step')} train_loss {num(row.get('loss'))}, {evaluation}"
+    losses = losses if row else ""
     kept = (
         f"last checkpoint step {last.step} of {steps}"
         if last

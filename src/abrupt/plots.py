@@ -144,6 +144,8 @@ def _draw_gpt(top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[s
 def _draw_sequence(
     top: Any, bottom: Any, rows: list[dict[str, Any]], summary: dict[str, Any]
 ) -> None:
+    """Cross-entropy on the outputs with the transition marked as on a matrix run's figure; under
+    it the accuracies and, where logged (train.progress), the follow-up's measures on [0, 1]."""
     steps = [r["step"] for r in rows]
     top.plot(
         steps,
@@ -159,8 +161,7 @@ def _draw_sequence(
         lw=1.2,
         label="cross-entropy on outputs (evaluation)",
     )
-    if summary.get("plateau_loss_mask"):
-        top.axhline(summary["plateau_loss_mask"], color="tab:red", ls=":", lw=0.8, label="plateau")
+    _mark_transition(top, summary)
     top.set_yscale("log")
     top.set_ylabel("nats per output token")
     top.legend(fontsize=7)
@@ -175,9 +176,19 @@ def _draw_sequence(
         lw=1.2,
         label="whole-sequence accuracy",
     )
-    if summary.get("drop_step") is not None:
-        for ax in (top, bottom):
-            ax.axvline(summary["drop_step"], color="gray", ls="--", lw=0.8)
+    measures = sorted({k for r in rows for k in r if k.startswith("prog_")})
+    colors = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+    for key, color in zip(measures, colors * len(measures)):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        bottom.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            color=color,
+            lw=1.0,
+            ls="--",
+            label=LABELS.get(key, key),
+        )
+    _mark_transition(bottom, summary, level=False)
     bottom.set_ylim(0, 1)
     bottom.set_xlabel("step")
     bottom.legend(fontsize=7)
@@ -214,13 +225,13 @@ def _draw_losses(ax: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -
 def _mark_transition(ax: Any, summary: dict[str, Any], level: bool = True) -> None:
     """The detector's findings in the words of summary.json (README, "Transition terms"): the
     plateau level, the escape from the plateau, and the drop only when the run `dropped`."""
-    if level and summary.get("plateau_loss_mask"):
+    if level and summary.get("plateau_level"):
         ax.axhline(
-            summary["plateau_loss_mask"],
+            summary["plateau_level"],
             color="tab:red",
             ls=":",
             lw=0.8,
-            label=f"plateau_loss_mask {summary['plateau_loss_mask']:.3g}",
+            label=f"plateau_level {summary['plateau_level']:.3g}",
         )
     if summary.get("escape_step") is not None:
         ax.axvline(

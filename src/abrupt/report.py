@@ -18,9 +18,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from . import tasks
 from .analysis.common import Table, Text, number
 from .analysis.registry import discover, load_results
-from .run.rundir import RunDirError, atomic_write_bytes, read_config, read_json
+from .dynamics.transition import HEADLINE_LABEL
+from .run.rundir import RunDirError, atomic_write_bytes, read_config, read_json, read_summary
 
 # The page's template and style: package files beside this module (HTML and CSS, not Python).
 _TEMPLATES = resources.files("abrupt") / "templates"
@@ -55,14 +57,17 @@ def _inside(run_dir: Path, folder: Path, name: Any) -> Path | None:
     return path
 
 
-def _transition(summary: dict[str, Any]) -> str:
+def _transition(summary: dict[str, Any], headline: str) -> str:
     """summary.json in the words of the README's glossary ("Transition terms"), the same as
-    loss.png's."""
+    loss.png's; `headline`: what the loss the transition is read from is."""
 
     def get(key: str) -> str:
         return number(summary.get(key))
 
-    parts = [f"plateau_start {get('plateau_start')}, plateau_loss_mask {get('plateau_loss_mask')}"]
+    parts = [
+        f"the transition is read from {headline}: plateau_start {get('plateau_start')}, "
+        f"plateau_level {get('plateau_level')}"
+    ]
     if summary.get("plateau_end") is not None:
         parts.append(
             f"plateau_end {get('plateau_end')} (25% below the plateau), plateau_steps "
@@ -79,8 +84,8 @@ def _transition(summary: dict[str, Any]) -> str:
         else "no drop_step (never below half the plateau)"
     )
     parts.append(
-        f"dropped {'yes' if summary.get('dropped') else 'no'} (final L_mask "
-        f"{get('final_loss_mask')} after {get('steps')} steps; "
+        f"dropped {'yes' if summary.get('dropped') else 'no'} (final level "
+        f"{get('final_level')} after {get('steps')} steps; "
         "dropped needs 10x below the plateau)"
     )
     f = (
@@ -150,18 +155,18 @@ def build(run_dir: Path) -> Path:
         raise RunDirError(
             f"{run_dir} has no summary.json; train it (or run `abrupt plot {run_dir}`) first"
         )
-    summary = read_json(run_dir / "summary.json")
-    if not isinstance(summary, dict):
-        raise RunDirError(f"{run_dir}: summary.json must hold a JSON object")
+    summary = read_summary(run_dir)
     # resolved: an older run's renamed keys as today's
     config = read_config(run_dir)
+    task = tasks.get(config.task.name)
     loss_png = _inside(run_dir, run_dir, "loss.png")
     try:
         page = _ENV.from_string(TEMPLATE).render(
             name=run_dir.resolve().name,
             style=STYLE,
             c=config.to_dict(),
-            transition=_transition(summary),
+            task_line=task.describe(config),
+            transition=_transition(summary, HEADLINE_LABEL[task.run_kind(config)]),
             loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),
             sections=_sections(run_dir),

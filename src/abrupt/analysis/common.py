@@ -32,7 +32,7 @@ from ..hooks import HookedModule
 from ..models.registry import supports
 from ..plots import figure
 from ..run import checkpoints
-from ..run.rundir import RunDirError, read_config, read_json, read_metrics
+from ..run.rundir import read_config, read_metrics, read_summary
 from ..tasks.base import Task, TaskBatch
 from ..tasks.matrix import analysis_data
 from .cache import ForwardCache
@@ -260,10 +260,7 @@ def open_run(path: Path, device: str = "cpu") -> RunView:
     steps = [c.step for c in checkpoints.list_checkpoints(path / "checkpoints", verify=False)]
     if not steps:
         raise checkpoints.CheckpointError(f"no checkpoints in {path / 'checkpoints'}")
-    summary_path = path / "summary.json"
-    summary = read_json(summary_path) if summary_path.exists() else {}
-    if not isinstance(summary, dict):
-        raise RunDirError(f"{summary_path} does not hold a JSON object")
+    summary = read_summary(path)
     pre, post, note = choose_pre_post(steps, summary, read_metrics(path))
     return RunView(path, cfg, steps, pre, post, note, device=device, summary=summary)
 
@@ -278,7 +275,7 @@ def choose_pre_post(
     drop, start, level = (
         summary.get("drop_step"),
         summary.get("plateau_start"),
-        summary.get("plateau_loss_mask"),
+        summary.get("plateau_level"),
     )
     if drop is not None:
         before = [s for s in trained if s < drop]

@@ -6,7 +6,7 @@ the run's own training law: LLC = n_beta (mean sampled loss - loss at the checkp
 being the training objective (MSE over all entries; for the sequence tasks, the cross-entropy
 over the outputs). It is measured per checkpoint, so the cost is
 `chains * draws` forward and backward passes of `batch` matrices each (plus `n` evaluations).
-Not from the paper: issue 19 asks whether it moves before the loss does.
+Not from the paper: it asks whether the LLC moves before the loss does.
 """
 
 from __future__ import annotations

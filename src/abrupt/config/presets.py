@@ -50,8 +50,8 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         {**_CPU_RECIPE, "train.ckpt_every": 1000},
     ),
     "small": (
-        "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that drops "
-        "10x on a 2-core CPU",
+        "4x4 rank-1 matrices, p_mask 0.2, the cpu recipe: the fastest problem found that leaves "
+        "the copying plateau on a 2-core CPU (then slides, about 7x by its end; ~20-25 min)",
         _SMALL,
     ),
     "sudden": (

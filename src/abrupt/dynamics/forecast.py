@@ -141,7 +141,7 @@ def departure(
     if not steps:
         return [], [], found
     if signal == LOSS:
-        level = found["plateau_loss_mask"]
+        level = found["plateau_level"]
         # a plateau at exactly 0 (float32 cross-entropy reaches it): nothing to depart from
         if not 0 < level < math.inf:
             return [], [], found
@@ -205,9 +205,14 @@ def fit_forecast(
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
     start = found["plateau_start"]
-    reached = next((s for s, x in zip(steps, d) if x >= target), None)
+    reached = next((i for i, x in enumerate(d) if x >= target), None)
     if reached is not None:
-        return Forecast(now, reached, reached, reached, "escaped", reached, start)
+        if reached > len(d) - 1 - window // 2:
+            # the running median around it still reads logs to come, which can move the step: it
+            # is told once settled, so the progress line never changes an escape it announced
+            return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
+        at = steps[reached]
+        return Forecast(now, at, at, at, "escaped", at, start)
     if max(d) == 0:
         return Forecast(now, reason=f"{signal} is constant on the plateau")
     sigma = noise_level(d, len(d) // 2)

@@ -1,5 +1,5 @@
-"""How early, and how well, is the escape forecast? The study behind `abrupt forecast` (issues 19,
-30), by replaying the forecaster on committed runs' metrics rows step by step (no training).
+"""How early, and how well, is the escape forecast? The study behind `abrupt forecast`, by
+replaying the forecaster on committed runs' metrics rows step by step (no training).
 
 Input: run directories (or folders holding them, searched recursively) with metrics.jsonl. Each
 run belongs to a task family (forecast.family: `matrix`, `sequence`). Within a family the runs
@@ -341,7 +341,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     fams = sorted({r["family"] for r in runs})
     lines = [
-        "# Forecasting the escape: calibrated intervals on both families (issue 30)",
+        "# Forecasting the escape: calibrated intervals on both families",
         "",
         "Written by `abrupt forecast` (src/abrupt/dynamics/study.py). Runs per family: "
         + "; ".join(

@@ -7,10 +7,10 @@ points:
 
 1. plateau_start: the first logged step after which the smoothed loss falls by less than
    `flat_ratio` over the next `window` logs (the initial fall from random weights is over).
-2. plateau_loss_mask: the median of the smoothed loss from plateau_start up to the first step where
+2. plateau_level: the median of the smoothed loss from plateau_start up to the first step where
    it falls 20% below its plateau_start value (or to the end).
 3. drop_step: the first step after plateau_start where the smoothed loss falls below
-   plateau_loss_mask / 2; null when that never happens. escape_step: the first step 20% below
+   plateau_level / 2; null when that never happens. escape_step: the first step 20% below
    the plateau (the loss has left it); the plateau's length is escape_step - plateau_start.
 
 `dropped` additionally asks for the final loss to be `min_factor` (10x) below the plateau.
@@ -51,6 +51,12 @@ RUN_KINDS = ("matrix", "gpt", "sequence")
 # the loss the drop is read from, by kind: L_mask on matrices (the MSE on hidden entries), the
 # cross-entropy on the written outputs for the GPT variant (Fig. 11) and the sequence tasks
 HEADLINE_LOSS = {"matrix": "eval_loss_mask", "gpt": "eval_loss", "sequence": "eval_loss"}
+# what that loss is, in words (figures, reports)
+HEADLINE_LABEL = {
+    "matrix": "L_mask (MSE on hidden entries)",
+    "gpt": "cross-entropy on the written matrix",
+    "sequence": "cross-entropy on the outputs",
+}
 
 
 def run_kind(rows: list[dict[str, Any]]) -> str:
@@ -97,7 +103,7 @@ def detect(
     steps, raw = loss_series(rows, kind)
     result: dict[str, Any] = {
         "plateau_start": None,
-        "plateau_loss_mask": None,
+        "plateau_level": None,
         "drop_step": None,
         "dropped": False,
         "escape_step": None,
@@ -126,7 +132,7 @@ def detect(
         (j for j in range(start, len(s)) if s[j] < (1 - ESCAPE_DEPARTURE) * plateau), None
     )
     result["plateau_start"] = steps[start]
-    result["plateau_loss_mask"] = plateau
+    result["plateau_level"] = plateau
     result["escape_step"] = steps[escape] if escape is not None else None
     if drop is not None:
         result["drop_step"] = steps[drop]
@@ -164,7 +170,7 @@ def window_rule(
         "drop_factor": None,
         "sudden": False,
     }
-    level, first = found.get("plateau_loss_mask"), found.get("plateau_start")
+    level, first = found.get("plateau_level"), found.get("plateau_start")
     if not level or first is None:
         return out
     steps, raw = loss_series(rows, kind)
@@ -192,7 +198,7 @@ def suddenness(
     """fall_start / fall_end: the first steps where the smoothed L_mask is 20% and 80% of the way
     (log scale) from the plateau to its final value; fall_ratio = (end - start) / start."""
     out: dict[str, Any] = {"fall_start": None, "fall_end": None, "fall_ratio": None}
-    plateau = found.get("plateau_loss_mask")
+    plateau = found.get("plateau_level")
     if not found.get("drop_step") or not plateau:
         return out
     steps, raw = loss_series(rows, kind)
@@ -233,6 +239,7 @@ def summarize(
     `after`; `kind`: the run's, RUN_KINDS, None: guessed from the rows)."""
     found = detect(rows, after=after, kind=kind)
     last = rows[-1] if rows else {}
+    headline = HEADLINE_LOSS[kind or run_kind(rows)]
     # a size mixture logs L_mask per size (eval_loss_mask_5x5, ...): a drop step for each
     per_size = sorted({k for r in rows[:1] for k in r if k.startswith("eval_loss_mask_")})
     sizes = {
@@ -249,8 +256,12 @@ def summarize(
         **window_rule(rows, found, kind=kind),
         **sizes,
         "final_loss": last.get("eval_loss", last.get("loss")),
-        "final_loss_mask": last.get("eval_loss_mask", last.get("loss_mask")),
+        # the headline loss's last value (L_mask on matrices, the output cross-entropy on
+        # sequences); final_loss is the evaluation objective's
+        "final_level": last.get(headline, last.get(headline.removeprefix("eval_"))),
+        "headline": headline,
         "steps": last.get("step", 0),
         "seconds": seconds if seconds is not None else last.get("time"),
         "detector": DETECTOR,
     }
+

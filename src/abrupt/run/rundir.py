@@ -327,3 +327,26 @@ def read_run(run_dir: Path) -> RunRecord:
 def read_config(run_dir: Path) -> Config:
     """The resolved configuration a run wrote to its config.json (`read_run`)."""
     return read_run(run_dir).config
+
+
+# summary.json's names of before the task protocol, read as today's (`upgrade_summary`): they said
+# L_mask where a sequence run's level is a cross-entropy
+OLD_SUMMARY_NAMES = {"plateau_loss_mask": "plateau_level", "final_loss_mask": "final_level"}
+
+
+def upgrade_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary (summary.json, a sweep's row) with old key names (OLD_SUMMARY_NAMES) read as
+    today's."""
+    return {OLD_SUMMARY_NAMES.get(k, k): v for k, v in summary.items()}
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """RUN/summary.json, old key names read as today's; {} where there is none. RunDirError for
+    one that is not a JSON object."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return {}
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path} does not hold a JSON object")
+    return upgrade_summary(summary)

@@ -86,7 +86,7 @@ def report(sweep: Sweep) -> Path:
                 if s.get("drop_step") is not None and s.get("plateau_start") is not None
                 else None
             )
-            final = s.get("final_loss_mask")
+            final = s.get("final_level")
             table.append(
                 f"| {group} | {s.get('plateau_start')} | {s.get('drop_step')} | {length} | "
                 f"{final:.4g} | {(rows.get(trial.index) or {}).get('status', 'not run')} |"

@@ -55,6 +55,7 @@ from ..run.rundir import (
     read_json,
     read_jsonl,
     remove_temp_files,
+    upgrade_summary,
 )
 
 
@@ -699,7 +700,7 @@ class Sweep:
                     row = self._record(trial, engine.result(handle))
                     if row["status"] in counts:
                         counts[row["status"]] += 1
-                    final = (row.get("summary") or {}).get("final_loss_mask")
+                    final = (row.get("summary") or {}).get("final_level")
                     best = min(best, final) if isinstance(final, (int, float)) else best
                     bar.update(1)
                     bar.set_postfix(
@@ -747,5 +748,9 @@ def _terminate_as_interrupt():
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
-    """Rows of a sweep's results.jsonl (a line cut by a kill is skipped)."""
-    return read_jsonl(path, "index")[0]
+    """Rows of a sweep's results.jsonl (a line cut by a kill is skipped; a summary's old key
+    names read as today's)."""
+    rows = read_jsonl(path, "index")[0]
+    return [
+        {**r, "summary": upgrade_summary(r["summary"])} if r.get("summary") else r for r in rows
+    ]

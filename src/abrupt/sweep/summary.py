@@ -43,7 +43,7 @@ def write_summary(sweep: Sweep) -> Path:
         "| trial | "
         + " | ".join(keys)
         + " | status | escape_step | drop_step | dropped | P | F | sudden "
-        "| plateau_loss_mask | final L_mask | end fold | seconds |",
+        "| plateau_level | final L_mask | end fold | seconds |",
         "|---" * (len(keys) + 12) + "|",
     ]
     for t in sweep.trials:
@@ -56,7 +56,7 @@ def write_summary(sweep: Sweep) -> Path:
             + f" | {r['status']} | {s.get('escape_step')} | {s.get('drop_step')} | "
             f"{s.get('dropped')} | "
             f"{s.get('plateau_steps')} | {_fmt(s.get('drop_factor'))} | {s.get('sudden')} | "
-            + _fmt(s.get("plateau_loss_mask"))
+            + _fmt(s.get("plateau_level"))
             + " | "
             + _fmt(_final(s))
             + " | "
@@ -88,14 +88,14 @@ def _final(summary: dict[str, Any]) -> Any:
     task."""
     return (
         summary.get("final_loss")
-        if summary.get("final_loss_mask") is None
-        else summary["final_loss_mask"]
+        if summary.get("final_level") is None
+        else summary["final_level"]
     )
 
 
 def end_fold(summary: dict[str, Any]) -> float | None:
     """How many times below its plateau level the run ended (plateau L_mask / final L_mask)."""
-    level, final = summary.get("plateau_loss_mask"), _final(summary)
+    level, final = summary.get("plateau_level"), _final(summary)
     if not isinstance(level, (int, float)) or not isinstance(final, (int, float)) or final <= 0:
         return None
     return level / final
@@ -155,13 +155,13 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
         with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
             for ax, field_, label in (
                 (axes[0][0], "drop_step", "drop_step"),
-                (axes[0][1], "final_loss_mask", "final L_mask"),
+                (axes[0][1], "final_level", "final L_mask"),
             ):
                 found = [(t, rows.get(t.index, {}).get("summary") or {}) for t in sweep.trials]
                 pts = [
                     (
                         _number(t.overrides.get(key, "")),
-                        _final(s) if field_ == "final_loss_mask" else s.get(field_),
+                        _final(s) if field_ == "final_level" else s.get(field_),
                     )
                     for t, s in found
                 ]
@@ -169,7 +169,7 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
                 ax.scatter([x for x, _ in pts], [y for _, y in pts], color="tab:red")
                 ax.set_xlabel(key)
                 ax.set_ylabel(label)
-                if field_ == "final_loss_mask":
+                if field_ == "final_level":
                     ax.set_yscale("log")
                 ax.grid(alpha=0.3)
         figures.append(path)

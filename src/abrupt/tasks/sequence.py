@@ -111,9 +111,12 @@ class SequenceTask:
         return f"{self.name}: {self.about}"
 
     def provides(self, cfg: Config) -> frozenset[str]:
-        return frozenset(
-            {"regions", "corrupt", "key_groups", "probe_targets", "embeddings", "outputs"}
-        )
+        """Every capability but the matrices'; `corrupt` only where the task module defines
+        `answer` (a counterfactual input needs its own correct outputs)."""
+        found = {"regions", "key_groups", "probe_targets", "embeddings", "outputs"}
+        if type(self).answer is not SequenceTask.answer:
+            found.add("corrupt")
+        return frozenset(found)
 
     def check(self, cfg: Config) -> None:
         name = cfg.task.name
