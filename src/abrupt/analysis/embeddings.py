@@ -44,7 +44,9 @@ PAPER = (
     "Token-embedding norm depends on |value| (symmetric about 0); the first two principal "
     "components separate sign and magnitude; position embeddings cluster by column after the "
     "drop, and "
-    "permuting them destroys the model's accuracy (Fig. 7, 9, 10)."
+    "permuting them destroys the model's accuracy (Fig. 7, 9, 10). For modular arithmetic the "
+    "grokking literature finds the tokens on circles in residue order (Nanda et al. 2023, "
+    "Progress measures for grokking); the follow-up does not study the embeddings."
 )
 ORDER = 40
 NEEDS = frozenset({"embeddings"})  # task capabilities (tasks/base.py)
