@@ -46,7 +46,7 @@ PAPER = (
     "drop, and "
     "permuting them destroys the model's accuracy (Fig. 7, 9, 10). For modular arithmetic the "
     "grokking literature finds the tokens on circles in residue order (Nanda et al. 2023, "
-    "Progress measures for grokking); the follow-up does not study the embeddings."
+    "Progress measures for grokking)."
 )
 ORDER = 40
 NEEDS = frozenset({"embeddings"})  # task capabilities (tasks/base.py)

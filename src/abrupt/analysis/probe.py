@@ -35,8 +35,8 @@ TITLE = "Linear probes (Fig. 6)"
 PAPER = (
     "The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
     "decodable from their hidden states after the drop, not before (Fig. 6). A sequence task's "
-    "probes (the next output, the tokens at the correct keys) have no counterpart in the paper "
-    "or its follow-up."
+    "probes (the next output, the tokens at the correct keys) have no counterpart in the "
+    "paper."
 )
 ORDER = 30
 NEEDS = frozenset({"probe_targets"})  # task capabilities (tasks/base.py)
