@@ -106,12 +106,17 @@ def test_probe_recovers_a_target_contained_in_the_state():
 
 
 def test_probe_targets_are_the_row_and_sign_fixed_singular_vector():
+    from abrupt.config import Config
+    from abrupt.tasks.matrix import TASK
+
     batch = seeded(DATA, 4, 0)
-    tg = probe.targets(batch, 7, 7)
+    tg = TASK.probe_targets(Config(data=DATA), batch)
     masked = torch.where(batch.mask, 0.0, batch.target).reshape(4, 7, 7)
-    assert torch.equal(tg["row"][2 * 49 + 10], masked[2, 1])  # matrix 2, position 10 = row 1
-    v = tg["singular"][0]
+    assert torch.equal(tg["row"].y[2, 10], masked[2, 1])  # matrix 2, position 10 = row 1
+    v = tg["singular"].y[0, 0]
     assert v[v.abs().argmax()] > 0 and v.norm().item() == pytest.approx(1.0, abs=1e-5)
+    # the value is scored on masked and observed entries apart
+    assert torch.equal(tg["value"].parts["masked"], batch.mask) and not tg["row"].parts
 
 
 def test_knn_purity():
@@ -534,7 +539,17 @@ def small_runs(tmp_path_factory):
         ),
         (
             "gpt 2x2",
-            {"copying", "attention", "patching", "ablation", "switching", "compare", "ood"},
+            {
+                "copying",
+                "attention",
+                "probe",
+                "embeddings",
+                "patching",
+                "ablation",
+                "switching",
+                "compare",
+                "ood",
+            },
         ),
     ],
 )
@@ -571,7 +586,7 @@ def test_analyze_on_the_smallest_runs_runs_what_it_can_and_names_the_rest(
         assert main(["analyze", str(run), "--only", "embeddings", "--set", "embeddings.k=4"]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
             "abrupt: error: embeddings options: embeddings.k=4: a position has only 3 neighbours "
-            "in a 2x2 matrix"
+            "among the 4 positions the model reads"
         ]
         assert main(["analyze", str(run), "--only", "attention", "--set", "attention.lines=2"]) == 2
 
@@ -592,9 +607,7 @@ def test_no_default_refuses_a_small_run():
                     )
                     names, skipped = plan(cfg, list(discover()), {})
                     assert set(names) | set(skipped) == set(discover()) and all(skipped.values())
-                    assert "copying" in names and ("embeddings" in names) == (
-                        arch == "bert" and m * n >= 4
-                    )
+                    assert "copying" in names and ("embeddings" in names) == (m * n >= 4)
 
 
 @pytest.mark.parametrize("arch,m,n,rank", [("bert", 1, 1, 1), ("bert", 3, 2, 2), ("gpt", 2, 3, 2)])

@@ -116,18 +116,22 @@ def test_train_analyze_and_report_the_gpt_through_the_cli(tmp_path, capsys):
                 "attention.n=8",
                 "--set",
                 "patching.n=16",
+                "--set",
+                "probe.n=64",
+                "--set",
+                "embeddings.n=16",
             ]
         )
         == 0
     )
-    out = capsys.readouterr().out
-    for name in ("probe", "embeddings"):
-        assert f"{name:11s} skipped: it reads one scalar prediction per position" in out
-    for name in ("attention", "copying", "patching"):
+    assert "skipped" not in capsys.readouterr().out
+    for name in ("attention", "copying", "patching", "probe", "embeddings"):
         assert (run / "analysis" / name / "results.json").exists()
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text()
-    assert "Not run on this run" in page and "probe" in page
+    assert "Not run on this run" not in page and all(
+        f'id="{name}"' in page for name in ("attention", "copying", "patching", "probe")
+    )
 
 
 def test_gpt_refuses_what_it_does_not_support():

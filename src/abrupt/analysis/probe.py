@@ -1,12 +1,20 @@
-"""Linear probes on hidden states (Fig. 6): what each layer stores about the input matrix.
+"""Linear probes on hidden states (Fig. 6): what each layer stores of the task's probe targets.
 
 Per layer (0 = embeddings, l = output of block l), a least-squares linear map with bias from each
-token's hidden state to:
-  row      the token's row of the masked input (hidden entries as 0)        MSE, mean |cosine|
-  value    the token's true value, reported on masked and observed tokens   MSE, R^2
-  singular the top right singular vector of the true matrix (sign fixed so   MSE, mean |cosine|
-           its largest entry is positive; the cosine is sign-invariant)
-Fit on a seeded set of matrices, scored on held-out matrices (a split by matrix, not by token).
+position's hidden state in the task's teacher-forced pass to each of its `probe_targets`
+(tasks/base.ProbeTarget), fitted on a seeded set of examples and scored on held-out examples (a
+split by example, not by position), at the positions the target is defined at:
+  a value target     MSE, and R^2 (one number a position) or mean |cosine| (a vector), on each
+                     of its parts where it has parts
+  a class target     accuracy of the argmax of the least-squares map onto one-hot rows, beside
+                     chance: the held-out share of the fitting set's most common class
+
+Matrices (BERT and GPT variant, at the masked matrix's positions): `row`, the entry's row of the
+masked input (MSE, |cos|); `value`, its true value (MSE, R^2 on masked and observed entries
+apart); `singular`, the top right singular vector of the true matrix (MSE, |cos|: the sign is
+fixed, the cosine sign-invariant). Sequences (at the output-predicting positions): `answer`, the
+next output token; `key_first` / `key_last`, the input tokens at the first / last correct key of
+the last layer (what its attention must bring to the query), each as a class.
 """
 
 from __future__ import annotations
@@ -15,29 +23,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..config import Config
-from ..data import seeded_batch
-from ..hooks import act_name
-from ..models.bert import MatrixBert
+from ..hooks import HookedModule, act_name
 from ..plots import figure
-from .common import Inputs, Result, Seed, Table, Text, at_least, bert_only, between
+from ..tasks.base import ProbeTarget, Task, TaskBatch
+from .common import Inputs, Result, Seed, Table, Text, at_least, between
 
 TITLE = "Linear probes (Fig. 6)"
 PAPER = (
     "The deeper layers (3 and 4) store the input matrix: the row of the masked input is linearly "
-    "decodable from their hidden states after the drop, not before (Fig. 6)."
+    "decodable from their hidden states after the drop, not before (Fig. 6). A sequence task's "
+    "probes (the next output, the tokens at the correct keys) have no counterpart in the "
+    "paper."
 )
 ORDER = 30
-NEEDS = frozenset({"probe_targets", "matrices"})  # task capabilities (tasks/base.py)
+NEEDS = frozenset({"probe_targets"})  # task capabilities (tasks/base.py)
+# how each score is shown (results.json keys end in these); the MSEs stay in results.json, and a
+# class's chance (`<name>_chance`) is shown beside its accuracy
+SCORES = {"_r2": "R²", "_abs_cos": "|cos|", "_acc": "accuracy"}
 
 
-def hidden_states(model: MatrixBert, tokens: torch.Tensor) -> torch.Tensor:
-    """(layers + 1, B, T, d): the embedding output and each block's output, on the model's
-    device (the probes are fitted there: at width 768 the states of 1024 matrices are 770 MB)."""
+def hidden_states(task: Task, model: HookedModule, batch: TaskBatch) -> torch.Tensor:
+    """(layers + 1, B, P, d): the embedding output and each block's output over the positions of
+    the task's teacher-forced pass, on the model's device (the probes are fitted there: at width
+    768 the states of 1024 matrices are 770 MB). One pass over the whole batch."""
     names = [act_name("embed")] + [act_name("resid_post", l) for l in range(len(model.blocks))]
+    (tokens,), kwargs = task.inputs(model, batch)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names=names)
+        _, cache = model.run_with_cache(tokens, names=names, **kwargs)
     return torch.stack([cache[n] for n in names])
 
 
@@ -59,36 +74,14 @@ def mean_abs_cosine(pred: torch.Tensor, target: torch.Tensor) -> float:
     return cos.abs().mean().item()
 
 
-def targets(batch, m: int, n: int) -> dict[str, torch.Tensor]:
-    """Per-token targets, flattened to (B*T, k)."""
-    b, t = batch.tokens.shape
-    masked_input = torch.where(batch.mask, torch.zeros_like(batch.target), batch.target).reshape(
-        b, m, n
-    )
-    rows = masked_input[:, torch.arange(t) // n, :].reshape(b * t, n)  # each token's own row
-    _, _, vh = torch.linalg.svd(batch.matrix.double())
-    v1 = vh[:, 0, :]
-    sign = torch.sign(v1.gather(1, v1.abs().argmax(1, keepdim=True)))
-    v1 = (v1 * sign).float()
-    return {
-        "row": rows,
-        "value": batch.target.reshape(b * t, 1),
-        "singular": v1[:, None, :].expand(b, t, n).reshape(b * t, n),
-    }
-
-
 def check(options: dict[str, Any], cfg: Config) -> None:
     n, holdout = options.get("n", 1024), options.get("holdout", 0.25)
     n_test = max(1, int(round(n * holdout)))
     if n - n_test < 1:
         raise ValueError(
-            f"probe.n={n} with probe.holdout={holdout} leaves no matrix to fit on; raise probe.n "
+            f"probe.n={n} with probe.holdout={holdout} leaves no example to fit on; raise probe.n "
             "or lower probe.holdout"
         )
-
-
-def unsupported(cfg: Config) -> str | None:
-    return bert_only(cfg)
 
 
 def r_squared(mse: float, y: torch.Tensor) -> float:
@@ -106,47 +99,84 @@ def run(
     holdout: Annotated[float, between(0, 1, open_lo=True, open_hi=True)] = 0.25,
     ridge: Annotated[float, at_least(0)] = 1e-6,
 ) -> Result:
-    data = inputs.data
-    batch = seeded_batch(data, n, seed)
-    t = data.m * data.n
+    """`n` examples of the task's seeded batch: the first n - round(n * holdout) fit, the rest
+    score."""
+    task, batch = inputs.task, inputs.batch(n, seed)
     n_test = max(1, int(round(n * holdout)))
     # the fits run where the models are (the targets are small: moved once)
     device = next(next(iter(inputs.models.values())).parameters()).device
-    split = (torch.arange(n * t) < (n - n_test) * t).to(device)  # first matrices fit, last test
-    tg = {k: v.to(device) for k, v in targets(batch, data.m, data.n).items()}
-    hidden_tok = batch.mask.reshape(-1).to(device)
+    targets = {k: _on(t, device) for k, t in task.probe_targets(inputs.cfg, batch).items()}
+    example = torch.arange(n, device=device)[:, None]  # each row's example: the split is by it
     rows = []
     for step, model in inputs.models.items():
-        states = hidden_states(model, batch.tokens)  # (L+1, B, T, d)
+        states = hidden_states(task, model, batch)  # (layers + 1, B, P, d)
         for layer in range(states.shape[0]):
-            x = states[layer].reshape(n * t, -1)
             row: dict[str, Any] = {"step": step, "layer": layer}
-            for name, y in tg.items():
-                w = fit_probe(x[split], y[split], ridge)
-                pred = apply_probe(w, x[~split])
-                err = ((pred - y[~split].double()) ** 2).mean(dim=1)
-                if name == "value":
-                    h = hidden_tok[~split]
-                    for part, sel in (("masked", h), ("observed", ~h)):
-                        mse = err[sel].mean().item()
-                        row[f"value_{part}_mse"] = mse
-                        row[f"value_{part}_r2"] = r_squared(mse, y[~split][sel])
-                else:
-                    row[f"{name}_mse"] = err.mean().item()
-                    row[f"{name}_abs_cos"] = mean_abs_cosine(pred, y[~split])
+            for name, target in targets.items():
+                at = target.where
+                fit = example.expand_as(at)[at] < n - n_test  # first examples fit, last test
+                x, y = states[layer][at], target.y[at]
+                w = fit_probe(x[fit], y[fit], ridge)
+                pred = apply_probe(w, x[~fit])
+                if target.kind == "class":
+                    row.update(_class_scores(name, pred, y[fit], y[~fit]))
+                    continue
+                err = ((pred - y[~fit].double()) ** 2).mean(dim=1)
+                parts = {f"{name}_{p}": sel[at][~fit] for p, sel in target.parts.items()}
+                for key, sel in (parts or {name: torch.ones_like(err, dtype=torch.bool)}).items():
+                    row.update(_value_scores(key, err[sel], pred[sel], y[~fit][sel]))
             rows.append(row)
     return Result({"rows": rows, "seed": seed, "n": n, "holdout": holdout})
+
+
+def _on(target: ProbeTarget, device: torch.device) -> ProbeTarget:
+    return ProbeTarget(
+        target.y.to(device),
+        target.where.to(device),
+        target.kind,
+        {k: p.to(device) for k, p in target.parts.items()},
+    )
+
+
+def _value_scores(
+    key: str, err: torch.Tensor, pred: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
+    """MSE of held-out positions (err (N,) their squared errors averaged over the target's k
+    entries), and R^2 of a scalar target or mean |cosine| of a vector one (pred, y (N, k))."""
+    mse = err.mean().item()
+    if y.shape[1] == 1:  # the cosine of two scalars is their sign product: R^2 instead
+        return {f"{key}_mse": mse, f"{key}_r2": r_squared(mse, y)}
+    return {f"{key}_mse": mse, f"{key}_abs_cos": mean_abs_cosine(pred, y)}
+
+
+def _class_scores(
+    name: str, pred: torch.Tensor, y_fit: torch.Tensor, y_test: torch.Tensor
+) -> dict[str, float]:
+    """Held-out accuracy of the argmax of `pred` (N, classes) against one-hot `y_test`, and
+    chance: the held-out share of the fitting rows' most common class (the best constant guess
+    the fitting set allows)."""
+    truth = y_test.argmax(1)
+    majority = y_fit.sum(0).argmax()
+    return {
+        f"{name}_acc": (pred.argmax(1) == truth).double().mean().item(),
+        f"{name}_chance": (truth == majority).double().mean().item(),
+    }
+
+
+def scores(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(key, heading) of every score of SCORES the rows hold, in the rows' order."""
+    out = []
+    for key in rows[0] if rows else {}:
+        for end, label in SCORES.items():
+            if key.endswith(end):
+                out.append((key, f"{key[: -len(end)].replace('_', ' ')} {label}"))
+    return out
 
 
 def plot(result: Result, out: Path) -> list[Path]:
     rows = result.numbers["rows"]
     steps = sorted({r["step"] for r in rows})
-    panels = [
-        ("row_abs_cos", "row of masked input: mean |cos|"),
-        ("value_masked_r2", "true value, masked tokens: R²"),
-        ("value_observed_r2", "true value, observed tokens: R²"),
-        ("singular_abs_cos", "top singular vector: mean |cos|"),
-    ]
+    panels = scores(rows)
     path = out / "probe.png"
     with figure(path, 1, len(panels), figsize=(4 * len(panels), 3.3)) as (fig, axes):
         for ax, (key, title) in zip(axes[0], panels):
@@ -158,37 +188,34 @@ def plot(result: Result, out: Path) -> list[Path]:
                     marker="o",
                     label=f"step {step}",
                 )
+            chance = key.removesuffix("_acc") + "_chance"
+            if key.endswith("_acc") and chance in rows[0]:
+                ax.axhline(rows[0][chance], color="grey", ls="--", lw=1, label="chance")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=8)
     return [path]
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    rows = [
-        [
-            x["step"],
-            x["layer"],
-            x["row_mse"],
-            x["row_abs_cos"],
-            x["value_masked_r2"],
-            x["value_observed_r2"],
-            x["singular_abs_cos"],
-        ]
-        for x in r["rows"]
-    ]
+    """One row per checkpoint and layer: every held-out score (a class's chance beside its
+    accuracy); the MSEs are in results.json."""
+    rows = r["rows"]
+    columns = []
+    for key, heading in scores(rows):
+        columns.append((key, heading))
+        chance = key.removesuffix("_acc") + "_chance"
+        if key.endswith("_acc") and rows and chance in rows[0]:
+            columns.append((chance, f"{key.removesuffix('_acc').replace('_', ' ')} chance"))
     return [
+        Text(
+            f"Held-out scores of linear probes ({r['n']} examples, {r['holdout']:g} held out), per "
+            "checkpoint and layer (0 = embeddings)."
+        ),
         Table(
-            [
-                "step",
-                "layer",
-                "row MSE",
-                "row |cos|",
-                "value R² (masked)",
-                "value R² (observed)",
-                "top singular vector |cos|",
-            ],
-            rows,
-        )
+            ["step", "layer", *[h for _, h in columns]],
+            [[x["step"], x["layer"], *[x[k] for k, _ in columns]] for x in rows],
+        ),
     ]

@@ -69,6 +69,9 @@ class Addition(SequenceTask):
         d = cfg.addition.digits
         return [*range(d), *range(d + 1, 2 * d + 1)]  # the digits of a and of b
 
+    def token_modulus(self, cfg):
+        return 10
+
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None

@@ -14,7 +14,8 @@ optional call named in `provides(cfg)`:
     key_groups     {name: (B, T, T) bool} per layer: the keys a query should read (row / column
                    of a matrix; the follow-up's correct keys of a sequence task)
     probe_targets  {name: ProbeTarget}: what a linear probe of the hidden states should find
-    embeddings     `token_labels` and `position_labels`: what the embedding tables are of
+    embeddings     `token_labels` and `position_labels`: what the embedding tables are of (and,
+                   optionally, `token_modulus`: the modulus a task computes its tokens' numbers in)
     outputs        `outputs`: the model's argmax outputs beside the truth and the input, for
                    copying / repetition
     substitute     `substitute`: the batch with a value token written at the hidden entries
@@ -29,7 +30,7 @@ a task written against this.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 import numpy as np
@@ -71,12 +72,16 @@ class ProbeTarget:
 
     y       (B, P, k) float: the target of each position (a one-hot row for a class)
     where   (B, P) bool: the positions it is defined at (and probed at)
-    kind    "value" (scored by MSE, R^2 and |cosine|) or "class" (by accuracy of the argmax)
+    kind    "value" (scored by MSE, and R^2 for k = 1 or mean |cosine| for k > 1) or "class"
+            (by accuracy of the argmax)
+    parts   {name: (B, P) bool}: subsets of `where` scored each on its own (a matrix's masked
+            and observed entries); empty: scored on all of `where`
     """
 
     y: torch.Tensor
     where: torch.Tensor
     kind: str = "value"
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,11 @@ class Task(Protocol):
     def position_labels(self, cfg: Config) -> dict[str, np.ndarray]:
         """"embeddings": {name: (T,) int} labels of the positions the model reads (a matrix's
         column and row; a sequence's segment and index in it)."""
+
+    def token_modulus(self, cfg: Config) -> int | None:
+        """"embeddings", optional: the modulus p the task computes the numbers of its tokens in
+        (mws: 17), where their embeddings may lie on a circle in residue order; None (or no such
+        method): it computes in none."""
 
     def outputs(self, model: HookedModule, cfg: Config, batch: TaskBatch) -> Outputs:
         """"outputs"."""

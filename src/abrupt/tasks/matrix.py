@@ -145,8 +145,8 @@ class MatrixCompletion:
     def probe_targets(self, cfg: Config, batch: Batch) -> dict[str, ProbeTarget]:
         """At every entry of the masked matrix (the GPT variant: the first m*n positions):
         `row`, the entry's row of the masked input (hidden entries as 0); `value`, the entry's
-        true value; `singular`, the top right singular vector of the true matrix (sign fixed so
-        that its largest entry is positive)."""
+        true value, scored on masked and observed entries apart; `singular`, the top right
+        singular vector of the true matrix (sign fixed so that its largest entry is positive)."""
         m, n = cfg.data.m, cfg.data.n
         b, t = batch.tokens.shape
         masked = torch.where(batch.mask, torch.zeros_like(batch.target), batch.target)
@@ -156,6 +156,7 @@ class MatrixCompletion:
         sign = torch.sign(v1.gather(1, v1.abs().argmax(1, keepdim=True)))
         v1 = (v1 * sign).float()
         where = torch.ones(b, t, dtype=torch.bool)
+        parts = {"masked": batch.mask, "observed": ~batch.mask}
         out = {
             "row": rows,
             "value": batch.target[..., None],
@@ -164,8 +165,11 @@ class MatrixCompletion:
         if _decoder(cfg):  # its pass reads 2T positions: the probes look at the masked matrix
             pad = torch.zeros(b, t, dtype=torch.bool)
             where = torch.cat([where, pad], dim=1)
+            parts = {k: torch.cat([p, pad], dim=1) for k, p in parts.items()}
             out = {k: torch.cat([y, torch.zeros_like(y)], dim=1) for k, y in out.items()}
-        return {k: ProbeTarget(y, where) for k, y in out.items()}
+        return {
+            k: ProbeTarget(y, where, parts=parts if k == "value" else {}) for k, y in out.items()
+        }
 
     def token_labels(self, cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
         """The value tokens of the range the training data reaches (3 where unbounded), with

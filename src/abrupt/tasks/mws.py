@@ -35,6 +35,9 @@ class MovingWindowSum(SequenceTask):
         y[:, 1:] = (x[:, :-1] + x[:, 1:]) % mod
         return torch.cat([tokens[:, : n + 1], y], dim=1)
 
+    def token_modulus(self, cfg):
+        return cfg.task.modulus
+
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None

@@ -29,6 +29,9 @@ class PrefixSum(SequenceTask):
         n = cfg.task.length
         return torch.cat([tokens[:, : n + 1], tokens[:, :n].cumsum(1) % cfg.task.modulus], dim=1)
 
+    def token_modulus(self, cfg):
+        return cfg.task.modulus
+
     def key_map(self, tokens, out_start, cfg, layer, layers):
         if layer != layers - 1:
             return None

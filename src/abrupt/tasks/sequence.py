@@ -266,6 +266,10 @@ class SequenceTask:
     def token_labels(self, cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
         return self.value_tokens(cfg)
 
+    def token_modulus(self, cfg: Config) -> int | None:
+        """The modulus the task computes in (None by default: a task that does says so)."""
+        return None
+
     def position_labels(self, cfg: Config) -> dict[str, np.ndarray]:
         """`segment` (0 the inputs, 1 the output-predicting positions, from the separator before
         the outputs on) and `index` (the place within its segment) of the L - 1 positions read."""
