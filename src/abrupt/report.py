@@ -108,6 +108,22 @@ def _transition(summary: dict[str, Any], headline: str) -> str:
     return "; ".join(parts) + "."
 
 
+def _findings(run_dir: Path) -> list[list[str]]:
+    """The story of the run in one table: each analysis's `findings(numbers)` rows ([question,
+    this run, what the paper or the follow-up finds, agrees / differs]), in report order. An
+    analysis whose results cannot be read for it adds none (its section says why)."""
+    rows = []
+    for name, r in load_results(run_dir).items():
+        told = getattr(discover()[name], "findings", None)
+        if told is None:
+            continue
+        try:
+            rows += told(r)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+    return rows
+
+
 def _sections(run_dir: Path) -> list[dict[str, Any]]:
     analyses = discover()
     out = []
@@ -171,6 +187,7 @@ def build(run_dir: Path) -> Path:
             loss_png=loss_png,
             forecast_png=_inside(run_dir, run_dir, "forecast.png"),
             sections=_sections(run_dir),
+            findings=_findings(run_dir),
             skipped=_skipped(run_dir),
             cell=number,
             long=LONG_TABLE,

@@ -44,6 +44,7 @@ from .common import (
     each,
     group_by_layer,
     needs_hidden,
+    number,
     one_of,
     parse_heads,
     plot_head_tables,
@@ -289,3 +290,22 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
         for mode, v in e["chosen"].items():
             rows.append([step, f"{mode} ({r['heads']})", *(v[k] for k in (metric, *others))])
     return [Table(["step", "ablation", words, *others], rows)]
+
+
+def findings(r: dict[str, Any]) -> list[list[str]]:
+    """The report's story rows ([question, this run, the literature, verdict]): what ablating the
+    chosen heads costs at the last chosen checkpoint."""
+    metric, words = _headline(r)
+    step = list(r["steps"])[-1]
+    e = r["steps"][step]
+    costs = ", ".join(f"{mode} {number(v[metric])}" for mode, v in e["chosen"].items())
+    mean = e["chosen"].get("mean", {}).get(metric)
+    hurts = mean is not None and mean > 2 * e["none"][metric]
+    return [
+        [
+            f"what ablating attention costs (step {step}, heads {r['heads']})",
+            f"{words} {number(e['none'][metric])} intact; ablated: {costs}",
+            "input-independent (batch-mean) attention raises the loss after the drop (paper)",
+            "agrees" if hurts else "differs" if mean is not None else "",
+        ]
+    ]

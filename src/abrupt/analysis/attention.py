@@ -37,7 +37,7 @@ from ..progress import head_masses
 from ..tasks.base import TaskBatch
 from ..tasks.sequence import key_share
 from .cache import run_chunked
-from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between
+from .common import Count, Inputs, Result, Seed, Table, Text, at_least, between, number
 
 TITLE = "Attention maps (Fig. 4, 5)"
 PAPER = (
@@ -480,3 +480,40 @@ def _render_matrices(r: dict[str, Any]) -> list[Table | Text]:
         )
     )
     return out
+
+
+def findings(r: dict[str, Any]) -> list[list[str]]:
+    """The report's story rows ([question, this run, the literature, verdict]): where attention
+    goes at the first and the last chosen checkpoint."""
+    steps = list(r["steps"])
+    if not steps:
+        return []
+    pre, post = r["steps"][steps[0]], r["steps"][steps[-1]]
+    if "correct_heads" in post:
+        best = [
+            max(v for row in e["random"]["correct"] for v in row if v is not None)
+            for e in (pre, post)
+        ]
+        chance = max(v for v in r["chance"]["correct"] if v is not None)
+        return [
+            [
+                "does attention move to the correct keys",
+                f"the best head's share on the correct keys {number(best[0])} at step "
+                f"{steps[0]}, {number(best[1])} at step {steps[-1]} (chance {number(chance)}); "
+                f"correct-key heads after: {', '.join(post['correct_heads']) or 'none'}",
+                "attention to the correct keys is what is learnt (follow-up)",
+                "agrees" if post["correct_heads"] else "differs",
+            ]
+        ]
+    if "row_heads" not in post:
+        return []
+    return [
+        [
+            "row and column heads",
+            f"at step {steps[-1]}: row heads {', '.join(post['row_heads']) or 'none'}, column "
+            f"heads {', '.join(post['column_heads']) or 'none'} (at step {steps[0]}: "
+            f"{len(pre['row_heads'])} and {len(pre['column_heads'])})",
+            "after the drop some heads attend to the query's row or column (Fig. 4, 5)",
+            "agrees" if post["row_heads"] and post["column_heads"] else "differs",
+        ]
+    ]

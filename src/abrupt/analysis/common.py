@@ -14,6 +14,8 @@ and optionally:
     plot(result, out) -> list[Path]      figures written into `out`
     render(numbers) -> [Text | Table]    the report's paragraphs and tables for its numbers
                                          (escaped there)
+    findings(numbers) -> [[str] * 4]     rows of the report's opening table: a question, this
+                                         run's answer, the paper's or follow-up's, a verdict
 The registry finds such modules by themselves: a new analysis is one new file.
 """
 

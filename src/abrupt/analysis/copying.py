@@ -29,7 +29,7 @@ from ..data import MASK_ID, generator, make_batch, sample_matrices
 from ..losses import as_floats, losses
 from ..plots import figure
 from ..tasks.base import Outputs
-from .common import Count, Inputs, Result, Seed, Table, Text, between, each, needs_hidden
+from .common import Count, Inputs, Result, Seed, Table, Text, between, each, needs_hidden, number
 
 TITLE = "Copying before the drop (Table 1); repetition on sequence tasks"
 PAPER = (
@@ -260,4 +260,37 @@ def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
                 for x in rows
             ],
         ),
+    ]
+
+
+def findings(r: dict[str, Any]) -> list[list[str]]:
+    """The report's story rows ([question, this run, the literature, verdict]): what the model
+    does on the plateau, at the first chosen checkpoint."""
+    if "outputs" in r:
+        x = r["outputs"][0]
+        ratio = x["repeat"] / max(x["data_repeat"], 1e-12)
+        return [
+            [
+                f"what the model outputs on the plateau (step {x['step']})",
+                f"{x['repeat']:.1%} of its outputs repeat the one before (the data's "
+                f"{x['data_repeat']:.1%}: {ratio:.1f}x); {x['copy']:.1%} copy the input at "
+                f"their index (the data's {x['data_copy']:.1%})",
+                "a repetition bias: repeated outputs on the plateau (follow-up)",
+                "agrees" if ratio > 1.5 else "differs",
+            ]
+        ]
+    rows = [x for x in r.get("rows", []) if x["input"] == "low-rank" and x["substitute"] != "MASK"]
+    if not rows:
+        return []
+    step = rows[0]["step"]
+    first = [x for x in rows if x["step"] == step]
+    worst = max(x["mse_to_substitute"] for x in first)
+    return [
+        [
+            f"does the plateau model copy its input (step {step})",
+            f"MSE of hidden predictions to a substituted value at most {number(worst)} "
+            f"(L_obs {number(first[0]['loss_obs'])})",
+            "it copies: MSE to the substitute near 0 (Table 1)",
+            "agrees" if worst < 0.01 else "differs",
+        ]
     ]

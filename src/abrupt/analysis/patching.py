@@ -49,6 +49,7 @@ from .common import (
     Text,
     group_by_layer,
     needs_hidden,
+    number,
     parse_heads,
     plot_head_tables,
 )
@@ -387,4 +388,38 @@ def _render_positions(steps: dict[str, Any], region: str) -> list[Table | Text]:
             ["step", "head", *(f"at {r}" for r in roles), "best position"],
             rows,
         ),
+    ]
+
+
+def findings(r: dict[str, Any]) -> list[list[str]]:
+    """The report's story rows ([question, this run, the literature, verdict]): which head, and
+    which position, carries the answer at the last chosen checkpoint."""
+    steps = r["steps"]
+    step = list(steps)[-1]
+    e = steps[step]
+    first = _regions(e)[0]
+    value, head = max(
+        (v, f"{l}:{h}")
+        for l, row in enumerate(e[f"per_head_recovery_{first}"])
+        for h, v in enumerate(row)
+    )
+    where = ""
+    if "per_position" in e:
+        pp = e["per_position"]
+        l, h = (int(x) for x in head.split(":"))
+        values = pp[f"recovery_{first}"][l][h]
+        best, at = max(zip(values, pp["positions"]))
+        outside = sum(v for v, roles in zip(values, pp["roles"]) if first not in roles)
+        where = (
+            f"; by position its recovery is {number(outside)} outside the {first} positions, "
+            f"at most {number(best)} at position {at}"
+        )
+    return [
+        [
+            f"which head carries the answer (step {step})",
+            f"head {head}: patching its clean output recovers {number(value)} of the clean "
+            f"output on {first}" + where,
+            "the attention heads carry the information that completes the output (paper)",
+            "agrees" if value > 0.5 else "differs",
+        ]
     ]

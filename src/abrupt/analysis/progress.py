@@ -28,7 +28,7 @@ from ..config import Config, ConfigError
 from ..models import groups
 from ..plots import figure
 from ..progress import LABELS, PROGRESS_KEYS
-from .common import Count, Inputs, Result, Seed, Table, Text
+from .common import Count, Inputs, Result, Seed, Table, Text, number
 
 TITLE = "Progress measures during training"
 PAPER = (
@@ -294,4 +294,32 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
             rows,
         )
     )
+    return out
+
+
+def findings(r: dict[str, Any]) -> list[list[str]]:
+    """The report's story rows ([question, this run, the follow-up finds, verdict]): when
+    attention to the right keys and the end of collapse came, against the drop."""
+    drop = r["drop_step"]
+    if drop is None:
+        return []
+    out = []
+    for claim, prefixes in FOLLOW_UP.items():
+        for x in r["rows"]:
+            if not x["measure"].startswith(prefixes) or x["after_extreme_before_drop"] is None:
+                continue
+            before = x["after_extreme_before_drop"]
+            moved = (
+                f"{x['measure']}: {number(x['extreme'])} (step {x['extreme_step']}) to "
+                f"{number(x['final'])}, half-way at step {x['halfway_after_extreme']} "
+                f"({_relative(before)}, drop at {drop})"
+            )
+            out.append(
+                [
+                    f"when {claim} came",
+                    moved,
+                    f"{claim} precedes the loss drop",
+                    "agrees" if before > 0 else "differs",
+                ]
+            )
     return out
