@@ -64,15 +64,34 @@ def test_a_new_task_is_one_file_as_the_docs_show(tmp_path):
     rows = read_metrics(run)
     assert [x["step"] for x in rows] == [1, 5, 10, 15, 20] and 0 < rows[-1]["eval_acc"] <= 1
     assert "prog_repetition" in rows[-1]
-    r = cli("analyze", str(run), "--only", "progress")
-    assert r.returncode == 0, r.stderr
-    assert (run / "analysis" / "progress" / "results.json").exists()
-    # a matrix analysis: named and skipped
-    r = cli("analyze", str(run), "--only", "attention")
-    assert (
-        r.returncode == 2
-        and "task zz_reverse does not provide" in r.stdout
+    # every analysis whose capabilities the task provides runs; the matrices' are named, skipped
+    small = [f"--set={name}.n=16" for name in ("copying", "attention", "patching", "ablation")]
+    r = cli(
+        "analyze",
+        str(run),
+        "--steps",
+        "10,20",
+        "--set=probe.n=32",
+        "--set=switching.n=16",
+        "--set=embeddings.n=16",
+        *small,
     )
+    assert r.returncode == 0, r.stderr
+    ran = {p.parent.name for p in (run / "analysis").glob("*/results.json")}
+    assert ran == {
+        "progress",
+        "copying",
+        "attention",
+        "probe",
+        "embeddings",
+        "patching",
+        "ablation",
+        "switching",
+    }
+    for name in ("compare", "ood"):
+        assert f"{name:11s} skipped: task zz_reverse does not provide matrices" in r.stdout
+    patched = json.loads((run / "analysis" / "patching" / "results.json").read_text())
+    assert 0 <= patched["steps"]["20"]["chosen"]["recovery_outputs"] <= 1.5
     assert cli("report", str(run)).returncode == 0
 
 
