@@ -24,6 +24,7 @@ OPTIONAL = {
     "devinterp": ("devinterp", "llc.py"),
     "datasets": ("devinterp", "llc.py"),
     "wandb": ("wandb", "tracking.py"),
+    "tensorboard": ("tensorboard", "tracking.py"),
 }
 
 

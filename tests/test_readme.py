@@ -311,7 +311,7 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
     assert f"escape_step {summary['escape_step']}" in labels and not any(
         "drop" in label for label in labels
     )
-    text = _transition(summary)
+    text = _transition(summary, "L_mask")
     assert f"escape_step {summary['escape_step']}" in text and "dropped no" in text
     dropped = {**summary, "dropped": True}
     fig, ax = plt.subplots()

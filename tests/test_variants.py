@@ -207,10 +207,9 @@ def test_progress_analysis_reads_the_logged_measures(tmp_path, capsys):
     train(tiny("train.steps=10"), plain, verbose=False)
     capsys.readouterr()
     assert main(["analyze", str(plain), "--only", "progress,probe"]) == 0
-    assert (
-        "progress    skipped: the run was trained without train.progress=true"
-        in capsys.readouterr().out
-    )
+    # logged none: computed at the checkpoints instead
+    res = json.loads((plain / "analysis" / "progress" / "results.json").read_text())
+    assert res["source"] == "checkpoints" and "skipped" not in capsys.readouterr().out
 
 
 def test_halfway_step():

@@ -241,7 +241,6 @@ def wandb_records(path: Path) -> Iterator[Any]:
     then 32 KiB blocks of chunks, each crc32 (4), length (2), type (1): 1 full, 2 first, 3 middle,
     4 last). A file cut short (its writer killed) ends at its last complete record; one that is
     not such a log has none."""
-    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
@@ -259,9 +258,10 @@ def wandb_records(path: Path) -> Iterator[Any]:
         pos += 7 + length
         if kind in (1, 4):
             try:
-                yield wandb_internal_pb2.Record.FromString(chunks)
-            except DecodeError:
+                record = wandb_internal_pb2.Record.FromString(chunks)
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError: a garbled record ends the log
                 return
+            yield record
             chunks = b""
 
 

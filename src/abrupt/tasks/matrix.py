@@ -45,7 +45,7 @@ class MatrixCompletion:
 
     def describe(self, cfg: Config) -> str:
         d = cfg.data
-        sizes = f"sizes {d.sizes}" if d.sizes.strip() else f"{d.m}x{d.n}"
+        sizes = f"sizes {d.sizes}" if d.sizes.strip() else f"{d.m}×{d.n}"
         return f"matrix completion: {sizes} rank-{d.rank} matrices, p_mask {d.p_mask:g}"
 
     def provides(self, cfg: Config) -> frozenset[str]:
