@@ -26,7 +26,9 @@ import torch
 from nnsight import NNsight
 
 from abrupt.data import make_batch, seeded_batch
+from abrupt.models.registry import supports
 from abrupt.run.checkpoints import load_run
+from abrupt.run.rundir import read_config
 
 
 def patch_head(run: Path, step: int | None, layer: int, head: int, n: int = 256, seed: int = 0):
@@ -104,6 +106,19 @@ def main() -> None:
     p.add_argument("--n", type=int, help="matrices (default: the analysis's n, else 256)")
     p.add_argument("--seed", type=int, help="their seed (default: the analysis's, else 0)")
     a = p.parse_args()
+    cfg = read_config(a.run)
+    if cfg.task.name != "matrix" or not supports(cfg.model.arch, "scalar_readout"):
+        # this example patches the paper's -X run; `abrupt analyze RUN --only patching` serves
+        # every task (its corrupted run is the task's own)
+        sys.exit(
+            f"nnsight_patching.py: {a.run} is a {cfg.task.name} run of model.arch="
+            f"{cfg.model.arch}; this example needs a BERT matrix run (e.g. runs/small)"
+        )
+    if not (0 <= a.layer < cfg.model.layers and 0 <= a.head < cfg.model.heads):
+        sys.exit(
+            f"nnsight_patching.py: head {a.layer}:{a.head} outside the model's "
+            f"{cfg.model.layers} layers x {cfg.model.heads} heads"
+        )
     results = analysis_results(a.run)
     measured = results or {"n": 256, "seed": 0}  # the analysis's defaults, where it has not run
     n = measured["n"] if a.n is None else a.n

@@ -398,7 +398,7 @@ def test_the_nnsight_example_compares_like_with_like(tmp_path, monkeypatch, caps
     assert "not comparable: nnsight at n 256 seed 0, abrupt analyze at n 64 seed 0" in err
 
 
-HIDE_EXTRAS = '''import sys
+HIDE_EXTRAS = """import sys
 
 class Hide:  # as on a machine set up by the README alone: these modules are not installed
     def __init__(self, inner):
@@ -410,7 +410,7 @@ class Hide:  # as on a machine set up by the README alone: these modules are not
         return self.inner.find_spec(name, path, target)
 
 sys.meta_path[:] = [Hide(f) for f in sys.meta_path if hasattr(f, "find_spec")]
-'''
+"""
 
 
 def test_the_readmes_set_up_then_its_tests_pass_without_the_other_extras(tmp_path):
@@ -650,7 +650,6 @@ def test_text_the_terminal_or_locale_cannot_encode_stops_no_command(tmp_path, mo
     assert r.returncode == 0, r.stdout[-2000:]
     skipped = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 4 and all("needs pip install 'abrupt[" in s for s in skipped), skipped
-
 
     from abrupt.cli import main
 

@@ -12,9 +12,7 @@ def test_small_preset_shows_plateau_and_drop(tmp_path, one_thread):
     # thread reproduces the documented run (README) bit for bit; other thread counts change the
     # floating-point order and, after the drop, the trajectory.
     summary = train(preset("small"), tmp_path / "run", verbose=False)
-    assert summary["plateau_level"] == pytest.approx(
-        0.111, rel=0.1
-    )  # copying: E[X^2] for rank 1
+    assert summary["plateau_level"] == pytest.approx(0.111, rel=0.1)  # copying: E[X^2] for rank 1
     assert summary["drop_step"] == 5050
     assert summary["dropped"]  # final L_mask at least 10x below the plateau
     # a straight one-thread run (the README's run was resumed with two threads at step 14 000:

@@ -296,9 +296,7 @@ def test_one_glossary_of_transition_terms_and_the_plot_uses_its_words():
         summary["drop_step"] is not None and not summary["dropped"]
     )  # halved, but not 10x below: no drop drawn
     described = {
-        k
-        for k in summary
-        if k not in ("final_loss", "final_level", "steps", "seconds", "detector")
+        k for k in summary if k not in ("final_loss", "final_level", "steps", "seconds", "detector")
     }
     assert described <= terms, (
         "summary.json fields missing from docs/run-directory.md's glossary: "

@@ -9,11 +9,10 @@ shows that step in the end-fold column, so its end fold is not comparable with t
     python docs/plateau/interventions_table.py
 """
 
-import json
 from pathlib import Path
 
 from abrupt.config import preset
-from abrupt.run.rundir import read_config
+from abrupt.run.rundir import read_config, read_summary
 from abrupt.sweep.runner import config_of, read_results, spec_from_file
 from abrupt.sweep.summary import end_fold, spread
 
@@ -55,7 +54,7 @@ def records() -> dict[tuple[str, str], list[tuple[str, int, dict]]]:
                 )
     for run in sorted((HERE / "runs").iterdir()):
         cfg = read_config(run).to_dict()  # resolved: renamed keys as today's
-        summary = json.loads((run / "summary.json").read_text())
+        summary = read_summary(run)
         out.setdefault(setting(cfg), []).append((f"`runs/{run.name}`", cfg["seed"], summary))
     return out
 
@@ -84,7 +83,7 @@ def main() -> None:
             col([s["drop_factor"] for s in sums]),
             f"{col([end_fold(s) for s in sums])} "
             f"({'–'.join(str(n) for n in dict.fromkeys((steps[0], steps[-1])))})",
-            col([s["final_loss_mask"] for s in sums]),
+            col([s["final_level"] for s in sums]),
             col([s["seconds"] / 60 for s in sums]),
         ]
         print(

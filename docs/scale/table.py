@@ -1,4 +1,4 @@
-"""The scale study's table (issue 26), made from committed results only: each setting's runs judged
+"""The scale study's table, made from committed results only: each setting's runs judged
 by the window rule of `abrupt.dynamics.transition` on their metrics.jsonl (the runs of this study,
 under docs/scale/runs/) or read from a committed sweep's results.jsonl (the width-64 references).
 
@@ -21,7 +21,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from abrupt.dynamics.transition import loss_series, summarize  # noqa: E402
-from abrupt.run.rundir import read_config  # noqa: E402
+from abrupt.run.rundir import read_config, upgrade_summary  # noqa: E402
 
 # (label, intervention on attention, source): a folder of this study's runs, or (results.jsonl,
 # a filter on the trials' overrides)
@@ -102,7 +102,7 @@ def _runs(source) -> list[dict]:
         ):
             out.append(
                 {
-                    "summary": trial["summary"],
+                    "summary": upgrade_summary(trial["summary"]),
                     "minutes": trial["seconds"] / 60,
                     "rows": None,
                     "name": trial["trial"],
@@ -136,8 +136,9 @@ def table() -> str:
         if not runs:
             continue
         sums = [r["summary"] for r in runs]
-        final_key = "final_loss_mask" if "rank" in label else "final_loss"
-        folds = [s["plateau_loss_mask"] / s[final_key] if s.get(final_key) else None for s in sums]
+        folds = [
+            s["plateau_level"] / s["final_level"] if s.get("final_level") else None for s in sums
+        ]
         left = sum(s.get("plateau_steps") is not None for s in sums)
         steps = _spread([s["steps"] for s in sums])
         lines.append(
@@ -146,7 +147,7 @@ def table() -> str:
             f"{'' if left == len(runs) else f' ({len(runs) - left} never left)'} | "
             f"{_spread([s.get('drop_factor') for s in sums])} | "
             f"{sum(bool(s.get('sudden')) for s in sums)} of {len(runs)} | "
-            f"{_spread(folds)}x ({steps}) | {_spread([s.get(final_key) for s in sums])} | "
+            f"{_spread(folds)}x ({steps}) | {_spread([s.get('final_level') for s in sums])} | "
             f"{_spread([r['minutes'] for r in runs])} |"
         )
     return "\n".join(lines)

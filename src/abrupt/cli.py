@@ -413,6 +413,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _interrupted(out: Path, steps: int) -> str:
     """What a stopped training says: where it stopped, its last losses, and the command that resumes
     it."""
+    from .dynamics.transition import headline_of
     from .run.rundir import read_metrics
     from .train.trainer import resume_point
 
@@ -421,13 +422,8 @@ def _interrupted(out: Path, steps: int) -> str:
     rows, last = read_metrics(out), resume_point(out)
     row = rows[-1] if rows else {}
     num = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-    # the headline loss: L_mask on matrices, the evaluation cross-entropy elsewhere
-    evaluation = (
-        f"eval_L_mask {num(row.get('eval_loss_mask'))}"
-        if "eval_loss_mask" in row
-        else f"eval_loss {num(row.get('eval_loss'))}"
-    )
-    losses = f"; at step {row.get('step')} train_loss {num(row.get('loss'))}, {evaluation}"
+    name, value = headline_of(row)
+    losses = f"; at step {row.get('step')} train_loss {num(row.get('loss'))}, {name} {num(value)}"
     losses = losses if row else ""
     kept = (
         f"last checkpoint step {last.step} of {steps}"

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Iterable, Sequence
 
 import torch
 
-from .. import hooks, tasks
+from .. import hooks
 from ..config import Config
 from ..hooks import HookedModule, act_name
 from ..losses import as_floats
@@ -43,6 +43,8 @@ from .common import (
     Text,
     each,
     group_by_layer,
+    headline,
+    headline_numbers,
     needs_hidden,
     number,
     one_of,
@@ -166,7 +168,7 @@ def check(options: dict[str, Any], cfg: Config) -> None:
 
 def unsupported(cfg: Config) -> str | None:
     # L_mask, the matrices' headline, is measured on hidden entries
-    return needs_hidden(cfg) if "matrices" in tasks.get(cfg.task.name).provides(cfg) else None
+    return needs_hidden(cfg)
 
 
 def run(
@@ -185,6 +187,7 @@ def run(
         "n": n,
         "heads": heads,
         "modes": list(modes),
+        **headline_numbers(inputs),
         "steps": {},
     }
     for step, model in inputs.models.items():
@@ -250,19 +253,8 @@ def _ablate_from_stream(
     return as_floats(task.objective(model, out, batch))
 
 
-def _headline(r: dict[str, Any]) -> tuple[str, str]:
-    """(key, words) of the headline metric of ablation numbers `r`: the metric its per-head
-    tables hold, named as the task that leads with it names it."""
-    key = next(k for k in next(iter(r["steps"].values())) if k.startswith("per_head_"))
-    metric = key.removeprefix("per_head_")
-    words = next(
-        (t.headline_label for t in map(tasks.get, tasks.names()) if t.headline == metric), metric
-    )
-    return metric, words
-
-
 def plot(result: Result, out: Path) -> list[Path]:
-    metric, words = _headline(result.numbers)
+    metric, words = headline(result.numbers)
     tables = {}
     for step, entry in result.numbers["steps"].items():
         base = entry["none"][metric]
@@ -281,7 +273,7 @@ def plot(result: Result, out: Path) -> list[Path]:
 
 
 def render(r: dict[str, Any]) -> list[Table | Text]:
-    metric, words = _headline(r)
+    metric, words = headline(r)
     rows = []
     others: list[str] = []
     for step, e in r["steps"].items():
@@ -295,7 +287,7 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
 def findings(r: dict[str, Any]) -> list[list[str]]:
     """The report's story rows ([question, this run, the literature, verdict]): what ablating the
     chosen heads costs at the last chosen checkpoint."""
-    metric, words = _headline(r)
+    metric, words = headline(r)
     step = list(r["steps"])[-1]
     e = r["steps"][step]
     costs = ", ".join(f"{mode} {number(v[metric])}" for mode, v in e["chosen"].items())

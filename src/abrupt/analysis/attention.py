@@ -158,6 +158,7 @@ def chance_shares(groups: list[dict[str, torch.Tensor]], causal: bool) -> dict[s
             keys = by_name[name]
             t = keys.shape[-1]
             read = torch.ones(t, t).tril() if causal else torch.ones(t, t)
+            read = read / read.sum(-1, keepdim=True)  # each query's attention sums to 1
             uniform = read[None, None] * keys.any(-1)[:, None, :, None]  # (B, 1, T, T)
             out[name].append(key_share(uniform, keys).mean().item())
     return out

@@ -89,7 +89,10 @@ def bert_only(cfg: Config) -> str | None:
 
 
 def needs_hidden(cfg: Config) -> str | None:
-    """For `unsupported`: analyses measured on hidden entries cannot run without any."""
+    """For `unsupported`: on matrices (a task providing `matrices`) an analysis measured on
+    hidden entries cannot run without any; other tasks have no hidden entries to need."""
+    if "matrices" not in tasks.get(cfg.task.name).provides(cfg):
+        return None
     return (
         "it is measured on hidden entries, and this run has none (data.p_mask = 0)"
         if cfg.data.p_mask == 0

@@ -230,12 +230,12 @@ def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
         for x in rows
     ]
     # the checkpoint whose outputs repeat most, beside the data's: a repetition bias or not
-    most = max(rows, key=lambda x: x["repeat"] / max(x["data_repeat"], 1e-12))
-    repeats = most["repeat"] / max(most["data_repeat"], 1e-12)
+    most = max(rows, key=lambda x: x["repeat"] - x["data_repeat"])
+    biased = most["repeat"] > 1.5 * most["data_repeat"] and most["repeat"] > 0
     verdict = (
         "the follow-up's repetition bias"
-        if repeats > 1.5
-        else "unlike the follow-up's repetition bias (many more repeats than the data's)"
+        if biased
+        else "unlike the follow-up's repetition bias (outputs repeating well beyond the data's)"
     )
     return [
         Text(
@@ -243,8 +243,8 @@ def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
             f"{first['data_repeat']:.0%} of outputs repeat the one before and "
             f"{first['data_copy']:.0%} equal the input at their index. "
             + " ".join(words)
-            + f" At most (step {most['step']}) the outputs repeat {repeats:.1f}x as often as "
-            f"the data's: {verdict}."
+            + f" At most (step {most['step']}) the outputs repeat {most['repeat']:.1%} of the "
+            f"time against the data's {most['data_repeat']:.1%}: {verdict}."
         ),
         Table(
             ["step", label, "repeat (model)", "repeat (data)", "copy (model)", "copy (data)"],
@@ -268,15 +268,15 @@ def findings(r: dict[str, Any]) -> list[list[str]]:
     does on the plateau, at the first chosen checkpoint."""
     if "outputs" in r:
         x = r["outputs"][0]
-        ratio = x["repeat"] / max(x["data_repeat"], 1e-12)
+        biased = x["repeat"] > 1.5 * x["data_repeat"] and x["repeat"] > 0
         return [
             [
                 f"what the model outputs on the plateau (step {x['step']})",
                 f"{x['repeat']:.1%} of its outputs repeat the one before (the data's "
-                f"{x['data_repeat']:.1%}: {ratio:.1f}x); {x['copy']:.1%} copy the input at "
-                f"their index (the data's {x['data_copy']:.1%})",
+                f"{x['data_repeat']:.1%}); {x['copy']:.1%} copy the input at their index (the "
+                f"data's {x['data_copy']:.1%})",
                 "a repetition bias: repeated outputs on the plateau (follow-up)",
-                "agrees" if ratio > 1.5 else "differs",
+                "agrees" if biased else "differs",
             ]
         ]
     rows = [x for x in r.get("rows", []) if x["input"] == "low-rank" and x["substitute"] != "MASK"]

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import torch
 
+from .. import tasks
 from ..config import Config
 from ..data import Batch, id_to_value, seeded_batch, value_to_id
 from ..hooks import mode
@@ -43,7 +44,7 @@ def unsupported(cfg: Config) -> str | None:
         import devinterp  # noqa: F401
     except ImportError:
         return "the devinterp library is not installed (pip install 'abrupt[devinterp]')"
-    return bert_only(cfg) if cfg.task.name == "matrix" else None
+    return bert_only(cfg) if "matrices" in tasks.get(cfg.task.name).provides(cfg) else None
 
 
 def _pack(batch: Batch) -> torch.Tensor:
@@ -183,14 +184,10 @@ def run(
 ) -> Result:
     """LLC at the chosen (plateau, final) checkpoints or at every one, with n_beta = n / log n."""
     models = inputs.models if checkpoints == "chosen" else inputs.all_checkpoints()
-    cfg = inputs.config
-    if cfg is None or cfg.task.name == "matrix":
+    if "matrices" in inputs.task.provides(inputs.cfg):
         ids, loss_fn = _pack(seeded_batch(inputs.data, n, seed)), _loss_fn
     else:
-        from .. import tasks
-        from ..data import generator
-
-        task_batch = tasks.get(cfg.task.name).batch(cfg, n, generator(seed))
+        task_batch = inputs.task.seeded_batch(inputs.cfg, n, seed)
         ids, loss_fn = task_batch.tokens, _sequence_loss_fn(task_batch.out_start)
     n_beta = n / math.log(n) if n > 1 else 1.0
     rows = []

@@ -289,7 +289,7 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
                 "half-way step",
                 "steps before the drop",
                 "half-way after extreme",
-                "steps before the drop",
+                "its steps before the drop",
             ],
             rows,
         )

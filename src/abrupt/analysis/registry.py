@@ -246,10 +246,10 @@ def prepare(
     )
     atomic_write_json(record, {**earlier, **skipped})
     chosen = sorted(set(steps)) if steps else sorted({view.pre, view.post})
-    missing = [s for s in chosen if s not in view.steps]
-    if missing:
+    absent = [s for s in chosen if s not in view.steps]
+    if absent:
         raise ValueError(
-            f"no checkpoint at step(s) {missing}; saved: {', '.join(map(str, view.steps))}"
+            f"no checkpoint at step(s) {absent}; saved: {', '.join(map(str, view.steps))}"
         )
     reduced = {k: v for k, v in reduced.items() if k in names}
     return Prepared(view, names, skipped, chosen, steps, opts, view.inputs(chosen), reduced)

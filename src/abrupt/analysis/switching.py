@@ -18,7 +18,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any
 
-from .. import tasks
 from ..config import Config
 from ..hooks import HookedModule
 from ..models import groups as groups_
@@ -64,7 +63,7 @@ def transplant(into: HookedModule, donor: HookedModule, group: str) -> HookedMod
 
 def unsupported(cfg: Config) -> str | None:
     # a matrix's L_mask is scored on hidden entries; data.p_mask means nothing to other tasks
-    return needs_hidden(cfg) if "matrices" in tasks.get(cfg.task.name).provides(cfg) else None
+    return needs_hidden(cfg)
 
 
 def run(
@@ -170,6 +169,8 @@ def _story(r: dict[str, Any], key: str, label: str) -> str:
         )
     if "attention" in moved and "rest" in moved:
         attn, rest = way("attention"), way("rest")
+        if math.isnan(attn) or math.isnan(rest):  # no drop between the two, or a loss of 0
+            return words
         verdict = (
             "attention carries most of the drop, as the paper finds"
             if attn > rest

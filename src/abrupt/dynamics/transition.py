@@ -55,8 +55,15 @@ HEADLINE_LOSS = {"matrix": "eval_loss_mask", "gpt": "eval_loss", "sequence": "ev
 HEADLINE_LABEL = {
     "matrix": "L_mask (MSE on hidden entries)",
     "gpt": "cross-entropy on the written matrix",
-    "sequence": "cross-entropy on the outputs",
+    "sequence": "cross-entropy on the outputs (nats per token)",
 }
+
+
+def headline_of(row: dict[str, Any]) -> tuple[str, Any]:
+    """A metrics row's headline loss as the progress line and messages name it, and its value:
+    ('eval_L_mask', ...) for the BERT on matrices, ('eval_loss', ...) for decoders."""
+    key = HEADLINE_LOSS[run_kind([row])]
+    return ("eval_L_mask" if key == "eval_loss_mask" else key), row.get(key)
 
 
 def run_kind(rows: list[dict[str, Any]]) -> str:
@@ -223,7 +230,8 @@ def suddenness(
 
 # summary.json's description of the detector, from the thresholds above
 DETECTOR = (
-    f"transition.detect(window={WINDOW}, flat_ratio={FLAT_RATIO}): drop = smoothed eval L_mask < "
+    f"transition.detect(window={WINDOW}, flat_ratio={FLAT_RATIO}): drop = smoothed headline "
+    f"loss < "
     f"plateau/{1 / DROP_FRACTION:g}; sudden = window_rule(band={BAND}, factor={SUDDEN_FACTOR:g}): "
     f"F >= {SUDDEN_FACTOR:g} within P/4 steps of leaving the plateau"
 )
@@ -264,4 +272,3 @@ def summarize(
         "seconds": seconds if seconds is not None else last.get("time"),
         "detector": DETECTOR,
     }
-

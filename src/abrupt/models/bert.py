@@ -139,11 +139,7 @@ class MatrixBert(HookedModule):
             x = self.ln_final(x)
         return self.hook_out(self.readout(x).squeeze(-1))
 
-    # --- what the matrix task calls (the GPT variant answers the same calls) -------------------
-
-    @staticmethod
-    def encode(tokens: torch.Tensor) -> torch.Tensor:
-        return tokens
+    # --- what the matrix task and the analyses call (the GPT variant answers the same) ---------
 
     def prediction_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """The sequences (B, T) whose one forward pass `predict` makes: the tokens themselves."""

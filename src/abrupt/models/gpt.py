@@ -245,12 +245,7 @@ class MatrixGPT(Decoder):
         """This architecture's model for a sequence task (`supports` has "sequence_tasks")."""
         return SequenceGPT(cfg, vocab, seq_len)
 
-    # --- what training and the analyses call --------------------------------------------------
-
-    @staticmethod
-    def encode(tokens: torch.Tensor) -> torch.Tensor:
-        """The model's input ids for BERT-tokenized masked matrices: the masked prefix."""
-        return masked_prefix(tokens)
+    # --- what the matrix task and the analyses call -------------------------------------------
 
     @torch.no_grad()
     def complete(self, tokens: torch.Tensor, cache: bool = True) -> torch.Tensor:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import interventions, tasks
 from ..config import Config
-from ..models.bert import MatrixBert
+from ..hooks import HookedModule
 from .rundir import atomic_write_json, interrupts_held, read_config, remove_temp_files
 
 _STEP_RE = re.compile(r"^step_(\d+)\.json$")
@@ -86,7 +86,7 @@ def _atomic_save_tensors(
         raise
 
 
-def _optim_tensors(model: MatrixBert, optim: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optim_tensors(model: HookedModule, optim: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
     for group in optim.param_groups:
@@ -102,7 +102,7 @@ def _optim_tensors(model: MatrixBert, optim: torch.optim.Optimizer) -> dict[str,
 def save(
     ckpt_dir: Path,
     step: int,
-    model: MatrixBert,
+    model: HookedModule,
     optim: torch.optim.Optimizer | None,
     data_rng: torch.Generator | None,
     meta: dict[str, Any],
@@ -240,7 +240,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(tensors)
 
 
-def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> MatrixBert:
+def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu") -> HookedModule:
     model = tasks.get(cfg.task.name).build_model(cfg)
     # the interventions as they were at this step of training
     interventions.apply(model, cfg, ckpt.step)
@@ -249,7 +249,7 @@ def load_model(cfg: Config, ckpt: Checkpoint, device: str | torch.device = "cpu"
 
 
 def load_training_state(
-    ckpt: Checkpoint, model: MatrixBert, optim: torch.optim.Optimizer, data_rng: torch.Generator
+    ckpt: Checkpoint, model: HookedModule, optim: torch.optim.Optimizer, data_rng: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Restore model weights, Adam moments and the data generator from a checkpoint in place;
     returns the extra training state saved with it."""
@@ -279,7 +279,7 @@ def load_training_state(
 
 def load_run(
     run_dir: Path, step: int | None = None, device: str | torch.device = "cpu"
-) -> tuple[Config, MatrixBert, Checkpoint]:
+) -> tuple[Config, HookedModule, Checkpoint]:
     """A run's configuration and its model at `step` (default: the last checkpoint)."""
     cfg = read_config(run_dir)
     ckpt = find(run_dir, step)

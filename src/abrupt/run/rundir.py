@@ -354,8 +354,12 @@ OLD_SUMMARY_NAMES = {"plateau_loss_mask": "plateau_level", "final_loss_mask": "f
 
 def upgrade_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """A summary (summary.json, a sweep's row) with old key names (OLD_SUMMARY_NAMES) read as
-    today's."""
-    return {OLD_SUMMARY_NAMES.get(k, k): v for k, v in summary.items()}
+    today's. An old sequence run wrote `final_loss_mask` null: its final level is `final_loss`,
+    the output cross-entropy its plateau was read from."""
+    out = {OLD_SUMMARY_NAMES.get(k, k): v for k, v in summary.items()}
+    if "final_loss_mask" in summary and summary["final_loss_mask"] is None:
+        out["final_level"] = summary.get("final_loss")
+    return out
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

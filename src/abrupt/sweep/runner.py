@@ -4,8 +4,8 @@ directory.
     SWEEP/sweep.json        the spec, the backend, and every trial (index, name, overrides)
     SWEEP/<trial name>/     one ordinary run directory per trial, named by its swept overrides
     SWEEP/results.jsonl     a row per finished trial: overrides, status, seconds, summary, error
-    SWEEP/summary.md        a table, and figures: drop step and final L_mask against each swept
-                            key, every trial's L_mask curve on one plot
+    SWEEP/summary.md        a table, and figures: drop step and final level (the headline loss)
+                            against each swept key, every trial's curve on one plot
 
 Trials run in separate processes (a model seeds the global RNG; training installs signal
 handlers): locally each trial in a process of its own, `workers` at a time, or as Ray tasks
@@ -751,7 +751,7 @@ class Sweep:
                     bar.set_postfix(
                         running=len(pending),
                         failed=counts["failed"],
-                        best_L_mask=f"{best:.4g}",
+                        best_level=f"{best:.4g}",
                         refresh=False,
                     )
         finally:

@@ -1,7 +1,8 @@
 """A sweep's summary.md and figures: a table of every trial (with the window rule's plateau length
 P, drop factor F and the fold below the plateau at the end), the same across seeds when `seed` is
-swept, the drop statistics, and per swept key the drop step and final L_mask against its value;
-every trial's L_mask curve on one plot."""
+swept, the drop statistics, and per swept key the drop step and final level against its value;
+every trial's curve on one plot. The level is the headline loss's: L_mask on matrices, the
+cross-entropy of what a decoder writes elsewhere."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def write_summary(sweep: Sweep) -> Path:
         "| trial | "
         + " | ".join(keys)
         + " | status | escape_step | drop_step | dropped | P | F | sudden "
-        "| plateau_level | final L_mask | end fold | seconds |",
+        "| plateau_level | final level | end fold | seconds |",
         "|---" * (len(keys) + 12) + "|",
     ]
     for t in sweep.trials:
@@ -87,14 +88,12 @@ def _final(summary: dict[str, Any]) -> Any:
     """The final headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence
     task."""
     return (
-        summary.get("final_loss")
-        if summary.get("final_level") is None
-        else summary["final_level"]
+        summary.get("final_loss") if summary.get("final_level") is None else summary["final_level"]
     )
 
 
 def end_fold(summary: dict[str, Any]) -> float | None:
-    """How many times below its plateau level the run ended (plateau L_mask / final L_mask)."""
+    """How many times below its plateau level the run ended (plateau level / final level)."""
     level, final = summary.get("plateau_level"), _final(summary)
     if not isinstance(level, (int, float)) or not isinstance(final, (int, float)) or final <= 0:
         return None
@@ -112,7 +111,7 @@ def spread(values: list[Any]) -> str:
 
 def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[str]:
     """One row per setting (the swept values other than the seed): how many finished seeds were
-    sudden, and P, F, the end fold, the final L_mask and the wall time as median [min–max]."""
+    sudden, and P, F, the end fold, the final level and the wall time as median [min–max]."""
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for t in sweep.trials:
         groups.setdefault(tuple(t.overrides.get(k, "") for k in keys), []).append(
@@ -123,7 +122,7 @@ def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]
         "",
         "| "
         + " | ".join(
-            keys + ["seeds done", "sudden", "P", "F", "end fold", "final L_mask", "seconds"]
+            keys + ["seeds done", "sudden", "P", "F", "end fold", "final level", "seconds"]
         )
         + " |",
         "|---" * (len(keys) + 7) + "|",
@@ -146,7 +145,7 @@ def _across_seeds(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]
 
 
 def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> list[Path]:
-    """Per swept key, drop step and final L_mask against its value; every trial's L_mask curve."""
+    """Per swept key, drop step and final level against its value; every trial's L_mask curve."""
     from ..plots import figure, plt
 
     figures = []
@@ -155,7 +154,7 @@ def _figures(sweep: Sweep, rows: dict[int, dict[str, Any]], keys: list[str]) -> 
         with figure(path, 1, 2, figsize=(9, 3.4)) as (fig, axes):
             for ax, field_, label in (
                 (axes[0][0], "drop_step", "drop_step"),
-                (axes[0][1], "final_level", "final L_mask"),
+                (axes[0][1], "final_level", "final level (headline loss)"),
             ):
                 found = [(t, rows.get(t.index, {}).get("summary") or {}) for t in sweep.trials]
                 pts = [

@@ -193,6 +193,7 @@ class SequenceTask:
             keys = b.keys[:, layer, q0:]
             if keys.any():
                 att = cache[names[layer]][:, :, q0:].abs().float()  # (B, H, n_out, Tk)
+                keys = keys.to(att.device)  # an analysis's CPU batch on a model elsewhere
                 out[f"prog_attn_l{layer}"] = key_share(att, keys).mean().item()
         return out
 

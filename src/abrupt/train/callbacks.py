@@ -254,13 +254,9 @@ class StepProgress:
     def _postfix(self) -> str:
         r = self.row
         num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-        evaluation = (
-            f"eval_L_mask {num(r.get('eval_loss_mask'))}"
-            if "eval_loss_mask" in r
-            else f"eval_loss {num(r.get('eval_loss'))}"
-        )
+        name, value = transition.headline_of(r)
         return (
-            f"train_loss {num(r.get('loss'))}, {evaluation}"
+            f"train_loss {num(r.get('loss'))}, {name} {num(value)}"
             + (f", {self.note}" if self.note else "")
             if r
             else ""
