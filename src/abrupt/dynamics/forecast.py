@@ -272,6 +272,7 @@ def forecast(
     after: int = 0,
     table: cal.Calibration | None = None,
     kind: str | None = None,
+    dense: tuple[list[int], list[float]] | None = None,
     **options: Any,
 ) -> Forecast:
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
