@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..run.rundir import atomic_write_json, atomic_write_text, read_config, read_metrics
+from ..run.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    read_config,
+    read_metrics,
+    read_signal,
+)
 from . import calibration as cal
 from . import forecast as fc
 from .transition import detect, run_kind
@@ -47,6 +53,7 @@ class Run:
     family: str = field(init=False)
     role: str = ""
     kind: str | None = None  # transition.RUN_KINDS, from its configuration; None: from the rows
+    dense: tuple[list[int], list[float]] | None = None  # signal.jsonl's (steps, losses), if any
 
     def __post_init__(self) -> None:
         self.kind = self.kind or run_kind(self.rows)
@@ -85,15 +92,21 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for d in dirs.values():
         cfg = read_config(d)
         kind = tasks.get(cfg.task.name).run_kind(cfg)
-        runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind))
+        sig = read_signal(d)
+        dense = ([r["step"] for r in sig], [r["loss"] for r in sig]) if sig else None
+        runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind, dense=dense))
     return assign_roles(sorted(runs, key=lambda r: r.name)), repeats
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:
-    """Per family, escaping runs alternate calibration / evaluation by name; the rest never
-    escape."""
-    for fam in {r.family for r in runs}:
-        escaping = sorted((r for r in runs if r.family == fam and r.escape), key=lambda r: r.name)
+    """Per family, escaping runs alternate calibration / evaluation by name, those with a dense
+    signal (signal.jsonl) apart from those without (so that each fit has calibration and
+    evaluation runs); the rest never escape."""
+    for fam, dense in {(r.family, r.dense is not None) for r in runs}:
+        escaping = sorted(
+            (r for r in runs if r.family == fam and (r.dense is not None) == dense and r.escape),
+            key=lambda r: r.name,
+        )
         for i, r in enumerate(escaping):
             r.role = CAL if i % 2 == 0 else EVAL
     for r in runs:
@@ -103,8 +116,16 @@ def assign_roles(runs: list[Run]) -> list[Run]:
 
 
 def signals(runs: list[Run]) -> list[str]:
+    """The signals to study: DENSE (the loss fit on the dense signal) where a run has one, the
+    logged loss, the progress measures logged."""
     keys = {k for r in runs for row in r.rows[:1] for k in row if k.startswith("prog_")}
-    return [fc.LOSS, *sorted(keys)]
+    dense = [fc.DENSE] if any(r.dense for r in runs) else []
+    return [*dense, fc.LOSS, *sorted(keys)]
+
+
+def takes(run: Run, signal: str) -> bool:
+    """Whether `run` is studied for `signal` (DENSE: only runs with a dense signal)."""
+    return signal != fc.DENSE or run.dense is not None
 
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
@@ -135,15 +156,31 @@ def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[st
     """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
     its escape (all its logs if it never escapes)."""
     seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
+    if signal == fc.DENSE:
+        return fc.history(
+            seen,
+            fc.LOSS,
+            fc.ESCAPE_DEPARTURE,
+            run.after,
+            every=every,
+            raw=True,
+            kind=run.kind,
+            dense=run.dense,
+            dense_goal=target,
+        )
     return fc.history(seen, signal, target, run.after, every=every, raw=True, kind=run.kind)
 
 
 def targets(runs: list[Run]) -> dict[str, float]:
-    """{'family/signal': target departure}: 0.2 for the loss, each measure's from the family's
-    calibration runs (forecast.calibrate)."""
+    """{'family/signal': target departure}: 0.2 for the loss, the dense fit's and each measure's
+    from the family's calibration runs (forecast.calibrate_dense, forecast.calibrate)."""
     out = {}
     for fam in sorted({r.family for r in runs}):
         calib = [r for r in runs if r.family == fam and r.role == CAL]
+        dense = [(r.rows, r.after, r.kind, r.dense) for r in calib if r.dense]
+        t = fc.calibrate_dense(dense) if dense else None
+        if t:
+            out[f"{fam}/{fc.DENSE}"] = t
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
         for sig in signals([r for r in runs if r.family == fam])[1:]:
             t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
@@ -158,9 +195,10 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
     calib = [r for r in runs if r.role == CAL]
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        for run in (r for r in calib if r.family == fam):
+        for run in (r for r in calib if r.family == fam and takes(r, sig)):
             for f in replay(run, sig, target, every):
-                if f["raw"] is None or f["reason"] == "escaped":
+                # (a dense run's fit falls back to the logged loss where its signal has a gap)
+                if f["raw"] is None or f["reason"] == "escaped" or f["signal"] != sig:
                     continue
                 u = cal.elapsed(f["step"], f["raw"], f["start"])
                 scores.setdefault(key, []).append(
@@ -182,7 +220,8 @@ def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: i
                 | {"low": c.low, "high": c.high}
             )
     out: dict[str, Any] = {"run": run.name, "signal": signal, "forecasts": len(made)}
-    out["warn"] = warning(run, signal)
+    # the dense fit's warning: the logged loss's (a departure on the plateau is one event)
+    out["warn"] = warning(run, fc.LOSS if signal == fc.DENSE else signal)
     if run.escape is None:  # refuted: the whole interval lies before the run's last log
         out["refuted"] = sum(m["high"] < run.rows[-1]["step"] for m in made)
         return out, made
@@ -210,7 +249,7 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        ev = [r for r in runs if r.family == fam and r.role == EVAL]
+        ev = [r for r in runs if r.family == fam and r.role == EVAL and takes(r, sig)]
         judged = []
         for run in ev:
             j, made = judge(run, sig, target, table, every)
@@ -221,7 +260,7 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
                 | {"forecast": m["escape"], "low": m["low"], "high": m["high"]}
                 for m in made
             ]
-        never = [r for r in runs if r.family == fam and r.role == NEVER]
+        never = [r for r in runs if r.family == fam and r.role == NEVER and takes(r, sig)]
         alarms = [judge(r, sig, target, table, every)[0] for r in never]
         warned = [
             (j, r)

@@ -264,4 +264,3 @@ def summarize(
         "seconds": seconds if seconds is not None else last.get("time"),
         "detector": DETECTOR,
     }
-

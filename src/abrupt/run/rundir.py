@@ -180,9 +180,7 @@ def read_signal(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_signal(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_bytes(
-        Path(run_dir) / SIGNAL_FILE, "".join(dumps(r) + "\n" for r in rows).encode()
-    )
+    atomic_write_bytes(Path(run_dir) / SIGNAL_FILE, "".join(dumps(r) + "\n" for r in rows).encode())
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

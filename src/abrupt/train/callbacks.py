@@ -141,7 +141,9 @@ class DenseSignal(Callback):
         values = torch.stack([v.float() for _, v in self.pending]).tolist()
         steps = [s for s, _ in self.pending]
         self.pending = []
-        self.file.write("".join(dumps({"step": s, "loss": v}) + "\n" for s, v in zip(steps, values)))
+        self.file.write(
+            "".join(dumps({"step": s, "loss": v}) + "\n" for s, v in zip(steps, values))
+        )
         self.file.flush()
         self.steps += steps
         self.values += values
