@@ -44,6 +44,10 @@ DENSE = "train_loss"
 # further ahead than HORIZON x the plateau so far, and the share of the plateau's steps the dense
 # signal must hold to be used
 BLOCKS, MIN_BLOCKS, HORIZON, DENSE_COVER = 40, 8, 2.0, 0.9
+# the curve fit_dense extrapolates, by family (see there), and for the exponential the growth
+# rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
+SHAPES = {"sequence": "line", "matrix": "exp"}
+GRID, RATES = 60, 500.0
 # the stretch of the plateau whose slide, extrapolated to the escape, is the dense target
 # (`dense_target`): from SLIDE[0] to SLIDE[1] of its length before the escape
 SLIDE = (0.5, 0.2)
@@ -249,7 +253,8 @@ def fit_forecast(
             return seen or Forecast(now, reason="the plateau's level is 0: nothing to depart from")
         # without a calibrated target: where the evaluation loss's escape is, in d's units
         goal = dense_goal or 1 - (1 - target) * found["plateau_level"] / v0
-        return fit_dense(span[0], dd, goal, now, start, noise_k, min_z, z_interval, horizon)
+        shape = SHAPES[family(kind or run_kind(rows))]
+        return fit_dense(span[0], dd, goal, now, start, noise_k, min_z, z_interval, horizon, shape)
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
     seen = _seen(steps, d, target, window, now, start)
@@ -332,22 +337,31 @@ def fit_dense(
     min_z: float = 3.0,
     z_interval: float = 1.64,
     horizon: float = HORIZON,
+    shape: str = "line",
 ) -> Forecast:
     """The escape forecast from the dense signal's departure `d` (`dense_departure`) at the steps
     `xs` (every step of the plateau so far, [start, now]): the step where it reaches `goal`.
 
     A batch's loss is noisy, so d is averaged in blocks of b steps (about `BLOCKS` blocks on the
     plateau so far), and its noise sigma per block is estimated from the step-to-step differences
-    (a trend barely moves them). On the last half of the blocks (at least `MIN_BLOCKS`) the slide
-    d = c + s (x - x_last) is fit by least squares, and extrapolated to the goal. A straight line,
-    not an exponential: on the sequence tasks the plateau slides steadily and the escape's own
-    exponential shows only in its last few steps, too late to forecast from; an exponential fit
-    to the slide's early bend runs ahead of it (`dense_target` sets the goal where the slide
-    stood at past escapes). The residual variance is the larger of the noise's and the misfit's.
-    A forecast needs a slope min_z standard errors above 0, the slide's level above the noise
-    (c > noise_k sigma), and the escape at most `horizon` times the plateau so far ahead (a
-    plateau that never ends drifts too; it would otherwise be forecast to end, far away). Its
-    spread: the slopes s -/+ z_interval standard errors."""
+    (a trend barely moves them). On the last half of the blocks (at least `MIN_BLOCKS`) a curve is
+    fit by least squares with additive noise (blocks at or below 0 count as they are) and
+    extrapolated to the goal; its `shape` (SHAPES, by family):
+
+    - 'line', d = c + s (x - x_last): the sequence tasks' plateaus slide steadily, and the escape's
+      own exponential shows only in its last few steps, too late to forecast from; an exponential
+      fit to the slide's early bend runs ahead of it (`dense_target` sets the goal where the slide
+      stood at past escapes);
+    - 'exp', d = c + a exp(r (x - x_last)), r on a log grid (c and a are linear given r): the
+      matrix task's plateau is flat and the saddle's departure from it grows exponentially.
+
+    The residual variance is the larger of the noise's and the misfit's. A forecast needs growth
+    min_z standard errors from none (for 'exp': the fit beats a constant by min_z^2 variances of
+    residual sum of squares), the departure above the noise (c + a > noise_k sigma), and the
+    escape at most `horizon` times the plateau so far ahead (a plateau that never ends drifts too;
+    it would otherwise be forecast to end, far away). Its spread: the escapes of the slopes -/+
+    z_interval standard errors ('line'), of every r fit within z_interval^2 variances of the
+    best ('exp')."""
     b = max(1, len(xs) // BLOCKS)
     n = len(xs) // b
     if n < 2 * MIN_BLOCKS:
@@ -360,35 +374,89 @@ def fit_dense(
     sigma = 1.4826 * statistics.median(abs(x - med) for x in diffs) / math.sqrt(2 * b) or 1e-12
     m = max(MIN_BLOCKS, n // 2)
     ys, rel = ys[-m:], [x - bx[-1] for x in bx[-m:]]
-    mx, my = statistics.fmean(rel), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in rel)
-    slope = sum((x - mx) * (y - my) for x, y in zip(rel, ys)) / sxx
-    level = my - slope * mx  # the slide's departure at the last block
-    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(rel, ys))
-    se = math.sqrt(max(sigma**2, sse / (m - 2)) / sxx)
-    if slope <= min_z * se:
-        return Forecast(now, reason="no significant slide")
+    fit = (_slide if shape == "line" else _saddle)(rel, ys, goal, sigma, min_z, z_interval)
+    if isinstance(fit, str):
+        return Forecast(now, reason=fit)
+    level, ahead, spread = fit  # the departure at the last block; steps from it to the goal
     if level <= noise_k * sigma:
         return Forecast(now, reason="departure within the plateau's noise")
     if level >= goal:
         return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
 
-    def reach(s: float) -> int:
-        return max(now + 1, round(bx[-1] + (goal - level) / s))
+    def at(steps_ahead: float) -> int:
+        return max(now + 1, round(bx[-1] + steps_ahead))
 
-    escape = reach(slope)
+    escape = at(ahead)
     if escape - now > horizon * max(now - start, 1):
         return Forecast(now, reason=f"escape beyond {horizon:g}x the plateau so far ahead")
     return Forecast(
         now,
         escape,
-        reach(slope + z_interval * se),
-        reach(max(slope - z_interval * se, slope / 10)),
+        at(min(spread)),
+        at(max(spread)),
         raw=escape,
         start=start,
         basis="the fit's spread",
         signal=DENSE,
     )
+
+
+def _slide(
+    rel: list[float], ys: list[float], goal: float, sigma: float, min_z: float, z: float
+) -> tuple[float, float, list[float]] | str:
+    """fit_dense's line: (level at x = 0, steps to the goal, those of the slopes -/+ z standard
+    errors), or why there is no forecast."""
+    mx, my = statistics.fmean(rel), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in rel)
+    slope = sum((x - mx) * (y - my) for x, y in zip(rel, ys)) / sxx
+    level = my - slope * mx
+    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(rel, ys))
+    se = math.sqrt(max(sigma**2, sse / (len(ys) - 2)) / sxx)
+    if slope <= min_z * se:
+        return "no significant slide"
+    # the slow end: a slope near 0 would put it at infinity, which says nothing more
+    slopes = (slope + z * se, max(slope - z * se, slope / 10))
+    return level, (goal - level) / slope, [(goal - level) / s for s in slopes]
+
+
+def _saddle(
+    rel: list[float], ys: list[float], goal: float, sigma: float, min_z: float, z: float
+) -> tuple[float, float, list[float]] | str:
+    """fit_dense's exponential: (level at x = 0, steps to the goal, those of every r fit within
+    z^2 variances of the best), or why there is no forecast."""
+    width = max(-rel[0], 1.0)
+    grid = [0.1 / width * (RATES ** (i / (GRID - 1))) for i in range(GRID)]
+    fits = [_fit_exp(rel, ys, r) for r in grid]
+    flat = sum((y - statistics.fmean(ys)) ** 2 for y in ys)
+    best = min(range(GRID), key=lambda i: fits[i][2])
+    c, a, sse = fits[best]
+    var = max(sigma**2, sse / (len(ys) - 3))  # misfit beyond the noise widens everything
+    if a <= 0 or flat - sse < min_z**2 * var:
+        return "no significant exponential growth"
+
+    def ahead(i: int) -> float | None:
+        c, a, _ = fits[i]
+        return math.log((goal - c) / a) / grid[i] if a > 0 and c + a < goal else None
+
+    near = [ahead(i) for i in range(GRID) if fits[i][2] <= sse + z**2 * var]
+    spread = [x for x in near if x is not None]
+    best_ahead = ahead(best)
+    if best_ahead is None:
+        return "leaving the plateau (the escape step is told once known)"
+    return c + a, best_ahead, spread or [best_ahead]
+
+
+def _fit_exp(rel: list[float], ys: list[float], r: float) -> tuple[float, float, float]:
+    """(c, a, residual sum of squares) of the least-squares fit y = c + a exp(r x), r fixed."""
+    e = [math.exp(r * x) for x in rel]
+    n, se, sy = len(e), sum(e), sum(ys)
+    see, sey = sum(w * w for w in e), sum(w * y for w, y in zip(e, ys))
+    det = n * see - se * se
+    if det <= 1e-12 * n * see:
+        return 0.0, 0.0, math.inf
+    a = (n * sey - se * sy) / det
+    c = (sy - a * se) / n
+    return c, a, sum((y - c - a * w) ** 2 for y, w in zip(ys, e))
 
 
 def calibrated(
@@ -427,21 +495,33 @@ def forecast(
     table: cal.Calibration | None = None,
     kind: str | None = None,
     dense: tuple[list[int], list[float]] | None = None,
+    task: str | None = None,
     **options: Any,
 ) -> Forecast:
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
     settings) corrected by `table` (default: the package's calibration.json) for the family of
     `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
     read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
-    the target departure the table's DENSE entry was calibrated at (`dense_target`)."""
+    the target departure the table's DENSE entry for the run's `task` (its name; else for its
+    family: `dense_groups`) was calibrated at (`dense_target`)."""
     kind = kind or run_kind(rows)
     table = table if table is not None else cal.packaged()
-    fam = family(kind)
-    goal = table.target(fam, DENSE) if dense is not None and signal == LOSS else None
+    fam, goal = family(kind), None
+    if dense is not None and signal == LOSS:
+        # the task's own calibration where the table has one, else its family's
+        fam = next((g for g in dense_groups(kind, task) if table.target(g, DENSE)), fam)
+        goal = table.target(fam, DENSE)
     f = fit_forecast(
         rows, signal, target, after, kind=kind, dense=dense, dense_goal=goal, **options
     )
     return calibrated(f, fam, signal, table, goal if f.signal == DENSE and goal else target)
+
+
+def dense_groups(kind: str, task: str | None) -> list[str]:
+    """The calibration table's groups for a dense fit of a run of `kind` on `task`, most specific
+    first: 'family:task' (the slide before the escape differs between tasks), then 'family'."""
+    fam = family(kind)
+    return [f"{fam}:{task}", fam] if task else [fam]
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:

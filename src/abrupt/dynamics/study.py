@@ -54,6 +54,7 @@ class Run:
     role: str = ""
     kind: str | None = None  # transition.RUN_KINDS, from its configuration; None: from the rows
     dense: tuple[list[int], list[float]] | None = None  # signal.jsonl's (steps, losses), if any
+    task: str = ""  # its task's name (the dense fit is also calibrated per task)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or run_kind(self.rows)
@@ -94,19 +95,21 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         kind = tasks.get(cfg.task.name).run_kind(cfg)
         sig = read_signal(d)
         dense = ([r["step"] for r in sig], [r["loss"] for r in sig]) if sig else None
-        runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind, dense=dense))
+        after = cfg.curriculum.end()
+        runs.append(Run(str(d), read_metrics(d), after, kind=kind, dense=dense, task=cfg.task.name))
     return assign_roles(sorted(runs, key=lambda r: r.name)), repeats
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:
-    """Per family, escaping runs alternate calibration / evaluation by name, those with a dense
-    signal (signal.jsonl) apart from those without (so that each fit has calibration and
-    evaluation runs); the rest never escape."""
-    for fam, dense in {(r.family, r.dense is not None) for r in runs}:
-        escaping = sorted(
-            (r for r in runs if r.family == fam and (r.dense is not None) == dense and r.escape),
-            key=lambda r: r.name,
-        )
+    """Per family and task, escaping runs alternate calibration / evaluation by name, those with a
+    dense signal (signal.jsonl) apart from those without (so that each fit, and each task's, has
+    calibration and evaluation runs); the rest never escape."""
+
+    def kind_of(r: Run) -> tuple[str, str, bool]:
+        return r.family, r.task, r.dense is not None
+
+    for key in {kind_of(r) for r in runs}:
+        escaping = sorted((r for r in runs if kind_of(r) == key and r.escape), key=lambda r: r.name)
         for i, r in enumerate(escaping):
             r.role = CAL if i % 2 == 0 else EVAL
     for r in runs:
@@ -123,9 +126,20 @@ def signals(runs: list[Run]) -> list[str]:
     return [*dense, fc.LOSS, *sorted(keys)]
 
 
-def takes(run: Run, signal: str) -> bool:
-    """Whether `run` is studied for `signal` (DENSE: only runs with a dense signal)."""
-    return signal != fc.DENSE or run.dense is not None
+def takes(run: Run, signal: str, group: str) -> bool:
+    """Whether `run` is studied for `signal` in `group` (a family, or for DENSE also a task of
+    it, 'family:task'; DENSE takes only runs with a dense signal)."""
+    member = group in (run.family, f"{run.family}:{run.task}")
+    return member and (signal != fc.DENSE or run.dense is not None)
+
+
+def groups(runs: list[Run], signal: str) -> list[str]:
+    """What `signal` is calibrated for: each family, and for DENSE also each task with a dense
+    run (forecast.dense_groups: the slide before the escape differs between tasks)."""
+    fams = sorted({r.family for r in runs})
+    if signal != fc.DENSE:
+        return fams
+    return fams + sorted({f"{r.family}:{r.task}" for r in runs if r.dense and r.task})
 
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
@@ -172,17 +186,21 @@ def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[st
 
 
 def targets(runs: list[Run]) -> dict[str, float]:
-    """{'family/signal': target departure}: 0.2 for the loss, the dense fit's and each measure's
-    from the family's calibration runs (forecast.calibrate_dense, forecast.calibrate)."""
+    """{'group/signal': target departure} (groups: see `groups`): 0.2 for the loss, the dense
+    fit's and each measure's from the group's calibration runs (forecast.calibrate_dense,
+    forecast.calibrate)."""
     out = {}
     for fam in sorted({r.family for r in runs}):
         calib = [r for r in runs if r.family == fam and r.role == CAL]
-        dense = [(r.rows, r.after, r.kind, r.dense) for r in calib if r.dense]
-        t = fc.calibrate_dense(dense) if dense else None
-        if t:
-            out[f"{fam}/{fc.DENSE}"] = t
+        for group in groups([r for r in runs if r.family == fam], fc.DENSE):
+            dense = [(r.rows, r.after, r.kind, r.dense) for r in calib if takes(r, fc.DENSE, group)]
+            t = fc.calibrate_dense(dense) if dense else None
+            if t:
+                out[f"{group}/{fc.DENSE}"] = t
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
-        for sig in signals([r for r in runs if r.family == fam])[1:]:
+        for sig in signals([r for r in runs if r.family == fam]):
+            if sig in (fc.DENSE, fc.LOSS):
+                continue
             t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
             if t:
                 out[f"{fam}/{sig}"] = t
@@ -195,7 +213,7 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
     calib = [r for r in runs if r.role == CAL]
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        for run in (r for r in calib if r.family == fam and takes(r, sig)):
+        for run in (r for r in calib if takes(r, sig, fam)):
             for f in replay(run, sig, target, every):
                 # (a dense run's fit falls back to the logged loss where its signal has a gap)
                 if f["raw"] is None or f["reason"] == "escaped" or f["signal"] != sig:
@@ -207,12 +225,20 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
     return cal.Calibration.fit(scores, tgts, [r.name for r in calib])
 
 
-def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: int = 1):
-    """One run and signal: its calibrated forecasts, and how they fared (see the module)."""
+def judge(
+    run: Run,
+    signal: str,
+    target: float,
+    table: cal.Calibration,
+    every: int = 1,
+    group: str | None = None,
+):
+    """One run and signal: its calibrated forecasts (by the table's entry of `group`, default the
+    run's family), and how they fared (see the module)."""
     made = []
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
     for f in replay(run, signal, target, every):
-        c = fc.calibrated(fc.Forecast(**f), run.family, signal, table, target)
+        c = fc.calibrated(fc.Forecast(**f), group or run.family, signal, table, target)
         shown.append((c.step, c.escape if c.reason != "escaped" else None))
         if c.escape is not None and c.reason != "escaped":
             made.append(
@@ -249,10 +275,10 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        ev = [r for r in runs if r.family == fam and r.role == EVAL and takes(r, sig)]
+        ev = [r for r in runs if r.role == EVAL and takes(r, sig, fam)]
         judged = []
         for run in ev:
-            j, made = judge(run, sig, target, table, every)
+            j, made = judge(run, sig, target, table, every, fam)
             judged.append(j)
             points += [
                 {"run": run.name, "family": fam, "signal": sig, "L": run.length}
@@ -260,8 +286,8 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
                 | {"forecast": m["escape"], "low": m["low"], "high": m["high"]}
                 for m in made
             ]
-        never = [r for r in runs if r.family == fam and r.role == NEVER and takes(r, sig)]
-        alarms = [judge(r, sig, target, table, every)[0] for r in never]
+        never = [r for r in runs if r.role == NEVER and takes(r, sig, fam)]
+        alarms = [judge(r, sig, target, table, every, fam)[0] for r in never]
         warned = [
             (j, r)
             for j, r in zip(judged, ev)
