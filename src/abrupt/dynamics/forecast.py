@@ -47,6 +47,9 @@ BLOCKS, MIN_BLOCKS, HORIZON, DENSE_COVER = 40, 8, 2.0, 0.9
 # the curve fit_dense extrapolates, by family (see there), and for the exponential the growth
 # rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
 SHAPES = {"sequence": "line", "matrix": "exp"}
+# the dense fit's significance (its min_z): it looks again at every log of a long plateau, and at
+# 3 standard errors a flat noisy one (tests/test_forecast.py) gave a false alarm in 1 of 5 runs
+DENSE_Z = 5.0
 GRID, RATES = 60, 500.0
 # the stretch of the plateau whose slide, extrapolated to the escape, is the dense target
 # (`dense_target`): from SLIDE[0] to SLIDE[1] of its length before the escape
@@ -223,6 +226,7 @@ def fit_forecast(
     dense: tuple[list[int], list[float]] | None = None,
     dense_goal: float | None = None,
     horizon: float = HORIZON,
+    dense_z: float = DENSE_Z,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
     the fit's own spread as the interval (uncalibrated: see `forecast`).
@@ -231,7 +235,8 @@ def fit_forecast(
     escape_step; for a progress measure, from `calibrate`). `dense`: (steps, values) of the run's
     dense signal (signal.jsonl), fit instead of the logged loss where it covers the plateau
     (`fit_dense`; signal LOSS only), to the departure `dense_goal` (its calibrated target,
-    `dense_target`; None: the escape's own level); `horizon`: see `fit_dense`. Other arguments:
+    `dense_target`; None: the escape's own level); `horizon`, `dense_z` (its min_z): see
+    `fit_dense`. Other arguments:
     see the module's rule. Returns a Forecast whose `escape` is None (with a reason) when nothing
     can be said yet; once the departure has reached the target it returns the step where it did
     (the escape is seen)."""
@@ -254,7 +259,9 @@ def fit_forecast(
         # without a calibrated target: where the evaluation loss's escape is, in d's units
         goal = dense_goal or 1 - (1 - target) * found["plateau_level"] / v0
         shape = SHAPES[family(kind or run_kind(rows))]
-        return fit_dense(span[0], dd, goal, now, start, noise_k, min_z, z_interval, horizon, shape)
+        return fit_dense(
+            span[0], dd, goal, now, start, noise_k, dense_z, z_interval, horizon, shape
+        )
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
     seen = _seen(steps, d, target, window, now, start)
