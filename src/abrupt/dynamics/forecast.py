@@ -387,7 +387,8 @@ def fit_dense(
     level, ahead, spread = fit  # the departure at the last block; steps from it to the goal
     if level <= noise_k * sigma:
         return Forecast(now, reason="departure within the plateau's noise")
-    if level >= goal:
+    # the last block itself too: a line through a jump that has begun lags it
+    if max(level, ys[-1]) >= goal:
         return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
 
     def at(steps_ahead: float) -> int:
