@@ -1,13 +1,17 @@
 """How early, and how well, is the escape forecast? The study behind `abrupt forecast`, by
 replaying the forecaster on committed runs' metrics rows step by step (no training).
 
-Input: run directories (or folders holding them, searched recursively) with metrics.jsonl. Each
-run belongs to a task family (forecast.family: `matrix`, `sequence`). Within a family the runs
-that escape are sorted by name and split by position: even positions are **calibration runs**
-(the progress measures' targets, `forecast.calibrate`, and the interval's calibration table,
-`calibration.Calibration`, are fit on them and nowhere else), odd positions **evaluation runs**
-(every error and coverage reported is measured on them). Runs that never escape take no part in
-either: on them every forecast is a false alarm.
+Input: run directories (or folders holding them, searched recursively) with metrics.jsonl (and
+signal.jsonl, the dense signal, where training wrote one). Each run belongs to a task family
+(forecast.family: `matrix`, `sequence`). Within a family and task, the runs that escape with a
+dense signal, and apart from them those without, are sorted by name and split by position: even
+positions are **calibration runs** (the targets, `forecast.calibrate_dense` and
+`forecast.calibrate`, and the interval's calibration table, `calibration.Calibration`, are fit on
+them and nowhere else), odd positions **evaluation runs** (every error and coverage reported is
+measured on them). Runs that never escape take no part in either: on them every forecast is a
+false alarm. The signals: `train_loss` (forecast.DENSE: the loss forecast from the dense signal,
+calibrated per family and, where a task has enough calibration runs, per task: rows
+'family:task'), `loss` (from the logged evaluation loss alone) and the progress measures.
 
 For each evaluation run and signal, with L = escape_step - plateau_start its plateau's length:
 
@@ -272,6 +276,9 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     never escape."""
     tgts = targets(runs)
     table = fit_table(runs, tgts, every)
+    # a task too few runs calibrate has no entry: its runs get their family's (forecast.forecast),
+    # and are judged in the family's row
+    tgts = {k: v for k, v in tgts.items() if ":" not in k.split("/")[0] or k in table.entries}
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
