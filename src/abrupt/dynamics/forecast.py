@@ -1,28 +1,39 @@
-"""Forecast the escape from the plateau while a run trains, from its logged metrics alone.
+"""Forecast the escape from the plateau while a run trains, from its logged metrics and, where the
+run has one, its dense signal (signal.jsonl: the training batch's headline loss at every step).
 
-The rule (one signal at a time; the default signal is the evaluation L_mask itself):
+The rule (one signal at a time; the default signal is the loss):
 
-1. The plateau is found as `transition.detect` finds it (after a curriculum ends), with its level.
-2. The signal's departure from its plateau value is d(t): for the loss, 1 - L(t) / level (the
-   escape, `escape_step`, is where d reaches 0.2); for a progress measure, |m(t) - m_plateau|,
-   with m_plateau its median over the first `window` logs of the plateau, and the target the
-   departure it had at the escapes of other runs (`calibrate`).
-3. Near a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
+1. The plateau is found as `transition.detect` finds it (after a curriculum ends), with its level,
+   from the logged evaluation loss; so is the escape once seen (`escape_step`: 20% below it).
+2. With a dense signal over the plateau (signal LOSS), the forecast fits it (`fit_dense`): its
+   departure d = 1 - v / v0 from its value v0 on the plateau's first logs, averaged in blocks of
+   steps against the batch noise, is extrapolated over the last half of the plateau so far by a
+   curve of the family's shape (SHAPES: a line for the sequence tasks' steady slide, an
+   exponential for the matrix task's saddle) to a target departure: where past runs' slides
+   stood at their escapes (`dense_target`, calibrated per task, `calibrate_dense`). Logged rows
+   every 10-50 steps are too few on a plateau of 100-200 steps for anything else in time.
+3. Without one (runs from before issue 43, progress measures): the signal's departure d(t) from
+   its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
+   measure, |m(t) - m_plateau|, with m_plateau its median over the first `window` logs of the
+   plateau, and the target the departure it had at the escapes of other runs, `calibrate`). Near
+   a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
    logs all stand above the plateau's noise (`noise_k` robust standard deviations of d on the
-   plateau) and still below the target, log d is fitted by weighted least squares on them (weights
-   d^2); with a growth rate r at least `min_z` standard errors above 0 the fit's forecast is the
-   step where it reaches the target (`fit_forecast`, with the steps where fits with r -/+
+   plateau) and still below the target, log d is fitted by weighted least squares on them
+   (weights d^2); with a growth rate r at least `min_z` standard errors above 0 the fit's forecast
+   is the step where it reaches the target (`fit_forecast`, with the steps where fits with r -/+
    z_interval standard errors do as its spread).
 4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
    escape and the 90% interval come from the quantiles of the fit's actual errors on the
-   calibration runs, for the task family, the signal and how far through the plateau the fit
-   thinks it is. A signal without calibration, or forecast to another target than its
-   calibration was fit at, keeps the fit's spread, and says so (`basis`).
+   calibration runs, for the task family (for the dense fit: the task where the table has it),
+   the signal and how far through the plateau the fit thinks it is. A signal without
+   calibration, or forecast to another target than its calibration was fit at, keeps the fit's
+   spread, and says so (`basis`).
 
 Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
 non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
 Assumptions: one plateau, a monotone departure from it, and a target level that transfers between
-runs (for progress measures). A forecast is never earlier than the step after the last one seen.
+runs (of a task, for the dense fit; for progress measures). A forecast is never earlier than the
+step after the last one seen.
 """
 
 from __future__ import annotations
