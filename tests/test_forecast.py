@@ -494,7 +494,7 @@ def test_a_flat_noisy_dense_signal_has_no_forecast():
         rows, dense = dense_saddle(escape=10**9, end=3000, noise=0.05, seed=seed)
         for r in rows:
             seen = [x for x in rows if x["step"] <= r["step"]]
-            f = forecast(seen, dense=upto(dense, r["step"]), task="matrix")
+            f = forecast(seen, dense=upto(dense, r["step"]), preset="sudden")
             assert f.escape is None, (seed, r["step"])
     assert f.reason
 

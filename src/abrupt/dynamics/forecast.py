@@ -10,7 +10,7 @@ The rule (one signal at a time; the default signal is the loss):
    steps against the batch noise, is extrapolated over the last half of the plateau so far by a
    curve of the family's shape (SHAPES: a line for the sequence tasks' steady slide, an
    exponential for the matrix task's saddle) to a target departure: where past runs' slides
-   stood at their escapes (`dense_target`, calibrated per task, `calibrate_dense`). Logged rows
+   stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`). Logged rows
    every 10-50 steps are too few on a plateau of 100-200 steps for anything else in time.
 3. Without one (runs from before issue 43, progress measures): the signal's departure d(t) from
    its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
@@ -32,7 +32,7 @@ The rule (one signal at a time; the default signal is the loss):
 Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
 non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
 Assumptions: one plateau, a monotone departure from it, and a target level that transfers between
-runs (of a task, for the dense fit; for progress measures). A forecast is never earlier than the
+runs (of a preset, for the dense fit; for progress measures). A forecast is never earlier than the
 step after the last one seen.
 """
 
@@ -514,21 +514,21 @@ def forecast(
     table: cal.Calibration | None = None,
     kind: str | None = None,
     dense: tuple[list[int], list[float]] | None = None,
-    task: str | None = None,
+    preset: str | None = None,
     **options: Any,
 ) -> Forecast:
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
     settings) corrected by `table` (default: the package's calibration.json) for the family of
     `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
     read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
-    the target departure the table's DENSE entry for the run's `task` (its name; else for its
+    the target departure the table's DENSE entry for the run's `preset` (its name; else for its
     family: `dense_groups`) was calibrated at (`dense_target`)."""
     kind = kind or run_kind(rows)
     table = table if table is not None else cal.packaged()
     fam, goal = family(kind), None
     if dense is not None and signal == LOSS:
         # the task's own calibration where the table has one, else its family's
-        fam = next((g for g in dense_groups(kind, task) if table.target(g, DENSE)), fam)
+        fam = next((g for g in dense_groups(kind, preset) if table.target(g, DENSE)), fam)
         goal = table.target(fam, DENSE)
     f = fit_forecast(
         rows, signal, target, after, kind=kind, dense=dense, dense_goal=goal, **options
@@ -536,11 +536,12 @@ def forecast(
     return calibrated(f, fam, signal, table, goal if f.signal == DENSE and goal else target)
 
 
-def dense_groups(kind: str, task: str | None) -> list[str]:
-    """The calibration table's groups for a dense fit of a run of `kind` on `task`, most specific
-    first: 'family:task' (the slide before the escape differs between tasks), then 'family'."""
+def dense_groups(kind: str, preset: str | None) -> list[str]:
+    """The calibration table's groups for a dense fit of a run of `kind` from `preset`, most
+    specific first: 'family:preset' (the slide before the escape differs between tasks, and
+    between sizes of one task: mws and mws_full), then 'family'."""
     fam = family(kind)
-    return [f"{fam}:{task}", fam] if task else [fam]
+    return [f"{fam}:{preset}", fam] if preset else [fam]
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:

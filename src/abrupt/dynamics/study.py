@@ -3,15 +3,15 @@ replaying the forecaster on committed runs' metrics rows step by step (no traini
 
 Input: run directories (or folders holding them, searched recursively) with metrics.jsonl (and
 signal.jsonl, the dense signal, where training wrote one). Each run belongs to a task family
-(forecast.family: `matrix`, `sequence`). Within a family and task, the runs that escape with a
+(forecast.family: `matrix`, `sequence`). Within a family and preset, the runs that escape with a
 dense signal, and apart from them those without, are sorted by name and split by position: even
 positions are **calibration runs** (the targets, `forecast.calibrate_dense` and
 `forecast.calibrate`, and the interval's calibration table, `calibration.Calibration`, are fit on
 them and nowhere else), odd positions **evaluation runs** (every error and coverage reported is
 measured on them). Runs that never escape take no part in either: on them every forecast is a
 false alarm. The signals: `train_loss` (forecast.DENSE: the loss forecast from the dense signal,
-calibrated per family and, where a task has enough calibration runs, per task: rows
-'family:task'), `loss` (from the logged evaluation loss alone) and the progress measures.
+calibrated per family and, where a preset has enough calibration runs, per preset: rows
+'family:preset'), `loss` (from the logged evaluation loss alone) and the progress measures.
 
 For each evaluation run and signal, with L = escape_step - plateau_start its plateau's length:
 
@@ -58,7 +58,7 @@ class Run:
     role: str = ""
     kind: str | None = None  # transition.RUN_KINDS, from its configuration; None: from the rows
     dense: tuple[list[int], list[float]] | None = None  # signal.jsonl's (steps, losses), if any
-    task: str = ""  # its task's name (the dense fit is also calibrated per task)
+    preset: str = ""  # its preset's name (the dense fit is also calibrated per preset)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or run_kind(self.rows)
@@ -100,17 +100,17 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         sig = read_signal(d)
         dense = ([r["step"] for r in sig], [r["loss"] for r in sig]) if sig else None
         after = cfg.curriculum.end()
-        runs.append(Run(str(d), read_metrics(d), after, kind=kind, dense=dense, task=cfg.task.name))
+        runs.append(Run(str(d), read_metrics(d), after, kind=kind, dense=dense, preset=cfg.preset))
     return assign_roles(sorted(runs, key=lambda r: r.name)), repeats
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:
-    """Per family and task, escaping runs alternate calibration / evaluation by name, those with a
-    dense signal (signal.jsonl) apart from those without (so that each fit, and each task's, has
+    """Per family and preset, escaping runs alternate calibration / evaluation by name, those with a
+    dense signal (signal.jsonl) apart from those without (so that each fit, and each preset's, has
     calibration and evaluation runs); the rest never escape."""
 
     def kind_of(r: Run) -> tuple[str, str, bool]:
-        return r.family, r.task, r.dense is not None
+        return r.family, r.preset, r.dense is not None
 
     for key in {kind_of(r) for r in runs}:
         escaping = sorted((r for r in runs if kind_of(r) == key and r.escape), key=lambda r: r.name)
@@ -131,19 +131,19 @@ def signals(runs: list[Run]) -> list[str]:
 
 
 def takes(run: Run, signal: str, group: str) -> bool:
-    """Whether `run` is studied for `signal` in `group` (a family, or for DENSE also a task of
-    it, 'family:task'; DENSE takes only runs with a dense signal)."""
-    member = group in (run.family, f"{run.family}:{run.task}")
+    """Whether `run` is studied for `signal` in `group` (a family, or for DENSE also a preset of
+    it, 'family:preset'; DENSE takes only runs with a dense signal)."""
+    member = group in (run.family, f"{run.family}:{run.preset}")
     return member and (signal != fc.DENSE or run.dense is not None)
 
 
 def groups(runs: list[Run], signal: str) -> list[str]:
-    """What `signal` is calibrated for: each family, and for DENSE also each task with a dense
-    run (forecast.dense_groups: the slide before the escape differs between tasks)."""
+    """What `signal` is calibrated for: each family, and for DENSE also each preset with a dense
+    run (forecast.dense_groups: the slide before the escape differs between presets)."""
     fams = sorted({r.family for r in runs})
     if signal != fc.DENSE:
         return fams
-    return fams + sorted({f"{r.family}:{r.task}" for r in runs if r.dense and r.task})
+    return fams + sorted({f"{r.family}:{r.preset}" for r in runs if r.dense and r.preset})
 
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     never escape."""
     tgts = targets(runs)
     table = fit_table(runs, tgts, every)
-    # a task too few runs calibrate has no entry: its runs get their family's (forecast.forecast),
+    # a preset too few runs calibrate has no entry: its runs get their family's (forecast.forecast),
     # and are judged in the family's row
     tgts = {k: v for k, v in tgts.items() if ":" not in k.split("/")[0] or k in table.entries}
     rows, points = [], []

@@ -197,7 +197,7 @@ class Forecast(Callback):
                 after=cfg.curriculum.end(),
                 kind=self.kind,
                 dense=(self.dense.steps, self.dense.values) if self.dense else None,
-                task=cfg.task.name,
+                preset=cfg.preset,
             )
         except Exception as e:  # noqa: BLE001 - the forecast is advice: it never stops a run
             self.latest = forecast.Forecast(
