@@ -117,7 +117,11 @@ class DenseSignal(Callback):
         self.file = open(Path(trainer.out_dir) / SIGNAL_FILE, "a" if start else "w")
 
     def on_step(self, trainer: Trainer, step: int, parts: dict[str, torch.Tensor]) -> None:
-        self.pending.append((step, parts[self.key].detach()))
+        value = parts.get(self.key)
+        # a task whose objective lacks it (a plugin's) has no dense signal: the forecast then
+        # reads the logged rows, as before; never a failed run for advice
+        if value is not None:
+            self.pending.append((step, value.detach()))
 
     def on_log(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
         self.flush()  # before the forecast's on_log reads the series
