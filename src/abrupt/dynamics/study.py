@@ -105,12 +105,13 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:
-    """Per family and preset, escaping runs alternate calibration / evaluation by name, those with a
-    dense signal (signal.jsonl) apart from those without (so that each fit, and each preset's, has
-    calibration and evaluation runs); the rest never escape."""
+    """Per family, escaping runs alternate calibration / evaluation by name, those with a dense
+    signal (signal.jsonl) apart from those without and per preset (so that each fit, and each
+    preset's, has calibration and evaluation runs); the rest never escape."""
 
     def kind_of(r: Run) -> tuple[str, str, bool]:
-        return r.family, r.preset, r.dense is not None
+        # only the dense fit is calibrated per preset: runs without keep their family's split
+        return r.family, r.preset if r.dense else "", r.dense is not None
 
     for key in {kind_of(r) for r in runs}:
         escaping = sorted((r for r in runs if kind_of(r) == key and r.escape), key=lambda r: r.name)
