@@ -424,7 +424,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     fams = sorted({r["family"] for r in runs})
     lines = [
-        "# Forecasting the escape: calibrated intervals on both families",
+        "# Forecasting the escape: calibrated intervals per family and preset",
         "",
         "Written by `abrupt forecast` (src/abrupt/dynamics/study.py). Runs per family: "
         + "; ".join(
