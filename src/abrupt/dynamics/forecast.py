@@ -247,10 +247,9 @@ def fit_forecast(
     dense signal (signal.jsonl), fit instead of the logged loss where it covers the plateau
     (`fit_dense`; signal LOSS only), to the departure `dense_goal` (its calibrated target,
     `dense_target`; None: the escape's own level); `horizon`, `dense_z` (its min_z): see
-    `fit_dense`. Other arguments:
-    see the module's rule. Returns a Forecast whose `escape` is None (with a reason) when nothing
-    can be said yet; once the departure has reached the target it returns the step where it did
-    (the escape is seen)."""
+    `fit_dense`. Other arguments: see the module's rule. Returns a Forecast whose `escape` is None
+    (with a reason) when nothing can be said yet; once the departure has reached the target it
+    returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
     why = _unusable(rows, signal, target, kind)
     if why:

@@ -264,3 +264,4 @@ def summarize(
         "seconds": seconds if seconds is not None else last.get("time"),
         "detector": DETECTOR,
     }
+

@@ -87,7 +87,9 @@ def _final(summary: dict[str, Any]) -> Any:
     """The final headline loss: L_mask on matrices, the cross-entropy on outputs for a sequence
     task."""
     return (
-        summary.get("final_loss") if summary.get("final_level") is None else summary["final_level"]
+        summary.get("final_loss")
+        if summary.get("final_level") is None
+        else summary["final_level"]
     )
 
 

@@ -160,36 +160,36 @@ class Task(Protocol):
     # --- optional: the analyses' capabilities, each named in `provides` ------------------------
 
     def regions(self, cfg: Config, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """ "regions": {name: (B, P) bool} over the positions of `hook_out`."""
+        """"regions": {name: (B, P) bool} over the positions of `hook_out`."""
 
     def corrupt(self, cfg: Config, batch: TaskBatch, seed: int) -> TaskBatch:
-        """ "corrupt": the counterfactual batch (same shapes), drawn from `seed`."""
+        """"corrupt": the counterfactual batch (same shapes), drawn from `seed`."""
 
     def key_groups(
         self, cfg: Config, batch: TaskBatch, layer: int, layers: int
     ) -> dict[str, torch.Tensor]:
-        """ "key_groups": {name: (B, T, T) bool} of `layer` in a `layers`-layer model, over the
+        """"key_groups": {name: (B, T, T) bool} of `layer` in a `layers`-layer model, over the
         positions the model reads (queries down, keys across); empty where it defines none."""
 
     def probe_targets(self, cfg: Config, batch: TaskBatch) -> dict[str, ProbeTarget]:
-        """ "probe_targets": over the positions the model reads."""
+        """"probe_targets": over the positions the model reads."""
 
     def token_labels(self, cfg: Config) -> tuple[torch.Tensor, np.ndarray]:
-        """ "embeddings": (ids (N,), the number each token stands for (N,)) of the tokens the
+        """"embeddings": (ids (N,), the number each token stands for (N,)) of the tokens the
         task's inputs use."""
 
     def position_labels(self, cfg: Config) -> dict[str, np.ndarray]:
-        """ "embeddings": {name: (T,) int} labels of the positions the model reads (a matrix's
+        """"embeddings": {name: (T,) int} labels of the positions the model reads (a matrix's
         column and row; a sequence's segment and index in it)."""
 
     def outputs(self, model: HookedModule, cfg: Config, batch: TaskBatch) -> Outputs:
-        """ "outputs"."""
+        """"outputs"."""
 
     def substitute(self, batch: TaskBatch, value: float | None) -> TaskBatch:
-        """ "substitute": hidden entries' tokens replaced by `value`'s (None keeps them)."""
+        """"substitute": hidden entries' tokens replaced by `value`'s (None keeps them)."""
 
     def entry_values(self, cfg: Config, out: torch.Tensor) -> torch.Tensor:
-        """ "matrices": (B, m*n) float, the entries that `out`, an output of the teacher-forced
+        """"matrices": (B, m*n) float, the entries that `out`, an output of the teacher-forced
         pass (`hook_out`), writes."""
 
 

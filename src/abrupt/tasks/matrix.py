@@ -188,6 +188,7 @@ class MatrixCompletion:
         tokens = torch.where(batch.mask, torch.full_like(batch.tokens, token), batch.tokens)
         return dataclasses.replace(batch, tokens=tokens)
 
+
     def entry_values(self, cfg: Config, out: torch.Tensor) -> torch.Tensor:
         """The BERT's output itself; the GPT variant's most likely value at the positions that
         write the matrix (the second half of its pass), teacher-forced."""
