@@ -117,11 +117,11 @@ def small_disk(tmp_path):
 
 
 def fill(disk):
-    with open(disk / "filler", "ab") as f:
+    # unbuffered: a buffered file keeps the bytes the full disk refused, and its close raises
+    with open(disk / "filler", "ab", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
 

@@ -319,7 +319,8 @@ def plot_study_intervals(result: dict[str, Any], path: Path, ymax: float = 3.0) 
     units of each run's plateau length L from its start (x: when the forecast was made, y: the
     escape it forecast; the escape as it came is y = 1). Values above `ymax` are drawn at it."""
     points = result["points"]
-    best = {g["family"]: g["signal"] for g in result["goals"] if "signal" in g}
+    # the signal the error goal was judged on (the false-alarm goal's is "all signals")
+    best = {g["family"]: g["signal"] for g in result["goals"] if g["goal"].startswith("median")}
     fams = sorted(best) or ["none"]
     with figure(path, 1, len(fams), figsize=(4.2 * len(fams), 3.8), dpi=110) as (fig, axes):
         for ax, fam in zip(axes[0], fams):

@@ -129,6 +129,10 @@ class Calibration:
             return entry["cells"][name], f"{key}, u {name}"
         return entry["cells"][ALL], f"{key}, all u"
 
+    def target(self, family: str, signal: str) -> float | None:
+        """The target departure the entry of (family, signal) was fit at (None: no entry)."""
+        return self.entries.get(f"{family}/{signal}", {}).get("target")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "about": "escape-forecast calibration (src/abrupt/dynamics/calibration.py): "

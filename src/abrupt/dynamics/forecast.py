@@ -1,32 +1,44 @@
-"""Forecast the escape from the plateau while a run trains, from its logged metrics alone.
+"""Forecast the escape from the plateau while a run trains, from its logged metrics and, where the
+run has one, its dense signal (signal.jsonl: the training batch's headline loss at every step).
 
-The rule (one signal at a time; the default signal is the evaluation L_mask itself):
+The rule (one signal at a time; the default signal is the loss):
 
-1. The plateau is found as `transition.detect` finds it (after a curriculum ends), with its level.
-2. The signal's departure from its plateau value is d(t): for the loss, 1 - L(t) / level (the
-   escape, `escape_step`, is where d reaches 0.2); for a progress measure, |m(t) - m_plateau|,
-   with m_plateau its median over the first `window` logs of the plateau, and the target the
-   departure it had at the escapes of other runs (`calibrate`).
-3. Near a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
+1. The plateau is found as `transition.detect` finds it (after a curriculum ends), with its level,
+   from the logged evaluation loss; so is the escape once seen (`escape_step`: 20% below it).
+2. With a dense signal over the plateau (signal LOSS), the forecast fits it (`fit_dense`): its
+   departure d = 1 - v / v0 from its value v0 on the plateau's first logs, averaged in blocks of
+   steps against the batch noise, is extrapolated over the last half of the plateau so far by a
+   curve of the family's shape (SHAPES: a line for the sequence tasks' steady slide, an
+   exponential for the matrix task's saddle) to a target departure: where past runs' slides
+   stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`). Logged rows
+   every 10-50 steps are too few on a plateau of 100-200 steps for anything else in time.
+3. Without one (runs from before issue 43, progress measures): the signal's departure d(t) from
+   its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
+   measure, |m(t) - m_plateau|, with m_plateau its median over the first `window` logs of the
+   plateau, and the target the departure it had at the escapes of other runs, `calibrate`). Near
+   a saddle the departure grows exponentially, d(t) = d0 exp(r t). Once the last `fit_points`
    logs all stand above the plateau's noise (`noise_k` robust standard deviations of d on the
-   plateau) and still below the target, log d is fitted by weighted least squares on them (weights
-   d^2); with a growth rate r at least `min_z` standard errors above 0 the fit's forecast is the
-   step where it reaches the target (`fit_forecast`, with the steps where fits with r -/+
+   plateau) and still below the target, log d is fitted by weighted least squares on them
+   (weights d^2); with a growth rate r at least `min_z` standard errors above 0 the fit's forecast
+   is the step where it reaches the target (`fit_forecast`, with the steps where fits with r -/+
    z_interval standard errors do as its spread).
 4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
    escape and the 90% interval come from the quantiles of the fit's actual errors on the
-   calibration runs, for the task family, the signal and how far through the plateau the fit
-   thinks it is. A signal without calibration, or forecast to another target than its
-   calibration was fit at, keeps the fit's spread, and says so (`basis`).
+   calibration runs, for the task family (for the dense fit: the task where the table has it),
+   the signal and how far through the plateau the fit thinks it is. A signal without
+   calibration, or forecast to another target than its calibration was fit at, keeps the fit's
+   spread, and says so (`basis`).
 
 Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
 non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
 Assumptions: one plateau, a monotone departure from it, and a target level that transfers between
-runs (for progress measures). A forecast is never earlier than the step after the last one seen.
+runs (of a preset, for the dense fit; for progress measures). A forecast is never earlier than the
+step after the last one seen.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -36,13 +48,31 @@ from . import calibration as cal
 from .transition import ESCAPE_DEPARTURE, WINDOW, detect, loss_series, run_kind, running_median
 
 LOSS = "loss"  # the signal name of the evaluation L_mask (the task's loss for GPT runs)
+# the calibration key of the loss forecast fit on the dense signal (RUN/signal.jsonl: the training
+# batch's headline loss at every step) rather than on the logged evaluation loss
+DENSE = "train_loss"
+# the dense fit (`fit_dense`): blocks on the plateau so far, the fewest blocks fit, no forecast
+# further ahead than HORIZON x the plateau so far, and the share of the plateau's steps the dense
+# signal must hold to be used
+BLOCKS, MIN_BLOCKS, HORIZON, DENSE_COVER = 40, 8, 2.0, 0.9
+# the curve fit_dense extrapolates, by family (see there), and for the exponential the growth
+# rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
+SHAPES = {"sequence": "line", "matrix": "exp"}
+# the dense fit's significance (its min_z): it looks again at every log of a long plateau, and at
+# 3 standard errors a flat noisy one (tests/test_forecast.py) gave a false alarm in 1 of 5 runs
+DENSE_Z = 5.0
+GRID, RATES = 60, 500.0
+# the stretch of the plateau whose slide, extrapolated to the escape, is the dense target
+# (`dense_target`): from SLIDE[0] to SLIDE[1] of its length before the escape
+SLIDE = (0.5, 0.2)
 
 
 @dataclass
 class Forecast:
     """A forecast made with the rows up to `step`: the escape step `escape` within [low, high]
     (steps), or None with the `reason` why not yet. `raw`: the fit's own escape step before
-    calibration; `start`: the plateau's start; `basis`: where the interval comes from."""
+    calibration; `start`: the plateau's start; `basis`: where the interval comes from; `signal`:
+    what the fit read (its calibration's key: LOSS, DENSE or a progress measure)."""
 
     step: int
     escape: int | None = None
@@ -52,6 +82,7 @@ class Forecast:
     raw: int | None = None
     start: int | None = None
     basis: str = ""
+    signal: str = ""
 
     def as_row(self) -> dict[str, Any]:
         """The metrics.jsonl fields (only when there is a forecast)."""
@@ -176,6 +207,22 @@ def _unusable(
     return ""
 
 
+def _seen(
+    steps: list[int], d: list[float], target: float, window: int, now: int, start: int
+) -> Forecast | None:
+    """The escape as seen in the evaluation loss's departure `d` once it has settled (a Forecast
+    with reason 'escaped'), a 'leaving the plateau' Forecast while it has not, None before."""
+    reached = next((i for i, x in enumerate(d) if x >= target), None)
+    if reached is None:
+        return None
+    if reached > len(d) - 1 - window // 2:
+        # the running median around it still reads logs to come, which can move the step: it
+        # is told once settled, so the progress line never changes an escape it announced
+        return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
+    at = steps[reached]
+    return Forecast(now, at, at, at, "escaped", at, start)
+
+
 def fit_forecast(
     rows: list[dict[str, Any]],
     signal: str = LOSS,
@@ -187,14 +234,22 @@ def fit_forecast(
     z_interval: float = 1.64,
     window: int = WINDOW,
     kind: str | None = None,
+    dense: tuple[list[int], list[float]] | None = None,
+    dense_goal: float | None = None,
+    horizon: float = HORIZON,
+    dense_z: float = DENSE_Z,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
     the fit's own spread as the interval (uncalibrated: see `forecast`).
 
     `target`: the departure d at which the escape happens (0.2 for the loss, by the definition of
-    escape_step; for a progress measure, from `calibrate`). Other arguments: see the module's rule.
-    Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet; once the
-    departure has reached the target it returns the step where it did (the escape is seen)."""
+    escape_step; for a progress measure, from `calibrate`). `dense`: (steps, values) of the run's
+    dense signal (signal.jsonl), fit instead of the logged loss where it covers the plateau
+    (`fit_dense`; signal LOSS only), to the departure `dense_goal` (its calibrated target,
+    `dense_target`; None: the escape's own level); `horizon`, `dense_z` (its min_z): see
+    `fit_dense`. Other arguments: see the module's rule. Returns a Forecast whose `escape` is None
+    (with a reason) when nothing can be said yet; once the departure has reached the target it
+    returns the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
     why = _unusable(rows, signal, target, kind)
     if why:
@@ -202,17 +257,26 @@ def fit_forecast(
     steps, d, found = departure(rows, signal, after, window, kind)
     if not steps and found["plateau_start"] is not None and signal == LOSS:
         return Forecast(now, reason="the plateau's level is 0: no departure from it to measure")
+    start = found["plateau_start"]
+    span = dense_span(dense, start, now) if signal == LOSS and steps else None
+    if span is not None:
+        if len(steps) < window:
+            return Forecast(now, reason="plateau too short to judge")
+        seen = _seen(steps, d, target, window, now, start)
+        dd, v0 = dense_departure(*span, head=steps[window - 1])
+        if seen is not None or not dd:
+            return seen or Forecast(now, reason="the plateau's level is 0: nothing to depart from")
+        # without a calibrated target: where the evaluation loss's escape is, in d's units
+        goal = dense_goal or 1 - (1 - target) * found["plateau_level"] / v0
+        shape = SHAPES[family(kind or run_kind(rows))]
+        return fit_dense(
+            span[0], dd, goal, now, start, noise_k, dense_z, z_interval, horizon, shape
+        )
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
-    start = found["plateau_start"]
-    reached = next((i for i, x in enumerate(d) if x >= target), None)
-    if reached is not None:
-        if reached > len(d) - 1 - window // 2:
-            # the running median around it still reads logs to come, which can move the step: it
-            # is told once settled, so the progress line never changes an escape it announced
-            return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
-        at = steps[reached]
-        return Forecast(now, at, at, at, "escaped", at, start)
+    seen = _seen(steps, d, target, window, now, start)
+    if seen is not None:
+        return seen
     if max(d) == 0:
         return Forecast(now, reason=f"{signal} is constant on the plateau")
     sigma = noise_level(d, len(d) // 2)
@@ -234,7 +298,183 @@ def fit_forecast(
     escape, low, high = reach(rate), reach(rate + z_interval * se), reach(rate - z_interval * se)
     if high is None:
         return Forecast(now, reason="growth rate too uncertain")
-    return Forecast(now, escape, low, high, raw=escape, start=start, basis="the fit's spread")
+    return Forecast(
+        now, escape, low, high, raw=escape, start=start, basis="the fit's spread", signal=signal
+    )
+
+
+def dense_span(
+    dense: tuple[list[int], list[float]] | None, start: int | None, now: int
+) -> tuple[list[int], list[float]] | None:
+    """The dense signal's (steps, values) on the plateau so far, [start, now], or None where it
+    does not cover it (none, a gap: a run begun before signal.jsonl existed, then resumed) or holds
+    a non-finite value."""
+    if dense is None or start is None:
+        return None
+    steps, values = dense
+    lo, hi = bisect.bisect_left(steps, start), bisect.bisect_right(steps, now)
+    xs, vs = steps[lo:hi], values[lo:hi]
+    if len(xs) < (now - start + 1) * DENSE_COVER or not all(map(math.isfinite, vs)):
+        return None
+    return xs, vs
+
+
+def dense_departure(xs: list[int], vs: list[float], head: int) -> tuple[list[float], float]:
+    """(d, v0) of the dense signal's values `vs` at the steps `xs` on the plateau: d = 1 - v / v0,
+    v0 the median of the values up to step `head` (the plateau's first logs); d is [] where v0
+    is not > 0."""
+    v0 = statistics.median(v for x, v in zip(xs, vs) if x <= head)
+    return ([1 - v / v0 for v in vs] if v0 > 0 else []), v0
+
+
+def dense_target(xs: list[int], d: list[float], escape: int, start: int) -> float | None:
+    """The departure the dense signal's slide would have reached at the escape: the least-squares
+    line through d on the plateau's stretch SLIDE (fractions of its length before the escape),
+    evaluated at the escape. The escape itself is sudden (the last few steps' exponential is seen
+    by no fit in time); the slide before it is seen, and where it stood at the escape transfers
+    between runs, so the median over calibration runs is the dense fit's target. None when the
+    stretch has under 3 steps."""
+    length = escape - start
+    lo, hi = escape - SLIDE[0] * length, escape - SLIDE[1] * length
+    pts = [(x, v) for x, v in zip(xs, d) if lo <= x <= hi]
+    if len(pts) < 3:
+        return None
+    mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(v for _, v in pts)
+    slope = sum((x - mx) * (v - my) for x, v in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    return my + slope * (escape - mx)
+
+
+def fit_dense(
+    xs: list[int],
+    d: list[float],
+    goal: float,
+    now: int,
+    start: int,
+    noise_k: float = 3.0,
+    min_z: float = 3.0,
+    z_interval: float = 1.64,
+    horizon: float = HORIZON,
+    shape: str = "line",
+) -> Forecast:
+    """The escape forecast from the dense signal's departure `d` (`dense_departure`) at the steps
+    `xs` (every step of the plateau so far, [start, now]): the step where it reaches `goal`.
+
+    A batch's loss is noisy, so d is averaged in blocks of b steps (about `BLOCKS` blocks on the
+    plateau so far), and its noise sigma per block is estimated from the step-to-step differences
+    (a trend barely moves them). On the last half of the blocks (at least `MIN_BLOCKS`) a curve is
+    fit by least squares with additive noise (blocks at or below 0 count as they are) and
+    extrapolated to the goal; its `shape` (SHAPES, by family):
+
+    - 'line', d = c + s (x - x_last): the sequence tasks' plateaus slide steadily, and the escape's
+      own exponential shows only in its last few steps, too late to forecast from; an exponential
+      fit to the slide's early bend runs ahead of it (`dense_target` sets the goal where the slide
+      stood at past escapes);
+    - 'exp', d = c + a exp(r (x - x_last)), r on a log grid (c and a are linear given r): the
+      matrix task's plateau is flat and the saddle's departure from it grows exponentially.
+
+    The residual variance is the larger of the noise's and the misfit's. A forecast needs growth
+    min_z standard errors from none (for 'exp': the fit beats a constant by min_z^2 variances of
+    residual sum of squares), the departure above the noise (c + a > noise_k sigma), and the
+    escape at most `horizon` times the plateau so far ahead (a plateau that never ends drifts too;
+    it would otherwise be forecast to end, far away). Its spread: the escapes of the slopes -/+
+    z_interval standard errors ('line'), of every r fit within z_interval^2 variances of the
+    best ('exp')."""
+    b = max(1, len(xs) // BLOCKS)
+    n = len(xs) // b
+    if n < 2 * MIN_BLOCKS:
+        return Forecast(now, reason="plateau too short to judge")
+    d, steps = d[len(d) - n * b :], xs[len(xs) - n * b :]
+    ys = [statistics.fmean(d[i * b : (i + 1) * b]) for i in range(n)]
+    bx = [statistics.fmean(steps[i * b : (i + 1) * b]) for i in range(n)]
+    diffs = [q - p for p, q in zip(d, d[1:])]
+    med = statistics.median(diffs)
+    sigma = 1.4826 * statistics.median(abs(x - med) for x in diffs) / math.sqrt(2 * b) or 1e-12
+    m = max(MIN_BLOCKS, n // 2)
+    ys, rel = ys[-m:], [x - bx[-1] for x in bx[-m:]]
+    fit = (_slide if shape == "line" else _saddle)(rel, ys, goal, sigma, min_z, z_interval)
+    if isinstance(fit, str):
+        return Forecast(now, reason=fit)
+    level, ahead, spread = fit  # the departure at the last block; steps from it to the goal
+    if level <= noise_k * sigma:
+        return Forecast(now, reason="departure within the plateau's noise")
+    # the last block itself too: a line through a jump that has begun lags it
+    if max(level, ys[-1]) >= goal:
+        return Forecast(now, reason="leaving the plateau (the escape step is told once known)")
+
+    def at(steps_ahead: float) -> int:
+        return max(now + 1, round(bx[-1] + steps_ahead))
+
+    escape = at(ahead)
+    if escape - now > horizon * max(now - start, 1):
+        return Forecast(now, reason=f"escape beyond {horizon:g}x the plateau so far ahead")
+    return Forecast(
+        now,
+        escape,
+        at(min(spread)),
+        at(max(spread)),
+        raw=escape,
+        start=start,
+        basis="the fit's spread",
+        signal=DENSE,
+    )
+
+
+def _slide(
+    rel: list[float], ys: list[float], goal: float, sigma: float, min_z: float, z: float
+) -> tuple[float, float, list[float]] | str:
+    """fit_dense's line: (level at x = 0, steps to the goal, those of the slopes -/+ z standard
+    errors), or why there is no forecast."""
+    mx, my = statistics.fmean(rel), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in rel)
+    slope = sum((x - mx) * (y - my) for x, y in zip(rel, ys)) / sxx
+    level = my - slope * mx
+    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(rel, ys))
+    se = math.sqrt(max(sigma**2, sse / (len(ys) - 2)) / sxx)
+    if slope <= min_z * se:
+        return "no significant slide"
+    # the slow end: a slope near 0 would put it at infinity, which says nothing more
+    slopes = (slope + z * se, max(slope - z * se, slope / 10))
+    return level, (goal - level) / slope, [(goal - level) / s for s in slopes]
+
+
+def _saddle(
+    rel: list[float], ys: list[float], goal: float, sigma: float, min_z: float, z: float
+) -> tuple[float, float, list[float]] | str:
+    """fit_dense's exponential: (level at x = 0, steps to the goal, those of every r fit within
+    z^2 variances of the best), or why there is no forecast."""
+    width = max(-rel[0], 1.0)
+    grid = [0.1 / width * (RATES ** (i / (GRID - 1))) for i in range(GRID)]
+    fits = [_fit_exp(rel, ys, r) for r in grid]
+    flat = sum((y - statistics.fmean(ys)) ** 2 for y in ys)
+    best = min(range(GRID), key=lambda i: fits[i][2])
+    c, a, sse = fits[best]
+    var = max(sigma**2, sse / (len(ys) - 3))  # misfit beyond the noise widens everything
+    if a <= 0 or flat - sse < min_z**2 * var:
+        return "no significant exponential growth"
+
+    def ahead(i: int) -> float | None:
+        c, a, _ = fits[i]
+        return math.log((goal - c) / a) / grid[i] if a > 0 and c + a < goal else None
+
+    near = [ahead(i) for i in range(GRID) if fits[i][2] <= sse + z**2 * var]
+    spread = [x for x in near if x is not None]
+    best_ahead = ahead(best)
+    if best_ahead is None:
+        return "leaving the plateau (the escape step is told once known)"
+    return c + a, best_ahead, spread or [best_ahead]
+
+
+def _fit_exp(rel: list[float], ys: list[float], r: float) -> tuple[float, float, float]:
+    """(c, a, residual sum of squares) of the least-squares fit y = c + a exp(r x), r fixed."""
+    e = [math.exp(r * x) for x in rel]
+    n, se, sy = len(e), sum(e), sum(ys)
+    see, sey = sum(w * w for w in e), sum(w * y for w, y in zip(e, ys))
+    det = n * see - se * se
+    if det <= 1e-12 * n * see:
+        return 0.0, 0.0, math.inf
+    a = (n * sey - se * sy) / det
+    c = (sy - a * se) / n
+    return c, a, sum((y - c - a * w) ** 2 for y, w in zip(ys, e))
 
 
 def calibrated(
@@ -246,7 +486,7 @@ def calibrated(
     another target. A seen escape or no forecast is returned as it is."""
     if f.escape is None or f.reason == "escaped" or f.raw is None or f.start is None:
         return f
-    c, label = table.lookup(fam, signal, cal.elapsed(f.step, f.raw, f.start), target)
+    c, label = table.lookup(fam, f.signal or signal, cal.elapsed(f.step, f.raw, f.start), target)
     if c is None:
         return Forecast(**{**asdict(f), "basis": f"uncalibrated ({label}): fit's spread"})
     span = f.raw - f.step
@@ -272,15 +512,35 @@ def forecast(
     after: int = 0,
     table: cal.Calibration | None = None,
     kind: str | None = None,
+    dense: tuple[list[int], list[float]] | None = None,
+    preset: str | None = None,
     **options: Any,
 ) -> Forecast:
     """The calibrated escape forecast: `fit_forecast`'s (same arguments, `options` its fit
     settings) corrected by `table` (default: the package's calibration.json) for the family of
-    `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows)."""
+    `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
+    read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
+    the target departure the table's DENSE entry for the run's `preset` (its name; else for its
+    family: `dense_groups`) was calibrated at (`dense_target`)."""
     kind = kind or run_kind(rows)
-    f = fit_forecast(rows, signal, target, after, kind=kind, **options)
     table = table if table is not None else cal.packaged()
-    return calibrated(f, family(kind), signal, table, target)
+    fam, goal = family(kind), None
+    if dense is not None and signal == LOSS:
+        # the task's own calibration where the table has one, else its family's
+        fam = next((g for g in dense_groups(kind, preset) if table.target(g, DENSE)), fam)
+        goal = table.target(fam, DENSE)
+    f = fit_forecast(
+        rows, signal, target, after, kind=kind, dense=dense, dense_goal=goal, **options
+    )
+    return calibrated(f, fam, signal, table, goal if f.signal == DENSE and goal else target)
+
+
+def dense_groups(kind: str, preset: str | None) -> list[str]:
+    """The calibration table's groups for a dense fit of a run of `kind` from `preset`, most
+    specific first: 'family:preset' (the slide before the escape differs between tasks, and
+    between sizes of one task: mws and mws_full), then 'family'."""
+    fam = family(kind)
+    return [f"{fam}:{preset}", fam] if preset else [fam]
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:
@@ -316,6 +576,24 @@ def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = WINDOW) ->
     return statistics.median(at_escape) if at_escape else None
 
 
+def calibrate_dense(runs: list[tuple[Any, ...]], window: int = WINDOW) -> float | None:
+    """The dense fit's target (`dense_target`), median over `runs` that escaped, each (rows,
+    after, kind, dense) (dense: the run's signal.jsonl as (steps, values)). None when no run
+    escaped with a dense signal over its plateau."""
+    at_escape = []
+    for rows, after, kind, dense in runs:
+        steps, _, found = departure(rows, LOSS, after, window, kind)
+        escape, start = found["escape_step"], found["plateau_start"]
+        span = dense_span(dense, start, escape or 0) if escape else None
+        if span is None or len(steps) < window:
+            continue
+        d, _ = dense_departure(*span, head=steps[window - 1])
+        t = dense_target(span[0], d, escape, start) if d else None
+        if t is not None:
+            at_escape.append(t)
+    return statistics.median(at_escape) if at_escape else None
+
+
 def history(
     rows: list[dict[str, Any]],
     signal: str = LOSS,
@@ -323,16 +601,22 @@ def history(
     after: int = 0,
     every: int = 1,
     raw: bool = False,
+    dense: tuple[list[int], list[float]] | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """The forecast as it would have been made at each logged step (every `every`-th), as dicts:
     what a run's training wrote to metrics.jsonl, recomputed for any signal (the study's input);
-    `raw`: the fit's forecast (`fit_forecast`), before calibration."""
+    `raw`: the fit's forecast (`fit_forecast`), before calibration; `dense`: the run's dense
+    signal (steps, values), read up to each log step as training had it."""
     make = fit_forecast if raw else forecast
-    return [
-        asdict(make(rows[:i], signal, target, after, **options))
-        for i in range(1, len(rows) + 1, every)
-    ]
+    out = []
+    for i in range(1, len(rows) + 1, every):
+        upto = None
+        if dense is not None:
+            j = bisect.bisect_right(dense[0], rows[i - 1]["step"])
+            upto = (dense[0][:j], dense[1][:j])
+        out.append(asdict(make(rows[:i], signal, target, after, dense=upto, **options)))
+    return out
 
 
 def record(rows: list[dict[str, Any]], escape: int | None, keep: int = 10) -> dict[str, Any]:

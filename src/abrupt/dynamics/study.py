@@ -1,13 +1,17 @@
 """How early, and how well, is the escape forecast? The study behind `abrupt forecast`, by
 replaying the forecaster on committed runs' metrics rows step by step (no training).
 
-Input: run directories (or folders holding them, searched recursively) with metrics.jsonl. Each
-run belongs to a task family (forecast.family: `matrix`, `sequence`). Within a family the runs
-that escape are sorted by name and split by position: even positions are **calibration runs**
-(the progress measures' targets, `forecast.calibrate`, and the interval's calibration table,
-`calibration.Calibration`, are fit on them and nowhere else), odd positions **evaluation runs**
-(every error and coverage reported is measured on them). Runs that never escape take no part in
-either: on them every forecast is a false alarm.
+Input: run directories (or folders holding them, searched recursively) with metrics.jsonl (and
+signal.jsonl, the dense signal, where training wrote one). Each run belongs to a task family
+(forecast.family: `matrix`, `sequence`). Within a family and preset, the runs that escape with a
+dense signal, and apart from them those without, are sorted by name and split by position: even
+positions are **calibration runs** (the targets, `forecast.calibrate_dense` and
+`forecast.calibrate`, and the interval's calibration table, `calibration.Calibration`, are fit on
+them and nowhere else), odd positions **evaluation runs** (every error and coverage reported is
+measured on them). Runs that never escape take no part in either: on them every forecast is a
+false alarm. The signals: `train_loss` (forecast.DENSE: the loss forecast from the dense signal,
+calibrated per family and, where a preset has enough calibration runs, per preset: rows
+'family:preset'), `loss` (from the logged evaluation loss alone) and the progress measures.
 
 For each evaluation run and signal, with L = escape_step - plateau_start its plateau's length:
 
@@ -28,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..run.rundir import atomic_write_json, atomic_write_text, read_config, read_metrics
+from ..run.rundir import (
+    atomic_write_json,
+    atomic_write_text,
+    read_config,
+    read_metrics,
+    read_signal,
+)
 from . import calibration as cal
 from . import forecast as fc
 from .transition import detect, run_kind
@@ -47,6 +57,8 @@ class Run:
     family: str = field(init=False)
     role: str = ""
     kind: str | None = None  # transition.RUN_KINDS, from its configuration; None: from the rows
+    dense: tuple[list[int], list[float]] | None = None  # signal.jsonl's (steps, losses), if any
+    preset: str = ""  # its preset's name (the dense fit is also calibrated per preset)
 
     def __post_init__(self) -> None:
         self.kind = self.kind or run_kind(self.rows)
@@ -85,15 +97,24 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     for d in dirs.values():
         cfg = read_config(d)
         kind = tasks.get(cfg.task.name).run_kind(cfg)
-        runs.append(Run(str(d), read_metrics(d), cfg.curriculum.end(), kind=kind))
+        sig = read_signal(d)
+        dense = ([r["step"] for r in sig], [r["loss"] for r in sig]) if sig else None
+        after = cfg.curriculum.end()
+        runs.append(Run(str(d), read_metrics(d), after, kind=kind, dense=dense, preset=cfg.preset))
     return assign_roles(sorted(runs, key=lambda r: r.name)), repeats
 
 
 def assign_roles(runs: list[Run]) -> list[Run]:
-    """Per family, escaping runs alternate calibration / evaluation by name; the rest never
-    escape."""
-    for fam in {r.family for r in runs}:
-        escaping = sorted((r for r in runs if r.family == fam and r.escape), key=lambda r: r.name)
+    """Per family, escaping runs alternate calibration / evaluation by name, those with a dense
+    signal (signal.jsonl) apart from those without and per preset (so that each fit, and each
+    preset's, has calibration and evaluation runs); the rest never escape."""
+
+    def kind_of(r: Run) -> tuple[str, str, bool]:
+        # only the dense fit is calibrated per preset: runs without keep their family's split
+        return r.family, r.preset if r.dense else "", r.dense is not None
+
+    for key in {kind_of(r) for r in runs}:
+        escaping = sorted((r for r in runs if kind_of(r) == key and r.escape), key=lambda r: r.name)
         for i, r in enumerate(escaping):
             r.role = CAL if i % 2 == 0 else EVAL
     for r in runs:
@@ -103,8 +124,27 @@ def assign_roles(runs: list[Run]) -> list[Run]:
 
 
 def signals(runs: list[Run]) -> list[str]:
+    """The signals to study: DENSE (the loss fit on the dense signal) where a run has one, the
+    logged loss, the progress measures logged."""
     keys = {k for r in runs for row in r.rows[:1] for k in row if k.startswith("prog_")}
-    return [fc.LOSS, *sorted(keys)]
+    dense = [fc.DENSE] if any(r.dense for r in runs) else []
+    return [*dense, fc.LOSS, *sorted(keys)]
+
+
+def takes(run: Run, signal: str, group: str) -> bool:
+    """Whether `run` is studied for `signal` in `group` (a family, or for DENSE also a preset of
+    it, 'family:preset'; DENSE takes only runs with a dense signal)."""
+    member = group in (run.family, f"{run.family}:{run.preset}")
+    return member and (signal != fc.DENSE or run.dense is not None)
+
+
+def groups(runs: list[Run], signal: str) -> list[str]:
+    """What `signal` is calibrated for: each family, and for DENSE also each preset with a dense
+    run (forecast.dense_groups: the slide before the escape differs between presets)."""
+    fams = sorted({r.family for r in runs})
+    if signal != fc.DENSE:
+        return fams
+    return fams + sorted({f"{r.family}:{r.preset}" for r in runs if r.dense and r.preset})
 
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
@@ -135,17 +175,37 @@ def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[st
     """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
     its escape (all its logs if it never escapes)."""
     seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
+    if signal == fc.DENSE:
+        return fc.history(
+            seen,
+            fc.LOSS,
+            fc.ESCAPE_DEPARTURE,
+            run.after,
+            every=every,
+            raw=True,
+            kind=run.kind,
+            dense=run.dense,
+            dense_goal=target,
+        )
     return fc.history(seen, signal, target, run.after, every=every, raw=True, kind=run.kind)
 
 
 def targets(runs: list[Run]) -> dict[str, float]:
-    """{'family/signal': target departure}: 0.2 for the loss, each measure's from the family's
-    calibration runs (forecast.calibrate)."""
+    """{'group/signal': target departure} (groups: see `groups`): 0.2 for the loss, the dense
+    fit's and each measure's from the group's calibration runs (forecast.calibrate_dense,
+    forecast.calibrate)."""
     out = {}
     for fam in sorted({r.family for r in runs}):
         calib = [r for r in runs if r.family == fam and r.role == CAL]
+        for group in groups([r for r in runs if r.family == fam], fc.DENSE):
+            dense = [(r.rows, r.after, r.kind, r.dense) for r in calib if takes(r, fc.DENSE, group)]
+            t = fc.calibrate_dense(dense) if dense else None
+            if t:
+                out[f"{group}/{fc.DENSE}"] = t
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
-        for sig in signals([r for r in runs if r.family == fam])[1:]:
+        for sig in signals([r for r in runs if r.family == fam]):
+            if sig in (fc.DENSE, fc.LOSS):
+                continue
             t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
             if t:
                 out[f"{fam}/{sig}"] = t
@@ -158,9 +218,10 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
     calib = [r for r in runs if r.role == CAL]
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        for run in (r for r in calib if r.family == fam):
+        for run in (r for r in calib if takes(r, sig, fam)):
             for f in replay(run, sig, target, every):
-                if f["raw"] is None or f["reason"] == "escaped":
+                # (a dense run's fit falls back to the logged loss where its signal has a gap)
+                if f["raw"] is None or f["reason"] == "escaped" or f["signal"] != sig:
                     continue
                 u = cal.elapsed(f["step"], f["raw"], f["start"])
                 scores.setdefault(key, []).append(
@@ -169,12 +230,20 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
     return cal.Calibration.fit(scores, tgts, [r.name for r in calib])
 
 
-def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: int = 1):
-    """One run and signal: its calibrated forecasts, and how they fared (see the module)."""
+def judge(
+    run: Run,
+    signal: str,
+    target: float,
+    table: cal.Calibration,
+    every: int = 1,
+    group: str | None = None,
+):
+    """One run and signal: its calibrated forecasts (by the table's entry of `group`, default the
+    run's family), and how they fared (see the module)."""
     made = []
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
     for f in replay(run, signal, target, every):
-        c = fc.calibrated(fc.Forecast(**f), run.family, signal, table, target)
+        c = fc.calibrated(fc.Forecast(**f), group or run.family, signal, table, target)
         shown.append((c.step, c.escape if c.reason != "escaped" else None))
         if c.escape is not None and c.reason != "escaped":
             made.append(
@@ -182,7 +251,8 @@ def judge(run: Run, signal: str, target: float, table: cal.Calibration, every: i
                 | {"low": c.low, "high": c.high}
             )
     out: dict[str, Any] = {"run": run.name, "signal": signal, "forecasts": len(made)}
-    out["warn"] = warning(run, signal)
+    # the dense fit's warning: the logged loss's (a departure on the plateau is one event)
+    out["warn"] = warning(run, fc.LOSS if signal == fc.DENSE else signal)
     if run.escape is None:  # refuted: the whole interval lies before the run's last log
         out["refuted"] = sum(m["high"] < run.rows[-1]["step"] for m in made)
         return out, made
@@ -207,13 +277,16 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     never escape."""
     tgts = targets(runs)
     table = fit_table(runs, tgts, every)
+    # a preset too few runs calibrate has no entry: its runs get their family's (forecast.forecast),
+    # and are judged in the family's row
+    tgts = {k: v for k, v in tgts.items() if ":" not in k.split("/")[0] or k in table.entries}
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
-        ev = [r for r in runs if r.family == fam and r.role == EVAL]
+        ev = [r for r in runs if r.role == EVAL and takes(r, sig, fam)]
         judged = []
         for run in ev:
-            j, made = judge(run, sig, target, table, every)
+            j, made = judge(run, sig, target, table, every, fam)
             judged.append(j)
             points += [
                 {"run": run.name, "family": fam, "signal": sig, "L": run.length}
@@ -221,8 +294,8 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
                 | {"forecast": m["escape"], "low": m["low"], "high": m["high"]}
                 for m in made
             ]
-        never = [r for r in runs if r.family == fam and r.role == NEVER]
-        alarms = [judge(r, sig, target, table, every)[0] for r in never]
+        never = [r for r in runs if r.role == NEVER and takes(r, sig, fam)]
+        alarms = [judge(r, sig, target, table, every, fam)[0] for r in never]
         warned = [
             (j, r)
             for j, r in zip(judged, ev)
@@ -351,7 +424,7 @@ def markdown(result: dict[str, Any]) -> str:
 
     fams = sorted({r["family"] for r in runs})
     lines = [
-        "# Forecasting the escape: calibrated intervals on both families",
+        "# Forecasting the escape: calibrated intervals per family and preset",
         "",
         "Written by `abrupt forecast` (src/abrupt/dynamics/study.py). Runs per family: "
         + "; ".join(

@@ -3,6 +3,8 @@
     config.json        full resolved configuration, with versions (as it started) and segments (each
     start and resume)
     metrics.jsonl      one JSON object per logged step
+    signal.jsonl       the training batch's headline loss at every step, {"step", "loss"} (the
+                       escape forecast's dense signal; written when train.forecast is on)
     checkpoints/       see checkpoints.py
     summary.json       plateau and drop (transition.py) and final losses
     loss.png           L, L_obs, L_mask against step, the transition marked
@@ -166,6 +168,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             stacklevel=2,
         )
     return rows
+
+
+SIGNAL_FILE = "signal.jsonl"
+
+
+def read_signal(run_dir: Path) -> list[dict[str, Any]]:
+    """Rows of signal.jsonl ([] where the run has none: written before issue 43, or with the
+    forecast off); like metrics.jsonl, a last line cut by a kill is dropped, and so is a row whose
+    loss is not a number (a non-finite loss is written as null)."""
+    rows = read_jsonl(Path(run_dir) / SIGNAL_FILE, "step")[0]
+    return [r for r in rows if isinstance(r.get("loss"), (int, float))]
+
+
+def write_signal(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(Path(run_dir) / SIGNAL_FILE, "".join(dumps(r) + "\n" for r in rows).encode())
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

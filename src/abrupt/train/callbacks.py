@@ -4,6 +4,8 @@ the progress measures, the escape forecast, the progress bar, the early stop and
 The loop (`Trainer._loop`) calls every callback's hooks in list order (`standard` builds the list):
 
     on_start(trainer, start)            before the first step of this start or resume
+    on_step(trainer, step, parts)       after each optimizer step: the batch's losses, tensors
+                                        left on the device (reading one back syncs the device)
     on_log(trainer, row) -> dict        at a log step: fields to add to the row (after the losses,
                                         gradient norms, lr and time; in list order)
     on_logged(trainer, row)             the row is complete and in trainer.rows
@@ -28,12 +30,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import torch
 from tqdm.auto import tqdm
 
 from .. import tasks
 from ..config import Config
 from ..dynamics import forecast, transition
-from ..run.rundir import dumps
+from ..run.rundir import SIGNAL_FILE, dumps, read_signal, write_signal
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -45,6 +48,9 @@ class Callback:
     """Every hook, doing nothing: a callback overrides the ones it needs."""
 
     def on_start(self, trainer: Trainer, start: int) -> None:
+        pass
+
+    def on_step(self, trainer: Trainer, step: int, parts: dict[str, torch.Tensor]) -> None:
         pass
 
     def on_log(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +96,74 @@ class MetricsFile(Callback):
             self.file = None
 
 
+class DenseSignal(Callback):
+    """The training batch's headline loss at every step (HEADLINE_LOSS of transition.py without
+    `eval_`: L_mask on matrices, the output cross-entropy on GPT and sequence runs), appended to
+    RUN/signal.jsonl as {"step", "loss"} rows: the dense series the escape forecast fits, free
+    since every step computes it. The values stay on the device until a log step, a checkpoint
+    step or the loop's last step reads them back in one transfer (a per-step read would sync the
+    device every step). On resume the file is cut back to the checkpoint's step, as metrics.jsonl
+    is, so a killed and resumed run has the rows an uninterrupted one has."""
+
+    def __init__(self, kind: str) -> None:
+        self.key = transition.HEADLINE_LOSS[kind].removeprefix("eval_")
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.steps: list[int] = []
+        self.values: list[float] = []
+        self.file: TextIO | None = None
+
+    def on_start(self, trainer: Trainer, start: int) -> None:
+        # a fresh start (also one after a kill before the first checkpoint) starts the file over
+        self.file = open(Path(trainer.out_dir) / SIGNAL_FILE, "a" if start else "w")
+
+    def on_step(self, trainer: Trainer, step: int, parts: dict[str, torch.Tensor]) -> None:
+        value = parts.get(self.key)
+        # a task whose objective lacks it (a plugin's) has no dense signal: the forecast then
+        # reads the logged rows, as before; never a failed run for advice
+        if value is not None:
+            self.pending.append((step, value.detach()))
+
+    def on_log(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
+        self.flush()  # before the forecast's on_log reads the series
+        return {}
+
+    def on_step_end(self, trainer: Trainer, step: int, last: bool) -> None:
+        # before the checkpoint (a later callback): its `signal_step` then covers every row
+        if trainer.is_ckpt_step(step) or last:
+            self.flush()
+
+    def on_end(self, trainer: Trainer) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        self.pending = []
+
+    def flush(self) -> None:
+        """The pending values read back (one device transfer) and written, flushed."""
+        if not self.pending or self.file is None:
+            return
+        values = torch.stack([v.float() for _, v in self.pending]).tolist()
+        steps = [s for s, _ in self.pending]
+        self.pending = []
+        self.file.write(
+            "".join(dumps({"step": s, "loss": v}) + "\n" for s, v in zip(steps, values))
+        )
+        self.file.flush()
+        self.steps += steps
+        self.values += values
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"signal_step": self.steps[-1] if self.steps else 0}
+
+    def load_state_dict(self, state: dict[str, Any], trainer: Trainer) -> None:
+        # a checkpoint from before the signal: cut at the last row kept, the steps it logged
+        upto = state.get("signal_step", trainer.rows[-1]["step"] if trainer.rows else 0)
+        rows = [r for r in read_signal(trainer.out_dir) if r["step"] <= upto]
+        write_signal(trainer.out_dir, rows)
+        self.steps = [int(r["step"]) for r in rows]
+        self.values = [float(r["loss"]) for r in rows]
+
+
 class TrackerLog(Callback):
     """Sends each row to the experiment trackers of train.log_to (tracking.py)."""
 
@@ -108,12 +182,13 @@ class ProgressMeasures(Callback):
 
 
 class Forecast(Callback):
-    """train.forecast: the escape forecast (dynamics/forecast.py) from the rows so far, its fields
-    (`forecast_*`) added to each row. Advice only: a failing forecast is logged as its reason and
+    """train.forecast: the escape forecast (dynamics/forecast.py) from the rows so far and the
+    dense signal (`DenseSignal`, read back just before), its fields (`forecast_*`) added to each
+    row. Advice only: a failing forecast is logged as its reason and
     never stops a run."""
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, dense: DenseSignal | None = None) -> None:
+        self.kind, self.dense = kind, dense
         self.latest = forecast.Forecast(0, reason="not started")
 
     def on_log(self, trainer: Trainer, row: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +200,8 @@ class Forecast(Callback):
                 cfg.train.forecast_target or forecast.ESCAPE_DEPARTURE,
                 after=cfg.curriculum.end(),
                 kind=self.kind,
+                dense=(self.dense.steps, self.dense.values) if self.dense else None,
+                preset=cfg.preset,
             )
         except Exception as e:  # noqa: BLE001 - the forecast is advice: it never stops a run
             self.latest = forecast.Forecast(
@@ -206,10 +283,11 @@ def standard(cfg: Config) -> list[Callback]:
     measures' fields come before the forecast's in each row)."""
     t = cfg.train
     kind = tasks.get(cfg.task.name).run_kind(cfg)
-    escape = Forecast(kind) if t.forecast else None
+    dense = DenseSignal(kind) if t.forecast else None
+    escape = Forecast(kind, dense) if t.forecast else None
     return [
         *([ProgressMeasures()] if t.progress else []),
-        *([escape] if escape else []),
+        *([dense, escape] if dense and escape else []),
         MetricsFile(),
         TrackerLog(),
         ProgressBar(escape),

@@ -561,6 +561,8 @@ class Trainer:
                         or self._stops_after(step)
                     )
                     parts, norms = self.step(step, log_now)
+                    for callback in self.callbacks:
+                        callback.on_step(self, step, parts)
                     if log_now:
                         self.log(step, parts, norms)
                     stop = self._stops_after(step)
@@ -628,7 +630,8 @@ def train(
             check_fresh(out_dir)
         # What a writer killed mid-write left (temporary files, a checkpoint without its side file).
         remove_temp_files(
-            Path(out_dir), ("config.json", "metrics.jsonl", "summary.json", "loss.png")
+            Path(out_dir),
+            ("config.json", "metrics.jsonl", "signal.jsonl", "summary.json", "loss.png"),
         )
         checkpoints.remove_debris(Path(out_dir) / "checkpoints")
         start = trainer.resume() if resume else trainer.start_fresh(source)
