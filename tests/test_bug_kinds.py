@@ -117,7 +117,9 @@ def test_llc_diverged_chains_are_failures_not_values(llc_model, tmp_path, monkey
     assert one["failed"] is None and math.isfinite(one["llc"]) and one["llc_std"] is None
     two = llc.estimate(model, ids, lr=1e-4, chains=2, **args)
     assert two["failed"] is None and two["llc_std"] > 0
-    assert list(tmp_path.iterdir()) == []  # no temporary store left
+    # no temporary store left (torch's compiler may put its own cache under the temp dir when it
+    # is first imported in this process: not the estimate's)
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith("torchinductor")] == []
 
 
 def test_chain_failures_names_nan_and_divergence():
