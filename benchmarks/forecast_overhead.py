@@ -1,4 +1,4 @@
-"""Cost of forecasting the escape during training (issues 19, 43; target: at most 5%).
+"""Cost of forecasting the escape during training (target: at most 5%).
 
 (a) The same run with train.forecast off and on, alternated in one process (best of --repeats).
     On: the dense signal (the training batch's loss at every step, kept on the device and read

@@ -12,7 +12,7 @@ The rule (one signal at a time; the default signal is the loss):
    exponential for the matrix task's saddle) to a target departure: where past runs' slides
    stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`). Logged rows
    every 10-50 steps are too few on a plateau of 100-200 steps for anything else in time.
-3. Without one (runs from before issue 43, progress measures): the signal's departure d(t) from
+3. Without one (runs without a dense signal, progress measures): the signal's departure d(t) from
    its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
    measure, |m(t) - m_plateau|, with m_plateau its median over the first `window` logs of the
    plateau, and the target the departure it had at the escapes of other runs, `calibrate`). Near

@@ -174,9 +174,9 @@ SIGNAL_FILE = "signal.jsonl"
 
 
 def read_signal(run_dir: Path) -> list[dict[str, Any]]:
-    """Rows of signal.jsonl ([] where the run has none: written before issue 43, or with the
-    forecast off); like metrics.jsonl, a last line cut by a kill is dropped, and so is a row whose
-    loss is not a number (a non-finite loss is written as null)."""
+    """Rows of signal.jsonl ([] where the run has none: written before the dense signal existed,
+    or with the forecast off); like metrics.jsonl, a last line cut by a kill is dropped, and so is
+    a row whose loss is not a number (a non-finite loss is written as null)."""
     rows = read_jsonl(Path(run_dir) / SIGNAL_FILE, "step")[0]
     return [r for r in rows if isinstance(r.get("loss"), (int, float))]
 
