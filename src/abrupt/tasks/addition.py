@@ -51,8 +51,10 @@ class Addition(SequenceTask):
         a, b = torch.randint(1, 10**d, (2, count), generator=gen, device=gen.device)
         plus = torch.full((count, 1), PLUS, dtype=a.dtype, device=a.device)
         equals = torch.full((count, 1), EQUALS, dtype=a.dtype, device=a.device)
-        total = digits(a + b, d + 1).flip(1)
-        return torch.cat([digits(a, d), plus, digits(b, d), equals, total], dim=1), 2 * d + 2
+        # the sum's places are written by `answer`, from the operands' digits
+        sum_places = torch.zeros((count, d + 1), dtype=a.dtype, device=a.device)
+        tokens = torch.cat([digits(a, d), plus, digits(b, d), equals, sum_places], dim=1)
+        return self.answer(cfg, tokens), 2 * d + 2
 
     def answer(self, cfg, tokens):
         d = cfg.addition.digits
