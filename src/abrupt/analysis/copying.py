@@ -29,7 +29,20 @@ from ..data import MASK_ID, generator, make_batch, sample_matrices
 from ..losses import as_floats, losses
 from ..plots import figure
 from ..tasks.base import Outputs
-from .common import Count, Inputs, Result, Seed, Table, Text, between, each, needs_hidden, number
+from .common import (
+    Count,
+    Inputs,
+    Result,
+    Seed,
+    Table,
+    Text,
+    between,
+    each,
+    headline,
+    headline_numbers,
+    needs_hidden,
+    number,
+)
 
 TITLE = "Copying before the drop (Table 1); repetition on sequence tasks"
 PAPER = (
@@ -133,8 +146,7 @@ def run(
         numbers["rows"] = substitute_rows(inputs, n, seed, substitutes)
         numbers["mask_token"] = MASK_ID
     if "outputs" in provided:
-        task = inputs.task
-        numbers["headline"], numbers["headline_label"] = task.headline, task.headline_label
+        numbers.update(headline_numbers(inputs))
         numbers["outputs"] = output_rows(inputs, n, seed)
     return Result(numbers)
 
@@ -220,7 +232,7 @@ def render(r: dict[str, Any]) -> list[Table | Text]:
 
 
 def _render_outputs(r: dict[str, Any]) -> list[Table | Text]:
-    key, label = r["headline"], r["headline_label"]
+    key, label = headline(r)
     rows = r["outputs"]
     first = rows[0]
     words = [
