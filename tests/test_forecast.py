@@ -500,6 +500,28 @@ def test_a_flat_noisy_dense_signal_has_no_forecast():
     assert f.reason
 
 
+def test_the_dense_fit_runs_only_for_a_preset_with_its_own_target():
+    # the table has a target for `sudden` (too few forecasts for a cell: the spread is the fit's,
+    # labelled so); `small` has none, and another preset's or the family's target is not borrowed:
+    # the forecast reads the logged loss alone, which says nothing here
+    rows, dense = dense_saddle()
+    entry = {"target": 0.2, "cells": {}}
+    table = cal.Calibration({"matrix:sudden/train_loss": entry, "matrix/train_loss": entry}, [])
+    fits = cal.Calibration.fit({}, {"matrix:sudden/train_loss": 0.2}, [])
+    assert fits.entries == {"matrix:sudden/train_loss": entry}
+    seen = [r for r in rows if r["step"] <= 900]
+    own = forecast(seen, dense=upto(dense, 900), preset="sudden", table=table)
+    assert own.signal == "train_loss" and 900 < own.escape < 1100
+    assert own.basis == (
+        "uncalibrated (matrix:sudden/train_loss: too few calibration forecasts): fit's spread"
+    )
+    assert own.escape == fit_forecast(seen, dense=upto(dense, 900), dense_goal=0.2).escape
+    for preset in ("small", None):
+        other = forecast(seen, dense=upto(dense, 900), preset=preset, table=table)
+        assert other.escape is None and other.signal != "train_loss"
+        assert other == forecast(seen, table=table)
+
+
 def test_the_dense_signal_is_written_at_every_step_and_survives_a_kill_and_resume(tmp_path):
     from abrupt.config import apply_overrides, preset
     from abrupt.run.rundir import read_metrics, read_signal

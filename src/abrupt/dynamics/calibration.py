@@ -6,7 +6,8 @@ is scored, once the run has escaped at `escape`, by
     score = log((escape - now) / (raw - now))
 
 (0: the fit was right; -1: the escape came after e^-1 = 37% of the time the fit said was left).
-Scores are pooled by task family (`matrix`, `sequence`), signal, and how far through its plateau
+Scores are pooled by task family (`matrix`, `sequence`; for the dense fit by preset,
+`sequence:mws`), signal, and how far through its plateau
 the forecast thought it was, u = (now - plateau_start) / (raw - plateau_start) (`BINS`): an
 observable stand-in for "how far ahead". In each cell the 5%, 50% and 95% quantiles of the
 scores, every run weighing the same whatever its number of forecasts (neighbouring forecasts of
@@ -101,13 +102,16 @@ class Calibration:
     ) -> Calibration:
         """From {'family/signal': [(run, u, score), ...]} and each key's target departure."""
         entries = {}
-        for key, sc in sorted(scores.items()):
+        # a target without enough scores still makes an entry: the fit extrapolates to it, and
+        # its spread is labelled uncalibrated (`lookup`)
+        for key in sorted(set(scores) | set(targets)):
+            sc = scores.get(key, [])
             cells = {ALL: cell([(r, s) for r, _, s in sc])}
             for lo in BINS[:-1]:
                 name = bin_of(lo)
                 cells[name] = cell([(r, s) for r, u, s in sc if bin_of(u) == name])
             kept = {k: v for k, v in cells.items() if v is not None}
-            if kept:
+            if kept or targets.get(key) is not None:
                 entries[key] = {"target": targets.get(key), "cells": kept}
         return cls(entries, sorted(runs))
 
@@ -127,6 +131,8 @@ class Calibration:
         name = bin_of(u)
         if name in entry["cells"]:
             return entry["cells"][name], f"{key}, u {name}"
+        if ALL not in entry["cells"]:
+            return None, f"{key}: too few calibration forecasts"
         return entry["cells"][ALL], f"{key}, all u"
 
     def target(self, family: str, signal: str) -> float | None:

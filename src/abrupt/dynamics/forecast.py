@@ -10,8 +10,9 @@ The rule (one signal at a time; the default signal is the loss):
    steps against the batch noise, is extrapolated over the last half of the plateau so far by a
    curve of the family's shape (SHAPES: a line for the sequence tasks' steady slide, an
    exponential for the matrix task's saddle) to a target departure: where past runs' slides
-   stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`). Logged rows
-   every 10-50 steps are too few on a plateau of 100-200 steps for anything else in time.
+   stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`; a preset
+   without calibration runs is forecast as in 3). Logged rows every 10-50 steps are too few on a
+   plateau of 100-200 steps for anything else in time.
 3. Without one (runs without a dense signal, progress measures): the signal's departure d(t) from
    its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
    measure, |m(t) - m_plateau|, with m_plateau its median over the first `window` logs of the
@@ -24,7 +25,7 @@ The rule (one signal at a time; the default signal is the loss):
    z_interval standard errors do as its spread).
 4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
    escape and the 90% interval come from the quantiles of the fit's actual errors on the
-   calibration runs, for the task family (for the dense fit: the task where the table has it),
+   calibration runs, for the task family (for the dense fit: the preset),
    the signal and how far through the plateau the fit thinks it is. A signal without
    calibration, or forecast to another target than its calibration was fit at, keeps the fit's
    spread, and says so (`basis`).
@@ -520,27 +521,29 @@ def forecast(
     settings) corrected by `table` (default: the package's calibration.json) for the family of
     `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
     read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
-    the target departure the table's DENSE entry for the run's `preset` (its name; else for its
-    family: `dense_groups`) was calibrated at (`dense_target`)."""
+    the target departure the table's DENSE entry for the run's `preset` (its name: `dense_group`)
+    was calibrated at (`dense_target`). A preset without one (no calibration run of it escaped)
+    is forecast from the logged loss alone: the slide before an escape differs between tasks
+    (targets 0.08-0.26), and another's target, which a still-sliding plateau passes, was read as
+    an escape to come (`permutation`, `histogram` at their CPU presets: docs/forecast)."""
     kind = kind or run_kind(rows)
     table = table if table is not None else cal.packaged()
     fam, goal = family(kind), None
     if dense is not None and signal == LOSS:
-        # the task's own calibration where the table has one, else its family's
-        fam = next((g for g in dense_groups(kind, preset) if table.target(g, DENSE)), fam)
-        goal = table.target(fam, DENSE)
+        group = dense_group(kind, preset)
+        goal = table.target(group, DENSE) if group else None
+        fam, dense = (group, dense) if goal else (fam, None)
     f = fit_forecast(
         rows, signal, target, after, kind=kind, dense=dense, dense_goal=goal, **options
     )
     return calibrated(f, fam, signal, table, goal if f.signal == DENSE and goal else target)
 
 
-def dense_groups(kind: str, preset: str | None) -> list[str]:
-    """The calibration table's groups for a dense fit of a run of `kind` from `preset`, most
-    specific first: 'family:preset' (the slide before the escape differs between tasks, and
-    between sizes of one task: mws and mws_full), then 'family'."""
-    fam = family(kind)
-    return [f"{fam}:{preset}", fam] if preset else [fam]
+def dense_group(kind: str, preset: str | None) -> str | None:
+    """The calibration table's group for a dense fit of a run of `kind` from `preset`,
+    'family:preset' (the slide before the escape differs between tasks, and between sizes of one
+    task: mws and mws_full); None without a preset."""
+    return f"{family(kind)}:{preset}" if preset else None
 
 
 def _fit_log(xs: list[int], ys: list[float]) -> tuple[float, float, float] | None:

@@ -139,12 +139,11 @@ def takes(run: Run, signal: str, group: str) -> bool:
 
 
 def groups(runs: list[Run], signal: str) -> list[str]:
-    """What `signal` is calibrated for: each family, and for DENSE also each preset with a dense
-    run (forecast.dense_groups: the slide before the escape differs between presets)."""
-    fams = sorted({r.family for r in runs})
+    """What `signal` is calibrated for: each family; for DENSE each preset with a dense run
+    instead (forecast.dense_group: the slide before the escape differs between presets)."""
     if signal != fc.DENSE:
-        return fams
-    return fams + sorted({f"{r.family}:{r.preset}" for r in runs if r.dense and r.preset})
+        return sorted({r.family for r in runs})
+    return sorted({f"{r.family}:{r.preset}" for r in runs if r.dense and r.preset})
 
 
 def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[str, Any]:
@@ -277,9 +276,6 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     never escape."""
     tgts = targets(runs)
     table = fit_table(runs, tgts, every)
-    # a preset too few runs calibrate has no entry: its runs get their family's (forecast.forecast),
-    # and are judged in the family's row
-    tgts = {k: v for k, v in tgts.items() if ":" not in k.split("/")[0] or k in table.entries}
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
