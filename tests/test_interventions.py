@@ -171,9 +171,7 @@ def test_signed_factors_are_zero_mean_with_bounded_magnitude():
 
 
 def test_width_rule_scales_the_lr_by_reference_over_width(tmp_path):
-    trainer = Trainer(
-        tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", verbose=False
-    )
+    trainer = Trainer(tiny("train.lr_width_ref=64", "train.lr=1e-3"), tmp_path / "r", verbose=False)
     assert trainer.lr_at(10) == pytest.approx(1e-3 * 64 / 32)
 
 

@@ -95,6 +95,7 @@ def test_each_pass_runs_once_per_command(monkeypatch):
     inputs = inputs_of(cfg)
     passes = []
     for model in inputs.models.values():
+
         def counted(*args, forward=model.forward, **kwargs):
             passes.append(1)
             return forward(*args, **kwargs)

@@ -60,9 +60,7 @@ def small(name, *overrides):
         ("progress", ["train.progress=true"]),
     ],
 )
-def test_matrix_runs_reproduce_the_pre_task_metrics(
-    tmp_path, one_thread, variant, overrides
-):
+def test_matrix_runs_reproduce_the_pre_task_metrics(tmp_path, one_thread, variant, overrides):
     # tests/data/matrix_baseline.json: metrics.jsonl rows (time dropped) of these runs, one thread,
     # per CPU capability (torch picks its kernels by it, and they round differently): AVX2 made
     # with the code before the task abstraction (commit 81bb5ab), AVX512 with commit 006079c. They
