@@ -42,7 +42,7 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from . import calibration as cal
@@ -528,15 +528,23 @@ def forecast(
     an escape to come (`permutation`, `histogram` at their CPU presets: docs/forecast)."""
     kind = kind or run_kind(rows)
     table = table if table is not None else cal.packaged()
-    fam, goal = family(kind), None
-    if dense is not None and signal == LOSS:
-        group = dense_group(kind, preset)
-        goal = table.target(group, DENSE) if group else None
-        fam, dense = (group, dense) if goal else (fam, None)
+    group = dense_group(kind, preset) if dense is not None and signal == LOSS else None
+    goal = table.target(group, DENSE) if group else None
     f = fit_forecast(
-        rows, signal, target, after, kind=kind, dense=dense, dense_goal=goal, **options
+        rows,
+        signal,
+        target,
+        after,
+        kind=kind,
+        dense=dense if goal else None,
+        dense_goal=goal,
+        **options,
     )
-    return calibrated(f, fam, signal, table, goal if f.signal == DENSE and goal else target)
+    if f.signal == DENSE:
+        return calibrated(f, group, signal, table, goal)
+    if group and not goal and f.escape is None:
+        f = replace(f, reason=f"{f.reason}; the per-step fit has no calibration for {preset}")
+    return calibrated(f, family(kind), signal, table, target)
 
 
 def dense_group(kind: str, preset: str | None) -> str | None:
