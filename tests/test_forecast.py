@@ -500,6 +500,24 @@ def test_a_flat_noisy_dense_signal_has_no_forecast():
     assert f.reason
 
 
+def test_the_dense_target_is_the_slide_s_reach_for_a_line_and_the_escape_s_level_for_a_saddle():
+    from abrupt.dynamics.forecast import dense_departure, dense_target
+
+    # the saddle: flat at `level`, then d = 0.2 exp(0.01 (t - 1000)), 2% noise per step
+    _, (xs, vs) = dense_saddle(noise=0.02)
+    d, v0 = dense_departure(xs[49:1000], vs[49:1000], head=250)
+    assert v0 == pytest.approx(0.2, rel=0.01)
+    # the departure at the escape: 0.2 less its last 5 steps' growth, give or take the noise
+    assert dense_target(xs[49:1000], d, 1000, 50, "exp") == pytest.approx(0.19, abs=0.015)
+    # read as a slide, the stretch 50%-20% before the escape (the exponential's foot) reaches a
+    # sixth of that
+    assert dense_target(xs[49:1000], d, 1000, 50, "line") == pytest.approx(0.033, abs=0.01)
+    # a steady slide d = 1e-4 (t - 50): the line reaches 0.095 at the escape, whatever the noise
+    slide = [1e-4 * (x - 50) for x in xs[49:1000]]
+    assert dense_target(xs[49:1000], slide, 1000, 50) == pytest.approx(0.095)
+    assert dense_target(xs[49:1000], slide, 1000, 50, "exp") == pytest.approx(0.0948)
+
+
 def test_the_dense_fit_runs_only_for_a_preset_with_its_own_target():
     # the table has a target for `sudden` (too few forecasts for a cell: the spread is the fit's,
     # labelled so); `small` has none, and another preset's or the family's target is not borrowed:

@@ -66,6 +66,8 @@ GRID, RATES = 60, 500.0
 # the stretch of the plateau whose slide, extrapolated to the escape, is the dense target
 # (`dense_target`): from SLIDE[0] to SLIDE[1] of its length before the escape
 SLIDE = (0.5, 0.2)
+# the steps up to the escape whose mean departure is the exponential fit's target (`dense_target`)
+ESCAPE_STEPS = 5
 
 
 @dataclass
@@ -328,13 +330,22 @@ def dense_departure(xs: list[int], vs: list[float], head: int) -> tuple[list[flo
     return ([1 - v / v0 for v in vs] if v0 > 0 else []), v0
 
 
-def dense_target(xs: list[int], d: list[float], escape: int, start: int) -> float | None:
-    """The departure the dense signal's slide would have reached at the escape: the least-squares
-    line through d on the plateau's stretch SLIDE (fractions of its length before the escape),
-    evaluated at the escape. The escape itself is sudden (the last few steps' exponential is seen
-    by no fit in time); the slide before it is seen, and where it stood at the escape transfers
-    between runs, so the median over calibration runs is the dense fit's target. None when the
-    stretch has under 3 steps."""
+def dense_target(
+    xs: list[int], d: list[float], escape: int, start: int, shape: str = "line"
+) -> float | None:
+    """The departure the dense signal's fit of `shape` (SHAPES) extrapolates to, as one run shows
+    it; the median over calibration runs is the dense fit's target. None when there are too few
+    steps to tell.
+
+    'line': where the slide would have reached at the escape, the least-squares line through d
+    on the plateau's stretch SLIDE (fractions of its length before the escape) evaluated there.
+    The escape itself is sudden (the last few steps' exponential is seen by no fit in time); the
+    slide before it is seen, and where it stood at the escape transfers between runs.
+    'exp': the departure at the escape itself, the mean of d over its last ESCAPE_STEPS steps (a
+    saddle's exponential runs on to it; a flat plateau's slide, read as for 'line', is noise)."""
+    if shape == "exp":
+        last = [v for x, v in zip(xs, d) if escape - ESCAPE_STEPS < x <= escape]
+        return statistics.fmean(last) if len(last) == ESCAPE_STEPS else None
     length = escape - start
     lo, hi = escape - SLIDE[0] * length, escape - SLIDE[1] * length
     pts = [(x, v) for x, v in zip(xs, d) if lo <= x <= hi]
@@ -599,7 +610,8 @@ def calibrate_dense(runs: list[tuple[Any, ...]], window: int = WINDOW) -> float 
         if span is None or len(steps) < window:
             continue
         d, _ = dense_departure(*span, head=steps[window - 1])
-        t = dense_target(span[0], d, escape, start) if d else None
+        shape = SHAPES[family(kind or run_kind(rows))]
+        t = dense_target(span[0], d, escape, start, shape) if d else None
         if t is not None:
             at_escape.append(t)
     return statistics.median(at_escape) if at_escape else None
