@@ -56,6 +56,8 @@ DENSE = "train_loss"
 # further ahead than HORIZON x the plateau so far, and the share of the plateau's steps the dense
 # signal must hold to be used
 BLOCKS, MIN_BLOCKS, HORIZON, DENSE_COVER = 40, 8, 2.0, 0.9
+# the share of the plateau so far (its last blocks) the dense fit is fit on
+FIT_SHARE = 0.5
 # the curve fit_dense extrapolates, by family (see there), and for the exponential the growth
 # rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
 SHAPES = {"sequence": "line", "matrix": "exp"}
@@ -401,7 +403,7 @@ def fit_dense(
     diffs = [q - p for p, q in zip(d, d[1:])]
     med = statistics.median(diffs)
     sigma = 1.4826 * statistics.median(abs(x - med) for x in diffs) / math.sqrt(2 * b) or 1e-12
-    m = max(MIN_BLOCKS, n // 2)
+    m = max(MIN_BLOCKS, round(n * FIT_SHARE))
     ys, rel = ys[-m:], [x - bx[-1] for x in bx[-m:]]
     fit = (_slide if shape == "line" else _saddle)(rel, ys, goal, sigma, min_z, z_interval)
     if isinstance(fit, str):
