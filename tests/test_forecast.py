@@ -518,6 +518,44 @@ def test_the_dense_target_is_the_slide_s_reach_for_a_line_and_the_escape_s_level
     assert dense_target(xs[49:1000], slide, 1000, 50, "exp") == pytest.approx(0.0948)
 
 
+def sequence_run(name, escape, plateau, seed, level=2.8, noise=0.01):
+    """A sequence task's run (study.Run: rows every 10 steps, dense signal at every step): an
+    initial fall to `level`, then a `plateau` that 'slides' (d = 0.1 at the escape, then a jump)
+    or stays 'flat' until its loss departs as d = 0.2 exp(6 (t - escape) / escape)."""
+    from abrupt.dynamics import study
+
+    rng = random.Random(seed)
+
+    def mean(t):
+        if plateau == "slide":
+            d = 0.1 * t / escape if t <= escape else min(0.95, 0.1 + 0.2 * (t - escape))
+        else:
+            d = min(0.95, 0.2 * math.exp(6 * (t - escape) / escape))
+        return level * (1 - d) * (1 + 0.3 * max(0, 20 - t) / 20)
+
+    steps = list(range(1, escape + 201))
+    dense = (steps, [mean(t) * (1 + noise * rng.gauss(0, 1)) for t in steps])
+    rows = [
+        {"step": t, "eval_loss": mean(t) * (1 + noise / 5 * rng.gauss(0, 1))}
+        for t in steps
+        if t == 1 or t % 10 == 0
+    ]
+    return study.Run(name, rows, 0, kind="sequence", dense=dense, preset="p")
+
+
+def test_each_preset_s_dense_curve_is_the_one_that_forecast_its_calibration_runs_best():
+    from abrupt.dynamics.study import dense_fit
+
+    slides = [sequence_run(f"s{i}", e, "slide", i) for i, e in enumerate((150, 180, 210, 240))]
+    flats = [sequence_run(f"f{i}", e, "flat", i) for i, e in enumerate((600, 800, 700, 900))]
+    target, shape = dense_fit(slides)
+    # the slide's reach at the escape: d = 0.1 there, less the early fall's share of v0
+    assert shape == "line" and target == pytest.approx(0.09, abs=0.01)
+    # a flat plateau: the exponential, to its departure at the escape (0.2 less its last steps)
+    target, shape = dense_fit(flats)
+    assert shape == "exp" and target == pytest.approx(0.2, abs=0.02)
+
+
 def test_the_dense_fit_runs_only_for_a_preset_with_its_own_target():
     # the table has a target for `sudden` (too few forecasts for a cell: the spread is the fit's,
     # labelled so); `small` has none, and another preset's or the family's target is not borrowed:
@@ -534,6 +572,12 @@ def test_the_dense_fit_runs_only_for_a_preset_with_its_own_target():
         "uncalibrated (matrix:sudden/train_loss: too few calibration forecasts): fit's spread"
     )
     assert own.escape == fit_forecast(seen, dense=upto(dense, 900), dense_goal=0.2).escape
+    # the curve the entry names (study.dense_fit), else the family's (the matrix: exponential)
+    lined = cal.Calibration({"matrix:sudden/train_loss": {**entry, "shape": "line"}}, [])
+    line = fit_forecast(seen, dense=upto(dense, 900), dense_goal=0.2, dense_shape="line")
+    by_table = forecast(seen, dense=upto(dense, 900), preset="sudden", table=lined)
+    assert (by_table.escape, by_table.low, by_table.high) == (line.escape, line.low, line.high)
+    assert line.escape != own.escape
     logged = forecast(seen, table=table)
     assert logged.escape is None and logged.reason == "departure within the plateau's noise"
     assert forecast(seen, dense=upto(dense, 900), table=table) == logged  # no preset

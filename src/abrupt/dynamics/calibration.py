@@ -88,7 +88,8 @@ def cell(scores: list[tuple[str, float]]) -> dict[str, Any] | None:
 
 @dataclass
 class Calibration:
-    """The table: {'family/signal': {'target': ..., 'cells': {bin or 'all': cell}}}."""
+    """The table: {'family/signal': {'target': ..., 'cells': {bin or 'all': cell}}}; a dense
+    fit's entry also names its curve, {'shape': 'line' or 'exp'} (forecast.fit_dense)."""
 
     entries: dict[str, dict[str, Any]]
     runs: list[str]  # the runs the table was fit on
@@ -99,8 +100,10 @@ class Calibration:
         scores: dict[str, list[tuple[str, float, float]]],
         targets: dict[str, float],
         runs: list[str],
+        shapes: dict[str, str] | None = None,
     ) -> Calibration:
-        """From {'family/signal': [(run, u, score), ...]} and each key's target departure."""
+        """From {'family/signal': [(run, u, score), ...]}, each key's target departure and, for
+        the dense fit's keys, the curve (`shapes`) the scores were measured with."""
         entries = {}
         # a target without enough scores still makes an entry: the fit extrapolates to it, and
         # its spread is labelled uncalibrated (`lookup`)
@@ -113,6 +116,8 @@ class Calibration:
             kept = {k: v for k, v in cells.items() if v is not None}
             if kept or targets.get(key) is not None:
                 entries[key] = {"target": targets.get(key), "cells": kept}
+                if shapes and key in shapes:
+                    entries[key]["shape"] = shapes[key]
         return cls(entries, sorted(runs))
 
     def lookup(
@@ -138,6 +143,10 @@ class Calibration:
     def target(self, family: str, signal: str) -> float | None:
         """The target departure the entry of (family, signal) was fit at (None: no entry)."""
         return self.entries.get(f"{family}/{signal}", {}).get("target")
+
+    def shape(self, family: str, signal: str) -> str | None:
+        """The curve the dense fit's entry of (family, signal) was fit with (None: none named)."""
+        return self.entries.get(f"{family}/{signal}", {}).get("shape")
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -58,9 +58,11 @@ DENSE = "train_loss"
 BLOCKS, MIN_BLOCKS, HORIZON, DENSE_COVER = 40, 8, 2.0, 0.9
 # the share of the plateau so far (its last blocks) the dense fit is fit on
 FIT_SHARE = 0.5
-# the curve fit_dense extrapolates, by family (see there), and for the exponential the growth
-# rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
+# the curve fit_dense extrapolates, by family (see there; the calibration table's entry of a preset
+# names its own, chosen on its calibration runs: study.dense_fit), and for the exponential the
+# growth rates tried: GRID of them, log-spaced from 0.1 to 0.1 x RATES e-folds over the fit's window
 SHAPES = {"sequence": "line", "matrix": "exp"}
+CURVES = ("line", "exp")
 # the dense fit's significance (its min_z): it looks again at every log of a long plateau, and at
 # 3 standard errors a flat noisy one (tests/test_forecast.py) gave a false alarm in 1 of 5 runs
 DENSE_Z = 5.0
@@ -243,6 +245,7 @@ def fit_forecast(
     dense_goal: float | None = None,
     horizon: float = HORIZON,
     dense_z: float = DENSE_Z,
+    dense_shape: str | None = None,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
     the fit's own spread as the interval (uncalibrated: see `forecast`).
@@ -251,10 +254,11 @@ def fit_forecast(
     escape_step; for a progress measure, from `calibrate`). `dense`: (steps, values) of the run's
     dense signal (signal.jsonl), fit instead of the logged loss where it covers the plateau
     (`fit_dense`; signal LOSS only), to the departure `dense_goal` (its calibrated target,
-    `dense_target`; None: the escape's own level); `horizon`, `dense_z` (its min_z): see
-    `fit_dense`. Other arguments: see the module's rule. Returns a Forecast whose `escape` is None
-    (with a reason) when nothing can be said yet; once the departure has reached the target it
-    returns the step where it did (the escape is seen)."""
+    `dense_target`; None: the escape's own level) by the curve `dense_shape` (None: the family's,
+    SHAPES); `horizon`, `dense_z` (its min_z): see `fit_dense`. Other arguments: see the module's
+    rule. Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet;
+    once the departure has reached the target it returns the step where it did (the escape is
+    seen)."""
     now = int(rows[-1]["step"]) if rows else 0
     why = _unusable(rows, signal, target, kind)
     if why:
@@ -273,7 +277,7 @@ def fit_forecast(
             return seen or Forecast(now, reason="the plateau's level is 0: nothing to depart from")
         # without a calibrated target: where the evaluation loss's escape is, in d's units
         goal = dense_goal or 1 - (1 - target) * found["plateau_level"] / v0
-        shape = SHAPES[family(kind or run_kind(rows))]
+        shape = dense_shape or SHAPES[family(kind or run_kind(rows))]
         return fit_dense(
             span[0], dd, goal, now, start, noise_k, dense_z, z_interval, horizon, shape
         )
@@ -535,10 +539,11 @@ def forecast(
     `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
     read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
     the target departure the table's DENSE entry for the run's `preset` (its name: `dense_group`)
-    was calibrated at (`dense_target`). A preset without one (no calibration run of it escaped)
-    is forecast from the logged loss alone: the slide before an escape differs between tasks
-    (targets 0.08-0.26), and another's target, which a still-sliding plateau passes, was read as
-    an escape to come (`permutation`, `histogram` at their CPU presets: docs/forecast)."""
+    was calibrated at (`dense_target`), by the curve it names. A preset without one (no
+    calibration run of it escaped) is forecast from the logged loss alone: the slide before an
+    escape differs between tasks (targets 0.08-0.26), and another's target, which a still-sliding
+    plateau passes, was read as an escape to come (`permutation`, `histogram` at their CPU
+    presets: docs/forecast)."""
     kind = kind or run_kind(rows)
     table = table if table is not None else cal.packaged()
     group = dense_group(kind, preset) if dense is not None and signal == LOSS else None
@@ -551,6 +556,7 @@ def forecast(
         kind=kind,
         dense=dense if goal else None,
         dense_goal=goal,
+        dense_shape=table.shape(group, DENSE) if goal else None,
         **options,
     )
     if f.signal == DENSE:
@@ -600,10 +606,13 @@ def calibrate(runs: list[tuple[Any, ...]], signal: str, window: int = WINDOW) ->
     return statistics.median(at_escape) if at_escape else None
 
 
-def calibrate_dense(runs: list[tuple[Any, ...]], window: int = WINDOW) -> float | None:
-    """The dense fit's target (`dense_target`), median over `runs` that escaped, each (rows,
-    after, kind, dense) (dense: the run's signal.jsonl as (steps, values)). None when no run
-    escaped with a dense signal over its plateau."""
+def calibrate_dense(
+    runs: list[tuple[Any, ...]], window: int = WINDOW, shape: str | None = None
+) -> float | None:
+    """The dense fit's target (`dense_target`) for the curve `shape` (None: the family's, SHAPES),
+    median over `runs` that escaped, each (rows, after, kind, dense) (dense: the run's
+    signal.jsonl as (steps, values)). None when no run escaped with a dense signal over its
+    plateau."""
     at_escape = []
     for rows, after, kind, dense in runs:
         steps, _, found = departure(rows, LOSS, after, window, kind)
@@ -612,8 +621,8 @@ def calibrate_dense(runs: list[tuple[Any, ...]], window: int = WINDOW) -> float 
         if span is None or len(steps) < window:
             continue
         d, _ = dense_departure(*span, head=steps[window - 1])
-        shape = SHAPES[family(kind or run_kind(rows))]
-        t = dense_target(span[0], d, escape, start, shape) if d else None
+        curve = shape or SHAPES[family(kind or run_kind(rows))]
+        t = dense_target(span[0], d, escape, start, curve) if d else None
         if t is not None:
             at_escape.append(t)
     return statistics.median(at_escape) if at_escape else None

@@ -170,9 +170,12 @@ def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[
     }
 
 
-def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[str, Any]]:
+def replay(
+    run: Run, signal: str, target: float, every: int = 1, shape: str | None = None
+) -> list[dict[str, Any]]:
     """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
-    its escape (all its logs if it never escapes)."""
+    its escape (all its logs if it never escapes); `shape`: the dense fit's curve (None: the
+    family's)."""
     seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
     if signal == fc.DENSE:
         return fc.history(
@@ -185,22 +188,59 @@ def replay(run: Run, signal: str, target: float, every: int = 1) -> list[dict[st
             kind=run.kind,
             dense=run.dense,
             dense_goal=target,
+            dense_shape=shape,
         )
     return fc.history(seen, signal, target, run.after, every=every, raw=True, kind=run.kind)
 
 
-def targets(runs: list[Run]) -> dict[str, float]:
-    """{'group/signal': target departure} (groups: see `groups`): 0.2 for the loss, the dense
-    fit's and each measure's from the group's calibration runs (forecast.calibrate_dense,
-    forecast.calibrate)."""
-    out = {}
+def error_at(shown: list[tuple[int, int | None]], run: Run, q: float) -> float | None:
+    """|forecast - escape| / L of the forecast shown at the run's last log at or before
+    escape - q L, from (step, forecast or None) at each log; None where none was shown then."""
+    at = [x for step, x in shown if step <= run.escape - q * run.length]
+    return abs(at[-1] - run.escape) / run.length if at and at[-1] is not None else None
+
+
+def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
+    """The dense fit's (target, curve) for one preset from its calibration runs `calib`: for
+    each curve (forecast.CURVES) its target (forecast.calibrate_dense) and the fit's raw errors at
+    the times BEFORE the escape (a run without a forecast then counts as off by L, as does an
+    error above L); the curve with the smallest mean error over runs and times, the family's
+    (forecast.SHAPES) on a tie (a mean, not a median: with few forecasts per run a median is
+    often "none" for both). Where a preset's plateau is flat and its loss falls
+    over a few hundred steps (`addition`) the exponential runs to the escape; where it slides
+    (`mws`), the line. None when no run gives a target."""
+    dense = [(r.rows, r.after, r.kind, r.dense) for r in calib]
+    own = fc.SHAPES[calib[0].family]
+    best: tuple[float, float, str] | None = None
+    for shape in sorted(fc.CURVES, key=lambda c: c != own):
+        t = fc.calibrate_dense(dense, shape=shape)
+        if not t:
+            continue
+        errors: dict[float, list[float]] = {q: [] for q in BEFORE}
+        for run in calib:
+            made = replay(run, fc.DENSE, t, shape=shape)
+            shown = [(f["step"], f["escape"] if f["reason"] != "escaped" else None) for f in made]
+            for q in BEFORE:
+                e = error_at(shown, run, q)
+                errors[q].append(1.0 if e is None else min(e, 1.0))
+        cost = statistics.fmean(e for v in errors.values() for e in v)
+        if best is None or cost < best[0]:
+            best = (cost, t, shape)
+    return best[1:] if best else None
+
+
+def targets(runs: list[Run]) -> tuple[dict[str, float], dict[str, str]]:
+    """({'group/signal': target departure}, {'group/signal': curve} for the dense fit's keys)
+    (groups: see `groups`): 0.2 for the loss, the dense fit's (`dense_fit`) and each measure's
+    from the group's calibration runs (forecast.calibrate)."""
+    out, shapes = {}, {}
     for fam in sorted({r.family for r in runs}):
         calib = [r for r in runs if r.family == fam and r.role == CAL]
         for group in groups([r for r in runs if r.family == fam], fc.DENSE):
-            dense = [(r.rows, r.after, r.kind, r.dense) for r in calib if takes(r, fc.DENSE, group)]
-            t = fc.calibrate_dense(dense) if dense else None
-            if t:
-                out[f"{group}/{fc.DENSE}"] = t
+            mine = [r for r in calib if takes(r, fc.DENSE, group)]
+            fit = dense_fit(mine) if mine else None
+            if fit:
+                out[f"{group}/{fc.DENSE}"], shapes[f"{group}/{fc.DENSE}"] = fit
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
         for sig in signals([r for r in runs if r.family == fam]):
             if sig in (fc.DENSE, fc.LOSS):
@@ -208,17 +248,20 @@ def targets(runs: list[Run]) -> dict[str, float]:
             t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
             if t:
                 out[f"{fam}/{sig}"] = t
-    return out
+    return out, shapes
 
 
-def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Calibration:
-    """The calibration table from the calibration runs' replayed forecasts."""
+def fit_table(
+    runs: list[Run], tgts: dict[str, float], shapes: dict[str, str], every: int = 1
+) -> cal.Calibration:
+    """The calibration table from the calibration runs' replayed forecasts (the dense fit's by
+    its preset's curve, `shapes`)."""
     scores: dict[str, list[tuple[str, float, float]]] = {}
     calib = [r for r in runs if r.role == CAL]
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
         for run in (r for r in calib if takes(r, sig, fam)):
-            for f in replay(run, sig, target, every):
+            for f in replay(run, sig, target, every, shapes.get(key)):
                 # (a dense run's fit falls back to the logged loss where its signal has a gap)
                 if f["raw"] is None or f["reason"] == "escaped" or f["signal"] != sig:
                     continue
@@ -226,7 +269,7 @@ def fit_table(runs: list[Run], tgts: dict[str, float], every: int = 1) -> cal.Ca
                 scores.setdefault(key, []).append(
                     (run.name, u, cal.score(f["step"], f["raw"], run.escape))
                 )
-    return cal.Calibration.fit(scores, tgts, [r.name for r in calib])
+    return cal.Calibration.fit(scores, tgts, [r.name for r in calib], shapes)
 
 
 def judge(
@@ -238,10 +281,11 @@ def judge(
     group: str | None = None,
 ):
     """One run and signal: its calibrated forecasts (by the table's entry of `group`, default the
-    run's family), and how they fared (see the module)."""
+    run's family, and the curve it names), and how they fared (see the module)."""
     made = []
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
-    for f in replay(run, signal, target, every):
+    shape = table.shape(group or run.family, signal)
+    for f in replay(run, signal, target, every, shape):
         c = fc.calibrated(fc.Forecast(**f), group or run.family, signal, table, target)
         shown.append((c.step, c.escape if c.reason != "escaped" else None))
         if c.escape is not None and c.reason != "escaped":
@@ -258,8 +302,7 @@ def judge(
     L, e = run.length, run.escape
     out["first_lead"] = (e - made[0]["step"]) / L if made else None
     for q in BEFORE:
-        at = [x for s, x in shown if s <= e - q * L]
-        out[f"error_{q:g}"] = abs(at[-1] - e) / L if at and at[-1] is not None else None
+        out[f"error_{q:g}"] = error_at(shown, run, q)
     out["covered"] = [m["low"] <= e <= m["high"] for m in made]
     out["raw_covered"] = [m["low_raw"] <= e <= m["high_raw"] for m in made]
     out["width"] = [(m["high"] - m["low"]) / L for m in made]
@@ -274,8 +317,8 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     """Targets and the calibration table from the calibration runs; per family and signal, the
     numbers of the module's docstring on the evaluation runs and false alarms on the runs that
     never escape."""
-    tgts = targets(runs)
-    table = fit_table(runs, tgts, every)
+    tgts, shapes = targets(runs)
+    table = fit_table(runs, tgts, shapes, every)
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
