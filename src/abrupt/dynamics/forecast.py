@@ -8,10 +8,11 @@ The rule (one signal at a time; the default signal is the loss):
 2. With a dense signal over the plateau (signal LOSS), the forecast fits it (`fit_dense`): its
    departure d = 1 - v / v0 from its value v0 on the plateau's first logs, averaged in blocks of
    steps against the batch noise, is extrapolated over the last half of the plateau so far by a
-   curve of the family's shape (SHAPES: a line for the sequence tasks' steady slide, an
-   exponential for the matrix task's saddle) to a target departure: where past runs' slides
-   stood at their escapes (`dense_target`, calibrated per preset, `calibrate_dense`; a preset
-   without calibration runs is forecast as in 3). Logged rows every 10-50 steps are too few on a
+   curve (a line for a steady slide, an exponential for a saddle's departure from a flat
+   plateau; the preset's calibration names it, by default its family's: SHAPES) to a target
+   departure: where past runs' slides stood at their escapes, or for the exponential their
+   departure at it (`dense_target`, calibrated per preset, `calibrate_dense`; a preset without
+   calibration runs is forecast as in 3). Logged rows every 10-50 steps are too few on a
    plateau of 100-200 steps for anything else in time.
 3. Without one (runs without a dense signal, progress measures): the signal's departure d(t) from
    its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress

@@ -10,8 +10,8 @@ positions are **calibration runs** (the targets, `forecast.calibrate_dense` and
 them and nowhere else), odd positions **evaluation runs** (every error and coverage reported is
 measured on them). Runs that never escape take no part in either: on them every forecast is a
 false alarm. The signals: `train_loss` (forecast.DENSE: the loss forecast from the dense signal,
-calibrated per family and, where a preset has enough calibration runs, per preset: rows
-'family:preset'), `loss` (from the logged evaluation loss alone) and the progress measures.
+calibrated per preset, rows 'family:preset', by the curve that forecast its calibration runs
+best, `dense_fit`), `loss` (from the logged evaluation loss alone) and the progress measures.
 
 For each evaluation run and signal, with L = escape_step - plateau_start its plateau's length:
 
