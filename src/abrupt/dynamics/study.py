@@ -206,9 +206,9 @@ def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
     the times BEFORE the escape (a run without a forecast then counts as off by L, as does an
     error above L); the curve with the smallest mean error over runs and times, the family's
     (forecast.SHAPES) on a tie (a mean, not a median: with few forecasts per run a median is
-    often "none" for both). Where a preset's plateau is flat and its loss falls
-    over a few hundred steps (`addition`) the exponential runs to the escape; where it slides
-    (`mws`), the line. None when no run gives a target."""
+    often "none" for both). Where a preset's plateau is flat and its loss falls over a few
+    hundred steps (`addition`) the exponential runs to the escape; where it slides (`mws`), the
+    line. None when no run gives a target."""
     dense = [(r.rows, r.after, r.kind, r.dense) for r in calib]
     own = fc.SHAPES[calib[0].family]
     best: tuple[float, float, str] | None = None
