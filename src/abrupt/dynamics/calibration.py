@@ -7,9 +7,9 @@ is scored, once the run has escaped at `escape`, by
 
 (0: the fit was right; -1: the escape came after e^-1 = 37% of the time the fit said was left).
 Scores are pooled by task family (`matrix`, `sequence`; for the dense fit by preset,
-`sequence:mws`), signal, and how far through its plateau
-the forecast thought it was, u = (now - plateau_start) / (raw - plateau_start) (`BINS`): an
-observable stand-in for "how far ahead". In each cell the 5%, 50% and 95% quantiles of the
+`sequence:mws`), signal, and how far through its plateau the forecast thought it was,
+u = (now - plateau_start) / (raw - plateau_start) (`BINS`): an observable stand-in for "how far
+ahead". In each cell the 5%, 50% and 95% quantiles of the
 scores, every run weighing the same whatever its number of forecasts (neighbouring forecasts of
 one run are nearly the same forecast), with the split-conformal correction for R runs (the
 levels moved outward by a factor (1 + 1/R)), give the calibrated forecast

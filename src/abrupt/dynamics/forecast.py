@@ -12,7 +12,7 @@ The rule (one signal at a time; the default signal is the loss):
    plateau; the preset's calibration names it, by default its family's: SHAPES) to a target
    departure: where past runs' slides stood at their escapes, or for the exponential their
    departure at it (`dense_target`, calibrated per preset, `calibrate_dense`; a preset without
-   calibration runs is forecast as in 3). Logged rows every 10-50 steps are too few on a
+   a target in the table is forecast as in 3). Logged rows every 10-50 steps are too few on a
    plateau of 100-200 steps for anything else in time.
 3. Without one (runs without a dense signal, progress measures): the signal's departure d(t) from
    its plateau value (for the loss, 1 - L(t) / level, the escape at d = 0.2; for a progress
@@ -68,7 +68,7 @@ CURVES = ("line", "exp")
 # 3 standard errors a flat noisy one (tests/test_forecast.py) gave a false alarm in 1 of 5 runs
 DENSE_Z = 5.0
 GRID, RATES = 60, 500.0
-# the stretch of the plateau whose slide, extrapolated to the escape, is the dense target
+# the stretch of the plateau whose slide, extrapolated to the escape, is the line's dense target
 # (`dense_target`): from SLIDE[0] to SLIDE[1] of its length before the escape
 SLIDE = (0.5, 0.2)
 # the steps up to the escape whose mean departure is the exponential fit's target (`dense_target`)
@@ -340,7 +340,7 @@ def dense_departure(xs: list[int], vs: list[float], head: int) -> tuple[list[flo
 def dense_target(
     xs: list[int], d: list[float], escape: int, start: int, shape: str = "line"
 ) -> float | None:
-    """The departure the dense signal's fit of `shape` (SHAPES) extrapolates to, as one run shows
+    """The departure the dense signal's fit of `shape` (CURVES) extrapolates to, as one run shows
     it; the median over calibration runs is the dense fit's target. None when there are too few
     steps to tell.
 
@@ -380,16 +380,18 @@ def fit_dense(
 
     A batch's loss is noisy, so d is averaged in blocks of b steps (about `BLOCKS` blocks on the
     plateau so far), and its noise sigma per block is estimated from the step-to-step differences
-    (a trend barely moves them). On the last half of the blocks (at least `MIN_BLOCKS`) a curve is
-    fit by least squares with additive noise (blocks at or below 0 count as they are) and
-    extrapolated to the goal; its `shape` (SHAPES, by family):
+    (a trend barely moves them). On the last FIT_SHARE of the blocks (at least `MIN_BLOCKS`) a
+    curve is fit by least squares with additive noise (blocks at or below 0 count as they are) and
+    extrapolated to the goal; its `shape` (CURVES: the preset's, chosen on its calibration runs by
+    study.dense_fit; by default its family's, SHAPES):
 
-    - 'line', d = c + s (x - x_last): the sequence tasks' plateaus slide steadily, and the escape's
-      own exponential shows only in its last few steps, too late to forecast from; an exponential
-      fit to the slide's early bend runs ahead of it (`dense_target` sets the goal where the slide
-      stood at past escapes);
-    - 'exp', d = c + a exp(r (x - x_last)), r on a log grid (c and a are linear given r): the
-      matrix task's plateau is flat and the saddle's departure from it grows exponentially.
+    - 'line', d = c + s (x - x_last): a plateau that slides steadily (`mws`, `prefix_sum`), whose
+      escape's own exponential shows only in its last few steps, too late to forecast from; an
+      exponential fit to the slide's early bend runs ahead of it (`dense_target` sets the goal
+      where the slide stood at past escapes);
+    - 'exp', d = c + a exp(r (x - x_last)), r on a log grid (c and a are linear given r): a flat
+      plateau (matrix completion, `addition`) whose departure grows exponentially, as from a
+      saddle (the goal: the departure at past escapes).
 
     The residual variance is the larger of the noise's and the misfit's. A forecast needs growth
     min_z standard errors from none (for 'exp': the fit beats a constant by min_z^2 variances of
@@ -408,7 +410,7 @@ def fit_dense(
     diffs = [q - p for p, q in zip(d, d[1:])]
     med = statistics.median(diffs)
     sigma = 1.4826 * statistics.median(abs(x - med) for x in diffs) / math.sqrt(2 * b) or 1e-12
-    m = max(MIN_BLOCKS, round(n * FIT_SHARE))
+    m = max(MIN_BLOCKS, int(n * FIT_SHARE))
     ys, rel = ys[-m:], [x - bx[-1] for x in bx[-m:]]
     fit = (_slide if shape == "line" else _saddle)(rel, ys, goal, sigma, min_z, z_interval)
     if isinstance(fit, str):
@@ -549,6 +551,7 @@ def forecast(
     table = table if table is not None else cal.packaged()
     group = dense_group(kind, preset) if dense is not None and signal == LOSS else None
     goal = table.target(group, DENSE) if group else None
+    shape = table.shape(group, DENSE) if group and goal else None
     f = fit_forecast(
         rows,
         signal,
@@ -557,12 +560,12 @@ def forecast(
         kind=kind,
         dense=dense if goal else None,
         dense_goal=goal,
-        dense_shape=table.shape(group, DENSE) if goal else None,
+        dense_shape=shape if shape in CURVES else None,
         **options,
     )
-    if f.signal == DENSE:
+    if f.signal == DENSE and group and goal:
         return calibrated(f, group, signal, table, goal)
-    if group and not goal and f.escape is None:
+    if group and not goal and f.escape is None and not f.reason.startswith("leaving"):
         f = replace(f, reason=f"{f.reason}; the per-step fit has no calibration for {preset}")
     return calibrated(f, family(kind), signal, table, target)
 

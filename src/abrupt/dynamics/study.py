@@ -132,8 +132,8 @@ def signals(runs: list[Run]) -> list[str]:
 
 
 def takes(run: Run, signal: str, group: str) -> bool:
-    """Whether `run` is studied for `signal` in `group` (a family, or for DENSE also a preset of
-    it, 'family:preset'; DENSE takes only runs with a dense signal)."""
+    """Whether `run` is studied for `signal` in `group` (a family; for DENSE a preset of it,
+    'family:preset', and only runs with a dense signal)."""
     member = group in (run.family, f"{run.family}:{run.preset}")
     return member and (signal != fc.DENSE or run.dense is not None)
 
@@ -194,8 +194,10 @@ def replay(
 
 
 def error_at(shown: list[tuple[int, int | None]], run: Run, q: float) -> float | None:
-    """|forecast - escape| / L of the forecast shown at the run's last log at or before
-    escape - q L, from (step, forecast or None) at each log; None where none was shown then."""
+    """|forecast - escape| / L of the forecast shown at the (escaping) run's last log at or
+    before escape - q L, from (step, forecast or None) at each log; None where none was shown
+    then."""
+    assert run.escape is not None
     at = [x for step, x in shown if step <= run.escape - q * run.length]
     return abs(at[-1] - run.escape) / run.length if at and at[-1] is not None else None
 
@@ -218,8 +220,12 @@ def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
             continue
         errors: dict[float, list[float]] = {q: [] for q in BEFORE}
         for run in calib:
-            made = replay(run, fc.DENSE, t, shape=shape)
-            shown = [(f["step"], f["escape"] if f["reason"] != "escaped" else None) for f in made]
+            # (where the dense signal has a gap the fit falls back to the logged loss: not this
+            # curve's forecast)
+            shown = [
+                (f["step"], f["escape"] if f["signal"] == fc.DENSE else None)
+                for f in replay(run, fc.DENSE, t, shape=shape)
+            ]
             for q in BEFORE:
                 e = error_at(shown, run, q)
                 errors[q].append(1.0 if e is None else min(e, 1.0))
@@ -286,7 +292,16 @@ def judge(
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
     shape = table.shape(group or run.family, signal)
     for f in replay(run, signal, target, every, shape):
-        c = fc.calibrated(fc.Forecast(**f), group or run.family, signal, table, target)
+        # a dense fit that fell back to the logged loss (a gap in its signal) is calibrated as
+        # training calibrates it (forecast.forecast): as the family's loss
+        dense = signal != fc.DENSE or f["signal"] == fc.DENSE
+        c = fc.calibrated(
+            fc.Forecast(**f),
+            (group or run.family) if dense else run.family,
+            signal if dense else fc.LOSS,
+            table,
+            target if dense else fc.ESCAPE_DEPARTURE,
+        )
         shown.append((c.step, c.escape if c.reason != "escaped" else None))
         if c.escape is not None and c.reason != "escaped":
             made.append(
