@@ -359,6 +359,7 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
             "family": fam,
             "signal": sig,
             "target": target,
+            "curve": table.shape(fam, sig),  # the dense fit's (dense_fit); None for the others
             "evaluation_runs": len(ev),
             "warned": len(warned),
             "warn_lead": _median([(r.escape - j["warn"]["warn"]) / r.length for j, r in warned]),
@@ -498,7 +499,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["table"]:
         at = " / ".join(f"{_fmt(r[f'at_{q:g}_error'])} ({r[f'at_{q:g}_runs']})" for q in BEFORE)
         lines.append(
-            f"| {r['family']} | {r['signal']} | {r['evaluation_runs']} | {r['warned']} "
+            f"| {r['family']} | {r['signal']}{f' ({c})' if (c := r['curve']) else ''} | "
+            f"{r['evaluation_runs']} | {r['warned']} "
             f"({_fmt(r['warn_lead'])}, {_steps(r['warn_lead_steps'])}) | {r['forecast_runs']} "
             f"({_fmt(r['first_lead'])}, {_steps(r['first_lead_steps'])}) | {at} | "
             f"{_fmt(r['coverage'], True)} of {r['forecasts']} ({_fmt(r['raw_coverage'], True)}) | "
