@@ -558,12 +558,27 @@ def test_each_preset_s_dense_curve_is_the_one_that_forecast_its_calibration_runs
         for i, e in enumerate((150, 180, 210, 240))
     ]
     flats = [plateau_run(f"f{i}", e, "flat", i) for i, e in enumerate((600, 800, 700, 900))]
-    target, shape = dense_fit(slides)
+    target, fit = dense_fit(slides)
     # the slide's reach at the escape: d = 0.1 there, less the early fall's share of v0
-    assert shape == "line" and target == pytest.approx(0.09, abs=0.01)
+    assert fit["shape"] == "line" and target == pytest.approx(0.09, abs=0.01)
+    assert fit["longest"] == max(r.length for r in slides) == 240
     # a flat plateau: the exponential, to its departure at the escape (0.2 less its last steps)
-    target, shape = dense_fit(flats)
-    assert shape == "exp" and target == pytest.approx(0.2, abs=0.02)
+    target, fit = dense_fit(flats)
+    assert fit["shape"] == "exp" and target == pytest.approx(0.2, abs=0.02)
+    # no forecast further than twice the longest calibration plateau from the plateau's start:
+    # the same slide 10 times slower, seen at step 600 (its escape at 1 500), is forecast only
+    # without that limit
+    slow = plateau_run("slow", 1500, "slide", 9, kind="matrix")
+    seen = [r for r in slow.rows if r["step"] <= 600]
+    dense = tuple(v[:600] for v in slow.dense)
+    free = fit_forecast(seen, dense=dense, dense_goal=0.09, dense_shape="line")
+    assert 1300 < free.escape < 1700
+    held = fit_forecast(seen, dense=dense, dense_goal=0.09, dense_shape="line", dense_longest=240)
+    assert held.escape is None
+    assert (
+        held.reason
+        == "escape beyond 2x the longest plateau the preset was calibrated on (240 steps)"
+    )
 
 
 def test_the_dense_fit_runs_only_for_a_preset_with_its_own_target():

@@ -89,7 +89,8 @@ def cell(scores: list[tuple[str, float]]) -> dict[str, Any] | None:
 @dataclass
 class Calibration:
     """The table: {'family/signal': {'target': ..., 'cells': {bin or 'all': cell}}}; a dense
-    fit's entry also names its curve, {'shape': 'line' or 'exp'} (forecast.fit_dense)."""
+    fit's entry also holds its preset's settings (study.dense_fit): its curve, 'shape' ('line'
+    or 'exp'), and 'longest', the longest plateau of its calibration runs (steps)."""
 
     entries: dict[str, dict[str, Any]]
     runs: list[str]  # the runs the table was fit on
@@ -100,10 +101,10 @@ class Calibration:
         scores: dict[str, list[tuple[str, float, float]]],
         targets: dict[str, float],
         runs: list[str],
-        shapes: dict[str, str] | None = None,
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> Calibration:
         """From {'family/signal': [(run, u, score), ...]}, each key's target departure and, for
-        the dense fit's keys, the curve (`shapes`) the scores were measured with."""
+        the dense fit's keys, the settings the scores were measured with (`dense_settings`)."""
         entries = {}
         # a target without enough scores still makes an entry: the fit extrapolates to it, and
         # its spread is labelled uncalibrated (`lookup`)
@@ -116,8 +117,7 @@ class Calibration:
             kept = {k: v for k, v in cells.items() if v is not None}
             if kept or targets.get(key) is not None:
                 entries[key] = {"target": targets.get(key), "cells": kept}
-                if shapes and key in shapes:
-                    entries[key]["shape"] = shapes[key]
+                entries[key].update((settings or {}).get(key, {}))
         return cls(entries, sorted(runs))
 
     def lookup(
@@ -144,9 +144,11 @@ class Calibration:
         """The target departure the entry of (family, signal) was fit at (None: no entry)."""
         return self.entries.get(f"{family}/{signal}", {}).get("target")
 
-    def shape(self, family: str, signal: str) -> str | None:
-        """The curve the dense fit's entry of (family, signal) was fit with (None: none named)."""
-        return self.entries.get(f"{family}/{signal}", {}).get("shape")
+    def dense_settings(self, family: str, signal: str) -> dict[str, Any]:
+        """The settings the dense fit's entry of (family, signal) was fit with, {'shape': curve,
+        'longest': steps} ({} where there are none)."""
+        entry = self.entries.get(f"{family}/{signal}", {})
+        return {k: entry[k] for k in ("shape", "longest") if k in entry}
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -247,6 +247,7 @@ def fit_forecast(
     horizon: float = HORIZON,
     dense_z: float = DENSE_Z,
     dense_shape: str | None = None,
+    dense_longest: int | None = None,
 ) -> Forecast:
     """The fit's escape step from `rows` (metrics rows, oldest first) as of their last step, with
     the fit's own spread as the interval (uncalibrated: see `forecast`).
@@ -256,10 +257,10 @@ def fit_forecast(
     dense signal (signal.jsonl), fit instead of the logged loss where it covers the plateau
     (`fit_dense`; signal LOSS only), to the departure `dense_goal` (its calibrated target,
     `dense_target`; None: the escape's own level) by the curve `dense_shape` (None: the family's,
-    SHAPES); `horizon`, `dense_z` (its min_z): see `fit_dense`. Other arguments: see the module's
-    rule. Returns a Forecast whose `escape` is None (with a reason) when nothing can be said yet;
-    once the departure has reached the target it returns the step where it did (the escape is
-    seen)."""
+    SHAPES); `horizon`, `dense_z` (its min_z), `dense_longest` (its longest): see `fit_dense`.
+    Other arguments: see the module's rule. Returns a Forecast whose `escape` is None (with a
+    reason) when nothing can be said yet; once the departure has reached the target it returns
+    the step where it did (the escape is seen)."""
     now = int(rows[-1]["step"]) if rows else 0
     why = _unusable(rows, signal, target, kind)
     if why:
@@ -280,7 +281,17 @@ def fit_forecast(
         goal = dense_goal or 1 - (1 - target) * found["plateau_level"] / v0
         shape = dense_shape or SHAPES[family(kind or run_kind(rows))]
         return fit_dense(
-            span[0], dd, goal, now, start, noise_k, dense_z, z_interval, horizon, shape
+            span[0],
+            dd,
+            goal,
+            now,
+            start,
+            noise_k,
+            dense_z,
+            z_interval,
+            horizon,
+            shape,
+            dense_longest,
         )
     if len(steps) < fit_points + window:
         return Forecast(now, reason="no plateau yet" if not steps else "plateau too short to judge")
@@ -374,6 +385,7 @@ def fit_dense(
     z_interval: float = 1.64,
     horizon: float = HORIZON,
     shape: str = "line",
+    longest: int | None = None,
 ) -> Forecast:
     """The escape forecast from the dense signal's departure `d` (`dense_departure`) at the steps
     `xs` (every step of the plateau so far, [start, now]): the step where it reaches `goal`.
@@ -397,9 +409,11 @@ def fit_dense(
     min_z standard errors from none (for 'exp': the fit beats a constant by min_z^2 variances of
     residual sum of squares), the departure above the noise (c + a > noise_k sigma), and the
     escape at most `horizon` times the plateau so far ahead (a plateau that never ends drifts too;
-    it would otherwise be forecast to end, far away). Its spread: the escapes of the slopes -/+
-    z_interval standard errors ('line'), of every r fit within z_interval^2 variances of the
-    best ('exp')."""
+    it would otherwise be forecast to end, far away) and, given `longest` (the longest plateau of
+    the preset's calibration runs, steps), at most `horizon` times that from the plateau's start
+    (a run far slower than those the calibration knows, e.g. at a 10-100 times smaller lr). Its
+    spread: the escapes of the slopes -/+ z_interval standard errors ('line'), of every r fit
+    within z_interval^2 variances of the best ('exp')."""
     b = max(1, len(xs) // BLOCKS)
     n = len(xs) // b
     if n < 2 * MIN_BLOCKS:
@@ -428,6 +442,12 @@ def fit_dense(
     escape = at(ahead)
     if escape - now > horizon * max(now - start, 1):
         return Forecast(now, reason=f"escape beyond {horizon:g}x the plateau so far ahead")
+    if longest and escape - start > horizon * longest:
+        return Forecast(
+            now,
+            reason=f"escape beyond {horizon:g}x the longest plateau the preset was calibrated on "
+            f"({longest} steps)",
+        )
     return Forecast(
         now,
         escape,
@@ -542,7 +562,8 @@ def forecast(
     `kind`, the run's (transition.RUN_KINDS; None: guessed from the rows), and the signal the fit
     read: `dense`, the run's signal.jsonl as (steps, values), where it covers the plateau, fit to
     the target departure the table's DENSE entry for the run's `preset` (its name: `dense_group`)
-    was calibrated at (`dense_target`), by the curve it names. A preset without one (no
+    was calibrated at (`dense_target`), by the curve it names, and not beyond twice the longest
+    plateau its calibration runs had (`fit_dense`'s `longest`). A preset without one (no
     calibration run of it escaped) is forecast from the logged loss alone: the slide before an
     escape differs between tasks (targets 0.08-0.26), and another's target, which a still-sliding
     plateau passes, was read as an escape to come (`permutation`, `histogram` at their CPU
@@ -551,7 +572,8 @@ def forecast(
     table = table if table is not None else cal.packaged()
     group = dense_group(kind, preset) if dense is not None and signal == LOSS else None
     goal = table.target(group, DENSE) if group else None
-    shape = table.shape(group, DENSE) if group and goal else None
+    settings = table.dense_settings(group, DENSE) if group and goal else {}
+    shape = settings.get("shape")
     f = fit_forecast(
         rows,
         signal,
@@ -561,6 +583,7 @@ def forecast(
         dense=dense if goal else None,
         dense_goal=goal,
         dense_shape=shape if shape in CURVES else None,
+        dense_longest=settings.get("longest"),
         **options,
     )
     if f.signal == DENSE and group and goal:

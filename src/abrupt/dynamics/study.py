@@ -171,11 +171,13 @@ def warning(run: Run, signal: str, noise_k: float = 3.0, hold: int = 3) -> dict[
 
 
 def replay(
-    run: Run, signal: str, target: float, every: int = 1, shape: str | None = None
+    run: Run, signal: str, target: float, every: int = 1, fit: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The fit's forecast (forecast.history, raw) at every `every`-th log the run showed before
-    its escape (all its logs if it never escapes); `shape`: the dense fit's curve (None: the
-    family's)."""
+    its escape (all its logs if it never escapes); `fit`: the dense fit's preset settings,
+    {'shape': its curve, 'longest': its longest calibration plateau} (`dense_fit`; None or a
+    key missing: the family's curve, no such limit)."""
+    fit = fit or {}
     seen = [r for r in run.rows if run.escape is None or r["step"] < run.escape]
     if signal == fc.DENSE:
         return fc.history(
@@ -188,7 +190,8 @@ def replay(
             kind=run.kind,
             dense=run.dense,
             dense_goal=target,
-            dense_shape=shape,
+            dense_shape=fit.get("shape"),
+            dense_longest=fit.get("longest"),
         )
     return fc.history(seen, signal, target, run.after, every=every, raw=True, kind=run.kind)
 
@@ -202,9 +205,13 @@ def error_at(shown: list[tuple[int, int | None]], run: Run, q: float) -> float |
     return abs(at[-1] - run.escape) / run.length if at and at[-1] is not None else None
 
 
-def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
-    """The dense fit's (target, curve) for one preset from its calibration runs `calib`: for
-    each curve (forecast.CURVES) its target (forecast.calibrate_dense) and the fit's raw errors at
+def dense_fit(calib: list[Run]) -> tuple[float, dict[str, Any]] | None:
+    """The dense fit's target and settings, (target, {'shape': curve, 'longest': steps}), for
+    one preset from its calibration runs `calib`. 'longest': the longest of their plateaus (no
+    forecast further than forecast.HORIZON times it from the plateau's start: the calibration
+    knows nothing of slower runs, and a slide 10-100 times slower, at a 10-100 times smaller lr,
+    was forecast to end and did not). 'shape': for each curve (forecast.CURVES) its target
+    (forecast.calibrate_dense) and the fit's raw errors at
     the times BEFORE the escape (a run without a forecast then counts as off by L, as does an
     error above L); the curve with the smallest mean error over runs and times, the family's
     (forecast.SHAPES) on a tie (a mean, not a median: with few forecasts per run a median is
@@ -213,6 +220,7 @@ def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
     line. None when no run gives a target."""
     dense = [(r.rows, r.after, r.kind, r.dense) for r in calib]
     own = fc.SHAPES[calib[0].family]
+    longest = max(r.length for r in calib)
     best: tuple[float, float, str] | None = None
     for shape in sorted(fc.CURVES, key=lambda c: c != own):
         t = fc.calibrate_dense(dense, shape=shape)
@@ -224,7 +232,7 @@ def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
             # curve's forecast)
             shown = [
                 (f["step"], f["escape"] if f["signal"] == fc.DENSE else None)
-                for f in replay(run, fc.DENSE, t, shape=shape)
+                for f in replay(run, fc.DENSE, t, fit={"shape": shape, "longest": longest})
             ]
             for q in BEFORE:
                 e = error_at(shown, run, q)
@@ -232,21 +240,22 @@ def dense_fit(calib: list[Run]) -> tuple[float, str] | None:
         cost = statistics.fmean(e for v in errors.values() for e in v)
         if best is None or cost < best[0]:
             best = (cost, t, shape)
-    return best[1:] if best else None
+    return (best[1], {"shape": best[2], "longest": longest}) if best else None
 
 
-def targets(runs: list[Run]) -> tuple[dict[str, float], dict[str, str]]:
-    """({'group/signal': target departure}, {'group/signal': curve} for the dense fit's keys)
+def targets(runs: list[Run]) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """({'group/signal': target departure}, {'group/signal': settings} for the dense fit's keys)
     (groups: see `groups`): 0.2 for the loss, the dense fit's (`dense_fit`) and each measure's
     from the group's calibration runs (forecast.calibrate)."""
-    out, shapes = {}, {}
+    out: dict[str, float] = {}
+    fits: dict[str, dict[str, Any]] = {}
     for fam in sorted({r.family for r in runs}):
         calib = [r for r in runs if r.family == fam and r.role == CAL]
         for group in groups([r for r in runs if r.family == fam], fc.DENSE):
             mine = [r for r in calib if takes(r, fc.DENSE, group)]
             fit = dense_fit(mine) if mine else None
             if fit:
-                out[f"{group}/{fc.DENSE}"], shapes[f"{group}/{fc.DENSE}"] = fit
+                out[f"{group}/{fc.DENSE}"], fits[f"{group}/{fc.DENSE}"] = fit
         out[f"{fam}/{fc.LOSS}"] = fc.ESCAPE_DEPARTURE
         for sig in signals([r for r in runs if r.family == fam]):
             if sig in (fc.DENSE, fc.LOSS):
@@ -254,20 +263,20 @@ def targets(runs: list[Run]) -> tuple[dict[str, float], dict[str, str]]:
             t = fc.calibrate([(r.rows, r.after, r.kind) for r in calib], sig)
             if t:
                 out[f"{fam}/{sig}"] = t
-    return out, shapes
+    return out, fits
 
 
 def fit_table(
-    runs: list[Run], tgts: dict[str, float], shapes: dict[str, str], every: int = 1
+    runs: list[Run], tgts: dict[str, float], fits: dict[str, dict[str, Any]], every: int = 1
 ) -> cal.Calibration:
     """The calibration table from the calibration runs' replayed forecasts (the dense fit's by
-    its preset's curve, `shapes`)."""
+    its preset's settings, `fits`)."""
     scores: dict[str, list[tuple[str, float, float]]] = {}
     calib = [r for r in runs if r.role == CAL]
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
         for run in (r for r in calib if takes(r, sig, fam)):
-            for f in replay(run, sig, target, every, shapes.get(key)):
+            for f in replay(run, sig, target, every, fits.get(key)):
                 # (a dense run's fit falls back to the logged loss where its signal has a gap)
                 if f["raw"] is None or f["reason"] == "escaped" or f["signal"] != sig:
                     continue
@@ -275,7 +284,7 @@ def fit_table(
                 scores.setdefault(key, []).append(
                     (run.name, u, cal.score(f["step"], f["raw"], run.escape))
                 )
-    return cal.Calibration.fit(scores, tgts, [r.name for r in calib], shapes)
+    return cal.Calibration.fit(scores, tgts, [r.name for r in calib], fits)
 
 
 def judge(
@@ -290,8 +299,8 @@ def judge(
     run's family, and the curve it names), and how they fared (see the module)."""
     made = []
     shown: list[tuple[int, int | None]] = []  # (step, calibrated forecast or None) at each log
-    shape = table.shape(group or run.family, signal)
-    for f in replay(run, signal, target, every, shape):
+    fit = table.dense_settings(group or run.family, signal)
+    for f in replay(run, signal, target, every, fit):
         # a dense fit that fell back to the logged loss (a gap in its signal) is calibrated as
         # training calibrates it (forecast.forecast): as the family's loss
         dense = signal != fc.DENSE or f["signal"] == fc.DENSE
@@ -332,8 +341,8 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
     """Targets and the calibration table from the calibration runs; per family and signal, the
     numbers of the module's docstring on the evaluation runs and false alarms on the runs that
     never escape."""
-    tgts, shapes = targets(runs)
-    table = fit_table(runs, tgts, shapes, every)
+    tgts, fits = targets(runs)
+    table = fit_table(runs, tgts, fits, every)
     rows, points = [], []
     for key, target in tgts.items():
         fam, sig = key.split("/", 1)
@@ -359,7 +368,8 @@ def study(runs: list[Run], every: int = 1) -> dict[str, Any]:
             "family": fam,
             "signal": sig,
             "target": target,
-            "curve": table.shape(fam, sig),  # the dense fit's (dense_fit); None for the others
+            # the dense fit's curve (dense_fit); None for the others
+            "curve": table.dense_settings(fam, sig).get("shape"),
             "evaluation_runs": len(ev),
             "warned": len(warned),
             "warn_lead": _median([(r.escape - j["warn"]["warn"]) / r.length for j, r in warned]),
