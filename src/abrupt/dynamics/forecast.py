@@ -26,10 +26,9 @@ The rule (one signal at a time; the default signal is the loss):
    z_interval standard errors do as its spread).
 4. `forecast` then corrects the fit by what it got wrong on past runs (`calibration.py`): the
    escape and the 90% interval come from the quantiles of the fit's actual errors on the
-   calibration runs, for the task family (for the dense fit: the preset),
-   the signal and how far through the plateau the fit thinks it is. A signal without
-   calibration, or forecast to another target than its calibration was fit at, keeps the fit's
-   spread, and says so (`basis`).
+   calibration runs, for the task family (for the dense fit: the preset), the signal and how far
+   through the plateau the fit thinks it is. A signal without calibration, or forecast to another
+   target than its calibration was fit at, keeps the fit's spread, and says so (`basis`).
 
 Anything that cannot be forecast (no plateau, too few rows, a plateau at 0, a constant signal, a
 non-finite loss) gives escape None with the reason: the forecast never raises on logged rows.
@@ -369,9 +368,8 @@ def dense_target(
     pts = [(x, v) for x, v in zip(xs, d) if lo <= x <= hi]
     if len(pts) < 3:
         return None
-    mx, my = statistics.fmean(x for x, _ in pts), statistics.fmean(v for _, v in pts)
-    slope = sum((x - mx) * (v - my) for x, v in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    return my + slope * (escape - mx)
+    slope, intercept = statistics.linear_regression(*zip(*pts))
+    return intercept + slope * escape
 
 
 def fit_dense(
@@ -465,11 +463,10 @@ def _slide(
 ) -> tuple[float, float, list[float]] | str:
     """fit_dense's line: (level at x = 0, steps to the goal, those of the slopes -/+ z standard
     errors), or why there is no forecast."""
-    mx, my = statistics.fmean(rel), statistics.fmean(ys)
+    slope, level = statistics.linear_regression(rel, ys)  # level: the line at x = 0
+    mx = statistics.fmean(rel)
     sxx = sum((x - mx) ** 2 for x in rel)
-    slope = sum((x - mx) * (y - my) for x, y in zip(rel, ys)) / sxx
-    level = my - slope * mx
-    sse = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(rel, ys))
+    sse = sum((y - level - slope * x) ** 2 for x, y in zip(rel, ys))
     se = math.sqrt(max(sigma**2, sse / (len(ys) - 2)) / sxx)
     if slope <= min_z * se:
         return "no significant slide"
@@ -565,7 +562,7 @@ def forecast(
     was calibrated at (`dense_target`), by the curve it names, and not beyond twice the longest
     plateau its calibration runs had (`fit_dense`'s `longest`). A preset without one (no
     calibration run of it escaped) is forecast from the logged loss alone: the slide before an
-    escape differs between tasks (targets 0.08-0.26), and another's target, which a still-sliding
+    escape differs between tasks (targets 0.08-0.29), and another's target, which a still-sliding
     plateau passes, was read as an escape to come (`permutation`, `histogram` at their CPU
     presets: docs/forecast)."""
     kind = kind or run_kind(rows)

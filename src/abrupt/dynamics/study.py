@@ -211,13 +211,12 @@ def dense_fit(calib: list[Run]) -> tuple[float, dict[str, Any]] | None:
     forecast further than forecast.HORIZON times it from the plateau's start: the calibration
     knows nothing of slower runs, and a slide 10-100 times slower, at a 10-100 times smaller lr,
     was forecast to end and did not). 'shape': for each curve (forecast.CURVES) its target
-    (forecast.calibrate_dense) and the fit's raw errors at
-    the times BEFORE the escape (a run without a forecast then counts as off by L, as does an
-    error above L); the curve with the smallest mean error over runs and times, the family's
-    (forecast.SHAPES) on a tie (a mean, not a median: with few forecasts per run a median is
-    often "none" for both). Where a preset's plateau is flat and its loss falls over a few
-    hundred steps (`addition`) the exponential runs to the escape; where it slides (`mws`), the
-    line. None when no run gives a target."""
+    (forecast.calibrate_dense) and the fit's raw errors at the times BEFORE the escape (a run
+    without a forecast then counts as off by L, as does an error above L); the curve with the
+    smallest mean error over runs and times, the family's (forecast.SHAPES) on a tie (a mean, not
+    a median: with few forecasts per run a median is often "none" for both). Where a preset's
+    plateau is flat and its loss falls over a few hundred steps (`addition`) the exponential runs
+    to the escape; where it slides (`mws`), the line. None when no run gives a target."""
     dense = [(r.rows, r.after, r.kind, r.dense) for r in calib]
     own = fc.SHAPES[calib[0].family]
     longest = max(r.length for r in calib)
