@@ -9,10 +9,10 @@ is scored, once the run has escaped at `escape`, by
 Scores are pooled by task family (`matrix`, `sequence`; for the dense fit by preset,
 `sequence:mws`), signal, and how far through its plateau the forecast thought it was,
 u = (now - plateau_start) / (raw - plateau_start) (`BINS`): an observable stand-in for "how far
-ahead". In each cell the 5%, 50% and 95% quantiles of the
-scores, every run weighing the same whatever its number of forecasts (neighbouring forecasts of
-one run are nearly the same forecast), with the split-conformal correction for R runs (the
-levels moved outward by a factor (1 + 1/R)), give the calibrated forecast
+ahead". In each cell the 5%, 50% and 95% quantiles of the scores, every run weighing the same
+whatever its number of forecasts (neighbouring forecasts of one run are nearly the same
+forecast), with the split-conformal correction for R runs (the levels moved outward by a factor
+(1 + 1/R)), give the calibrated forecast
 
     escape = now + (raw - now) e^q50, interval now + (raw - now) e^q05 ... now + (raw - now) e^q95.
 
